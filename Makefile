@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: MIT
+# libpmap - the whole build.  `make` builds the libraries and the examples,
+# `make demo` runs the examples, `make test` runs the tests.  Override any
+# variable on the command line (CC=clang, CFLAGS=..., PREFIX=...).
+
+VERSION_MAJOR = 0
+VERSION_MINOR = 1
+VERSION_PATCH = 0
+VERSION = $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL ?= install
+
+CFLAGS ?= -O2 -g
+WARN = -Wall -Wextra -Wpedantic -Werror -Wshadow -Wstrict-prototypes \
+       -Wmissing-prototypes -Wwrite-strings -Wformat=2 -Wundef
+ALL_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) -Iinclude -pthread \
+             $(CPPFLAGS) $(CFLAGS)
+ALL_LDLIBS = -pthread $(LDLIBS)
+
+B ?= build
+SONAME = libpmap.so.$(VERSION_MAJOR)
+LIB_SRC = $(wildcard src/*.c)
+LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
+EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+TEST_SRC = $(wildcard tests/*.c)
+TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
+
+.PHONY: all demo test check install uninstall clean
+.DELETE_ON_ERROR:
+
+all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
+
+$(B)/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c -o $@ $<
+
+$(B)/libpmap.a: $(LIB_OBJ)
+	rm -f $@
+	$(AR) rcs $@ $^
+
+$(B)/libpmap.so.$(VERSION): $(LIB_OBJ)
+	$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(ALL_LDLIBS)
+
+$(B)/libpmap.so: $(B)/libpmap.so.$(VERSION)
+	ln -sf libpmap.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+$(B)/examples/%: examples/%.c $(B)/libpmap.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(B)/libpmap.a $(ALL_LDLIBS)
+
+$(B)/tests/%.o: tests/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Isrc -MMD -MP -c -o $@ $<
+
+$(B)/tests/runner: $(TEST_OBJ) $(B)/libpmap.a
+	$(CC) $(LDFLAGS) -o $@ $(TEST_OBJ) $(B)/libpmap.a $(ALL_LDLIBS)
+
+demo: all
+	@sh examples/demo.sh $(B)/examples
+
+test: all $(B)/tests/runner
+	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
+	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" $(B)/tests/runner $(TESTS)
+
+check: test
+
+install: $(B)/libpmap.a $(B)/libpmap.so
+	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR)
+	$(INSTALL) -m 644 include/pmap.h $(DESTDIR)$(INCLUDEDIR)/pmap.h
+	$(INSTALL) -m 644 $(B)/libpmap.a $(DESTDIR)$(LIBDIR)/libpmap.a
+	$(INSTALL) -m 755 $(B)/libpmap.so.$(VERSION) \
+	    $(DESTDIR)$(LIBDIR)/libpmap.so.$(VERSION)
+	ln -sf libpmap.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libpmap.so
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    pmap.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCLUDEDIR)/pmap.h $(DESTDIR)$(LIBDIR)/libpmap.a \
+	    $(DESTDIR)$(LIBDIR)/libpmap.so.$(VERSION) \
+	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libpmap.so \
+	    $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+
+clean:
+	rm -rf $(B)
+
+-include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(EXAMPLES:=.d)

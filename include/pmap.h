@@ -1,0 +1,444 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pmap.h - libpmap's public API.
+ *
+ * libpmap maps a C function over arrays in a pool of forked worker
+ * processes and stores the results in input order:
+ *
+ *     int add(int x, int y) { return x + y; }
+ *     PMAP_EXPORT(add, int, int, int);
+ *
+ *     pool_t *pool = pool_create(4);
+ *     pool_map(pool, add, 10, out, xs, ys);      // out[i] = add(xs[i], ys[i])
+ *     pool_destroy(pool);
+ *
+ * Conventions used by every call in this header:
+ *  - Errors are negative PMAP_E* codes, returned, never stored in errno;
+ *    pmap_strerror() describes them.  0 or more means success.
+ *  - pool_map returns 0 when every item succeeded, the number of failed items
+ *    when some failed (see pool_failures), or a negative code when the map
+ *    could not run at all.  A failed item never fails the others.
+ *  - A pool belongs to the process (and, at one time, the thread) that uses
+ *    it: calls from a forked child of that process, from inside a worker, or
+ *    from two threads at once are refused with a distinct code.
+ *  - The library never prints, never exits, never installs signal handlers
+ *    and never waits for a child it did not fork.
+ */
+#ifndef PMAP_H
+#define PMAP_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PMAP_VERSION_MAJOR 0
+#define PMAP_VERSION_MINOR 1
+#define PMAP_VERSION_PATCH 0
+
+#if defined(__GNUC__)
+#define PMAP_API __attribute__((visibility("default")))
+#else
+#error "libpmap needs a compiler with GNU C attributes (gcc or clang)"
+#endif
+
+/* Most parameters a mapped function may have. */
+#define PMAP_MAX_ARGS 16
+
+/* Most workers one pool may have. */
+#define PMAP_MAX_WORKERS 1024
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Every code the library returns.  Codes taken from errno keep their value
+ * (negated); codes of libpmap's own sit in their own range.
+ */
+#define PMAP_ERROR_MAP(XX)                                                    \
+    XX(EINVAL, -EINVAL, "invalid argument")                                   \
+    XX(ENOMEM, -ENOMEM, "out of memory")                                      \
+    XX(EAGAIN, -EAGAIN, "no process could be created (fork)")                 \
+    XX(EMFILE, -EMFILE, "too many open files in this process")                \
+    XX(ENFILE, -ENFILE, "too many open files in the system")                  \
+    XX(EBUSY, -EBUSY, "pool is in use by another call")                       \
+    XX(ETIMEDOUT, -ETIMEDOUT, "timed out")                                    \
+    XX(ECANCELED, -ECANCELED, "cancelled")                                    \
+    XX(EFAIL, -4001, "the callback reported a failure (pmap_fail)")           \
+    XX(ECRASH, -4002, "the worker was killed by a signal")                    \
+    XX(EEXIT, -4003, "the worker exited during the call")                     \
+    XX(ENOFUNC, -4004, "callback is not exported in the worker")              \
+    XX(EAMBIGUOUS, -4005, "callback identifier is exported twice")            \
+    XX(EPROTO, -4006, "malformed message on a worker pipe")                   \
+    XX(EFORKED, -4007, "pool belongs to another process")                     \
+    XX(ENESTED, -4008, "pool used from inside one of its workers")            \
+    XX(ESTART, -4009, "a worker failed to start")                             \
+    XX(ELOST, -4010, "the worker vanished (exit status unknown)")             \
+    XX(ESYSTEM, -4011, "unexpected system error")
+
+enum {
+#define PMAP__ERROR_ENUM(name, value, text) PMAP_##name = (value),
+    PMAP_ERROR_MAP(PMAP__ERROR_ENUM)
+#undef PMAP__ERROR_ENUM
+};
+
+/* A static English description of code; never NULL. */
+PMAP_API const char *pmap_strerror(int code);
+
+/* The code's name without prefix ("EINVAL", "ECRASH"); never NULL. */
+PMAP_API const char *pmap_err_name(int code);
+
+/* ------------------------------------------------------------------------ */
+/* Values                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A byte buffer, as an argument or a result.  As an argument, data points to
+ * size bytes the caller owns.  As a result returned by a callback, data must
+ * come from malloc (or be NULL): the worker frees it after sending it; the
+ * caller receives its own malloc'ed copy in out[i] and frees it.
+ */
+typedef struct pmap_bytes {
+    void *data;
+    size_t size;
+} pmap_bytes_t;
+
+/* ------------------------------------------------------------------------ */
+/* Pools                                                                    */
+/* ------------------------------------------------------------------------ */
+
+typedef struct pool pool_t;
+
+/* Options of pool_create_with; a zeroed struct means every default. */
+typedef struct pool_options {
+    int workers;    /* worker processes; 0: one per CPU this process may use */
+    size_t chunk;   /* items per batch sent to a worker; 0: automatic */
+} pool_options_t;
+
+/*
+ * Forks the workers of a new pool, once: they serve every later pool_map
+ * until pool_destroy.  workers is the number of processes, or 0 for one per
+ * CPU this process may run on.  Returns NULL on failure; pool_create_with
+ * says why.
+ *
+ * Workers are copies of the caller at this moment (fork): globals, heap and
+ * open files are inherited.  Create pools early, before the program starts
+ * threads (see README, "Processes").  Text buffered in stdio is flushed
+ * before forking, so it is never printed twice.
+ */
+PMAP_API pool_t *pool_create(int workers);
+
+/*
+ * pool_create with options (opts may be NULL).  Stores the pool in *poolp
+ * and returns 0, or returns PMAP_EINVAL (workers < 0 or > PMAP_MAX_WORKERS),
+ * PMAP_ENOMEM, PMAP_EMFILE/ENFILE (pipes), PMAP_EAGAIN (fork) or
+ * PMAP_ESTART (a worker died before it was ready), leaving *poolp NULL.
+ */
+PMAP_API int pool_create_with(pool_t **poolp, const pool_options_t *opts);
+
+/*
+ * Stops the workers (closing their pipes; a worker still busy after a short
+ * grace period is killed), waits for every one of them, closes every file
+ * descriptor and frees all memory of the pool.  NULL is allowed.  Called in
+ * a forked child of the pool's owner, it only frees the child's copy and
+ * leaves the workers to their owner.
+ */
+PMAP_API void pool_destroy(pool_t *pool);
+
+/* Number of workers of the pool, or PMAP_EINVAL for NULL. */
+PMAP_API int pool_size(const pool_t *pool);
+
+/* ------------------------------------------------------------------------ */
+/* Mapping                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * PMAP_EXPORT(fn, R, T1, ..., Tk);
+ *
+ * Makes the function `R fn(T1, ..., Tk)` callable by workers, at file scope,
+ * once, in the .c file that defines or declares fn (1 <= k <= PMAP_MAX_ARGS).
+ * The types are those of the array elements a caller passes; the function's
+ * own parameters must accept them (C's usual conversions apply).  A type is
+ * one of:
+ *  - a value: any arithmetic type, or a struct copied by value (its pointers,
+ *    if any, are copied as they are and mean nothing in the worker unless
+ *    the memory existed when the pool was created);
+ *  - a string: `const char *` or `char *`, NUL-terminated, any length, NULL
+ *    allowed;
+ *  - pmap_bytes_t: a byte buffer of any size.
+ * As the result type R the same kinds apply; a `char *` result is freed by
+ * the worker after it is sent (return malloc'ed memory), a `const char *`
+ * result is not.  String and byte results reach the caller as new memory
+ * from malloc that the caller frees.
+ *
+ * The worker finds fn by an identifier derived from (fn, file, line): two
+ * static functions of the same name in different files never collide.
+ */
+#define PMAP_EXPORT(fn, R, ...) PMAP__EXPORT(fn, R, 0, , __VA_ARGS__)
+
+/*
+ * PMAP_EXPORT_METHOD(fn, R, S, T1, ..., Tk);
+ *
+ * Exports a "method": a function whose first parameter points to an object
+ * of struct type S, `R fn(const S *self, T1, ..., Tk)`.  In pool_map the
+ * object is given by address (`&obj`); its bytes are shipped to the workers
+ * once per map, so state set after pool_create is seen.  Each worker calls
+ * fn with a pointer to its own copy: changes it makes are not sent back.
+ */
+#define PMAP_EXPORT_METHOD(fn, R, ...) PMAP__EXPORT(fn, R, 1, &, __VA_ARGS__)
+
+/*
+ * PMAP_CONST(value)
+ *
+ * In a pool_map argument list, passes the same value to every item in place
+ * of an array.  The value is sent once per map, not per item.
+ */
+#define PMAP_CONST(v) .value = (v)
+
+/*
+ * int pool_map(pool_t *pool, fn, size_t n, R *out, args...);
+ *
+ * Calls fn(args[0][i], args[1][i], ...) for i in 0..n-1 on the pool's
+ * workers and stores each result in out[i].  fn must be PMAP_EXPORTed and
+ * visible here.  Each argument is an array of at least n elements of the
+ * exported type, PMAP_CONST(value), or, for a method's object, &object.
+ * Array types, argument count and out's type are checked at compile time.
+ *
+ * Returns 0 when all items succeeded; a positive count of failed items (their
+ * out[i] are zeroed; pool_failures says which and why); or a negative code
+ * with nothing stored: PMAP_EINVAL (NULL pool, out or array, n == 0),
+ * PMAP_EBUSY (another thread is using the pool), PMAP_EFORKED (called in a
+ * forked child of the pool's owner), PMAP_ENESTED (called inside a worker),
+ * PMAP_ENOFUNC or PMAP_EAMBIGUOUS (fn cannot be identified), PMAP_ENOMEM.
+ * The pool stays usable after every outcome.
+ */
+#define pool_map(pool, fn, n, out, ...)                                       \
+    pmap__map_##fn((pool), NULL, (n), (out), PMAP__INPUTS(fn, __VA_ARGS__))
+
+/* Options of pool_map_with; a zeroed struct means the pool's defaults. */
+typedef struct pool_map_options {
+    size_t chunk;   /* items per batch; 0: the pool's setting */
+} pool_map_options_t;
+
+/* pool_map with options for this map (opts may be NULL). */
+#define pool_map_with(pool, opts, fn, n, out, ...)                            \
+    pmap__map_##fn((pool), (opts), (n), (out), PMAP__INPUTS(fn, __VA_ARGS__))
+
+/*
+ * Called by a callback running in a worker: marks the current item failed
+ * with code (any value of the caller's choosing) and a printf-style message
+ * (truncated to 511 bytes), which reach the caller through pool_failures
+ * with the item's index.  The callback should then return; its result is
+ * discarded and the worker goes on with the next item.  Returns 0, or
+ * PMAP_EINVAL when not called from a callback.
+ */
+PMAP_API int pmap_fail(int code, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* One failed item of the last map. */
+typedef struct pmap_failure {
+    size_t index;           /* the item's input index */
+    int error;              /* PMAP_EFAIL, PMAP_ECRASH, PMAP_EEXIT, ... */
+    int code;               /* EFAIL: callback's code; ECRASH: signal;
+                               EEXIT: exit status; else 0 */
+    long pid;               /* worker that ran it (0 if none did) */
+    const char *message;    /* EFAIL: the callback's message, else "" */
+} pmap_failure_t;
+
+/*
+ * The failed items of the pool's last pool_map, in input order: stores the
+ * array in *failures (owned by the pool, valid until its next map or
+ * pool_destroy) and returns their number.
+ */
+PMAP_API size_t pool_failures(const pool_t *pool,
+                              const pmap_failure_t **failures);
+
+/* Counters of a pool's work. */
+typedef struct pmap_stats {
+    uint64_t maps;          /* pool_map calls that ran */
+    uint64_t items;         /* items finished (results stored or failed) */
+    uint64_t failed;        /* items failed */
+    uint64_t batches;       /* batches sent to workers */
+    uint64_t bytes_sent;    /* bytes written to workers */
+    uint64_t bytes_received;/* bytes read from workers */
+    uint64_t busy_ns;       /* time workers spent running items */
+    uint64_t wall_ns;       /* time spent in pool_map */
+    uint64_t restarts;      /* workers replaced after dying */
+} pmap_stats_t;
+
+/*
+ * Stores the counters of the pool's last map in *last and those since its
+ * creation in *total (either may be NULL).  Returns 0 or PMAP_EINVAL.
+ */
+PMAP_API int pool_stats(const pool_t *pool, pmap_stats_t *last,
+                        pmap_stats_t *total);
+
+/* ------------------------------------------------------------------------ */
+/* Internals the macros above expand to.  Not part of the API.              */
+/* ------------------------------------------------------------------------ */
+
+enum pmap__kind {
+    PMAP__VALUE = 1,        /* sizeof(T) bytes copied as they are */
+    PMAP__STRING,           /* const char *: NUL-terminated, borrowed */
+    PMAP__STRING_OWNED,     /* char *: as a result, freed by the worker */
+    PMAP__BYTES             /* pmap_bytes_t */
+};
+
+typedef struct pmap__type {
+    unsigned char kind;     /* enum pmap__kind */
+    size_t size;            /* sizeof the C type */
+} pmap__type_t;
+
+/* One exported function: built by PMAP_EXPORT, linked at load time. */
+typedef struct pmap__fn {
+    const char *name;
+    const char *file;
+    int line;
+    int nparams;
+    int method;             /* params[0] is the object of a method */
+    pmap__type_t result;
+    pmap__type_t params[PMAP_MAX_ARGS];
+    void (*call)(void *result, void *const *argv);
+    uint64_t id;            /* set by pmap__register */
+    struct pmap__fn *next;  /* registry list */
+} pmap__fn_t;
+
+/* One pool_map argument as the caller wrote it. */
+typedef struct pmap__arg {
+    const void *array;      /* the array, or NULL */
+    const void *value;      /* the constant (if is_const) */
+    char is_array;
+    char is_const;
+} pmap__arg_t;
+
+PMAP_API void pmap__register(pmap__fn_t *fn);
+PMAP_API void pmap__unregister(pmap__fn_t *fn);
+PMAP_API int pmap__map(pool_t *pool, const pool_map_options_t *opts,
+                       const pmap__fn_t *fn, size_t n, void *out,
+                       int nargs, const pmap__arg_t *args);
+
+#define PMAP__CAT(a, b) PMAP__CAT_(a, b)
+#define PMAP__CAT_(a, b) a##b
+#define PMAP__COMMA() ,
+#define PMAP__NOTHING()
+
+#define PMAP__KIND(T)                                                         \
+    _Generic(*(T *)0, char *: PMAP__STRING_OWNED,                             \
+             const char *: PMAP__STRING,                                      \
+             pmap_bytes_t: PMAP__BYTES,                                       \
+             default: PMAP__VALUE)
+
+/*
+ * PMAP__EACH(m, c, sep, a0, a1, ...) expands to
+ * m(c, 0, a0) sep() m(c, 1, a1) sep() ...
+ */
+#define PMAP__NARGS(...)                                                      \
+    PMAP__NARGS_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,   \
+                 3, 2, 1, ~)
+#define PMAP__NARGS_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, \
+                     a14, a15, a16, n, ...) n
+#define PMAP__EACH(m, c, s, ...)                                              \
+    PMAP__CAT(PMAP__EACH_, PMAP__NARGS(__VA_ARGS__))(m, c, s, __VA_ARGS__)
+#define PMAP__EACH_1(m, c, s, a) m(c, 0, a)
+#define PMAP__EACH_2(m, c, s, a, b) PMAP__EACH_1(m, c, s, a) s() m(c, 1, b)
+#define PMAP__EACH_3(m, c, s, a, b, d)                                        \
+    PMAP__EACH_2(m, c, s, a, b) s() m(c, 2, d)
+#define PMAP__EACH_4(m, c, s, a, b, d, e)                                     \
+    PMAP__EACH_3(m, c, s, a, b, d) s() m(c, 3, e)
+#define PMAP__EACH_5(m, c, s, a, b, d, e, f)                                  \
+    PMAP__EACH_4(m, c, s, a, b, d, e) s() m(c, 4, f)
+#define PMAP__EACH_6(m, c, s, a, b, d, e, f, g)                               \
+    PMAP__EACH_5(m, c, s, a, b, d, e, f) s() m(c, 5, g)
+#define PMAP__EACH_7(m, c, s, a, b, d, e, f, g, h)                            \
+    PMAP__EACH_6(m, c, s, a, b, d, e, f, g) s() m(c, 6, h)
+#define PMAP__EACH_8(m, c, s, a, b, d, e, f, g, h, i)                         \
+    PMAP__EACH_7(m, c, s, a, b, d, e, f, g, h) s() m(c, 7, i)
+#define PMAP__EACH_9(m, c, s, a, b, d, e, f, g, h, i, j)                      \
+    PMAP__EACH_8(m, c, s, a, b, d, e, f, g, h, i) s() m(c, 8, j)
+#define PMAP__EACH_10(m, c, s, a, b, d, e, f, g, h, i, j, k)                  \
+    PMAP__EACH_9(m, c, s, a, b, d, e, f, g, h, i, j) s() m(c, 9, k)
+#define PMAP__EACH_11(m, c, s, a, b, d, e, f, g, h, i, j, k, l)               \
+    PMAP__EACH_10(m, c, s, a, b, d, e, f, g, h, i, j, k) s() m(c, 10, l)
+#define PMAP__EACH_12(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o)            \
+    PMAP__EACH_11(m, c, s, a, b, d, e, f, g, h, i, j, k, l) s() m(c, 11, o)
+#define PMAP__EACH_13(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p)         \
+    PMAP__EACH_12(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o) s()           \
+        m(c, 12, p)
+#define PMAP__EACH_14(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p, q)      \
+    PMAP__EACH_13(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p) s()        \
+        m(c, 13, q)
+#define PMAP__EACH_15(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p, q, r)   \
+    PMAP__EACH_14(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p, q) s()     \
+        m(c, 14, r)
+#define PMAP__EACH_16(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p, q, r,   \
+                      t)                                                      \
+    PMAP__EACH_15(m, c, s, a, b, d, e, f, g, h, i, j, k, l, o, p, q, r) s()  \
+        m(c, 15, t)
+
+/*
+ * Per parameter k of fn: its type, and the struct a pool_map argument
+ * initializes.  `array` takes a bare array; PMAP_CONST's `.value =` takes a
+ * constant.  The leading designator keeps -Wmissing-field-initializers quiet
+ * and the trailing 1 lands in is_array or is_const, whichever follows the
+ * member that was set, so the two forms can be told apart.
+ */
+#define PMAP__PARAM_TYPES(fn, k, T)                                           \
+    typedef T pmap__t_##fn##_##k;                                             \
+    typedef struct {                                                          \
+        char pad;                                                             \
+        const pmap__t_##fn##_##k *array;                                      \
+        char is_array;                                                        \
+        pmap__t_##fn##_##k value;                                             \
+        char is_const;                                                        \
+    } pmap__in_##fn##_##k;
+#define PMAP__INPUT(fn, k, a) (pmap__in_##fn##_##k){.pad = 0, a, 1}
+#define PMAP__INPUTS(fn, ...)                                                 \
+    PMAP__EACH(PMAP__INPUT, fn, PMAP__COMMA, __VA_ARGS__)
+#define PMAP__ARG_FROM_INPUT(fn, k, T)                                        \
+    {in##k.array, &in##k.value, in##k.is_array, in##k.is_const}
+#define PMAP__INPUT_PARAM(fn, k, T) pmap__in_##fn##_##k in##k
+#define PMAP__DEREF(fn, k, T) *(pmap__t_##fn##_##k *)argv[k]
+#define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T)}
+
+#define PMAP__EXPORT(fn, R, method, ref0, ...)                                 \
+    PMAP__EACH(PMAP__PARAM_TYPES, fn, PMAP__NOTHING, __VA_ARGS__)             \
+    typedef R pmap__r_##fn;                                                   \
+    static void pmap__call_##fn(void *result, void *const *argv)              \
+    {                                                                         \
+        *(R *)result =                                                        \
+            fn(ref0 PMAP__EACH(PMAP__DEREF, fn, PMAP__COMMA, __VA_ARGS__));   \
+    }                                                                         \
+    static pmap__fn_t pmap__fn_##fn = {                                       \
+        #fn, __FILE__, __LINE__, PMAP__NARGS(__VA_ARGS__), method,            \
+        {PMAP__KIND(R), sizeof(R)},                                           \
+        {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},          \
+        pmap__call_##fn, 0, 0};                                               \
+    __attribute__((constructor)) static void pmap__load_##fn(void)            \
+    {                                                                         \
+        pmap__register(&pmap__fn_##fn);                                       \
+    }                                                                         \
+    __attribute__((destructor)) static void pmap__unload_##fn(void)           \
+    {                                                                         \
+        pmap__unregister(&pmap__fn_##fn);                                     \
+    }                                                                         \
+    __attribute__((unused)) static inline int pmap__map_##fn(                 \
+        pool_t *pool, const pool_map_options_t *opts, size_t n,               \
+        pmap__r_##fn *out,                                                    \
+        PMAP__EACH(PMAP__INPUT_PARAM, fn, PMAP__COMMA, __VA_ARGS__))          \
+    {                                                                         \
+        const pmap__arg_t args[] = {                                          \
+            PMAP__EACH(PMAP__ARG_FROM_INPUT, fn, PMAP__COMMA, __VA_ARGS__)};  \
+        return pmap__map(pool, opts, &pmap__fn_##fn, n, out,                  \
+                         PMAP__NARGS(__VA_ARGS__), args);                     \
+    }                                                                         \
+    typedef int pmap__exported_##fn /* swallows the caller's ';' */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PMAP_H */

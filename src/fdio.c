@@ -1,0 +1,185 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * fdio.c - every system call libpmap makes on a file descriptor or a child
+ * process, in one place, so that the rules hold everywhere:
+ *
+ *  - EINTR is retried (the caller may run a signal-driven timer without
+ *    SA_RESTART); poll recomputes its timeout from CLOCK_MONOTONIC.  close
+ *    is never retried: the descriptor may already be reused.
+ *  - Descriptors are close-on-exec and never 0, 1 or 2, so that a stray
+ *    printf in a callback, with stdout closed, cannot write into a channel.
+ *  - Writes use MSG_NOSIGNAL: writing to a dead worker returns EPIPE instead
+ *    of raising SIGPIPE in the caller, whose signal handling we never touch.
+ *  - waitpid names one pid: we reap only the children we forked.
+ *
+ * A worker's channel is a Unix socketpair rather than two pipes for the last
+ * reason (MSG_NOSIGNAL exists for sockets only), and because it was faster
+ * here (README, "Design").
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* SOCK_CLOEXEC */
+#endif
+
+#include "pmap_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Moves fd to 3 or above, close-on-exec. */
+static int fd_sanitize(int fd)
+{
+    if (fd > STDERR_FILENO) {
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+            return -errno;
+        return fd;
+    }
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    int err = errno;
+    close(fd);
+    return moved < 0 ? -err : moved;
+}
+
+/*
+ * Creates a connected pair of stream sockets, both close-on-exec and above
+ * stderr.  Returns 0 or a negative code.
+ */
+int pmap__channel(int fds[2])
+{
+    int type = SOCK_STREAM;
+#ifdef SOCK_CLOEXEC
+    type |= SOCK_CLOEXEC;
+#endif
+    if (socketpair(AF_UNIX, type, 0, fds) < 0)
+        return -errno;
+    for (int i = 0; i < 2; i++) {
+        int fd = fd_sanitize(fds[i]);
+        if (fd < 0) {
+            if (i == 1)
+                close(fds[0]);
+            else
+                close(fds[1]);
+            return fd;
+        }
+        fds[i] = fd;
+    }
+    return 0;
+}
+
+int pmap__set_nonblocking(int fd)
+{
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Closes *fd if open and marks it closed.  EINTR still closed it (POSIX
+ * leaves it unspecified, Linux always closes), so it is not retried. */
+void pmap__close(int *fd)
+{
+    if (*fd >= 0) {
+        int saved = errno;
+        close(*fd);
+        errno = saved;
+        *fd = -1;
+    }
+}
+
+/* Reads at most n bytes: their count, 0 at end of file, or -errno. */
+ssize_t pmap__read(int fd, void *data, size_t n)
+{
+    ssize_t r;
+    do
+        r = read(fd, data, n);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+/* Writes what fits now of iov: the count written, or -errno (-EAGAIN). */
+ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt)
+{
+    struct msghdr msg = {0};
+    msg.msg_iov = (struct iovec *)iov;
+    msg.msg_iovlen = iovcnt;
+    ssize_t r;
+    do
+        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+/* Writes all n bytes to a blocking socket: 0 or -errno. */
+int pmap__send_all(int fd, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    while (n > 0) {
+        ssize_t r = send(fd, p, n, MSG_NOSIGNAL);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+int64_t pmap__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/*
+ * poll until deadline_ns (CLOCK_MONOTONIC; negative: no deadline).  Returns
+ * the number of ready descriptors, 0 at the deadline, or -errno.
+ */
+int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns)
+{
+    for (;;) {
+        int timeout = -1;
+        if (deadline_ns >= 0) {
+            int64_t left = deadline_ns - pmap__now_ns();
+            if (left < 0)
+                left = 0;
+            /* Round up, so that we never wake just before the deadline. */
+            int64_t ms = (left + 999999) / 1000000;
+            timeout = ms > INT_MAX ? INT_MAX : (int)ms;
+        }
+        int r = poll(fds, (nfds_t)nfds, timeout);
+        if (r >= 0)
+            return r;
+        if (errno != EINTR)
+            return -errno;
+    }
+}
+
+/*
+ * Waits for our child pid and stores its wait status.  Returns 0, or
+ * PMAP_ELOST when the status is gone: the caller's SIGCHLD handler reaped
+ * it first, or SIGCHLD is ignored (then the kernel reaps children itself).
+ */
+int pmap__reap(pid_t pid, int *status)
+{
+    for (;;) {
+        if (waitpid(pid, status, 0) == pid)
+            return 0;
+        if (errno != EINTR)
+            return PMAP_ELOST;
+    }
+}
+
+/* Most iovecs one sendmsg takes (POSIX guarantees 16). */
+int pmap__iov_max(void)
+{
+    long v = sysconf(_SC_IOV_MAX);
+    return v >= 16 && v <= 1024 ? (int)v : v > 1024 ? 1024 : 16;
+}

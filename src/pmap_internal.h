@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pmap_internal.h - what libpmap's source files share, never installed.
+ *
+ * The architecture, one file each (README.md, "Design", says more):
+ *
+ *   pool.c      pool lifecycle: create, spawn and replace workers, destroy
+ *   loop.c      the caller's event loop: poll, pipe I/O, worker deaths
+ *   map.c       one map: validation, batches, results in order, failures
+ *   worker.c    the worker process: its setup after fork and task loop
+ *   wire.c      the frame format, encoding and decoding (no I/O)
+ *   registry.c  PMAP_EXPORT'ed functions, found by identifier
+ *   fdio.c      every system call on a file descriptor or a child
+ *   shm.c       the memory shared with the workers
+ *   cpu.c       the CPUs this process may use (the default pool size)
+ *   buf.c       growable byte buffers
+ *   error.c     error names and messages
+ *
+ * Internal functions are prefixed pmap__ because libpmap.a shares the
+ * caller's link namespace.  They return 0 (or a count) on success and a
+ * negative PMAP_E* code on failure, like the public API.
+ */
+#ifndef PMAP_INTERNAL_H
+#define PMAP_INTERNAL_H
+
+#include "pmap.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <poll.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/* ---- buf.c ------------------------------------------------------------ */
+
+/* A growable byte buffer; a zeroed one is empty and valid. */
+typedef struct pmap__buf {
+    unsigned char *data;
+    size_t len;     /* bytes in use */
+    size_t cap;     /* bytes allocated */
+} pmap__buf_t;
+
+int pmap__buf_reserve(pmap__buf_t *b, size_t extra);
+void *pmap__buf_append(pmap__buf_t *b, size_t n);
+int pmap__buf_put(pmap__buf_t *b, const void *data, size_t n);
+int pmap__buf_put_u64(pmap__buf_t *b, uint64_t v);
+int pmap__buf_pad(pmap__buf_t *b, size_t align);
+void pmap__buf_consume(pmap__buf_t *b, size_t n);
+void pmap__buf_free(pmap__buf_t *b);
+
+/* ---- fdio.c ----------------------------------------------------------- */
+
+int pmap__channel(int fds[2]);
+int pmap__set_nonblocking(int fd);
+void pmap__close(int *fd);
+ssize_t pmap__read(int fd, void *data, size_t n);
+ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt);
+int pmap__send_all(int fd, const void *data, size_t n);
+int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
+int pmap__reap(pid_t pid, int *status);
+int64_t pmap__now_ns(void);
+int pmap__iov_max(void);
+
+/* ---- wire.c ----------------------------------------------------------- */
+
+#define PMAP__MAGIC 0x31414d50u     /* "PMA1" in memory on little-endian */
+#define PMAP__HEADER_SIZE 32
+#define PMAP__ALIGN 16              /* payloads and columns are padded to it */
+#define PMAP__NULL_LENGTH UINT64_MAX /* length of a NULL string or buffer */
+#define PMAP__MESSAGE_MAX 512       /* longest failure message */
+
+enum pmap__frame_type {
+    PMAP__READY = 1,    /* worker -> caller: started; payload: pid */
+    PMAP__SETUP,        /* caller -> worker: a map's callback and constants */
+    PMAP__TASK,         /* caller -> worker: a batch of argument tuples */
+    PMAP__RESULT,       /* worker -> caller: a batch's results */
+    PMAP__END,          /* caller -> worker: forget a map */
+    PMAP__MAP_ERROR     /* worker -> caller: a map cannot run here */
+};
+
+typedef struct pmap__header {
+    uint8_t type;       /* enum pmap__frame_type */
+    uint32_t map;       /* map identifier (0 for READY) */
+    uint64_t length;    /* payload bytes after the header, padded */
+} pmap__header_t;
+
+void pmap__header_encode(unsigned char *out, const pmap__header_t *h);
+int pmap__header_decode(const unsigned char *in, pmap__header_t *h);
+size_t pmap__pad(size_t n);
+uint64_t pmap__get_u64(const unsigned char *p);
+
+/*
+ * Outgoing frames: a list of segments that are either bytes the queue owns
+ * (copied into scratch) or references to the caller's memory, sent with one
+ * sendmsg per batch of iovecs.  Large arguments are never copied.
+ */
+typedef struct pmap__segment {
+    const unsigned char *ptr;   /* referenced memory, or NULL: scratch */
+    size_t offset;              /* in scratch, when ptr is NULL */
+    size_t len;
+} pmap__segment_t;
+
+typedef struct pmap__outq {
+    pmap__buf_t scratch;        /* bytes the queue owns */
+    pmap__segment_t *segs;
+    size_t nsegs, cap;
+    size_t head;                /* first segment not fully written */
+    size_t head_done;           /* bytes of it already written */
+    uint64_t total;             /* bytes queued since the last reset */
+    int error;                  /* first failure to queue (PMAP_ENOMEM) */
+} pmap__outq_t;
+
+size_t pmap__outq_begin(pmap__outq_t *q, uint8_t type, uint32_t map);
+void pmap__outq_end(pmap__outq_t *q, size_t frame);
+void *pmap__outq_alloc(pmap__outq_t *q, size_t n);
+void pmap__outq_copy(pmap__outq_t *q, const void *data, size_t n);
+void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n);
+void pmap__outq_u64(pmap__outq_t *q, uint64_t v);
+void pmap__outq_pad(pmap__outq_t *q);
+void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
+bool pmap__outq_empty(const pmap__outq_t *q);
+int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
+void pmap__outq_advance(pmap__outq_t *q, size_t n);
+void pmap__outq_reset(pmap__outq_t *q);
+void pmap__outq_free(pmap__outq_t *q);
+
+/* A column of count values of one type, read as base + i * stride. */
+typedef struct pmap__column {
+    const unsigned char *base;
+    size_t stride;      /* 0 for a constant */
+} pmap__column_t;
+
+void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
+                         const unsigned char *base, size_t stride,
+                         size_t count);
+int pmap__column_decode(const unsigned char *p, size_t avail,
+                        pmap__type_t type, size_t count, void *scratch,
+                        pmap__column_t *col, size_t *used);
+size_t pmap__column_scratch(pmap__type_t type, size_t count);
+
+/*
+ * Incoming frames from one channel: bytes are read greedily into buf and
+ * complete frames are taken from its front.
+ */
+typedef struct pmap__reader {
+    pmap__buf_t buf;
+    size_t start;       /* offset of the first unconsumed byte */
+} pmap__reader_t;
+
+ssize_t pmap__reader_fill(pmap__reader_t *r, int fd);
+int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
+                      const unsigned char **payload);
+void pmap__reader_free(pmap__reader_t *r);
+
+/* ---- registry.c ------------------------------------------------------- */
+
+int pmap__registry_check(const pmap__fn_t *fn);
+int pmap__registry_find(uint64_t id, const pmap__fn_t **fn);
+uint64_t pmap__signature(const pmap__fn_t *fn);
+
+/* ---- shm.c ------------------------------------------------------------ */
+
+/*
+ * What a worker tells the caller through shared memory, without a system
+ * call: the item it is running, so that a crash is charged to that item
+ * alone.  One cache line per worker; written by the worker only.
+ */
+typedef struct pmap__slot {
+    _Atomic uint64_t item;      /* index + 1 of the running item; 0: none */
+    _Atomic uint32_t map;       /* the map that item belongs to */
+    _Atomic int64_t started_ns; /* when the item started (timed maps) */
+    char pad[64 - 2 * sizeof(uint64_t) - sizeof(uint32_t) - 4];
+} pmap__slot_t;
+
+void *pmap__shm_map(size_t size);
+void pmap__shm_unmap(void *p, size_t size);
+
+/* ---- cpu.c ------------------------------------------------------------ */
+
+int pmap__cpu_count(void);
+
+/* ---- pool.c / loop.c / map.c ----------------------------------------- */
+
+#define PMAP__DEPTH 2   /* batches a worker holds at most: one runs, one waits */
+
+struct pmap__job;
+
+/* Items [first, first + count), tried `attempts` times before. */
+typedef struct pmap__range {
+    size_t first;
+    size_t count;
+    int attempts;
+} pmap__range_t;
+
+/* A batch sent to a worker. */
+typedef struct pmap__batch {
+    struct pmap__job *job;
+    pmap__range_t items;
+} pmap__batch_t;
+
+typedef struct pmap__worker {
+    pid_t pid;                  /* 0 when there is no process */
+    int index;
+    int fd;                     /* our end of its channel, non-blocking */
+    bool ready;                 /* READY received */
+    uint32_t setup_map;         /* map set up on it (0: none) */
+    pmap__outq_t out;
+    pmap__reader_t in;
+    pmap__batch_t batch[PMAP__DEPTH];   /* in flight, oldest first */
+    int nbatch;
+} pmap__worker_t;
+
+struct pool {
+    pid_t owner;                /* process that created the pool */
+    atomic_flag busy;           /* a call is using the pool */
+    pool_options_t opts;
+    int nworkers;
+    pmap__worker_t *workers;
+    pmap__slot_t *slots;        /* shared, one per worker */
+    struct pollfd *pollfds;     /* one per worker, for loop.c */
+    int start_failures;         /* workers dead before READY, in a row */
+    uint32_t last_map;          /* identifier of the last map */
+    pmap_failure_t *failures;   /* of the last map, messages malloc'ed */
+    size_t nfailures, failures_cap;
+    pmap_stats_t last;          /* counters of the last map... */
+    pmap_stats_t total;         /* ...and since the pool was created */
+    struct pool *next;          /* every live pool of the process */
+};
+
+/* How a worker died, as the caller reports it for the item it ran. */
+typedef struct pmap__death {
+    int error;                  /* PMAP_ECRASH, PMAP_EEXIT, PMAP_ELOST... */
+    int code;                   /* signal number or exit status */
+    long pid;
+    uint32_t map;               /* the item it was running, from its slot */
+    uint64_t item;              /* index + 1, or 0: none */
+} pmap__death_t;
+
+/* A running map. */
+typedef struct pmap__job {
+    uint32_t id;
+    const pmap__fn_t *fn;
+    size_t n;
+    unsigned char *out;
+    pmap__arg_t args[PMAP_MAX_ARGS];
+    uint64_t constants;         /* bit k: argument k is the same for all */
+    size_t chunk;               /* fixed batch size, or 0: automatic */
+    pmap__outq_t setup;         /* the SETUP frame, sent once per worker */
+    size_t next;                /* first item never dispatched */
+    size_t done;                /* items stored or failed */
+    size_t failed;              /* items failed */
+    size_t inflight;            /* batches sent and not answered */
+    pmap__range_t *retry;       /* items to send again */
+    size_t nretry, retry_cap;
+    uint64_t busy_ns;           /* workers' time in the callback... */
+    uint64_t busy_items;        /* ...for this many items */
+    pmap__buf_t scratch;        /* for decoding variable results */
+    int error;                  /* the whole map failed with this code */
+} pmap__job_t;
+
+/* pool.c */
+int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w);
+int pmap__worker_reap(pmap__worker_t *w, int *status);
+void pmap__pool_child_init(int keep_fd);
+int pmap__pool_enter(pool_t *pool);
+void pmap__pool_leave(pool_t *pool);
+
+/* loop.c */
+int pmap__loop_run(pool_t *pool, pmap__job_t *job, int64_t deadline_ns);
+void pmap__loop_abandon(pool_t *pool, pmap__job_t *job);
+
+/* map.c */
+bool pmap__job_finished(const pmap__job_t *job);
+bool pmap__job_has_work(const pmap__job_t *job);
+int pmap__job_dispatch(pool_t *pool, pmap__job_t *job, pmap__worker_t *w);
+int pmap__job_result(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
+                     const unsigned char *payload, size_t len);
+int pmap__job_map_error(pmap__job_t *job, pmap__worker_t *w,
+                        const unsigned char *payload, size_t len);
+void pmap__job_lost(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
+                    const pmap__death_t *death);
+void pmap__failures_clear(pool_t *pool);
+
+/* worker.c */
+extern bool pmap__in_worker;    /* this process is a worker */
+_Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd);
+
+#endif /* PMAP_INTERNAL_H */

@@ -1,0 +1,294 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pool.c - a pool's lifecycle: creating it, forking and replacing its
+ * workers, reaping them, and destroying it.
+ *
+ * Invariants:
+ *  - A worker is forked by pmap__worker_spawn only.  Before the fork, stdio
+ *    is flushed (or the child would print the caller's buffered text again)
+ *    and every signal but the synchronous faults is blocked, so no handler
+ *    of the caller runs in the child before worker.c resets them.
+ *  - The child closes every descriptor of every pool of the process except
+ *    its own end of its channel, so that closing our end always reaches it
+ *    as EOF, and destroying one pool never waits on another's workers.
+ *    The list of pools is locked across fork for that reason.
+ *  - We wait for our own workers by pid and nothing else.
+ */
+#include "pmap_internal.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* How long pool_create waits for its workers to say they are ready. */
+#define START_TIMEOUT_NS (30 * 1000000000LL)
+
+/* How long pool_destroy lets a worker finish before killing it. */
+#define STOP_GRACE_NS (2 * 1000000000LL)
+
+static pool_t *pools;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+pool_t *pool_create(int workers)
+{
+    pool_t *pool;
+    pool_options_t opts = {.workers = workers};
+    return pool_create_with(&pool, &opts) == 0 ? pool : NULL;
+}
+
+static void pools_link(pool_t *pool)
+{
+    pthread_mutex_lock(&pools_lock);
+    pool->next = pools;
+    pools = pool;
+    pthread_mutex_unlock(&pools_lock);
+}
+
+static void pools_unlink(pool_t *pool)
+{
+    pthread_mutex_lock(&pools_lock);
+    for (pool_t **p = &pools; *p != NULL; p = &(*p)->next) {
+        if (*p == pool) {
+            *p = pool->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
+}
+
+int pool_create_with(pool_t **poolp, const pool_options_t *opts)
+{
+    if (poolp == NULL)
+        return PMAP_EINVAL;
+    *poolp = NULL;
+    pool_options_t o = opts ? *opts : (pool_options_t){0};
+    if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS)
+        return PMAP_EINVAL;
+    if (pmap__in_worker)
+        return PMAP_ENESTED;
+
+    pool_t *pool = calloc(1, sizeof *pool);
+    if (pool == NULL)
+        return PMAP_ENOMEM;
+    atomic_flag_clear(&pool->busy);
+    pool->owner = getpid();
+    pool->opts = o;
+    pool->nworkers = o.workers ? o.workers : pmap__cpu_count();
+    pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
+    pool->pollfds = calloc((size_t)pool->nworkers, sizeof *pool->pollfds);
+    pool->slots = pmap__shm_map((size_t)pool->nworkers * sizeof *pool->slots);
+    if (pool->workers == NULL || pool->pollfds == NULL ||
+        pool->slots == NULL) {
+        pmap__shm_unmap(pool->slots,
+                        (size_t)pool->nworkers * sizeof *pool->slots);
+        free(pool->pollfds);
+        free(pool->workers);
+        free(pool);
+        return PMAP_ENOMEM;
+    }
+    for (int i = 0; i < pool->nworkers; i++) {
+        pool->workers[i].index = i;
+        pool->workers[i].fd = -1;
+    }
+    pools_link(pool);
+
+    int rc = 0;
+    for (int i = 0; i < pool->nworkers && rc == 0; i++)
+        rc = pmap__worker_spawn(pool, &pool->workers[i]);
+    if (rc == 0)
+        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + START_TIMEOUT_NS);
+    if (rc < 0) {
+        pool_destroy(pool);
+        return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
+    }
+    *poolp = pool;
+    return 0;
+}
+
+/*
+ * Forks the process for worker slot w and connects it.  Returns 0 or a
+ * negative code (the slot then stays empty).
+ */
+int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
+{
+    int fds[2];
+    int rc = pmap__channel(fds);
+    if (rc < 0)
+        return rc;
+    atomic_store(&pool->slots[w->index].item, 0);
+
+    fflush(NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+                                 SIGABRT, SIGTRAP, SIGSYS};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&all, faults[i]);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_mutex_lock(&pools_lock);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pmap__close(&fds[0]);
+        pmap__worker_main(pool, w, fds[1]);
+    }
+    int err = -errno;
+    pthread_mutex_unlock(&pools_lock);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    pmap__close(&fds[1]);
+    if (pid < 0) {
+        pmap__close(&fds[0]);
+        return err;
+    }
+    w->pid = pid;
+    w->fd = fds[0];
+    w->ready = false;
+    w->setup_map = 0;
+    w->nbatch = 0;
+    pmap__outq_reset(&w->out);
+    w->in.buf.len = w->in.start = 0;
+    rc = pmap__set_nonblocking(w->fd);
+    if (rc < 0) {
+        int status;
+        pmap__worker_reap(w, &status);
+        return rc;
+    }
+    return 0;
+}
+
+/*
+ * In a new worker, before anything else: closes every descriptor of every
+ * pool but keep_fd, and makes the list's lock usable again (the forking
+ * thread held it, and that thread is the only one the child has).
+ */
+void pmap__pool_child_init(int keep_fd)
+{
+    for (pool_t *p = pools; p != NULL; p = p->next) {
+        for (int i = 0; i < p->nworkers; i++) {
+            if (p->workers[i].fd != keep_fd)
+                pmap__close(&p->workers[i].fd);
+        }
+    }
+    pthread_mutex_init(&pools_lock, NULL);
+}
+
+/*
+ * Closes w's channel, makes sure its process is gone (killing it if it is
+ * still running) and waits for it.  Stores its wait status and returns 0,
+ * or returns PMAP_ELOST when someone else reaped it.  The slot is then
+ * empty, for pmap__worker_spawn.
+ */
+int pmap__worker_reap(pmap__worker_t *w, int *status)
+{
+    int rc = PMAP_ELOST;
+    pmap__close(&w->fd);
+    if (w->pid > 0) {
+        pid_t r;
+        do
+            r = waitpid(w->pid, status, WNOHANG);
+        while (r < 0 && errno == EINTR);
+        if (r == w->pid) {
+            rc = 0;
+        } else if (r == 0) {
+            /* Alive without its channel, or stuck: it cannot serve us. */
+            kill(w->pid, SIGKILL);
+            rc = pmap__reap(w->pid, status);
+        }
+    }
+    w->pid = 0;
+    return rc;
+}
+
+/*
+ * Stops every worker: EOF on its channel asks it to leave; a worker that has
+ * not left within the grace period is killed.  Then reaps them all.
+ */
+static void stop_workers(pool_t *pool)
+{
+    int left = 0;
+    for (int i = 0; i < pool->nworkers; i++) {
+        if (pool->workers[i].fd >= 0) {
+            shutdown(pool->workers[i].fd, SHUT_WR);
+            left++;
+        }
+    }
+    struct pollfd *pfd = pool->pollfds;
+    int64_t deadline = pmap__now_ns() + STOP_GRACE_NS;
+    while (left > 0) {
+        for (int i = 0; i < pool->nworkers; i++)
+            pfd[i] = (struct pollfd){pool->workers[i].fd, POLLIN, 0};
+        if (pmap__poll(pfd, (size_t)pool->nworkers, deadline) <= 0)
+            break;
+        for (int i = 0; i < pool->nworkers; i++) {
+            pmap__worker_t *w = &pool->workers[i];
+            if (w->fd < 0 || pfd[i].revents == 0)
+                continue;
+            char sink[4096];
+            ssize_t r = pmap__read(w->fd, sink, sizeof sink);
+            if (r == 0 || (r < 0 && r != -EAGAIN)) {
+                pmap__close(&w->fd);    /* it left */
+                left--;
+            }
+        }
+    }
+    for (int i = 0; i < pool->nworkers; i++) {
+        int status;
+        pmap__worker_reap(&pool->workers[i], &status);
+    }
+}
+
+void pool_destroy(pool_t *pool)
+{
+    if (pool == NULL)
+        return;
+    pools_unlink(pool);
+    if (pool->owner == getpid()) {
+        stop_workers(pool);
+    } else {
+        /* A forked copy: the workers are our parent's, not ours to stop. */
+        for (int i = 0; i < pool->nworkers; i++)
+            pmap__close(&pool->workers[i].fd);
+    }
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__outq_free(&pool->workers[i].out);
+        pmap__reader_free(&pool->workers[i].in);
+    }
+    pmap__failures_clear(pool);
+    free(pool->failures);
+    pmap__shm_unmap(pool->slots, (size_t)pool->nworkers * sizeof *pool->slots);
+    free(pool->pollfds);
+    free(pool->workers);
+    free(pool);
+}
+
+int pool_size(const pool_t *pool)
+{
+    return pool ? pool->nworkers : PMAP_EINVAL;
+}
+
+/*
+ * Checks that the calling process and thread may use pool now, and marks it
+ * busy.  Returns 0, or PMAP_EINVAL, PMAP_ENESTED, PMAP_EFORKED, PMAP_EBUSY.
+ */
+int pmap__pool_enter(pool_t *pool)
+{
+    if (pool == NULL)
+        return PMAP_EINVAL;
+    if (pmap__in_worker)
+        return PMAP_ENESTED;
+    if (pool->owner != getpid())
+        return PMAP_EFORKED;
+    if (atomic_flag_test_and_set(&pool->busy))
+        return PMAP_EBUSY;
+    return 0;
+}
+
+void pmap__pool_leave(pool_t *pool)
+{
+    atomic_flag_clear(&pool->busy);
+}

@@ -1,0 +1,459 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * wire.c - the frame format spoken on a worker's channel, in one place:
+ * headers, the column encoding of argument tuples and results, a builder
+ * for outgoing frames and a reader for incoming ones.  Nothing here calls
+ * the system except pmap__reader_fill (through fdio.c), so the decoders can
+ * be fuzzed alone.
+ *
+ * A frame is a 32-byte header and a payload padded to 16 bytes:
+ *
+ *   header   u32 magic "PMA1" | u8 type | 3 bytes 0 | u32 map | u32 0
+ *            | u64 payload length | u64 0
+ *
+ * Both ends are the same program on the same machine, so integers are in
+ * host byte order.  Every length read from a frame is checked against the
+ * bytes actually present before it is used; a frame that fails a check is
+ * PMAP_EPROTO, never an overflow.
+ *
+ * A column holds one argument (or the result) of `count` consecutive items:
+ *
+ *   value     count * sizeof(T) bytes, as in the caller's array
+ *   string    count u64 lengths (PMAP__NULL_LENGTH for NULL), then each
+ *             string with its NUL, each padded to 16
+ *   bytes     count u64 sizes (PMAP__NULL_LENGTH for NULL data), then each
+ *             buffer padded to 16
+ *
+ * and is itself padded to 16, so that every value is aligned in the
+ * receiver's buffer and can be passed to the callback in place.
+ */
+#include "pmap_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Largest payload accepted: far beyond any real frame, below overflow. */
+#define FRAME_MAX ((uint64_t)SIZE_MAX / 4)
+
+/* Memory of at least this size is referenced by a frame, not copied. */
+#define REFERENCE_MIN 4096
+
+size_t pmap__pad(size_t n)
+{
+    return (n + PMAP__ALIGN - 1) & ~(size_t)(PMAP__ALIGN - 1);
+}
+
+uint64_t pmap__get_u64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static void put_u32(unsigned char *p, uint32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static uint32_t get_u32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* ---- headers ----------------------------------------------------------- */
+
+void pmap__header_encode(unsigned char *out, const pmap__header_t *h)
+{
+    memset(out, 0, PMAP__HEADER_SIZE);
+    put_u32(out, PMAP__MAGIC);
+    out[4] = h->type;
+    put_u32(out + 8, h->map);
+    memcpy(out + 16, &h->length, sizeof h->length);
+}
+
+int pmap__header_decode(const unsigned char *in, pmap__header_t *h)
+{
+    static const unsigned char zero[8];
+    if (get_u32(in) != PMAP__MAGIC || memcmp(in + 5, zero, 3) != 0 ||
+        memcmp(in + 12, zero, 4) != 0 || memcmp(in + 24, zero, 8) != 0)
+        return PMAP_EPROTO;
+    h->type = in[4];
+    h->map = get_u32(in + 8);
+    h->length = pmap__get_u64(in + 16);
+    if (h->type < PMAP__READY || h->type > PMAP__MAP_ERROR ||
+        h->length % PMAP__ALIGN != 0 || h->length > FRAME_MAX)
+        return PMAP_EPROTO;
+    return 0;
+}
+
+/* ---- outgoing frames --------------------------------------------------- */
+
+static pmap__segment_t *outq_segment(pmap__outq_t *q)
+{
+    if (q->nsegs == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 16;
+        pmap__segment_t *segs = realloc(q->segs, cap * sizeof *segs);
+        if (segs == NULL) {
+            q->error = PMAP_ENOMEM;
+            return NULL;
+        }
+        q->segs = segs;
+        q->cap = cap;
+    }
+    return &q->segs[q->nsegs++];
+}
+
+/*
+ * Returns n bytes of scratch at the end of the queue, to be filled before
+ * the next call, or NULL (and q->error) without memory.
+ */
+void *pmap__outq_alloc(pmap__outq_t *q, size_t n)
+{
+    if (q->error != 0)
+        return NULL;
+    size_t offset = q->scratch.len;
+    unsigned char *p = pmap__buf_append(&q->scratch, n);
+    if (p == NULL) {
+        q->error = PMAP_ENOMEM;
+        return NULL;
+    }
+    pmap__segment_t *last = q->nsegs > q->head ? &q->segs[q->nsegs - 1] : NULL;
+    if (last != NULL && last->ptr == NULL &&
+        last->offset + last->len == offset) {
+        last->len += n;     /* contiguous with the last scratch segment */
+    } else {
+        pmap__segment_t *s = outq_segment(q);
+        if (s == NULL)
+            return NULL;
+        *s = (pmap__segment_t){NULL, offset, n};
+    }
+    q->total += n;
+    return p;
+}
+
+void pmap__outq_copy(pmap__outq_t *q, const void *data, size_t n)
+{
+    if (n == 0)
+        return;
+    void *p = pmap__outq_alloc(q, n);
+    if (p != NULL)
+        memcpy(p, data, n);
+}
+
+/* Queues n bytes at data: referenced if large (data must then stay valid
+ * until the queue is written), copied otherwise. */
+void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n)
+{
+    if (n < REFERENCE_MIN) {
+        pmap__outq_copy(q, data, n);
+        return;
+    }
+    if (q->error != 0)
+        return;
+    pmap__segment_t *s = outq_segment(q);
+    if (s != NULL) {
+        *s = (pmap__segment_t){data, 0, n};
+        q->total += n;
+    }
+}
+
+void pmap__outq_u64(pmap__outq_t *q, uint64_t v)
+{
+    pmap__outq_copy(q, &v, sizeof v);
+}
+
+/* Pads the queue with zeros to a multiple of PMAP__ALIGN. */
+void pmap__outq_pad(pmap__outq_t *q)
+{
+    size_t n = (size_t)(pmap__pad((size_t)q->total) - q->total);
+    if (n > 0) {
+        void *p = pmap__outq_alloc(q, n);
+        if (p != NULL)
+            memset(p, 0, n);
+    }
+}
+
+/*
+ * Starts a frame (the queue must be padded) and returns a handle for
+ * pmap__outq_end, which fills in the payload length.
+ */
+size_t pmap__outq_begin(pmap__outq_t *q, uint8_t type, uint32_t map)
+{
+    size_t frame = q->scratch.len;
+    unsigned char *h = pmap__outq_alloc(q, PMAP__HEADER_SIZE);
+    if (h != NULL)
+        pmap__header_encode(h, &(pmap__header_t){type, map, 0});
+    /* Remember where the payload starts, in the header's length field. */
+    if (h != NULL)
+        memcpy(h + 16, &q->total, sizeof q->total);
+    return frame;
+}
+
+void pmap__outq_end(pmap__outq_t *q, size_t frame)
+{
+    pmap__outq_pad(q);
+    if (q->error != 0)
+        return;
+    unsigned char *h = q->scratch.data + frame;
+    uint64_t length = q->total - pmap__get_u64(h + 16);
+    memcpy(h + 16, &length, sizeof length);
+}
+
+/* Queues everything src holds (complete frames), referencing its large
+ * segments: src must outlive the writing of q and stay unchanged. */
+void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src)
+{
+    for (size_t i = 0; i < src->nsegs; i++) {
+        const pmap__segment_t *s = &src->segs[i];
+        pmap__outq_add(q, s->ptr ? s->ptr : src->scratch.data + s->offset,
+                       s->len);
+    }
+}
+
+bool pmap__outq_empty(const pmap__outq_t *q)
+{
+    return q->head == q->nsegs;
+}
+
+/* Fills at most max iovecs with what is left to write; returns how many. */
+int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max)
+{
+    int n = 0;
+    for (size_t i = q->head; i < q->nsegs && n < max; i++, n++) {
+        const pmap__segment_t *s = &q->segs[i];
+        const unsigned char *p = s->ptr ? s->ptr : q->scratch.data + s->offset;
+        size_t skip = i == q->head ? q->head_done : 0;
+        iov[n].iov_base = (void *)(p + skip);
+        iov[n].iov_len = s->len - skip;
+    }
+    return n;
+}
+
+/* Marks n more bytes as written; an emptied queue forgets its scratch. */
+void pmap__outq_advance(pmap__outq_t *q, size_t n)
+{
+    while (n > 0 && q->head < q->nsegs) {
+        size_t left = q->segs[q->head].len - q->head_done;
+        if (n < left) {
+            q->head_done += n;
+            return;
+        }
+        n -= left;
+        q->head++;
+        q->head_done = 0;
+    }
+    if (pmap__outq_empty(q))
+        pmap__outq_reset(q);
+}
+
+void pmap__outq_reset(pmap__outq_t *q)
+{
+    q->scratch.len = 0;
+    q->nsegs = q->head = q->head_done = 0;
+    q->total = 0;
+    q->error = 0;
+}
+
+void pmap__outq_free(pmap__outq_t *q)
+{
+    pmap__buf_free(&q->scratch);
+    free(q->segs);
+    *q = (pmap__outq_t){0};
+}
+
+/* ---- columns ----------------------------------------------------------- */
+
+static bool kind_is_variable(int kind)
+{
+    return kind == PMAP__STRING || kind == PMAP__STRING_OWNED ||
+           kind == PMAP__BYTES;
+}
+
+/* The bytes of a string or buffer item, NULL for a NULL one; its length
+ * (without the NUL) in *len, PMAP__NULL_LENGTH for NULL, if len is set. */
+static const void *item_data(int kind, const unsigned char *item,
+                             uint64_t *len)
+{
+    if (kind == PMAP__BYTES) {
+        pmap_bytes_t b;
+        memcpy(&b, item, sizeof b);
+        if (len != NULL)
+            *len = b.data ? b.size : PMAP__NULL_LENGTH;
+        return b.data;
+    }
+    const char *s;
+    memcpy(&s, item, sizeof s);
+    if (len != NULL)
+        *len = s ? strlen(s) : PMAP__NULL_LENGTH;
+    return s;
+}
+
+/*
+ * Queues count values of type read from base + i * stride.  Large values
+ * are referenced, not copied: they must outlive the queue's writing.
+ */
+void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
+                         const unsigned char *base, size_t stride,
+                         size_t count)
+{
+    if (!kind_is_variable(type.kind)) {
+        if (stride == type.size) {
+            pmap__outq_add(q, base, count * type.size);
+        } else {
+            for (size_t i = 0; i < count; i++)
+                pmap__outq_copy(q, base + i * stride, type.size);
+        }
+        pmap__outq_pad(q);
+        return;
+    }
+    /* The lengths go first; keep their offset, scratch may move. */
+    size_t lengths = q->scratch.len;
+    uint64_t *len = pmap__outq_alloc(q, count * sizeof *len);
+    if (len == NULL)
+        return;
+    for (size_t i = 0; i < count; i++)
+        item_data(type.kind, base + i * stride, &len[i]);
+    pmap__outq_pad(q);
+    for (size_t i = 0; i < count && q->error == 0; i++) {
+        uint64_t n = pmap__get_u64(q->scratch.data + lengths + i * sizeof n);
+        if (n == PMAP__NULL_LENGTH)
+            continue;
+        const void *data = item_data(type.kind, base + i * stride, NULL);
+        /* Strings travel with their NUL, so the receiver needs no copy. */
+        pmap__outq_add(q, data, (size_t)n + (type.kind != PMAP__BYTES));
+        pmap__outq_pad(q);
+    }
+}
+
+/* Bytes of scratch pmap__column_decode needs for count values of type. */
+size_t pmap__column_scratch(pmap__type_t type, size_t count)
+{
+    if (!kind_is_variable(type.kind))
+        return 0;
+    return count * (type.kind == PMAP__BYTES ? sizeof(pmap_bytes_t)
+                                             : sizeof(char *));
+}
+
+static int decode_items(const unsigned char *p, size_t avail,
+                        pmap__type_t type, size_t count, void *scratch,
+                        size_t *used)
+{
+    size_t off = pmap__pad(count * sizeof(uint64_t));
+    if (count > avail / sizeof(uint64_t) || off > avail)
+        return PMAP_EPROTO;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t len = pmap__get_u64(p + i * sizeof(uint64_t));
+        const unsigned char *data = NULL;
+        if (len != PMAP__NULL_LENGTH) {
+            uint64_t span = len + (type.kind != PMAP__BYTES);
+            if (len >= avail || span > avail - off)
+                return PMAP_EPROTO;
+            data = p + off;
+            if (type.kind != PMAP__BYTES && data[len] != '\0')
+                return PMAP_EPROTO;
+            off += pmap__pad((size_t)span);
+            if (off > avail)
+                return PMAP_EPROTO;
+        }
+        if (type.kind == PMAP__BYTES) {
+            pmap_bytes_t b = {(void *)data, data ? (size_t)len : 0};
+            memcpy((pmap_bytes_t *)scratch + i, &b, sizeof b);
+        } else {
+            ((const unsigned char **)scratch)[i] = data;
+        }
+    }
+    *used = off;
+    return 0;
+}
+
+/*
+ * Decodes a column of count values of type at p (avail bytes, 16-aligned)
+ * into col, reading variable values through scratch (see
+ * pmap__column_scratch).  Stores the bytes consumed in *used.  Returns 0 or
+ * PMAP_EPROTO.
+ */
+int pmap__column_decode(const unsigned char *p, size_t avail,
+                        pmap__type_t type, size_t count, void *scratch,
+                        pmap__column_t *col, size_t *used)
+{
+    if (!kind_is_variable(type.kind)) {
+        if (type.size != 0 && count > avail / type.size)
+            return PMAP_EPROTO;
+        size_t n = pmap__pad(count * type.size);
+        if (n > avail)
+            return PMAP_EPROTO;
+        *col = (pmap__column_t){p, type.size};
+        *used = n;
+        return 0;
+    }
+    int rc = decode_items(p, avail, type, count, scratch, used);
+    if (rc < 0)
+        return rc;
+    *col = (pmap__column_t){scratch, type.kind == PMAP__BYTES
+                                         ? sizeof(pmap_bytes_t)
+                                         : sizeof(char *)};
+    return 0;
+}
+
+/* ---- incoming frames --------------------------------------------------- */
+
+/*
+ * Reads what is available into r (at least 64 KiB at a time, and the whole
+ * of a frame whose header has arrived).  Returns the bytes read, 0 at end of
+ * file, or a negative code (-EAGAIN when nothing is there).
+ */
+ssize_t pmap__reader_fill(pmap__reader_t *r, int fd)
+{
+    pmap__buf_t *b = &r->buf;
+    if (r->start > 0 && r->start == b->len) {
+        b->len = r->start = 0;
+    } else if (r->start > 0 && r->start >= b->cap / 2) {
+        pmap__buf_consume(b, r->start);     /* keeps 16-byte alignment */
+        r->start = 0;
+    }
+    size_t want = 65536;
+    if (b->len - r->start >= PMAP__HEADER_SIZE) {
+        pmap__header_t h;
+        if (pmap__header_decode(b->data + r->start, &h) == 0) {
+            size_t frame = PMAP__HEADER_SIZE + (size_t)h.length;
+            size_t have = b->len - r->start;
+            if (frame > have && frame - have > want)
+                want = frame - have;
+        }
+    }
+    if (pmap__buf_reserve(b, want) < 0)
+        return PMAP_ENOMEM;
+    ssize_t n = pmap__read(fd, b->data + b->len, b->cap - b->len);
+    if (n > 0)
+        b->len += (size_t)n;
+    return n;
+}
+
+/*
+ * Takes the next complete frame: stores its header and payload (valid until
+ * the next fill) and returns 1; returns 0 if none is complete yet, or
+ * PMAP_EPROTO for a malformed header.
+ */
+int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
+                      const unsigned char **payload)
+{
+    size_t have = r->buf.len - r->start;
+    if (have < PMAP__HEADER_SIZE)
+        return 0;
+    const unsigned char *p = r->buf.data + r->start;
+    if (pmap__header_decode(p, h) < 0)
+        return PMAP_EPROTO;
+    if (h->length > have - PMAP__HEADER_SIZE)
+        return 0;
+    *payload = p + PMAP__HEADER_SIZE;
+    r->start += PMAP__HEADER_SIZE + (size_t)h->length;
+    return 1;
+}
+
+void pmap__reader_free(pmap__reader_t *r)
+{
+    pmap__buf_free(&r->buf);
+    r->start = 0;
+}

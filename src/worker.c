@@ -1,0 +1,399 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * worker.c - the code that runs only in a worker process: its setup right
+ * after fork, and the loop that serves frames until the caller closes the
+ * channel.
+ *
+ * A worker reads SETUP (a map's function identifier and constants), TASK (a
+ * batch of argument tuples) and END (forget a map) frames, and answers each
+ * TASK with one RESULT.  Before each call it writes the item's index into
+ * its shared slot, so that if the callback kills the process the caller
+ * knows which item did it.  It leaves only by _exit: exit() would run the
+ * caller's atexit handlers and flush stdio buffers copied from the caller.
+ */
+#include "pmap_internal.h"
+
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+/* Statuses of a worker that leaves on its own. */
+#define EXIT_DONE 0         /* the caller closed the channel, or is gone */
+#define EXIT_BROKEN 125     /* malformed frame or no memory: cannot go on */
+
+bool pmap__in_worker;
+
+/* One map this worker has been set up for. */
+typedef struct worker_map {
+    uint32_t id;
+    int error;                  /* the map cannot run here (ENOFUNC...) */
+    const pmap__fn_t *fn;
+    uint64_t constants;         /* bit k: parameter k is a constant */
+    pmap__column_t column[PMAP_MAX_ARGS];   /* the constants */
+    unsigned char *setup;       /* copy of the SETUP payload they live in */
+    pmap_bytes_t scratch[PMAP_MAX_ARGS];    /* decoded constant strings */
+    bool timed;                 /* stamp each item's start in the slot */
+    struct worker_map *next;
+} worker_map_t;
+
+static struct {
+    int fd;
+    pmap__slot_t *slot;
+    pmap__reader_t in;
+    pmap__outq_t out;
+    worker_map_t *maps;
+    pmap__buf_t results;        /* one batch's results */
+    pmap__buf_t scratch;        /* one batch's decoded variable arguments */
+    pmap__buf_t failures;       /* one batch's failure records */
+    bool running;               /* inside a callback */
+    bool failed;                /* pmap_fail was called for this item */
+    int fail_code;
+    char fail_message[PMAP__MESSAGE_MAX];
+} self;
+
+/* Handlers of the caller's must never run here; ignored signals stay
+ * ignored, and Ctrl-C, sent to the whole process group, is the caller's to
+ * handle. */
+static void reset_signals(void)
+{
+    for (int sig = 1; sig <= SIGRTMAX; sig++) {
+        struct sigaction sa;
+        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
+            continue;
+        if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_IGN) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigaction(sig, &sa, NULL);
+        }
+    }
+    struct sigaction ignore = {0};
+    ignore.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &ignore, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
+}
+
+static _Noreturn void broken(void)
+{
+    _exit(EXIT_BROKEN);
+}
+
+/* Sends what is queued, blocking. */
+static void send_queued(void)
+{
+    if (self.out.error != 0)
+        broken();
+    struct iovec iov[64];
+    while (!pmap__outq_empty(&self.out)) {
+        int n = pmap__outq_iov(&self.out, iov, 64);
+        ssize_t r = pmap__sendv(self.fd, iov, n);
+        if (r < 0)
+            _exit(EXIT_DONE);   /* EPIPE, ECONNRESET: the caller is gone */
+        pmap__outq_advance(&self.out, (size_t)r);
+    }
+}
+
+static void send_ready(void)
+{
+    size_t frame = pmap__outq_begin(&self.out, PMAP__READY, 0);
+    pmap__outq_u64(&self.out, (uint64_t)getpid());
+    pmap__outq_end(&self.out, frame);
+    send_queued();
+}
+
+static void send_map_error(uint32_t map, int code)
+{
+    size_t frame = pmap__outq_begin(&self.out, PMAP__MAP_ERROR, map);
+    pmap__outq_u64(&self.out, (uint64_t)(int64_t)code);
+    pmap__outq_end(&self.out, frame);
+    send_queued();
+}
+
+static worker_map_t *find_map(uint32_t id)
+{
+    for (worker_map_t *m = self.maps; m != NULL; m = m->next) {
+        if (m->id == id)
+            return m;
+    }
+    return NULL;
+}
+
+/* Decodes a map's constants from its SETUP payload; 0 or PMAP_EPROTO. */
+static int decode_constants(worker_map_t *m, size_t len)
+{
+    size_t off = 4 * sizeof(uint64_t);
+    for (int k = 0; k < m->fn->nparams; k++) {
+        if (!(m->constants >> k & 1))
+            continue;
+        size_t used;
+        int rc = pmap__column_decode(m->setup + off, len - off,
+                                     m->fn->params[k], 1, &m->scratch[k],
+                                     &m->column[k], &used);
+        if (rc < 0)
+            return rc;
+        m->column[k].stride = 0;
+        off += used;
+    }
+    return 0;
+}
+
+/*
+ * SETUP payload: u64 function id | u64 signature | u64 constants mask |
+ * u64 flags (bit 0: timed) | one column of 1 value per constant.
+ */
+static void map_setup(uint32_t id, const unsigned char *p, size_t len)
+{
+    worker_map_t *m = calloc(1, sizeof *m);
+    if (m == NULL || len < 4 * sizeof(uint64_t) || find_map(id) != NULL)
+        broken();
+    m->id = id;
+    m->constants = pmap__get_u64(p + 16);
+    m->timed = pmap__get_u64(p + 24) & 1;
+    m->setup = malloc(len);
+    if (m->setup == NULL)
+        broken();
+    memcpy(m->setup, p, len);
+    m->error = pmap__registry_find(pmap__get_u64(p), &m->fn);
+    if (m->error == 0 && pmap__signature(m->fn) != pmap__get_u64(p + 8))
+        m->error = PMAP_ENOFUNC;    /* same name, other types: not ours */
+    if (m->error == 0)
+        m->error = decode_constants(m, len);
+    m->next = self.maps;
+    self.maps = m;
+}
+
+static void map_end(uint32_t id)
+{
+    for (worker_map_t **p = &self.maps; *p != NULL; p = &(*p)->next) {
+        worker_map_t *m = *p;
+        if (m->id == id) {
+            *p = m->next;
+            free(m->setup);
+            free(m);
+            return;
+        }
+    }
+}
+
+/* Decodes a TASK's argument columns; false if the payload is malformed. */
+static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
+                             size_t len, size_t count, pmap__column_t *col)
+{
+    const pmap__fn_t *fn = m->fn;
+    size_t need = 0;
+    for (int k = 0; k < fn->nparams; k++)
+        need += pmap__column_scratch(fn->params[k], count);
+    self.scratch.len = 0;
+    unsigned char *scratch = pmap__buf_append(&self.scratch, need);
+    if (scratch == NULL)
+        broken();
+    size_t off = 4 * sizeof(uint64_t);
+    for (int k = 0; k < fn->nparams; k++) {
+        if (m->constants >> k & 1) {
+            col[k] = m->column[k];
+            continue;
+        }
+        size_t used;
+        pmap__type_t t = fn->params[k];
+        if (off > len || pmap__column_decode(p + off, len - off, t, count,
+                                             scratch, &col[k], &used) < 0)
+            return false;
+        scratch += pmap__column_scratch(t, count);
+        off += used;
+    }
+    return true;
+}
+
+/* Records the running item's pmap_fail, and frees its result if owned. */
+static void record_failure(const pmap__fn_t *fn, uint64_t index,
+                           unsigned char *result)
+{
+    if (fn->result.kind == PMAP__STRING_OWNED) {
+        char *s;
+        memcpy(&s, result, sizeof s);
+        free(s);
+    } else if (fn->result.kind == PMAP__BYTES) {
+        pmap_bytes_t b;
+        memcpy(&b, result, sizeof b);
+        free(b.data);
+    }
+    memset(result, 0, fn->result.size);
+    size_t len = strlen(self.fail_message);
+    /* Record: u64 index | u64 code | u64 message length | message, padded */
+    uint64_t head[3] = {index, (uint64_t)(int64_t)self.fail_code, len};
+    if (pmap__buf_put(&self.failures, head, sizeof head) < 0 ||
+        pmap__buf_put(&self.failures, self.fail_message, len) < 0 ||
+        pmap__buf_pad(&self.failures, PMAP__ALIGN) < 0)
+        broken();
+}
+
+/* Frees the results the worker owns once they are sent. */
+static void free_results(const pmap__fn_t *fn, size_t count)
+{
+    for (size_t j = 0; j < count; j++) {
+        unsigned char *r = self.results.data + j * fn->result.size;
+        if (fn->result.kind == PMAP__STRING_OWNED) {
+            char *s;
+            memcpy(&s, r, sizeof s);
+            free(s);
+        } else if (fn->result.kind == PMAP__BYTES) {
+            pmap_bytes_t b;
+            memcpy(&b, r, sizeof b);
+            free(b.data);
+        }
+    }
+}
+
+/* Calls the function on count items; returns how many failed. */
+static uint64_t call_items(const worker_map_t *m, uint64_t first,
+                           size_t count, const pmap__column_t *col)
+{
+    const pmap__fn_t *fn = m->fn;
+    void *argv[PMAP_MAX_ARGS];
+    uint64_t nfailed = 0;
+    self.failures.len = 0;
+    atomic_store_explicit(&self.slot->map, m->id, memory_order_relaxed);
+    for (size_t j = 0; j < count; j++) {
+        for (int k = 0; k < fn->nparams; k++)
+            argv[k] = (void *)(col[k].base + j * col[k].stride);
+        unsigned char *result = self.results.data + j * fn->result.size;
+        if (m->timed)
+            atomic_store_explicit(&self.slot->started_ns, pmap__now_ns(),
+                                  memory_order_relaxed);
+        atomic_store_explicit(&self.slot->item, first + j + 1,
+                              memory_order_release);
+        self.failed = false;
+        self.running = true;
+        fn->call(result, argv);
+        self.running = false;
+        if (self.failed) {
+            record_failure(fn, first + j, result);
+            nfailed++;
+        }
+    }
+    atomic_store_explicit(&self.slot->item, 0, memory_order_release);
+    return nfailed;
+}
+
+/*
+ * TASK payload: u64 function id | u64 first item | u64 count | u64 0 | one
+ * column per parameter that is not a constant.  Answered by RESULT:
+ * u64 first | u64 count | u64 busy ns | u64 failures | result column |
+ * failure records.
+ */
+static void run_task(uint32_t id, const unsigned char *p, size_t len)
+{
+    worker_map_t *m = find_map(id);
+    if (m == NULL || len < 4 * sizeof(uint64_t))
+        broken();
+    if (m->error != 0) {
+        send_map_error(id, m->error);
+        return;
+    }
+    const pmap__fn_t *fn = m->fn;
+    uint64_t first = pmap__get_u64(p + 8), count = pmap__get_u64(p + 16);
+    pmap__column_t col[PMAP_MAX_ARGS];
+    if (pmap__get_u64(p) != fn->id || count == 0 ||
+        count > SIZE_MAX / fn->result.size ||
+        !decode_arguments(m, p, len, (size_t)count, col)) {
+        send_map_error(id, PMAP_EPROTO);
+        return;
+    }
+    self.results.len = 0;
+    unsigned char *results =
+        pmap__buf_append(&self.results, (size_t)count * fn->result.size);
+    if (results == NULL)
+        broken();
+    memset(results, 0, (size_t)count * fn->result.size);
+
+    int64_t start = pmap__now_ns();
+    uint64_t nfailed = call_items(m, first, (size_t)count, col);
+    uint64_t busy = (uint64_t)(pmap__now_ns() - start);
+
+    size_t frame = pmap__outq_begin(&self.out, PMAP__RESULT, id);
+    pmap__outq_u64(&self.out, first);
+    pmap__outq_u64(&self.out, count);
+    pmap__outq_u64(&self.out, busy);
+    pmap__outq_u64(&self.out, nfailed);
+    pmap__column_encode(&self.out, fn->result, results, fn->result.size,
+                        (size_t)count);
+    pmap__outq_add(&self.out, self.failures.data, self.failures.len);
+    pmap__outq_end(&self.out, frame);
+    send_queued();
+    free_results(fn, (size_t)count);
+}
+
+static _Noreturn void serve(void)
+{
+    for (;;) {
+        pmap__header_t h;
+        const unsigned char *payload;
+        int rc;
+        while ((rc = pmap__reader_next(&self.in, &h, &payload)) == 0) {
+            ssize_t n = pmap__reader_fill(&self.in, self.fd);
+            if (n == 0 || n == -ECONNRESET)
+                _exit(EXIT_DONE);   /* the caller closed the channel */
+            if (n < 0)
+                broken();
+        }
+        if (rc < 0)
+            broken();
+        switch (h.type) {
+        case PMAP__SETUP:
+            map_setup(h.map, payload, (size_t)h.length);
+            break;
+        case PMAP__TASK:
+            run_task(h.map, payload, (size_t)h.length);
+            break;
+        case PMAP__END:
+            map_end(h.map);
+            break;
+        default:
+            broken();
+        }
+    }
+}
+
+/*
+ * Runs in the child right after fork, with all signals blocked: becomes
+ * worker w of pool, talking on fd, and never returns.
+ */
+_Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd)
+{
+    pmap__in_worker = true;
+    reset_signals();
+    pmap__pool_child_init(fd);
+#ifdef __linux__
+    /* Die with the caller even while busy in a callback: no orphans. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+#endif
+    if (getppid() != pool->owner)
+        _exit(EXIT_DONE);   /* the caller died before we got here */
+    self.fd = fd;
+    self.slot = &pool->slots[w->index];
+    send_ready();
+    serve();
+}
+
+int pmap_fail(int code, const char *format, ...)
+{
+    if (!pmap__in_worker || !self.running)
+        return PMAP_EINVAL;
+    self.failed = true;
+    self.fail_code = code;
+    self.fail_message[0] = '\0';
+    if (format != NULL) {
+        va_list ap;
+        va_start(ap, format);
+        vsnprintf(self.fail_message, sizeof self.fail_message, format, ap);
+        va_end(ap);
+    }
+    return 0;
+}

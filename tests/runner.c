@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * runner.c - runs the tests listed in test_list.h (all, or those named on
+ * the command line) and prints one line each, then
+ * "N passed, N failed, N skipped"; exits 1 if any failed.
+ *
+ * Each test runs in a child process of its own, in its own process group so
+ * that a test that leaves workers behind is cleaned up by killing the
+ * group.  It fails on a failed ASSERT, a crash, a timeout (60 s, times
+ * PMAP_TEST_TIMEOUT_MULTIPLIER), or if it ends with more open descriptors
+ * than it started with, or with a child process not reaped.
+ */
+#include "test.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define X(name) void test_##name(void);
+#include "test_list.h"
+#undef X
+
+static const struct {
+    const char *name;
+    void (*run)(void);
+} tests[] = {
+#define X(name) {#name, test_##name},
+#include "test_list.h"
+#undef X
+};
+
+enum { PASS = 0, FAIL = 1, SKIPPED = 77 };
+
+static char skip_reason[256];
+static int skip_pipe = -1;
+
+void test_fail(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "    %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n");
+    fflush(NULL);
+    _exit(FAIL);
+}
+
+void test_skip(const char *why)
+{
+    if (skip_pipe >= 0 && write(skip_pipe, why, strlen(why)) < 0)
+        _exit(FAIL);
+    fflush(NULL);
+    _exit(SKIPPED);
+}
+
+const char *test_build_dir(void)
+{
+    const char *b = getenv("PMAP_BUILD");
+    return b ? b : "build";
+}
+
+/* Runs a shell command, capturing at most size - 1 bytes of its standard
+ * output; returns its exit status (or -1). */
+int test_run(const char *command, char *output, size_t size)
+{
+    FILE *p = popen(command, "r");
+    if (p == NULL)
+        return -1;
+    size_t got = 0;
+    if (output != NULL && size > 0) {
+        got = fread(output, 1, size - 1, p);
+        output[got] = '\0';
+    }
+    char sink[4096];
+    while (fread(sink, 1, sizeof sink, p) > 0)
+        ;
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Open descriptors of this process. */
+int test_open_fds(void)
+{
+    int n = 0;
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536)
+        max = 65536;
+    for (int fd = 0; fd < max; fd++)
+        n += fcntl(fd, F_GETFD) >= 0;
+    return n;
+}
+
+/* Children of this process not yet reaped (0 when there are none). */
+int test_children(void)
+{
+    return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD ? 0 : 1;
+}
+
+static _Noreturn void run_child(int i, int skip_fd)
+{
+    skip_pipe = skip_fd;
+    setpgid(0, 0);
+    int fds = test_open_fds();
+    tests[i].run();
+    fflush(NULL);
+    int after = test_open_fds();
+    if (after != fds) {
+        fprintf(stderr, "    leaked file descriptors: %d before, %d after\n",
+                fds, after);
+        _exit(FAIL);
+    }
+    if (test_children() != 0) {
+        fprintf(stderr, "    left a child process behind\n");
+        _exit(FAIL);
+    }
+    _exit(PASS);
+}
+
+static double timeout_seconds(void)
+{
+    const char *m = getenv("PMAP_TEST_TIMEOUT_MULTIPLIER");
+    double mult = m ? atof(m) : 1.0;
+    return 60.0 * (mult > 0 ? mult : 1.0);
+}
+
+/* Waits for the test's process until the timeout; returns its outcome. */
+static int wait_test(pid_t pid, char *why, size_t size)
+{
+    struct timespec tick = {0, 2000000};
+    double waited = 0, limit = timeout_seconds();
+    int status;
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            break;
+        if (waited > limit) {
+            kill(-pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            snprintf(why, size, "timed out after %.0f s", limit);
+            return FAIL;
+        }
+        nanosleep(&tick, NULL);
+        waited += 0.002;
+    }
+    kill(-pid, SIGKILL);    /* whatever it left behind in its group */
+    if (WIFSIGNALED(status)) {
+        snprintf(why, size, "killed by signal %d", WTERMSIG(status));
+        return FAIL;
+    }
+    int code = WEXITSTATUS(status);
+    return code == PASS || code == SKIPPED ? code : FAIL;
+}
+
+static int run_test(int i, char *why, size_t size)
+{
+    int p[2];
+    if (pipe(p) < 0)
+        return FAIL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0)
+        return FAIL;
+    if (pid == 0) {
+        close(p[0]);
+        run_child(i, p[1]);
+    }
+    close(p[1]);
+    setpgid(pid, pid);
+    int outcome = wait_test(pid, why, size);
+    ssize_t n = read(p[0], skip_reason, sizeof skip_reason - 1);
+    skip_reason[n > 0 ? n : 0] = '\0';
+    close(p[0]);
+    return outcome;
+}
+
+static int selected(int argc, char **argv, const char *name)
+{
+    if (argc < 2)
+        return 1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], name) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int passed = 0, failed = 0, skipped = 0, number = 0;
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+        if (!selected(argc, argv, tests[i].name))
+            continue;
+        char why[128] = "";
+        int outcome = run_test((int)i, why, sizeof why);
+        number++;
+        if (outcome == PASS) {
+            printf("ok %d - %s\n", number, tests[i].name);
+            passed++;
+        } else if (outcome == SKIPPED) {
+            printf("ok %d - %s # SKIP %s\n", number, tests[i].name,
+                   skip_reason);
+            skipped++;
+        } else {
+            printf("not ok %d - %s%s%s\n", number, tests[i].name,
+                   why[0] ? ": " : "", why);
+            failed++;
+        }
+        fflush(stdout);
+    }
+    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+    return failed > 0;
+}

@@ -1,0 +1,228 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_errors.c - bad input and misuse get a clear code and leave the pool
+ * usable: NULL pool, output or arrays, no items, absurd worker counts,
+ * callbacks that cannot be identified, two threads, a forked child, a call
+ * from inside a worker.
+ */
+#include "test.h"
+
+#include <pmap.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static int twice(int x)
+{
+    return 2 * x;
+}
+PMAP_EXPORT(twice, int, int);
+
+/* The pool still maps correctly. */
+static void assert_usable(pool_t *pool)
+{
+    int xs[5] = {1, 2, 3, 4, 5}, out[5];
+    ASSERT_OK(pool_map(pool, twice, 5, out, xs));
+    for (int i = 0; i < 5; i++)
+        ASSERT_EQ(out[i], 2 * xs[i]);
+}
+
+TEST(error_bad_arguments)
+{
+    int xs[5] = {0}, out[5];
+    int *none = NULL;
+    pool_t *pool = pool_create(2);
+    ASSERT_EQ(pool_map(NULL, twice, 5, out, xs), PMAP_EINVAL);
+    ASSERT_EQ(pool_map(pool, twice, 5, (int *)NULL, xs), PMAP_EINVAL);
+    ASSERT_EQ(pool_map(pool, twice, 5, out, none), PMAP_EINVAL);
+    ASSERT_EQ(pool_map(pool, twice, 0, out, xs), PMAP_EINVAL);
+    assert_usable(pool);
+    pool_destroy(pool);
+}
+
+TEST(error_absurd_worker_counts)
+{
+    pool_t *pool = (pool_t *)&pool;
+    ASSERT(pool_create(-1) == NULL);
+    ASSERT(pool_create(PMAP_MAX_WORKERS + 1) == NULL);
+    pool_options_t opts = {.workers = -5};
+    ASSERT_EQ(pool_create_with(&pool, &opts), PMAP_EINVAL);
+    ASSERT(pool == NULL);
+    ASSERT_EQ(pool_create_with(NULL, NULL), PMAP_EINVAL);
+    ASSERT_EQ(pool_size(NULL), PMAP_EINVAL);
+    pool_destroy(NULL);
+}
+
+/* A descriptor that no constructor registered. */
+TEST(error_function_not_registered)
+{
+    pool_t *pool = pool_create(2);
+    pmap__fn_t fake = {"fake", __FILE__, __LINE__, 1, 0,
+                       {PMAP__VALUE, sizeof(int)},
+                       {{PMAP__VALUE, sizeof(int)}}, NULL, 0, NULL};
+    int xs[3] = {0}, out[3];
+    pmap__arg_t arg = {xs, NULL, 1, 0};
+    ASSERT_EQ(pmap__map(pool, NULL, &fake, 3, out, 1, &arg), PMAP_ENOFUNC);
+    assert_usable(pool);
+    pool_destroy(pool);
+}
+
+static void fake_call(void *result, void *const *argv)
+{
+    *(int *)result = *(int *)argv[0];
+}
+
+/* Two exports with one identifier (name, file and line) are refused. */
+TEST(error_ambiguous_identifier)
+{
+    pool_t *pool = pool_create(2);
+    pmap__fn_t twin = {"twice", __FILE__, 0, 1, 0,
+                       {PMAP__VALUE, sizeof(int)},
+                       {{PMAP__VALUE, sizeof(int)}}, fake_call, 0, NULL};
+    int xs[3] = {1, 2, 3}, out[3];
+    pmap__arg_t arg = {xs, NULL, 1, 0};
+    pmap__register(&twin);
+    pmap__fn_t other = twin;
+    pmap__register(&other);     /* same name, file, line: same identifier */
+    ASSERT_EQ(pmap__map(pool, NULL, &twin, 3, out, 1, &arg), PMAP_EAMBIGUOUS);
+    pmap__unregister(&other);
+    assert_usable(pool);
+    pmap__unregister(&twin);
+    pool_destroy(pool);
+}
+
+/* Registered in the caller after the workers were forked (as with dlopen):
+ * the workers cannot find it, and say so. */
+TEST(error_function_unknown_to_workers)
+{
+    pool_t *pool = pool_create(2);
+    pmap__fn_t late = {"late", __FILE__, __LINE__, 1, 0,
+                       {PMAP__VALUE, sizeof(int)},
+                       {{PMAP__VALUE, sizeof(int)}}, fake_call, 0, NULL};
+    pmap__register(&late);
+    int xs[40] = {0}, out[40];
+    pmap__arg_t arg = {xs, NULL, 1, 0};
+    ASSERT_EQ(pmap__map(pool, NULL, &late, 40, out, 1, &arg), PMAP_ENOFUNC);
+    pmap__unregister(&late);
+    assert_usable(pool);
+    pool_destroy(pool);
+}
+
+static pool_t *global_pool;
+
+static int nested(int x)
+{
+    int out;
+    return pool_map(global_pool, twice, 1, &out, &x);
+}
+PMAP_EXPORT(nested, int, int);
+
+TEST(error_pool_map_inside_a_worker)
+{
+    global_pool = pool_create(2);
+    int xs[4] = {1, 2, 3, 4}, out[4];
+    ASSERT_OK(pool_map(global_pool, nested, 4, out, xs));
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(out[i], PMAP_ENESTED);
+    pool_destroy(global_pool);
+}
+
+static int nested_create(int x)
+{
+    pool_t *p;
+    (void)x;
+    return pool_create_with(&p, NULL);
+}
+PMAP_EXPORT(nested_create, int, int);
+
+TEST(error_pool_create_inside_a_worker)
+{
+    pool_t *pool = pool_create(1);
+    int xs[2] = {0, 1}, out[2];
+    ASSERT_OK(pool_map(pool, nested_create, 2, out, xs));
+    ASSERT_EQ(out[0], PMAP_ENESTED);
+    pool_destroy(pool);
+}
+
+TEST(error_pool_map_in_a_forked_child)
+{
+    pool_t *pool = pool_create(2);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        int xs[2] = {1, 2}, out[2];
+        int rc = pool_map(pool, twice, 2, out, xs);
+        pool_destroy(pool);     /* frees the copy; the workers are not ours */
+        _exit(rc == PMAP_EFORKED ? 0 : 1);
+    }
+    int status;
+    ASSERT(waitpid(pid, &status, 0) == pid);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_usable(pool);    /* the child did not stop our workers */
+    pool_destroy(pool);
+}
+
+/* The second thread calls pool_map while the first is inside one; the
+ * callback tells it when, through a pipe the workers inherited. */
+static int started[2];
+
+static int announce_and_wait(int x)
+{
+    char c = 'x';
+    if (x == 0 && write(started[1], &c, 1) != 1)
+        return -1;
+    struct timespec d = {0, 200000000};
+    nanosleep(&d, NULL);
+    return x;
+}
+PMAP_EXPORT(announce_and_wait, int, int);
+
+struct busy_call {
+    pool_t *pool;
+    int rc;
+};
+
+static void *long_map(void *arg)
+{
+    struct busy_call *c = arg;
+    int xs[4] = {0, 1, 2, 3}, out[4];
+    c->rc = pool_map(c->pool, announce_and_wait, 4, out, xs);
+    return NULL;
+}
+
+TEST(error_two_threads_on_one_pool)
+{
+    ASSERT(pipe(started) == 0);
+    struct busy_call call = {pool_create(2), -1};
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, long_map, &call) == 0);
+    char c;
+    ASSERT(read(started[0], &c, 1) == 1);
+    int xs[1] = {1}, out[1];
+    ASSERT_EQ(pool_map(call.pool, twice, 1, out, xs), PMAP_EBUSY);
+    pthread_join(t, NULL);
+    ASSERT_OK(call.rc);
+    assert_usable(call.pool);
+    pool_destroy(call.pool);
+    close(started[0]);
+    close(started[1]);
+}
+
+TEST(error_strings_for_every_code)
+{
+    int codes[] = {
+#define CODE(name, value, text) PMAP_##name,
+        PMAP_ERROR_MAP(CODE)
+#undef CODE
+    };
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
+        ASSERT(strcmp(pmap_strerror(codes[i]), "unknown error") != 0);
+        ASSERT(strcmp(pmap_err_name(codes[i]), "EUNKNOWN") != 0);
+        for (size_t j = 0; j < i; j++)
+            ASSERT(codes[i] != codes[j]);
+    }
+    ASSERT_STR_EQ(pmap_err_name(PMAP_ECRASH), "ECRASH");
+    ASSERT_STR_EQ(pmap_strerror(0), "success");
+    ASSERT_STR_EQ(pmap_strerror(-3999), "unknown error");
+    ASSERT_EQ(pmap_fail(1, "not in a worker"), PMAP_EINVAL);
+}

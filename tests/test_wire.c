@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_wire.c - the frame format alone (white box): headers and columns
+ * survive a round trip, and every malformed or truncated input is refused
+ * with PMAP_EPROTO instead of being read past its end.
+ */
+#include "test.h"
+
+#include "pmap_internal.h"
+
+#include <unistd.h>
+
+TEST(wire_header_round_trip)
+{
+    unsigned char b[PMAP__HEADER_SIZE];
+    pmap__header_t h = {PMAP__RESULT, 77, 4096}, back;
+    pmap__header_encode(b, &h);
+    ASSERT_OK(pmap__header_decode(b, &back));
+    ASSERT_EQ(back.type, PMAP__RESULT);
+    ASSERT_EQ(back.map, 77);
+    ASSERT_EQ(back.length, 4096);
+}
+
+TEST(wire_header_rejects_garbage)
+{
+    unsigned char b[PMAP__HEADER_SIZE], bad[PMAP__HEADER_SIZE];
+    pmap__header_t h = {PMAP__TASK, 1, 32}, back;
+    pmap__header_encode(b, &h);
+    for (int i = 0; i < PMAP__HEADER_SIZE; i++) {
+        if (i >= 8 && i < 12)
+            continue;   /* the map id may be anything */
+        if (i >= 16 && i < 24)
+            continue;   /* the length: checked below */
+        memcpy(bad, b, sizeof b);
+        bad[i] ^= 0x40;
+        ASSERT_EQ(pmap__header_decode(bad, &back), PMAP_EPROTO);
+    }
+    h.length = 33;      /* not padded */
+    pmap__header_encode(b, &h);
+    ASSERT_EQ(pmap__header_decode(b, &back), PMAP_EPROTO);
+    h.length = UINT64_MAX - 15;
+    pmap__header_encode(b, &h);
+    ASSERT_EQ(pmap__header_decode(b, &back), PMAP_EPROTO);
+    h = (pmap__header_t){99, 1, 0};
+    pmap__header_encode(b, &h);
+    ASSERT_EQ(pmap__header_decode(b, &back), PMAP_EPROTO);
+}
+
+/* Encodes a column into contiguous bytes. */
+static size_t flatten(pmap__outq_t *q, unsigned char *out, size_t size)
+{
+    struct iovec iov[64];
+    int n = pmap__outq_iov(q, iov, 64);
+    size_t len = 0;
+    for (int i = 0; i < n; i++) {
+        ASSERT(len + iov[i].iov_len <= size);
+        memcpy(out + len, iov[i].iov_base, iov[i].iov_len);
+        len += iov[i].iov_len;
+    }
+    return len;
+}
+
+TEST(wire_string_column_round_trip)
+{
+    const char *in[4] = {"alpha", "", NULL, "a longer string here"};
+    pmap__type_t t = {PMAP__STRING, sizeof(char *)};
+    pmap__outq_t q = {0};
+    pmap__column_encode(&q, t, (const unsigned char *)in, sizeof in[0], 4);
+    static unsigned char flat[4096] __attribute__((aligned(16)));
+    size_t len = flatten(&q, flat, sizeof flat);
+    ASSERT_EQ(len % PMAP__ALIGN, 0);
+    const char *scratch[4];
+    pmap__column_t col;
+    size_t used;
+    ASSERT_OK(pmap__column_decode(flat, len, t, 4, scratch, &col, &used));
+    ASSERT_EQ(used, len);
+    for (int i = 0; i < 4; i++) {
+        const char *s = *(const char *const *)(col.base + i * col.stride);
+        if (in[i] == NULL)
+            ASSERT(s == NULL);
+        else
+            ASSERT_STR_EQ(s, in[i]);
+    }
+    /* Every truncation is refused. */
+    for (size_t cut = 0; cut < len; cut++)
+        ASSERT(pmap__column_decode(flat, cut, t, 4, scratch, &col, &used) ==
+                   PMAP_EPROTO ||
+               used <= cut);
+    /* A string without its NUL is refused. */
+    flat[32] = 'x', flat[32 + 5] = 'y';
+    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used),
+              PMAP_EPROTO);
+    /* A length beyond the frame is refused. */
+    uint64_t huge = UINT64_MAX - 1;
+    memcpy(flat, &huge, sizeof huge);
+    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used),
+              PMAP_EPROTO);
+    pmap__outq_free(&q);
+}
+
+TEST(wire_value_column_limits)
+{
+    static unsigned char buf[64] __attribute__((aligned(16)));
+    pmap__type_t t = {PMAP__VALUE, 8};
+    pmap__column_t col;
+    size_t used;
+    ASSERT_OK(pmap__column_decode(buf, 64, t, 8, NULL, &col, &used));
+    ASSERT_EQ(pmap__column_decode(buf, 64, t, 9, NULL, &col, &used),
+              PMAP_EPROTO);
+    ASSERT_EQ(pmap__column_decode(buf, 64, t, SIZE_MAX / 4, NULL, &col, &used),
+              PMAP_EPROTO);
+}
+
+TEST(wire_reader_takes_frames_split_anywhere)
+{
+    int p[2];
+    ASSERT(pipe(p) == 0);
+    pmap__outq_t q = {0};
+    for (uint32_t m = 1; m <= 3; m++) {
+        size_t f = pmap__outq_begin(&q, PMAP__TASK, m);
+        pmap__outq_u64(&q, m * 1000);
+        pmap__outq_end(&q, f);
+    }
+    unsigned char flat[1024];
+    size_t len = flatten(&q, flat, sizeof flat);
+    pmap__reader_t r = {0};
+    int got = 0;
+    for (size_t i = 0; i < len; i++) {
+        ASSERT(write(p[1], flat + i, 1) == 1);     /* one byte at a time */
+        ASSERT(pmap__reader_fill(&r, p[0]) == 1);
+        pmap__header_t h;
+        const unsigned char *payload;
+        int rc;
+        while ((rc = pmap__reader_next(&r, &h, &payload)) == 1) {
+            got++;
+            ASSERT_EQ(h.map, got);
+            ASSERT_EQ(pmap__get_u64(payload), got * 1000);
+        }
+        ASSERT_EQ(rc, 0);
+    }
+    ASSERT_EQ(got, 3);
+    pmap__reader_free(&r);
+    pmap__outq_free(&q);
+    close(p[0]);
+    close(p[1]);
+}
