@@ -29,7 +29,8 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check install uninstall clean
+.PHONY: all demo test check check-asan check-valgrind fuzz install uninstall \
+        clean
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
@@ -68,6 +69,45 @@ test: all $(B)/tests/runner
 	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" $(B)/tests/runner $(TESTS)
 
 check: test
+
+# The tests again with AddressSanitizer, UndefinedBehaviorSanitizer and
+# LeakSanitizer; workers must die of their real signals, not ASan's reports.
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=all
+check-asan:
+	ASAN_OPTIONS=handle_segv=0:handle_abort=0:detect_leaks=1 \
+	UBSAN_OPTIONS=print_stacktrace=1 \
+	$(MAKE) --no-print-directory B=$(B)/asan \
+	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" \
+	    LDFLAGS="$(SANITIZE)" test
+
+# The frame decoders under libFuzzer (clang only), for FUZZ_SECONDS.
+FUZZ_SECONDS ?= 30
+FUZZ_CC ?= clang
+FUZZ_SRC = src/wire.c src/buf.c src/fdio.c
+fuzz:
+	@if ! echo 'int LLVMFuzzerTestOneInput(const char *d, long n);' \
+	      'int LLVMFuzzerTestOneInput(const char *d, long n)' \
+	      '{ return d && n < 0; }' | $(FUZZ_CC) -x c -fsanitize=fuzzer \
+	      -o /dev/null - >/dev/null 2>&1; then \
+	    echo "fuzz: SKIPPED: $(FUZZ_CC) cannot build a libFuzzer target" \
+	         "(apt-get install clang libclang-rt-dev)"; \
+	else \
+	    mkdir -p $(B)/fuzz/corpus && \
+	    $(CC) $(ALL_CFLAGS) -Isrc -o $(B)/fuzz/seeds tests/fuzz/seeds.c \
+	        $(FUZZ_SRC) $(ALL_LDLIBS) && $(B)/fuzz/seeds $(B)/fuzz/corpus && \
+	    $(FUZZ_CC) $(ALL_CFLAGS) -O1 -Isrc \
+	        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	        -o $(B)/fuzz/fuzz_frames tests/fuzz/fuzz_frames.c $(FUZZ_SRC) \
+	        $(ALL_LDLIBS) && \
+	    { $(B)/fuzz/fuzz_frames -max_total_time=$(FUZZ_SECONDS) \
+	        $(B)/fuzz/corpus >$(B)/fuzz/log 2>&1 || \
+	      { tail -n 60 $(B)/fuzz/log; exit 1; }; } && \
+	    grep -h '^Done' $(B)/fuzz/log; \
+	fi
+
+check-valgrind: all $(B)/tests/runner
+	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
+	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" sh tests/valgrind.sh $(B)
 
 install: $(B)/libpmap.a $(B)/libpmap.so
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \

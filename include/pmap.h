@@ -117,6 +117,9 @@ typedef struct pool pool_t;
 typedef struct pool_options {
     int workers;    /* worker processes; 0: one per CPU this process may use */
     size_t chunk;   /* items per batch sent to a worker; 0: automatic */
+    double timeout; /* seconds one item may run before its worker is
+                       killed and the item fails with PMAP_ETIMEDOUT;
+                       0: no limit */
 } pool_options_t;
 
 /*
@@ -222,6 +225,7 @@ PMAP_API int pool_size(const pool_t *pool);
 /* Options of pool_map_with; a zeroed struct means the pool's defaults. */
 typedef struct pool_map_options {
     size_t chunk;   /* items per batch; 0: the pool's setting */
+    double timeout; /* seconds per item; 0: the pool's setting; < 0: none */
 } pool_map_options_t;
 
 /* pool_map with options for this map (opts may be NULL). */

@@ -24,13 +24,19 @@
  * replacing them (a broken environment, not a bad item). */
 #define START_FAILURES_MAX 3
 
-/* Reaps w and reports its items to job; error, if not 0, overrides the
- * cause read from the wait status (the worker was killed for it). */
-static void lose(pool_t *pool, pmap__job_t *job, pmap__worker_t *w, int error)
+/*
+ * Reaps w and reports its items to job.  error, if not 0, overrides the
+ * cause read from the wait status (we killed the worker for it); item, if
+ * not 0, is the item to charge (index + 1) instead of the one its slot
+ * shows.
+ */
+static void lose_item(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
+                      int error, uint64_t item)
 {
     pmap__slot_t *slot = &pool->slots[w->index];
-    pmap__death_t death = {0, 0, (long)w->pid, 0, 0};
-    death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
+    pmap__death_t death = {0, 0, (long)w->pid, 0, item};
+    if (item == 0)
+        death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
     int status = 0;
     int rc = pmap__worker_reap(w, &status);
@@ -51,6 +57,46 @@ static void lose(pool_t *pool, pmap__job_t *job, pmap__worker_t *w, int error)
         pmap__job_lost(pool, job, w, &death);
     w->nbatch = 0;
     w->ready = false;
+}
+
+static void lose(pool_t *pool, pmap__job_t *job, pmap__worker_t *w, int error)
+{
+    lose_item(pool, job, w, error, 0);
+}
+
+/*
+ * Kills the workers whose item has run past the job's timeout, charging
+ * that item.  The start of each item is in the worker's slot, so no timer
+ * runs in the worker.  Returns when to check again (for poll), or -1 when
+ * the job has no timeout; *killed counts the workers killed.
+ */
+static int64_t enforce_timeouts(pool_t *pool, pmap__job_t *job, int *killed)
+{
+    *killed = 0;
+    if (job == NULL || job->timeout_ns == 0)
+        return -1;
+    int64_t now = pmap__now_ns(), next = now + job->timeout_ns;
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        pmap__slot_t *slot = &pool->slots[i];
+        if (w->pid == 0 || w->nbatch == 0)
+            continue;
+        uint64_t item = atomic_load_explicit(&slot->item, memory_order_acquire);
+        if (item == 0 || atomic_load_explicit(&slot->map, memory_order_relaxed)
+                             != job->id)
+            continue;
+        int64_t deadline =
+            atomic_load_explicit(&slot->started_ns, memory_order_relaxed) +
+            job->timeout_ns;
+        if (deadline <= now) {
+            kill(w->pid, SIGKILL);
+            lose_item(pool, job, w, PMAP_ETIMEDOUT, item);
+            ++*killed;
+        } else if (deadline < next) {
+            next = deadline;
+        }
+    }
+    return next;
 }
 
 /* Handles the complete frames read from w; a negative code if one is
@@ -83,7 +129,16 @@ static int take_frames(pool_t *pool, pmap__job_t *job, pmap__worker_t *w)
         if (rc < 0)
             return rc;
     }
-    return rc;
+    if (rc < 0)
+        return rc;
+    /* A result announced larger than its batch can be is refused now,
+     * rather than waited for. */
+    if (pmap__reader_peek(&w->in, &h) == 1 && h.type == PMAP__RESULT &&
+        w->nbatch > 0 && w->batch[0].job != NULL &&
+        h.length > pmap__result_bound(w->batch[0].job->fn->result,
+                                      w->batch[0].items.count))
+        return PMAP_EPROTO;
+    return 0;
 }
 
 /* Reads what w sent; loses it at EOF, on error, or for a bad frame. */
@@ -135,24 +190,28 @@ static int keep_workers(pool_t *pool)
     return alive > 0 ? 0 : rc < 0 ? rc : PMAP_ESTART;
 }
 
-/* Gives every ready worker as many batches as it may hold. */
+/*
+ * Gives every ready worker as many batches as it may hold, one round at a
+ * time, so that a map of few items is spread over all workers instead of
+ * queued on the first ones.
+ */
 static void feed(pool_t *pool, pmap__job_t *job)
 {
-    for (int i = 0; i < pool->nworkers; i++) {
-        pmap__worker_t *w = &pool->workers[i];
-        if (w->pid == 0 || !w->ready)
-            continue;
-        while (w->nbatch < PMAP__DEPTH && pmap__job_has_work(job)) {
+    for (int depth = 1; depth <= PMAP__DEPTH; depth++) {
+        for (int i = 0; i < pool->nworkers && pmap__job_has_work(job); i++) {
+            pmap__worker_t *w = &pool->workers[i];
+            if (w->pid == 0 || !w->ready || w->nbatch >= depth)
+                continue;
             int rc = pmap__job_dispatch(pool, job, w);
             if (rc < 0) {
                 /* A half-queued frame: this channel cannot be used again. */
                 job->error = rc;
                 lose(pool, job, w, rc);
-                break;
             }
         }
-        flush(pool, job, w);
     }
+    for (int i = 0; i < pool->nworkers; i++)
+        flush(pool, job, &pool->workers[i]);
 }
 
 static bool all_ready(const pool_t *pool)
@@ -174,9 +233,10 @@ static bool loop_done(pool_t *pool, pmap__job_t *job, int *rc)
             *rc = PMAP_ESTART;
         return *rc < 0 || all_ready(pool);
     }
+    /* Refilled even when the job is over: the pool stays at full size. */
+    int spawned = keep_workers(pool);
     if (pmap__job_finished(job))
         return true;
-    int spawned = keep_workers(pool);
     if (spawned < 0 && job->error == 0)
         job->error = spawned;
     feed(pool, job);
@@ -192,8 +252,13 @@ static bool loop_done(pool_t *pool, pmap__job_t *job, int *rc)
 int pmap__loop_run(pool_t *pool, pmap__job_t *job, int64_t deadline_ns)
 {
     struct pollfd *pfd = pool->pollfds;
-    int rc;
+    int rc, killed;
     while (!loop_done(pool, job, &rc)) {
+        int64_t wake = enforce_timeouts(pool, job, &killed);
+        if (killed > 0)
+            continue;   /* refill and feed before waiting */
+        if (wake < 0 || (deadline_ns >= 0 && deadline_ns < wake))
+            wake = deadline_ns;
         for (int i = 0; i < pool->nworkers; i++) {
             pmap__worker_t *w = &pool->workers[i];
             pfd[i].fd = w->pid > 0 ? w->fd : -1;
@@ -202,7 +267,7 @@ int pmap__loop_run(pool_t *pool, pmap__job_t *job, int64_t deadline_ns)
                 pfd[i].events |= POLLOUT;
             pfd[i].revents = 0;
         }
-        int ready = pmap__poll(pfd, (size_t)pool->nworkers, deadline_ns);
+        int ready = pmap__poll(pfd, (size_t)pool->nworkers, wake);
         if (ready < 0)
             return ready;
         if (ready == 0 && deadline_ns >= 0 && pmap__now_ns() >= deadline_ns)

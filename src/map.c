@@ -48,6 +48,7 @@ static void fail_item(pool_t *pool, pmap__job_t *job, size_t index,
 {
     job->failed++;
     job->done++;
+    memset(job->out + index * job->fn->result.size, 0, job->fn->result.size);
     if (pool->nfailures == pool->failures_cap) {
         size_t cap = pool->failures_cap ? pool->failures_cap * 2 : 16;
         pmap_failure_t *f = realloc(pool->failures, cap * sizeof *f);
@@ -279,27 +280,6 @@ static bool store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
     return true;
 }
 
-/* Checks the failure records of a RESULT: each within the batch, each
- * within the frame.  Returns their bytes, or PMAP_EPROTO. */
-static int check_failures(const unsigned char *p, size_t len, uint64_t n,
-                          const pmap__range_t *r, size_t *used)
-{
-    size_t off = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        if (len - off < 3 * sizeof(uint64_t))
-            return PMAP_EPROTO;
-        uint64_t index = pmap__get_u64(p + off);
-        uint64_t msglen = pmap__get_u64(p + off + 16);
-        if (index < r->first || index - r->first >= r->count ||
-            msglen > PMAP__MESSAGE_MAX ||
-            pmap__pad(3 * sizeof(uint64_t) + (size_t)msglen) > len - off)
-            return PMAP_EPROTO;
-        off += pmap__pad(3 * sizeof(uint64_t) + (size_t)msglen);
-    }
-    *used = off;
-    return 0;
-}
-
 /*
  * A RESULT from worker w answers its oldest batch.  The frame is checked
  * whole before anything is stored; PMAP_EPROTO means the worker is broken.
@@ -307,54 +287,45 @@ static int check_failures(const unsigned char *p, size_t len, uint64_t n,
 int pmap__job_result(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
                      const unsigned char *p, size_t len)
 {
-    if (w->nbatch == 0 || w->batch[0].job != job ||
-        len < 4 * sizeof(uint64_t))
+    if (w->nbatch == 0 || w->batch[0].job != job)
         return PMAP_EPROTO;
     pmap__range_t r = w->batch[0].items;
     const pmap__fn_t *fn = job->fn;
-    if (pmap__get_u64(p) != r.first || pmap__get_u64(p + 8) != r.count)
-        return PMAP_EPROTO;
-    uint64_t busy = pmap__get_u64(p + 16), nfailed = pmap__get_u64(p + 24);
-
-    size_t off = 4 * sizeof(uint64_t), used;
     job->scratch.len = 0;
     void *scratch = pmap__buf_append(&job->scratch,
                                      pmap__column_scratch(fn->result, r.count));
-    pmap__column_t col;
     if (scratch == NULL)
         return PMAP_ENOMEM;
-    if (pmap__column_decode(p + off, len - off, fn->result, r.count, scratch,
-                            &col, &used) < 0)
-        return PMAP_EPROTO;
-    off += used;
-    const unsigned char *records = p + off;
-    if (nfailed > r.count ||
-        check_failures(records, len - off, nfailed, &r, &used) < 0)
-        return PMAP_EPROTO;
+    pmap__result_t res;
+    int rc = pmap__result_decode(p, len, fn->result, r.first, r.count,
+                                 scratch, &res);
+    if (rc < 0)
+        return rc;
 
     unsigned char *out = job->out + r.first * fn->result.size;
     size_t unstored = 0;
     if (fn->result.kind == PMAP__VALUE) {
-        memcpy(out, col.base, r.count * fn->result.size);
+        memcpy(out, res.column.base, r.count * fn->result.size);
     } else {
         for (size_t j = 0; j < r.count; j++) {
-            if (!store_variable(fn, &col, j, out + j * fn->result.size)) {
+            if (!store_variable(fn, &res.column, j,
+                                out + j * fn->result.size)) {
                 fail_item(pool, job, r.first + j, PMAP_ENOMEM, 0, w->pid,
                           NULL, 0);
                 unstored++;
             }
         }
     }
-    for (uint64_t i = 0, at = 0; i < nfailed; i++) {
-        uint64_t msglen = pmap__get_u64(records + at + 16);
-        fail_item(pool, job, (size_t)pmap__get_u64(records + at), PMAP_EFAIL,
-                  (int)(int64_t)pmap__get_u64(records + at + 8), w->pid,
-                  (const char *)records + at + 24, (size_t)msglen);
-        at += pmap__pad(3 * sizeof(uint64_t) + (size_t)msglen);
+    const unsigned char *record = res.failures;
+    for (uint64_t i = 0; i < res.nfailed; i++) {
+        pmap__failure_record_t f;
+        record = pmap__failure_next(record, &f);
+        fail_item(pool, job, (size_t)f.index, PMAP_EFAIL, f.code, w->pid,
+                  f.message, f.length);
     }
-    job->done += r.count - nfailed - unstored;
-    job->busy_ns += busy;
-    pool->last.busy_ns += busy;
+    job->done += r.count - res.nfailed - unstored;
+    job->busy_ns += res.busy_ns;
+    pool->last.busy_ns += res.busy_ns;
     job->busy_items += r.count;
     job->inflight--;
     w->batch[0] = w->batch[1];
@@ -412,9 +383,12 @@ int pool_stats(const pool_t *pool, pmap_stats_t *last, pmap_stats_t *total)
     return 0;
 }
 
-static int check_call(const pmap__fn_t *fn, size_t n, const void *out,
-                      int nargs, const pmap__arg_t *args)
+static int check_call(const pool_map_options_t *opts, const pmap__fn_t *fn,
+                      size_t n, const void *out, int nargs,
+                      const pmap__arg_t *args)
 {
+    if (opts != NULL && opts->timeout != opts->timeout)
+        return PMAP_EINVAL;     /* NaN */
     if (fn == NULL || out == NULL || n == 0 || args == NULL ||
         nargs != fn->nparams || nargs < 1 || nargs > PMAP_MAX_ARGS ||
         n > SIZE_MAX / fn->result.size)
@@ -440,7 +414,7 @@ static void encode_setup(pmap__job_t *job)
     pmap__outq_u64(q, fn->id);
     pmap__outq_u64(q, pmap__signature(fn));
     pmap__outq_u64(q, job->constants);
-    pmap__outq_u64(q, 0);
+    pmap__outq_u64(q, job->timeout_ns > 0);     /* flags: bit 0, timed */
     for (int k = 0; k < fn->nparams; k++) {
         if (!(job->constants >> k & 1))
             continue;
@@ -477,6 +451,9 @@ static int job_init(pmap__job_t *job, pool_t *pool,
             job->constants |= (uint64_t)1 << k;
     }
     job->chunk = opts && opts->chunk ? opts->chunk : pool->opts.chunk;
+    double timeout = opts && opts->timeout ? opts->timeout : pool->opts.timeout;
+    if (timeout > 0)    /* at least 1 ns, at most about 290 years */
+        job->timeout_ns = timeout < 9e9 ? (int64_t)(timeout * 1e9) + 1 : INT64_MAX / 2;
     encode_setup(job);
     return job->setup.error;
 }
@@ -502,7 +479,7 @@ int pmap__map(pool_t *pool, const pool_map_options_t *opts,
               const pmap__arg_t *args)
 {
     int rc = pmap__in_worker ? PMAP_ENESTED
-                             : check_call(fn, n, out, nargs, args);
+                             : check_call(opts, fn, n, out, nargs, args);
     if (rc == 0)
         rc = pmap__pool_enter(pool);
     if (rc < 0)

@@ -139,6 +139,28 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
                         pmap__column_t *col, size_t *used);
 size_t pmap__column_scratch(pmap__type_t type, size_t count);
 
+/* A RESULT payload, checked whole against the batch it answers. */
+typedef struct pmap__result {
+    uint64_t busy_ns;           /* the worker's time in the callback */
+    uint64_t nfailed;           /* failure records... */
+    const unsigned char *failures;  /* ...starting here */
+    pmap__column_t column;      /* the results */
+} pmap__result_t;
+
+/* One record of pmap__result_t.failures. */
+typedef struct pmap__failure_record {
+    uint64_t index;
+    int code;
+    const char *message;        /* not NUL-terminated */
+    size_t length;
+} pmap__failure_record_t;
+
+int pmap__result_decode(const unsigned char *p, size_t len,
+                        pmap__type_t type, uint64_t first, uint64_t count,
+                        void *scratch, pmap__result_t *r);
+const unsigned char *pmap__failure_next(const unsigned char *p,
+                                        pmap__failure_record_t *f);
+
 /*
  * Incoming frames from one channel: bytes are read greedily into buf and
  * complete frames are taken from its front.
@@ -151,6 +173,8 @@ typedef struct pmap__reader {
 ssize_t pmap__reader_fill(pmap__reader_t *r, int fd);
 int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
                       const unsigned char **payload);
+int pmap__reader_peek(const pmap__reader_t *r, pmap__header_t *h);
+uint64_t pmap__result_bound(pmap__type_t type, uint64_t count);
 void pmap__reader_free(pmap__reader_t *r);
 
 /* ---- registry.c ------------------------------------------------------- */
@@ -246,6 +270,7 @@ typedef struct pmap__job {
     pmap__arg_t args[PMAP_MAX_ARGS];
     uint64_t constants;         /* bit k: argument k is the same for all */
     size_t chunk;               /* fixed batch size, or 0: automatic */
+    int64_t timeout_ns;         /* per item, or 0: none */
     pmap__outq_t setup;         /* the SETUP frame, sent once per worker */
     size_t next;                /* first item never dispatched */
     size_t done;                /* items stored or failed */

@@ -67,7 +67,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_EINVAL;
     *poolp = NULL;
     pool_options_t o = opts ? *opts : (pool_options_t){0};
-    if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS)
+    if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0))
         return PMAP_EINVAL;
     if (pmap__in_worker)
         return PMAP_ENESTED;

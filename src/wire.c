@@ -397,11 +397,69 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
     return 0;
 }
 
+/* ---- results ----------------------------------------------------------- */
+
+/* Bytes of a failure record: u64 index | i64 code | u64 length | text. */
+static size_t record_size(uint64_t msglen)
+{
+    return pmap__pad(3 * sizeof(uint64_t) + (size_t)msglen);
+}
+
+/*
+ * Decodes a RESULT payload that must answer items [first, first + count):
+ *   u64 first | u64 count | u64 busy ns | u64 failures | result column |
+ *   failure records (each for an item of the batch, text <= 512 bytes).
+ * scratch holds pmap__column_scratch(type, count) bytes.  Returns 0, or
+ * PMAP_EPROTO if any part is inconsistent or runs past len.
+ */
+int pmap__result_decode(const unsigned char *p, size_t len,
+                        pmap__type_t type, uint64_t first, uint64_t count,
+                        void *scratch, pmap__result_t *r)
+{
+    size_t off = 4 * sizeof(uint64_t), used;
+    if (len < off || pmap__get_u64(p) != first ||
+        pmap__get_u64(p + 8) != count || count > SIZE_MAX)
+        return PMAP_EPROTO;
+    r->busy_ns = pmap__get_u64(p + 16);
+    r->nfailed = pmap__get_u64(p + 24);
+    if (r->nfailed > count ||
+        pmap__column_decode(p + off, len - off, type, (size_t)count,
+                            scratch, &r->column, &used) < 0)
+        return PMAP_EPROTO;
+    off += used;
+    r->failures = p + off;
+    for (uint64_t i = 0; i < r->nfailed; i++) {
+        if (len - off < 3 * sizeof(uint64_t))
+            return PMAP_EPROTO;
+        uint64_t index = pmap__get_u64(p + off);
+        uint64_t msglen = pmap__get_u64(p + off + 16);
+        if (index < first || index - first >= count ||
+            msglen > PMAP__MESSAGE_MAX || record_size(msglen) > len - off)
+            return PMAP_EPROTO;
+        off += record_size(msglen);
+    }
+    return 0;
+}
+
+/* Reads the failure record at p (checked by pmap__result_decode) into f;
+ * returns the next one. */
+const unsigned char *pmap__failure_next(const unsigned char *p,
+                                        pmap__failure_record_t *f)
+{
+    f->index = pmap__get_u64(p);
+    f->code = (int)(int64_t)pmap__get_u64(p + 8);
+    f->length = (size_t)pmap__get_u64(p + 16);
+    f->message = (const char *)p + 3 * sizeof(uint64_t);
+    return p + record_size(f->length);
+}
+
 /* ---- incoming frames --------------------------------------------------- */
 
 /*
- * Reads what is available into r (at least 64 KiB at a time, and the whole
- * of a frame whose header has arrived).  Returns the bytes read, 0 at end of
+ * Reads what is available into r: at least 64 KiB at a time, more for a
+ * large frame whose header has arrived, but never more than 16 MiB ahead of
+ * the bytes actually received, so a header announcing a huge payload costs
+ * nothing until the payload comes.  Returns the bytes read, 0 at end of
  * file, or a negative code (-EAGAIN when nothing is there).
  */
 ssize_t pmap__reader_fill(pmap__reader_t *r, int fd)
@@ -419,10 +477,14 @@ ssize_t pmap__reader_fill(pmap__reader_t *r, int fd)
         if (pmap__header_decode(b->data + r->start, &h) == 0) {
             size_t frame = PMAP__HEADER_SIZE + (size_t)h.length;
             size_t have = b->len - r->start;
-            if (frame > have && frame - have > want)
+            if (frame > have)
                 want = frame - have;
         }
     }
+    if (want < 65536)
+        want = 65536;
+    if (want > (16u << 20))
+        want = 16u << 20;
     if (pmap__buf_reserve(b, want) < 0)
         return PMAP_ENOMEM;
     ssize_t n = pmap__read(fd, b->data + b->len, b->cap - b->len);
@@ -450,6 +512,28 @@ int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
     *payload = p + PMAP__HEADER_SIZE;
     r->start += PMAP__HEADER_SIZE + (size_t)h->length;
     return 1;
+}
+
+/*
+ * Reads the header of the next frame, complete or not: 1 if one has
+ * arrived, 0 if not yet, PMAP_EPROTO if it is malformed.
+ */
+int pmap__reader_peek(const pmap__reader_t *r, pmap__header_t *h)
+{
+    if (r->buf.len - r->start < PMAP__HEADER_SIZE)
+        return 0;
+    return pmap__header_decode(r->buf.data + r->start, h) < 0 ? PMAP_EPROTO
+                                                               : 1;
+}
+
+/* The largest RESULT payload a batch of count fixed-size results can
+ * produce (each item may fail with a message); UINT64_MAX if unbounded. */
+uint64_t pmap__result_bound(pmap__type_t type, uint64_t count)
+{
+    if (type.kind != PMAP__VALUE || count > SIZE_MAX / 1024 / type.size)
+        return UINT64_MAX;
+    return 4 * sizeof(uint64_t) + pmap__pad((size_t)count * type.size) +
+           count * record_size(PMAP__MESSAGE_MAX);
 }
 
 void pmap__reader_free(pmap__reader_t *r)

@@ -8,7 +8,12 @@
  * that a test that leaves workers behind is cleaned up by killing the
  * group.  It fails on a failed ASSERT, a crash, a timeout (60 s, times
  * PMAP_TEST_TIMEOUT_MULTIPLIER), or if it ends with more open descriptors
- * than it started with, or with a child process not reaped.
+ * than it started with, with a child process not reaped, or (under
+ * AddressSanitizer) with leaked memory.
+ *
+ * `runner --inline NAME` runs one test in the runner's own process, for
+ * valgrind, which then sees the test as its main program; `runner --list`
+ * lists the tests.
  */
 #include "test.h"
 
@@ -19,6 +24,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#if TEST_ASAN
+#include <sanitizer/lsan_interface.h>
+#endif
 
 #define X(name) void test_##name(void);
 #include "test_list.h"
@@ -64,6 +72,19 @@ const char *test_build_dir(void)
     return b ? b : "build";
 }
 
+/* Set by tests/valgrind.sh: the program runs some 50 times slower. */
+int test_under_valgrind(void)
+{
+    return getenv("PMAP_TEST_VALGRIND") != NULL;
+}
+
+/* A work size for a test: n, or a twentieth of it under valgrind.  The
+ * checks stay the same; only the amount of work shrinks. */
+size_t test_scaled(size_t n)
+{
+    return test_under_valgrind() && n >= 40 ? n / 20 : n;
+}
+
 /* Runs a shell command, capturing at most size - 1 bytes of its standard
  * output; returns its exit status (or -1). */
 int test_run(const char *command, char *output, size_t size)
@@ -101,10 +122,9 @@ int test_children(void)
     return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD ? 0 : 1;
 }
 
-static _Noreturn void run_child(int i, int skip_fd)
+/* Runs test i and checks what it left behind; returns PASS or FAIL. */
+static int run_checked(int i)
 {
-    skip_pipe = skip_fd;
-    setpgid(0, 0);
     int fds = test_open_fds();
     tests[i].run();
     fflush(NULL);
@@ -112,13 +132,24 @@ static _Noreturn void run_child(int i, int skip_fd)
     if (after != fds) {
         fprintf(stderr, "    leaked file descriptors: %d before, %d after\n",
                 fds, after);
-        _exit(FAIL);
+        return FAIL;
     }
     if (test_children() != 0) {
         fprintf(stderr, "    left a child process behind\n");
-        _exit(FAIL);
+        return FAIL;
     }
-    _exit(PASS);
+#if TEST_ASAN
+    if (__lsan_do_recoverable_leak_check() != 0)
+        return FAIL;
+#endif
+    return PASS;
+}
+
+static _Noreturn void run_child(int i, int skip_fd)
+{
+    skip_pipe = skip_fd;
+    setpgid(0, 0);
+    _exit(run_checked(i));
 }
 
 static double timeout_seconds(void)
@@ -191,6 +222,19 @@ static int selected(int argc, char **argv, const char *name)
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+            printf("%s\n", tests[i].name);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "--inline") == 0) {
+        for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
+            if (strcmp(tests[i].name, argv[2]) == 0)
+                return run_checked((int)i);
+        }
+        fprintf(stderr, "no test named %s\n", argv[2]);
+        return FAIL;
+    }
     int passed = 0, failed = 0, skipped = 0, number = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         if (!selected(argc, argv, tests[i].name))

@@ -56,8 +56,23 @@ void test_skip(const char *why) __attribute__((noreturn));
 
 #define SKIP(why) test_skip(why)
 
+/* AddressSanitizer keeps freed memory aside: resident size means nothing
+ * then, and LeakSanitizer checks each test instead (runner.c). */
+#if defined(__SANITIZE_ADDRESS__)
+#define TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TEST_ASAN 1
+#endif
+#endif
+#ifndef TEST_ASAN
+#define TEST_ASAN 0
+#endif
+
 /* Helpers shared by tests (runner.c). */
 const char *test_build_dir(void);
+int test_under_valgrind(void);
+size_t test_scaled(size_t n);
 int test_run(const char *command, char *output, size_t size);
 int test_open_fds(void);
 int test_children(void);

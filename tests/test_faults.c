@@ -1,0 +1,663 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_faults.c - a worker's death never hangs, leaks or harms the caller.
+ *
+ * Each fault strikes one item in the middle of a batch in the middle of a
+ * large map: that item alone fails, with the right cause; every other item
+ * is right and in order; the worker is replaced and the pool keeps its
+ * size.  Then the caller's own process misbehaves in the ways real programs
+ * do: its own children and SIGCHLD handler, a fast timer without
+ * SA_RESTART, unflushed stdio, being killed, two pools, many cycles.
+ */
+#include "test.h"
+
+#include "pmap_internal.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+enum fault { NONE, SEGV, ABORT, EXIT, UNDERSCORE_EXIT, HANG, KILLED, FAIL,
+             GARBAGE, HUGE_FRAME };
+
+static int killer_pipe[2] = {-1, -1};
+
+/* The worker's end of its channel: its only socket. */
+static int channel_fd(void)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+            return fd;
+    }
+    return -1;
+}
+
+__attribute__((no_sanitize("undefined"))) static void dereference_null(void)
+{
+    int *volatile p = NULL;
+    *(volatile int *)p = 1;     /* volatile: the compiler may not drop it */
+}
+
+static void write_garbage(bool huge)
+{
+    unsigned char frame[PMAP__HEADER_SIZE + 64];
+    memset(frame, 0xA5, sizeof frame);
+    if (huge) {     /* a well-formed header announcing 1 TiB */
+        pmap__header_t h = {PMAP__RESULT, 1, (uint64_t)1 << 40};
+        pmap__header_encode(frame, &h);
+    }
+    if (write(channel_fd(), frame, sizeof frame) < 0)
+        _exit(9);
+}
+
+static int risky(int x, int bad, int how)
+{
+    if (x != bad)
+        return x * 3;
+    switch (how) {
+    case SEGV:
+        dereference_null();
+        break;
+    case ABORT:
+        abort();
+    case EXIT:
+        exit(3);
+    case UNDERSCORE_EXIT:
+        _exit(3);
+    case HANG:
+        for (;;)
+            pause();
+    case KILLED: {
+        pid_t me = getpid();    /* the test's thread kills us */
+        if (write(killer_pipe[1], &me, sizeof me) != sizeof me)
+            _exit(9);
+        for (;;)
+            pause();
+    }
+    case FAIL:
+        pmap_fail(-x, "item %d refused", x);
+        return -1;
+    case GARBAGE:
+    case HUGE_FRAME:
+        write_garbage(how == HUGE_FRAME);
+        for (;;)
+            pause();    /* the caller kills us for what we wrote */
+    }
+    return x * 3;
+}
+PMAP_EXPORT(risky, int, int, int, int);
+
+static void *killer(void *arg)
+{
+    (void)arg;
+    pid_t pid;
+    if (read(killer_pipe[0], &pid, sizeof pid) == sizeof pid)
+        kill(pid, SIGKILL);
+    return NULL;
+}
+
+enum { N = 3000, BAD = 1550 };
+
+/* Runs a map of N items where item BAD faults with `how`; checks that it
+ * alone failed, with the given cause, and that the pool is whole after. */
+static void expect_fault(enum fault how, int error, int code, double timeout)
+{
+    static int xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pthread_t t;
+    if (how == KILLED) {    /* before the pool: its workers inherit it */
+        ASSERT(pipe(killer_pipe) == 0);
+        ASSERT(pthread_create(&t, NULL, killer, NULL) == 0);
+    }
+    pool_options_t po = {.workers = 3};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    /* Batches of 100: BAD is in the middle of one. */
+    pool_map_options_t mo = {.chunk = 100, .timeout = timeout};
+    ASSERT_EQ(pool_map_with(pool, &mo, risky, N, out, xs, PMAP_CONST(BAD),
+                            PMAP_CONST(how)),
+              1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, BAD);
+    ASSERT_STR_EQ(pmap_err_name(f[0].error), pmap_err_name(error));
+    if (code >= 0)
+        ASSERT_EQ(f[0].code, code);
+    ASSERT(f[0].pid > 0 && f[0].pid != (long)getpid());
+    for (int i = 0; i < N; i++)
+        ASSERT_EQ(out[i], i == BAD ? 0 : 3 * i);
+
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, &st, NULL));
+    ASSERT_EQ(st.restarts, how == FAIL ? 0 : 1);
+    ASSERT_EQ(st.failed, 1);
+    ASSERT_EQ(pool_size(pool), 3);
+    /* Usable again, at full size, with no failure left over. */
+    ASSERT_OK(pool_map(pool, risky, N, out, xs, PMAP_CONST(-1),
+                       PMAP_CONST(NONE)));
+    ASSERT_EQ(pool_failures(pool, &f), 0);
+    ASSERT_EQ(out[N - 1], 3 * (N - 1));
+    for (int i = 0; i < 3; i++)
+        ASSERT(pool->workers[i].pid > 0);
+    pool_destroy(pool);
+    if (how == KILLED) {
+        pthread_join(t, NULL);
+        close(killer_pipe[0]);
+        close(killer_pipe[1]);
+    }
+}
+
+TEST(fault_null_dereference)
+{
+    expect_fault(SEGV, PMAP_ECRASH, SIGSEGV, 0);
+}
+
+TEST(fault_abort)
+{
+    expect_fault(ABORT, PMAP_ECRASH, SIGABRT, 0);
+}
+
+TEST(fault_exit)
+{
+    expect_fault(EXIT, PMAP_EEXIT, 3, 0);
+}
+
+TEST(fault_underscore_exit)
+{
+    expect_fault(UNDERSCORE_EXIT, PMAP_EEXIT, 3, 0);
+}
+
+TEST(fault_sigkill_from_outside)
+{
+    expect_fault(KILLED, PMAP_ECRASH, SIGKILL, 0);
+}
+
+TEST(fault_endless_loop_with_timeout)
+{
+    expect_fault(HANG, PMAP_ETIMEDOUT, -1, 0.25);
+}
+
+TEST(fault_callback_fails_on_purpose)
+{
+    expect_fault(FAIL, PMAP_EFAIL, -BAD, 0);
+}
+
+TEST(fault_worker_writes_garbage)
+{
+    expect_fault(GARBAGE, PMAP_EPROTO, -1, 0);
+}
+
+TEST(fault_worker_announces_a_huge_frame)
+{
+    expect_fault(HUGE_FRAME, PMAP_EPROTO, -1, 0);
+}
+
+/* Garbage reaching a worker from our side: it leaves, and is replaced. */
+TEST(fault_garbage_sent_to_a_worker)
+{
+    pool_t *pool = pool_create(2);
+    int xs[100], out[100];
+    for (int i = 0; i < 100; i++)
+        xs[i] = i;
+    unsigned char junk[PMAP__HEADER_SIZE * 2];
+    memset(junk, 0x5A, sizeof junk);
+    ASSERT(write(pool->workers[0].fd, junk, sizeof junk) == sizeof junk);
+    ASSERT_OK(pool_map(pool, risky, 100, out, xs, PMAP_CONST(-1),
+                       PMAP_CONST(NONE)));
+    for (int i = 0; i < 100; i++)
+        ASSERT_EQ(out[i], 3 * i);
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, &st, NULL));
+    ASSERT_EQ(st.restarts, 1);
+    pool_destroy(pool);
+}
+
+static int fail_some(int x)
+{
+    if (x % 7 == 0) {
+        pmap_fail(x, "multiple of seven: %d", x);
+        return 0;
+    }
+    if (x == 500)
+        abort();
+    return x + 1;
+}
+PMAP_EXPORT(fail_some, int, int);
+
+TEST(fault_many_failures_in_one_map)
+{
+    enum { M = 1000 };
+    int xs[M], out[M];
+    for (int i = 0; i < M; i++)
+        xs[i] = i;
+    pool_t *pool = pool_create(2);
+    int want = M / 7 + 1 + 1;   /* multiples of 7 (0 included), and 500 */
+    ASSERT_EQ(pool_map(pool, fail_some, M, out, xs), want);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), want);
+    for (int i = 0; i < want; i++) {
+        ASSERT(i == 0 || f[i].index > f[i - 1].index);  /* sorted */
+        if (f[i].index == 500) {
+            ASSERT_EQ(f[i].error, PMAP_ECRASH);
+            continue;
+        }
+        char msg[64];
+        snprintf(msg, sizeof msg, "multiple of seven: %zu", f[i].index);
+        ASSERT_EQ(f[i].error, PMAP_EFAIL);
+        ASSERT_EQ(f[i].code, (int)f[i].index);
+        ASSERT_STR_EQ(f[i].message, msg);
+    }
+    for (int i = 0; i < M; i++)
+        ASSERT_EQ(out[i], i % 7 == 0 || i == 500 ? 0 : i + 1);
+    pool_destroy(pool);
+}
+
+/* ---- the caller's process ---------------------------------------------- */
+
+static volatile sig_atomic_t chld_seen, alarms;
+
+static void on_sigchld(int sig)
+{
+    (void)sig;
+    chld_seen++;
+}
+
+TEST(host_own_children_and_sigchld_handler)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigchld;
+    sigemptyset(&sa.sa_mask);
+    ASSERT(sigaction(SIGCHLD, &sa, NULL) == 0);
+    pid_t mine = fork();
+    ASSERT(mine >= 0);
+    if (mine == 0)
+        _exit(42);
+
+    int xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_t *pool = pool_create(2);
+    ASSERT_EQ(pool_map(pool, risky, N, out, xs, PMAP_CONST(BAD),
+                       PMAP_CONST(ABORT)),
+              1);
+    pool_destroy(pool);
+    /* Our child's status is still ours to collect. */
+    int status;
+    ASSERT(waitpid(mine, &status, 0) == mine);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 42);
+    ASSERT(chld_seen > 0);
+}
+
+static void reap_everything(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
+    errno = saved;
+}
+
+/* A careless caller reaps every child in its handler, workers included:
+ * nothing hangs, the dead item's cause is simply unknown. */
+TEST(host_sigchld_handler_that_steals_worker_statuses)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = reap_everything;
+    sigemptyset(&sa.sa_mask);
+    ASSERT(sigaction(SIGCHLD, &sa, NULL) == 0);
+    int xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_t *pool = pool_create(2);
+    ASSERT_EQ(pool_map(pool, risky, N, out, xs, PMAP_CONST(BAD),
+                       PMAP_CONST(ABORT)),
+              1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, BAD);
+    ASSERT(f[0].error == PMAP_ECRASH || f[0].error == PMAP_ELOST);
+    for (int i = 0; i < N; i++)
+        ASSERT_EQ(out[i], i == BAD ? 0 : 3 * i);
+    pool_destroy(pool);
+    signal(SIGCHLD, SIG_DFL);
+}
+
+TEST(host_sigchld_ignored)
+{
+    signal(SIGCHLD, SIG_IGN);
+    int xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_t *pool = pool_create(2);
+    ASSERT_EQ(pool_map(pool, risky, N, out, xs, PMAP_CONST(BAD),
+                       PMAP_CONST(SEGV)),
+              1);
+    ASSERT_EQ(out[N - 1], 3 * (N - 1));
+    pool_destroy(pool);
+    signal(SIGCHLD, SIG_DFL);
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    alarms++;
+}
+
+static uint64_t slow_sum(pmap_bytes_t b, int spin)
+{
+    uint64_t h = 0;
+    for (int r = 0; r < spin; r++)
+        for (size_t i = 0; i < b.size; i += 64)
+            h += ((unsigned char *)b.data)[i] + (uint64_t)r;
+    return h;
+}
+PMAP_EXPORT(slow_sum, uint64_t, pmap_bytes_t, int);
+
+/* A 1 kHz SIGALRM without SA_RESTART interrupts every system call of the
+ * map, many times: each one is retried. */
+TEST(host_fast_timer_without_sa_restart)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = on_alarm;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    ASSERT(sigaction(SIGALRM, &sa, NULL) == 0);
+    /* Under valgrind, whose signal delivery is slow, 100 Hz. */
+    long period_us = test_under_valgrind() ? 10000 : 1000;
+    struct itimerval it = {{0, period_us}, {0, period_us}};
+    ASSERT(setitimer(ITIMER_REAL, &it, NULL) == 0);
+
+    enum { M = 64 };
+    static pmap_bytes_t in[M];
+    uint64_t out[M];
+    int spin[M];
+    for (int i = 0; i < M; i++) {
+        in[i].size = test_scaled((size_t)(i + 1) << 16);    /* to 4 MiB */
+        in[i].data = malloc(in[i].size);
+        memset(in[i].data, i, in[i].size);
+        spin[i] = (int)test_scaled(40);
+    }
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    /* Map until the timer has fired 50 times during maps. */
+    int during = 0;
+    for (int round = 0; round < 3 || during < 50; round++) {
+        ASSERT(round < 100000);
+        sig_atomic_t before = alarms;
+        ASSERT_OK(pool_map(pool, slow_sum, M, out, in, spin));
+        during += alarms - before;
+        for (int i = 0; i < M; i++)
+            ASSERT(out[i] == slow_sum(in[i], spin[i]));
+    }
+    pool_destroy(pool);
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    for (int i = 0; i < M; i++)
+        free(in[i].data);
+}
+
+static int chatty(int x)
+{
+    printf("cb%d\n", x);
+    fflush(stdout);
+    if (x == 5)
+        abort();    /* forces a replacement worker mid-map */
+    return x;
+}
+PMAP_EXPORT(chatty, int, int);
+
+/* Text the caller left in stdio buffers is printed once, not once per
+ * worker, even when workers are forked again mid-map. */
+TEST(host_unflushed_stdio_printed_once)
+{
+    char path[] = "/tmp/pmap-stdio-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        dup2(fd, STDOUT_FILENO);    /* a file: stdout is fully buffered */
+        printf("before-create;");
+        pool_t *pool = pool_create(2);
+        printf("before-map;");
+        int xs[10] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, out[10];
+        pool_map_options_t one = {.chunk = 1};
+        int rc = pool_map_with(pool, &one, chatty, 10, out, xs);
+        pool_destroy(pool);
+        printf("end\n");
+        exit(rc == 1 ? 0 : 1);
+    }
+    int status;
+    ASSERT(waitpid(pid, &status, 0) == pid);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    char text[4096];
+    ssize_t n = pread(fd, text, sizeof text - 1, 0);
+    ASSERT(n > 0);
+    text[n] = '\0';
+    close(fd);
+    unlink(path);
+    const char *words[] = {"before-create;", "before-map;", "end\n", "cb9\n"};
+    for (int i = 0; i < 4; i++) {
+        int count = 0;
+        for (const char *p = text; (p = strstr(p, words[i])) != NULL; p++)
+            count++;
+        if (count != 1)
+            test_fail(__FILE__, __LINE__, "\"%s\" printed %d times in: %s",
+                      words[i], count, text);
+    }
+}
+
+static long sleepy_pid(int x)
+{
+    if (x >= 0) {
+        struct timespec d = {30, 0};
+        nanosleep(&d, NULL);
+    }
+    return (long)getpid();
+}
+PMAP_EXPORT(sleepy_pid, long, int);
+
+/* The caller is SIGKILLed while its workers are busy: none survives it.
+ * This test adopts the orphans (a subreaper) to see them end. */
+TEST(host_caller_killed_mid_map_leaves_no_worker)
+{
+#ifdef PR_SET_CHILD_SUBREAPER
+    ASSERT(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    int p[2];
+    ASSERT(pipe(p) == 0);
+    pid_t caller = fork();
+    ASSERT(caller >= 0);
+    if (caller == 0) {
+        pool_t *pool = pool_create(3);
+        int xs[3] = {-1, -1, -1}, busy[3] = {0, 1, 2};
+        long pids[3];
+        pool_map_options_t one = {.chunk = 1};
+        pool_map_with(pool, &one, sleepy_pid, 3, pids, xs);
+        if (write(p[1], pids, sizeof pids) != sizeof pids)
+            _exit(1);
+        pool_map_with(pool, &one, sleepy_pid, 3, pids, busy);  /* 30 s */
+        _exit(1);
+    }
+    close(p[1]);
+    long pids[3];
+    ASSERT(read(p[0], pids, sizeof pids) == sizeof pids);
+    close(p[0]);
+    struct timespec settle = {0, 100000000};
+    nanosleep(&settle, NULL);   /* let the workers enter their 30 s sleep */
+    kill(caller, SIGKILL);
+    ASSERT(waitpid(caller, NULL, 0) == caller);
+    /* Each orphan must end promptly: we reap it as its new parent. */
+    for (int i = 0; i < 3; i++) {
+        int waited_ms = 0;
+        while (waitpid((pid_t)pids[i], NULL, WNOHANG) == 0) {
+            if (waited_ms++ > 5000)
+                test_fail(__FILE__, __LINE__, "worker %ld survived", pids[i]);
+            struct timespec ms = {0, 1000000};
+            nanosleep(&ms, NULL);
+        }
+    }
+#else
+    SKIP("no PR_SET_CHILD_SUBREAPER to adopt the orphans");
+#endif
+}
+
+/* The socket inodes a process holds, from /proc. */
+static int sockets_of(long pid, unsigned long *inodes, int max)
+{
+    int n = 0;
+    for (int fd = 0; fd < 1024 && n < max; fd++) {
+        char path[64], link[64];
+        snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, fd);
+        ssize_t len = readlink(path, link, sizeof link - 1);
+        if (len <= 0)
+            continue;
+        link[len] = '\0';
+        if (sscanf(link, "socket:[%lu]", &inodes[n]) == 1)
+            n++;
+    }
+    return n;
+}
+
+/* Two pools: each worker holds its own channel's end and nothing of the
+ * other pool, and destroying one does not disturb the other. */
+TEST(host_two_pools_share_no_descriptor)
+{
+    if (access("/proc/self/fd", R_OK) != 0)
+        SKIP("no /proc to list a worker's descriptors");
+    pool_t *a = pool_create(2), *b = pool_create(2);
+    int xs[2] = {-1, -1};
+    long pa[2], pb[2];
+    pool_map_options_t one = {.chunk = 1};
+    ASSERT_OK(pool_map_with(a, &one, sleepy_pid, 2, pa, xs));
+    ASSERT_OK(pool_map_with(b, &one, sleepy_pid, 2, pb, xs));
+    unsigned long mine[64], theirs[64];
+    int nmine = sockets_of((long)getpid(), mine, 64);
+    ASSERT(nmine >= 4);
+    long workers[4] = {pa[0], pa[1], pb[0], pb[1]};
+    for (int w = 0; w < 4; w++) {
+        ASSERT_EQ(sockets_of(workers[w], theirs, 64), 1);
+        for (int i = 0; i < nmine; i++)
+            ASSERT(theirs[0] != mine[i]);   /* not one of the caller's ends */
+    }
+    pool_destroy(b);
+    ASSERT_OK(pool_map_with(a, &one, sleepy_pid, 2, pa, xs));
+    pool_destroy(a);
+}
+
+/* Resident memory, in pages. */
+static long resident_pages(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, resident = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return resident;
+}
+
+static int plus_one(int x)
+{
+    return x + 1;
+}
+PMAP_EXPORT(plus_one, int, int);
+
+TEST(host_thousand_create_destroy_cycles_leak_nothing)
+{
+    int xs[4] = {1, 2, 3, 4}, out[4];
+    int fds = test_open_fds();
+    long rss = 0;
+    int cycles = (int)test_scaled(1000);
+    for (int i = 0; i < cycles; i++) {
+        pool_t *pool = pool_create(2);
+        ASSERT(pool != NULL);
+        if (i % 100 == 0)
+            ASSERT_OK(pool_map(pool, plus_one, 4, out, xs));
+        pool_destroy(pool);
+        if (i == 100)
+            rss = resident_pages();
+        if (i % 50 == 0) {
+            ASSERT_EQ(test_open_fds(), fds);
+            ASSERT_EQ(test_children(), 0);
+        }
+    }
+    ASSERT_EQ(test_open_fds(), fds);
+    if (rss > 0 && !TEST_ASAN && !test_under_valgrind())
+        ASSERT(resident_pages() - rss < 64);    /* < 256 KiB of growth */
+}
+
+TEST(host_ten_thousand_maps_leak_nothing)
+{
+    pool_t *pool = pool_create(2);
+    int xs[16], out[16];
+    for (int i = 0; i < 16; i++)
+        xs[i] = i;
+    int fds = test_open_fds();
+    long rss = 0;
+    for (int m = 0; m < (int)test_scaled(10000); m++) {
+        ASSERT_OK(pool_map(pool, plus_one, 16, out, xs));
+        if (m == 1000)
+            rss = resident_pages();
+    }
+    ASSERT_EQ(out[15], 16);
+    ASSERT_EQ(test_open_fds(), fds);
+    if (rss > 0 && !TEST_ASAN && !test_under_valgrind())
+        ASSERT(resident_pages() - rss < 64);
+    pool_destroy(pool);
+}
+
+/* ---- sizes ------------------------------------------------------------- */
+
+static pmap_bytes_t echo_bytes(pmap_bytes_t b)
+{
+    pmap_bytes_t r = {malloc(b.size ? b.size : 1), b.size};
+    if (b.size)
+        memcpy(r.data, b.data, b.size);
+    return r;
+}
+PMAP_EXPORT(echo_bytes, pmap_bytes_t, pmap_bytes_t);
+
+TEST(size_64_mib_in_one_item_both_ways)
+{
+    size_t size = 64u << 20;
+    pmap_bytes_t in[2] = {{malloc(size), size}, {(void *)"", 0}}, out[2];
+    for (size_t i = 0; i < size; i++)
+        ((unsigned char *)in[0].data)[i] = (unsigned char)(i * 7 + (i >> 13));
+    pool_t *pool = pool_create(2);
+    ASSERT_OK(pool_map(pool, echo_bytes, 2, out, in));
+    ASSERT_EQ(out[0].size, size);
+    ASSERT(memcmp(out[0].data, in[0].data, size) == 0);
+    ASSERT_EQ(out[1].size, 0);
+    free(out[0].data);
+    free(out[1].data);
+    free(in[0].data);
+    pool_destroy(pool);
+}
+
+TEST(size_one_item_and_more_workers_than_cpus)
+{
+    pool_t *pool = pool_create(64);
+    ASSERT(pool != NULL);
+    ASSERT_EQ(pool_size(pool), 64);
+    int x = 41, out;
+    ASSERT_OK(pool_map(pool, plus_one, 1, &out, &x));
+    ASSERT_EQ(out, 42);
+    int xs[1000], outs[1000];
+    for (int i = 0; i < 1000; i++)
+        xs[i] = i;
+    ASSERT_OK(pool_map(pool, plus_one, 1000, outs, xs));
+    ASSERT_EQ(outs[999], 1000);
+    pool_destroy(pool);
+}
