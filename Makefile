@@ -29,8 +29,8 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check check-asan check-valgrind fuzz install uninstall \
-        clean
+.PHONY: all demo test check check-asan check-valgrind fuzz bench install \
+        uninstall clean
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
@@ -104,6 +104,22 @@ fuzz:
 	      { tail -n 60 $(B)/fuzz/log; exit 1; }; } && \
 	    grep -h '^Done' $(B)/fuzz/log; \
 	fi
+
+# W1-W6 for libpmap and its peers (README, "Performance").  BENCH_REPS runs
+# of each figure; OpenMP peers need -fopenmp, Python's need python3.
+BENCH_REPS ?= 5
+bench: $(B)/libpmap.a
+	@mkdir -p $(B)/bench
+	@if echo 'int main(void) { return 0; }' | \
+	    $(CC) -fopenmp -x c -o /dev/null - >/dev/null 2>&1; then \
+	    omp=-fopenmp; \
+	else \
+	    omp=-Wno-unknown-pragmas; echo "bench: $(CC) has no OpenMP"; \
+	fi; \
+	$(CC) $(ALL_CFLAGS) $$omp -c -o $(B)/bench/omp.o tests/bench/omp.c && \
+	$(CC) $(ALL_CFLAGS) -o $(B)/bench/bench tests/bench/bench.c \
+	    $(B)/bench/omp.o $(B)/libpmap.a $$omp $(ALL_LDLIBS) && \
+	$(B)/bench/bench $(BENCH_REPS)
 
 check-valgrind: all $(B)/tests/runner
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \

@@ -58,6 +58,11 @@ int pmap__channel(int fds[2])
     if (socketpair(AF_UNIX, type, 0, fds) < 0)
         return -errno;
     for (int i = 0; i < 2; i++) {
+        /* Room for a large batch in flight; the kernel caps the request at
+         * its limits (net.core.wmem_max), which is fine. */
+        int size = PMAP__CHANNEL_BUFFER;
+        setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
         int fd = fd_sanitize(fds[i]);
         if (fd < 0) {
             if (i == 1)

@@ -153,15 +153,38 @@ void pmap__job_lost(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
 
 /* ---- batches ----------------------------------------------------------- */
 
-/* Bytes of fixed size one item moves (variable data counts its length). */
-static size_t item_bytes(const pmap__job_t *job)
+/*
+ * Bytes one item moves, both ways: measured from the frames so far, or,
+ * before any, its fixed-size arguments and result plus the variable
+ * arguments of the next item.
+ */
+static double item_bytes(const pmap__job_t *job)
 {
-    size_t bytes = job->fn->result.size;
-    for (int k = 0; k < job->fn->nparams; k++) {
-        if (!(job->constants >> k & 1))
-            bytes += job->fn->params[k].size;
+    const pmap__fn_t *fn = job->fn;
+    if (job->sent_items > 0) {
+        double b = (double)job->sent_bytes / (double)job->sent_items;
+        if (job->busy_items > 0)
+            b += (double)job->received_bytes / (double)job->busy_items;
+        return b > 1 ? b : 1;
     }
-    return bytes;
+    size_t bytes = fn->result.size, i = job->next < job->n ? job->next : 0;
+    for (int k = 0; k < fn->nparams; k++) {
+        if (job->constants >> k & 1)
+            continue;
+        const unsigned char *item = (const unsigned char *)job->args[k].array +
+                                    i * fn->params[k].size;
+        bytes += fn->params[k].size;
+        if (fn->params[k].kind == PMAP__BYTES) {
+            pmap_bytes_t b;
+            memcpy(&b, item, sizeof b);
+            bytes += b.size;
+        } else if (fn->params[k].kind != PMAP__VALUE) {
+            const char *str;
+            memcpy(&str, item, sizeof str);
+            bytes += str ? strlen(str) : 0;
+        }
+    }
+    return (double)bytes;
 }
 
 /*
@@ -170,7 +193,8 @@ static size_t item_bytes(const pmap__job_t *job)
  * no worker idles while another has a long batch), and sized so that a
  * batch takes about TARGET_BATCH_NS by the workers' own measure: long
  * enough that the cost of a round trip vanishes, short enough for progress
- * and balance.  Capped in bytes so that the pipelined batches stay small.
+ * and balance.  Capped in bytes (about 1 MiB a batch, or one item if
+ * larger) so that pipelined batches and the workers' buffers stay small.
  */
 static size_t chunk_size(const pool_t *pool, const pmap__job_t *job,
                          size_t left)
@@ -187,9 +211,9 @@ static size_t chunk_size(const pool_t *pool, const pmap__job_t *job,
         if (by_time < (double)c)
             c = (size_t)by_time;
     }
-    size_t by_bytes = TARGET_BATCH_BYTES / item_bytes(job);
-    if (by_bytes < c)
-        c = by_bytes;
+    double by_bytes = TARGET_BATCH_BYTES / item_bytes(job);
+    if (by_bytes < (double)c)
+        c = (size_t)by_bytes;
     if (c < 1)
         c = 1;
     return c < left ? c : left;
@@ -216,7 +240,7 @@ static pmap__range_t next_range(const pool_t *pool, pmap__job_t *job)
 /*
  * Queues the next batch of job for worker w (after the map's SETUP frame if
  * w has not seen it).  TASK payload: u64 function id | u64 first | u64
- * count | u64 0 | a column per argument that is not a constant.
+ * count | u64 arena slot | a column per argument that is not a constant.
  */
 int pmap__job_dispatch(pool_t *pool, pmap__job_t *job, pmap__worker_t *w)
 {
@@ -226,21 +250,26 @@ int pmap__job_dispatch(pool_t *pool, pmap__job_t *job, pmap__worker_t *w)
         w->setup_map = job->id;
     }
     pmap__range_t r = next_range(pool, job);
+    uint64_t queued = q->total;
     size_t frame = pmap__outq_begin(q, PMAP__TASK, job->id);
     pmap__outq_u64(q, job->fn->id);
     pmap__outq_u64(q, r.first);
     pmap__outq_u64(q, r.count);
-    pmap__outq_u64(q, 0);
+    unsigned slot = w->next_slot++ % 2;
+    pmap__outq_u64(q, slot);
+    pmap__region_t shared = pmap__arena_slot(w->arena, slot, false);
     for (int k = 0; k < job->fn->nparams; k++) {
         if (job->constants >> k & 1)
             continue;
         size_t size = job->fn->params[k].size;
         const unsigned char *array = job->args[k].array;
         pmap__column_encode(q, job->fn->params[k], array + r.first * size,
-                            size, r.count);
+                            size, r.count, &shared);
     }
     pmap__outq_end(q, frame);
-    w->batch[w->nbatch++] = (pmap__batch_t){job, r};
+    job->sent_bytes += q->total - queued;
+    job->sent_items += r.count;
+    w->batch[w->nbatch++] = (pmap__batch_t){job, r, slot};
     job->inflight++;
     pool->last.batches++;
     return q->error;
@@ -248,35 +277,30 @@ int pmap__job_dispatch(pool_t *pool, pmap__job_t *job, pmap__worker_t *w)
 
 /* ---- results ----------------------------------------------------------- */
 
-/* Copies variable result j (a string or buffer in the frame) into memory
- * the caller will own; false without memory. */
+/* Copies variable result j (a string or buffer in the frame or in shared
+ * memory) into memory the caller will own; false without memory.  Lengths
+ * come from the frame: shared bytes may change under us, not the frame. */
 static bool store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
                            size_t j, unsigned char *dst)
 {
-    if (fn->result.kind == PMAP__BYTES) {
-        pmap_bytes_t b, copy = {NULL, 0};
-        memcpy(&b, col->base + j * col->stride, sizeof b);
-        if (b.data != NULL) {
-            copy.data = malloc(b.size ? b.size : 1);
-            if (copy.data == NULL)
-                return false;
-            memcpy(copy.data, b.data, b.size);
-            copy.size = b.size;
-        }
-        memcpy(dst, &copy, sizeof copy);
+    const unsigned char *v = col->base + j * col->stride;
+    const void *data;
+    memcpy(&data, v, sizeof data);  /* both kinds begin with the pointer */
+    if (data == NULL) {
+        memset(dst, 0, fn->result.size);
         return true;
     }
-    const char *s;
-    char *copy = NULL;
-    memcpy(&s, col->base + j * col->stride, sizeof s);
-    if (s != NULL) {
-        size_t n = strlen(s) + 1;
-        copy = malloc(n);
-        if (copy == NULL)
-            return false;
-        memcpy(copy, s, n);
-    }
-    memcpy(dst, &copy, sizeof copy);
+    size_t len = pmap__column_length(col, j);
+    bool bytes = fn->result.kind == PMAP__BYTES;
+    unsigned char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return false;
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    if (bytes)
+        memcpy(dst, &(pmap_bytes_t){copy, len}, sizeof(pmap_bytes_t));
+    else
+        memcpy(dst, &copy, sizeof copy);
     return true;
 }
 
@@ -297,8 +321,9 @@ int pmap__job_result(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
     if (scratch == NULL)
         return PMAP_ENOMEM;
     pmap__result_t res;
+    pmap__region_t shared = pmap__arena_slot(w->arena, w->batch[0].slot, true);
     int rc = pmap__result_decode(p, len, fn->result, r.first, r.count,
-                                 scratch, &res);
+                                 scratch, &res, &shared);
     if (rc < 0)
         return rc;
 
@@ -327,6 +352,7 @@ int pmap__job_result(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
     job->busy_ns += res.busy_ns;
     pool->last.busy_ns += res.busy_ns;
     job->busy_items += r.count;
+    job->received_bytes += len;
     job->inflight--;
     w->batch[0] = w->batch[1];
     w->nbatch--;
@@ -425,11 +451,12 @@ static void encode_setup(pmap__job_t *job)
                 pmap__outq_copy(q, job->args[k].value, t.size);
                 pmap__outq_pad(q);
             } else {
-                pmap__column_encode(q, t, job->args[k].value, 0, 1);
+                pmap__column_encode(q, t, job->args[k].value, 0, 1, NULL);
             }
         } else {
             /* A method's object, by address: large ones are referenced. */
-            pmap__column_encode(q, fn->params[k], job->args[k].array, 0, 1);
+            pmap__column_encode(q, fn->params[k], job->args[k].array, 0, 1,
+                                NULL);
         }
     }
     pmap__outq_end(q, frame);

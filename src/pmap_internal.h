@@ -50,6 +50,9 @@ void pmap__buf_consume(pmap__buf_t *b, size_t n);
 void pmap__buf_free(pmap__buf_t *b);
 
 /* ---- fdio.c ----------------------------------------------------------- */
+#define PMAP__CHANNEL_BUFFER (2 << 20)   /* bytes asked for each socket buffer */
+
+
 
 int pmap__channel(int fds[2]);
 int pmap__set_nonblocking(int fd);
@@ -129,15 +132,28 @@ void pmap__outq_free(pmap__outq_t *q);
 typedef struct pmap__column {
     const unsigned char *base;
     size_t stride;      /* 0 for a constant */
+    const unsigned char *lengths;   /* strings, buffers: the length table */
 } pmap__column_t;
+
+/* Memory shared with one worker for one batch (see shm.c). */
+typedef struct pmap__region {
+    unsigned char *base;
+    size_t size;
+    size_t used;        /* bytes taken by the encoder */
+} pmap__region_t;
+
+#define PMAP__SHARED_FLAG ((uint64_t)1 << 62) /* length: data is shared */
+#define PMAP__SHARED_MIN (64u << 10)    /* smallest item put there */
 
 void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                          const unsigned char *base, size_t stride,
-                         size_t count);
+                         size_t count, pmap__region_t *shared);
 int pmap__column_decode(const unsigned char *p, size_t avail,
                         pmap__type_t type, size_t count, void *scratch,
-                        pmap__column_t *col, size_t *used);
+                        pmap__column_t *col, size_t *used,
+                        const pmap__region_t *shared);
 size_t pmap__column_scratch(pmap__type_t type, size_t count);
+size_t pmap__column_length(const pmap__column_t *col, size_t i);
 
 /* A RESULT payload, checked whole against the batch it answers. */
 typedef struct pmap__result {
@@ -157,7 +173,8 @@ typedef struct pmap__failure_record {
 
 int pmap__result_decode(const unsigned char *p, size_t len,
                         pmap__type_t type, uint64_t first, uint64_t count,
-                        void *scratch, pmap__result_t *r);
+                        void *scratch, pmap__result_t *r,
+                        const pmap__region_t *shared);
 const unsigned char *pmap__failure_next(const unsigned char *p,
                                         pmap__failure_record_t *f);
 
@@ -197,8 +214,19 @@ typedef struct pmap__slot {
     char pad[64 - 2 * sizeof(uint64_t) - sizeof(uint32_t) - 4];
 } pmap__slot_t;
 
+/*
+ * Each worker's arena: two argument slots and two result slots, one of each
+ * per batch it may hold (PMAP__DEPTH).  A batch's slot is named in its TASK
+ * and is used again only after the batch's RESULT has been read, so the two
+ * sides never write the same bytes at once.
+ */
+#define PMAP__SLOT_SIZE (4u << 20)
+#define PMAP__ARENA_SIZE (4 * PMAP__SLOT_SIZE)
+
 void *pmap__shm_map(size_t size);
 void pmap__shm_unmap(void *p, size_t size);
+pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
+                                bool results);
 
 /* ---- cpu.c ------------------------------------------------------------ */
 
@@ -221,6 +249,7 @@ typedef struct pmap__range {
 typedef struct pmap__batch {
     struct pmap__job *job;
     pmap__range_t items;
+    unsigned slot;              /* of the worker's arena */
 } pmap__batch_t;
 
 typedef struct pmap__worker {
@@ -233,6 +262,8 @@ typedef struct pmap__worker {
     pmap__reader_t in;
     pmap__batch_t batch[PMAP__DEPTH];   /* in flight, oldest first */
     int nbatch;
+    unsigned next_slot;         /* arena slot of the next batch */
+    unsigned char *arena;       /* shared with the process (or NULL) */
 } pmap__worker_t;
 
 struct pool {
@@ -280,6 +311,9 @@ typedef struct pmap__job {
     size_t nretry, retry_cap;
     uint64_t busy_ns;           /* workers' time in the callback... */
     uint64_t busy_items;        /* ...for this many items */
+    uint64_t sent_bytes;        /* TASK bytes queued... */
+    uint64_t sent_items;        /* ...for this many items */
+    uint64_t received_bytes;    /* RESULT bytes, for busy_items items */
     pmap__buf_t scratch;        /* for decoding variable results */
     int error;                  /* the whole map failed with this code */
 } pmap__job_t;

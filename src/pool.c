@@ -121,6 +121,8 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     if (rc < 0)
         return rc;
     atomic_store(&pool->slots[w->index].item, 0);
+    if (w->arena == NULL)   /* kept for its replacements; optional */
+        w->arena = pmap__shm_map(PMAP__ARENA_SIZE);
 
     fflush(NULL);
     sigset_t all, old;
@@ -150,6 +152,7 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     w->ready = false;
     w->setup_map = 0;
     w->nbatch = 0;
+    w->next_slot = 0;
     pmap__outq_reset(&w->out);
     w->in.buf.len = w->in.start = 0;
     rc = pmap__set_nonblocking(w->fd);
@@ -257,6 +260,7 @@ void pool_destroy(pool_t *pool)
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__outq_free(&pool->workers[i].out);
         pmap__reader_free(&pool->workers[i].in);
+        pmap__shm_unmap(pool->workers[i].arena, PMAP__ARENA_SIZE);
     }
     pmap__failures_clear(pool);
     free(pool->failures);

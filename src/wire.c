@@ -25,7 +25,10 @@
  *             buffer padded to 16
  *
  * and is itself padded to 16, so that every value is aligned in the
- * receiver's buffer and can be passed to the callback in place.
+ * receiver's buffer and can be passed to the callback in place.  A string
+ * or buffer of 64 KiB or more may instead travel through the worker's
+ * shared memory: its length is flagged and its data replaced by its offset
+ * there (see pmap__column_encode).
  */
 #include "pmap_internal.h"
 
@@ -290,13 +293,24 @@ static const void *item_data(int kind, const unsigned char *item,
     return s;
 }
 
+/* Whether a string or buffer of span bytes goes through shared memory. */
+static bool goes_shared(const pmap__region_t *shared, uint64_t span)
+{
+    return shared != NULL && span >= PMAP__SHARED_MIN &&
+           span <= shared->size - shared->used;
+}
+
 /*
  * Queues count values of type read from base + i * stride.  Large values
- * are referenced, not copied: they must outlive the queue's writing.
+ * are referenced, not copied: they must outlive the queue's writing.  With
+ * a shared region, strings and buffers of PMAP__SHARED_MIN bytes or more
+ * are copied there instead while it has room, and the frame carries their
+ * offset (length flagged PMAP__SHARED_FLAG, data replaced by a 16-byte
+ * record: u64 offset | u64 0).
  */
 void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                          const unsigned char *base, size_t stride,
-                         size_t count)
+                         size_t count, pmap__region_t *shared)
 {
     if (!kind_is_variable(type.kind)) {
         if (stride == type.size) {
@@ -310,19 +324,35 @@ void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
     }
     /* The lengths go first; keep their offset, scratch may move. */
     size_t lengths = q->scratch.len;
-    uint64_t *len = pmap__outq_alloc(q, count * sizeof *len);
-    if (len == NULL)
+    size_t start = shared ? shared->used : 0;
+    /* Scratch need not be aligned here: the table is written by memcpy. */
+    unsigned char *table = pmap__outq_alloc(q, count * sizeof(uint64_t));
+    if (table == NULL)
         return;
-    for (size_t i = 0; i < count; i++)
-        item_data(type.kind, base + i * stride, &len[i]);
+    bool nul = type.kind != PMAP__BYTES;    /* strings travel with it */
+    for (size_t i = 0; i < count; i++) {
+        uint64_t len;
+        const void *data = item_data(type.kind, base + i * stride, &len);
+        if (len != PMAP__NULL_LENGTH && goes_shared(shared, len + nul)) {
+            memcpy(shared->base + shared->used, data, (size_t)len + nul);
+            shared->used += pmap__pad((size_t)len + nul);
+            len |= PMAP__SHARED_FLAG;
+        }
+        memcpy(table + i * sizeof len, &len, sizeof len);
+    }
     pmap__outq_pad(q);
     for (size_t i = 0; i < count && q->error == 0; i++) {
         uint64_t n = pmap__get_u64(q->scratch.data + lengths + i * sizeof n);
         if (n == PMAP__NULL_LENGTH)
             continue;
+        if (n & PMAP__SHARED_FLAG) {
+            pmap__outq_u64(q, start);
+            pmap__outq_u64(q, 0);
+            start += pmap__pad((size_t)(n & ~PMAP__SHARED_FLAG) + nul);
+            continue;
+        }
         const void *data = item_data(type.kind, base + i * stride, NULL);
-        /* Strings travel with their NUL, so the receiver needs no copy. */
-        pmap__outq_add(q, data, (size_t)n + (type.kind != PMAP__BYTES));
+        pmap__outq_add(q, data, (size_t)n + nul);
         pmap__outq_pad(q);
     }
 }
@@ -336,29 +366,54 @@ size_t pmap__column_scratch(pmap__type_t type, size_t count)
                                              : sizeof(char *));
 }
 
+/* Finds the data of variable item with length word raw at p + *off, in the
+ * frame or in the shared region; NULL with *bad set if out of bounds. */
+static const unsigned char *item_at(const unsigned char *p, size_t avail,
+                                    size_t *off, uint64_t raw, bool nul,
+                                    const pmap__region_t *shared, bool *bad)
+{
+    uint64_t len = raw & ~PMAP__SHARED_FLAG;
+    const unsigned char *data;
+    if (raw & PMAP__SHARED_FLAG) {
+        if (shared == NULL || avail - *off < 16)
+            return *bad = true, NULL;
+        uint64_t at = pmap__get_u64(p + *off);
+        if (at > shared->size || len + nul > shared->size - at)
+            return *bad = true, NULL;
+        data = shared->base + at;
+        *off += 16;
+    } else {
+        if (len >= avail || len + nul > avail - *off)
+            return *bad = true, NULL;
+        data = p + *off;
+        *off += pmap__pad((size_t)(len + nul));
+        if (*off > avail)
+            return *bad = true, NULL;
+    }
+    if (nul && data[len] != '\0')
+        return *bad = true, NULL;
+    return data;
+}
+
 static int decode_items(const unsigned char *p, size_t avail,
                         pmap__type_t type, size_t count, void *scratch,
-                        size_t *used)
+                        size_t *used, const pmap__region_t *shared)
 {
     size_t off = pmap__pad(count * sizeof(uint64_t));
     if (count > avail / sizeof(uint64_t) || off > avail)
         return PMAP_EPROTO;
+    bool bad = false, nul = type.kind != PMAP__BYTES;
     for (size_t i = 0; i < count; i++) {
-        uint64_t len = pmap__get_u64(p + i * sizeof(uint64_t));
+        uint64_t raw = pmap__get_u64(p + i * sizeof(uint64_t));
         const unsigned char *data = NULL;
-        if (len != PMAP__NULL_LENGTH) {
-            uint64_t span = len + (type.kind != PMAP__BYTES);
-            if (len >= avail || span > avail - off)
-                return PMAP_EPROTO;
-            data = p + off;
-            if (type.kind != PMAP__BYTES && data[len] != '\0')
-                return PMAP_EPROTO;
-            off += pmap__pad((size_t)span);
-            if (off > avail)
+        if (raw != PMAP__NULL_LENGTH) {
+            data = item_at(p, avail, &off, raw, nul, shared, &bad);
+            if (bad)
                 return PMAP_EPROTO;
         }
         if (type.kind == PMAP__BYTES) {
-            pmap_bytes_t b = {(void *)data, data ? (size_t)len : 0};
+            size_t size = data ? (size_t)(raw & ~PMAP__SHARED_FLAG) : 0;
+            pmap_bytes_t b = {(void *)data, size};
             memcpy((pmap_bytes_t *)scratch + i, &b, sizeof b);
         } else {
             ((const unsigned char **)scratch)[i] = data;
@@ -368,15 +423,24 @@ static int decode_items(const unsigned char *p, size_t avail,
     return 0;
 }
 
+/* The length of variable item i of a decoded column (not its NUL): read
+ * from the frame, which only we hold, never from shared memory. */
+size_t pmap__column_length(const pmap__column_t *col, size_t i)
+{
+    return (size_t)(pmap__get_u64(col->lengths + i * sizeof(uint64_t)) &
+                    ~PMAP__SHARED_FLAG);
+}
+
 /*
  * Decodes a column of count values of type at p (avail bytes, 16-aligned)
  * into col, reading variable values through scratch (see
- * pmap__column_scratch).  Stores the bytes consumed in *used.  Returns 0 or
- * PMAP_EPROTO.
+ * pmap__column_scratch) and shared (may be NULL: then no value may be
+ * there).  Stores the bytes consumed in *used.  Returns 0 or PMAP_EPROTO.
  */
 int pmap__column_decode(const unsigned char *p, size_t avail,
                         pmap__type_t type, size_t count, void *scratch,
-                        pmap__column_t *col, size_t *used)
+                        pmap__column_t *col, size_t *used,
+                        const pmap__region_t *shared)
 {
     if (!kind_is_variable(type.kind)) {
         if (type.size != 0 && count > avail / type.size)
@@ -384,16 +448,17 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
         size_t n = pmap__pad(count * type.size);
         if (n > avail)
             return PMAP_EPROTO;
-        *col = (pmap__column_t){p, type.size};
+        *col = (pmap__column_t){p, type.size, NULL};
         *used = n;
         return 0;
     }
-    int rc = decode_items(p, avail, type, count, scratch, used);
+    int rc = decode_items(p, avail, type, count, scratch, used, shared);
     if (rc < 0)
         return rc;
-    *col = (pmap__column_t){scratch, type.kind == PMAP__BYTES
-                                         ? sizeof(pmap_bytes_t)
-                                         : sizeof(char *)};
+    *col = (pmap__column_t){scratch,
+                            type.kind == PMAP__BYTES ? sizeof(pmap_bytes_t)
+                                                     : sizeof(char *),
+                            p};
     return 0;
 }
 
@@ -414,7 +479,8 @@ static size_t record_size(uint64_t msglen)
  */
 int pmap__result_decode(const unsigned char *p, size_t len,
                         pmap__type_t type, uint64_t first, uint64_t count,
-                        void *scratch, pmap__result_t *r)
+                        void *scratch, pmap__result_t *r,
+                        const pmap__region_t *shared)
 {
     size_t off = 4 * sizeof(uint64_t), used;
     if (len < off || pmap__get_u64(p) != first ||
@@ -424,7 +490,7 @@ int pmap__result_decode(const unsigned char *p, size_t len,
     r->nfailed = pmap__get_u64(p + 24);
     if (r->nfailed > count ||
         pmap__column_decode(p + off, len - off, type, (size_t)count,
-                            scratch, &r->column, &used) < 0)
+                            scratch, &r->column, &used, shared) < 0)
         return PMAP_EPROTO;
     off += used;
     r->failures = p + off;

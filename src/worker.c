@@ -45,6 +45,7 @@ typedef struct worker_map {
 static struct {
     int fd;
     pmap__slot_t *slot;
+    unsigned char *arena;       /* shared with the caller, or NULL */
     pmap__reader_t in;
     pmap__outq_t out;
     worker_map_t *maps;
@@ -135,7 +136,7 @@ static int decode_constants(worker_map_t *m, size_t len)
         size_t used;
         int rc = pmap__column_decode(m->setup + off, len - off,
                                      m->fn->params[k], 1, &m->scratch[k],
-                                     &m->column[k], &used);
+                                     &m->column[k], &used, NULL);
         if (rc < 0)
             return rc;
         m->column[k].stride = 0;
@@ -184,7 +185,8 @@ static void map_end(uint32_t id)
 
 /* Decodes a TASK's argument columns; false if the payload is malformed. */
 static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
-                             size_t len, size_t count, pmap__column_t *col)
+                             size_t len, size_t count, pmap__column_t *col,
+                             const pmap__region_t *shared)
 {
     const pmap__fn_t *fn = m->fn;
     size_t need = 0;
@@ -203,7 +205,8 @@ static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
         size_t used;
         pmap__type_t t = fn->params[k];
         if (off > len || pmap__column_decode(p + off, len - off, t, count,
-                                             scratch, &col[k], &used) < 0)
+                                             scratch, &col[k], &used,
+                                             shared) < 0)
             return false;
         scratch += pmap__column_scratch(t, count);
         off += used;
@@ -283,8 +286,8 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
 }
 
 /*
- * TASK payload: u64 function id | u64 first item | u64 count | u64 0 | one
- * column per parameter that is not a constant.  Answered by RESULT:
+ * TASK payload: u64 function id | u64 first item | u64 count | u64 arena
+ * slot | one column per parameter that is not a constant.  Answered by RESULT:
  * u64 first | u64 count | u64 busy ns | u64 failures | result column |
  * failure records.
  */
@@ -299,10 +302,13 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     }
     const pmap__fn_t *fn = m->fn;
     uint64_t first = pmap__get_u64(p + 8), count = pmap__get_u64(p + 16);
+    unsigned slot = (unsigned)(pmap__get_u64(p + 24) % 2);
+    pmap__region_t arguments = pmap__arena_slot(self.arena, slot, false);
+    pmap__region_t results_area = pmap__arena_slot(self.arena, slot, true);
     pmap__column_t col[PMAP_MAX_ARGS];
     if (pmap__get_u64(p) != fn->id || count == 0 ||
         count > SIZE_MAX / fn->result.size ||
-        !decode_arguments(m, p, len, (size_t)count, col)) {
+        !decode_arguments(m, p, len, (size_t)count, col, &arguments)) {
         send_map_error(id, PMAP_EPROTO);
         return;
     }
@@ -323,7 +329,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__outq_u64(&self.out, busy);
     pmap__outq_u64(&self.out, nfailed);
     pmap__column_encode(&self.out, fn->result, results, fn->result.size,
-                        (size_t)count);
+                        (size_t)count, &results_area);
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
     pmap__outq_end(&self.out, frame);
     send_queued();
@@ -378,6 +384,7 @@ _Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd)
         _exit(EXIT_DONE);   /* the caller died before we got here */
     self.fd = fd;
     self.slot = &pool->slots[w->index];
+    self.arena = w->arena;
     send_ready();
     serve();
 }

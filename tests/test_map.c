@@ -310,6 +310,71 @@ TEST(map_inputs_and_results_far_larger_than_a_pipe)
     pool_destroy(pool);
 }
 
+static char *upper_copy(const char *s)
+{
+    size_t n = strlen(s);
+    char *r = malloc(n + 1);
+    for (size_t i = 0; i <= n; i++)
+        r[i] = (char)(s[i] >= 'a' && s[i] <= 'z' ? s[i] - 32 : s[i]);
+    return r;
+}
+PMAP_EXPORT(upper_copy, char *, char *);
+
+static pmap_bytes_t copy_bytes(pmap_bytes_t b)
+{
+    pmap_bytes_t r = {malloc(b.size ? b.size : 1), b.size};
+    if (b.size)
+        memcpy(r.data, b.data, b.size);
+    return r;
+}
+PMAP_EXPORT(copy_bytes, pmap_bytes_t, pmap_bytes_t);
+
+/* Items around every size the shared arena treats differently: below its
+ * threshold, at it, exactly one slot, one byte more, several per slot. */
+TEST(map_large_items_through_shared_memory)
+{
+    size_t slot = 4u << 20, sizes[] = {1, 65535, 65536, 65537, slot - 1,
+                                       slot, slot + 1, 1u << 20, 1u << 20,
+                                       1u << 20, 3u << 20, 100000, 0};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    pmap_bytes_t in[N], out[N];
+    char *strs[N], *up[N];
+    size_t total = 0;
+    for (size_t i = 0; i < N; i++) {
+        in[i] = make_bytes(sizes[i], (int)i);
+        strs[i] = malloc(sizes[i] + 1);
+        for (size_t j = 0; j < sizes[i]; j++)
+            strs[i][j] = (char)('a' + (i + j) % 26);
+        strs[i][sizes[i]] = '\0';
+        total += 2 * sizes[i];
+    }
+    pool_t *pool = pool_create(2);
+    for (int round = 0; round < 3; round++) {
+        ASSERT_OK(pool_map(pool, copy_bytes, N, out, in));
+        for (size_t i = 0; i < N; i++) {
+            ASSERT_EQ(out[i].size, sizes[i]);
+            ASSERT(memcmp(out[i].data, in[i].data, sizes[i]) == 0);
+            free(out[i].data);
+        }
+        ASSERT_OK(pool_map(pool, upper_copy, N, up, strs));
+        for (size_t i = 0; i < N; i++) {
+            ASSERT_EQ(strlen(up[i]), sizes[i]);
+            for (size_t j = 0; j < sizes[i]; j++)
+                ASSERT(up[i][j] == strs[i][j] - 32);
+            free(up[i]);
+        }
+    }
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, &st, NULL));
+    /* Most of those bytes went through shared memory, not the channel. */
+    ASSERT(st.bytes_sent + st.bytes_received < total);
+    for (size_t i = 0; i < N; i++) {
+        free(in[i].data);
+        free(strs[i]);
+    }
+    pool_destroy(pool);
+}
+
 static size_t length_plus(const char *s, int k)
 {
     return strlen(s) + (size_t)k;

@@ -65,14 +65,15 @@ TEST(wire_string_column_round_trip)
     const char *in[4] = {"alpha", "", NULL, "a longer string here"};
     pmap__type_t t = {PMAP__STRING, sizeof(char *)};
     pmap__outq_t q = {0};
-    pmap__column_encode(&q, t, (const unsigned char *)in, sizeof in[0], 4);
+    pmap__column_encode(&q, t, (const unsigned char *)in, sizeof in[0], 4,
+                        NULL);
     static unsigned char flat[4096] __attribute__((aligned(16)));
     size_t len = flatten(&q, flat, sizeof flat);
     ASSERT_EQ(len % PMAP__ALIGN, 0);
     const char *scratch[4];
     pmap__column_t col;
     size_t used;
-    ASSERT_OK(pmap__column_decode(flat, len, t, 4, scratch, &col, &used));
+    ASSERT_OK(pmap__column_decode(flat, len, t, 4, scratch, &col, &used, NULL));
     ASSERT_EQ(used, len);
     for (int i = 0; i < 4; i++) {
         const char *s = *(const char *const *)(col.base + i * col.stride);
@@ -83,17 +84,17 @@ TEST(wire_string_column_round_trip)
     }
     /* Every truncation is refused. */
     for (size_t cut = 0; cut < len; cut++)
-        ASSERT(pmap__column_decode(flat, cut, t, 4, scratch, &col, &used) ==
+        ASSERT(pmap__column_decode(flat, cut, t, 4, scratch, &col, &used, NULL) ==
                    PMAP_EPROTO ||
                used <= cut);
     /* A string without its NUL is refused. */
     flat[32] = 'x', flat[32 + 5] = 'y';
-    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used),
+    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used, NULL),
               PMAP_EPROTO);
     /* A length beyond the frame is refused. */
     uint64_t huge = UINT64_MAX - 1;
     memcpy(flat, &huge, sizeof huge);
-    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used),
+    ASSERT_EQ(pmap__column_decode(flat, len, t, 4, scratch, &col, &used, NULL),
               PMAP_EPROTO);
     pmap__outq_free(&q);
 }
@@ -104,10 +105,10 @@ TEST(wire_value_column_limits)
     pmap__type_t t = {PMAP__VALUE, 8};
     pmap__column_t col;
     size_t used;
-    ASSERT_OK(pmap__column_decode(buf, 64, t, 8, NULL, &col, &used));
-    ASSERT_EQ(pmap__column_decode(buf, 64, t, 9, NULL, &col, &used),
+    ASSERT_OK(pmap__column_decode(buf, 64, t, 8, NULL, &col, &used, NULL));
+    ASSERT_EQ(pmap__column_decode(buf, 64, t, 9, NULL, &col, &used, NULL),
               PMAP_EPROTO);
-    ASSERT_EQ(pmap__column_decode(buf, 64, t, SIZE_MAX / 4, NULL, &col, &used),
+    ASSERT_EQ(pmap__column_decode(buf, 64, t, SIZE_MAX / 4, NULL, &col, &used, NULL),
               PMAP_EPROTO);
 }
 

@@ -18,6 +18,10 @@ static const pmap__type_t types[] = {
 
 static volatile size_t sink;
 
+/* A pretend shared region, so that references into one are decoded too. */
+static unsigned char region_bytes[1 << 16];
+static const pmap__region_t region = {region_bytes, sizeof region_bytes, 0};
+
 /* Reads every byte of the values of a decoded column. */
 static void touch_column(const pmap__column_t *col, pmap__type_t t,
                          size_t count)
@@ -52,8 +56,8 @@ static void fuzz_result(const unsigned char *p, size_t len)
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         void *scratch = malloc(pmap__column_scratch(types[t], count) + 1);
         pmap__result_t r;
-        if (pmap__result_decode(p, len, types[t], first, count, scratch, &r)
-            == 0) {
+        if (pmap__result_decode(p, len, types[t], first, count, scratch, &r,
+                                &region) == 0) {
             touch_column(&r.column, types[t], (size_t)count);
             const unsigned char *rec = r.failures;
             for (uint64_t i = 0; i < r.nfailed; i++) {
@@ -75,7 +79,7 @@ static void fuzz_columns(const unsigned char *p, size_t len)
         pmap__column_t col;
         size_t used;
         if (pmap__column_decode(p, len, types[t], count, scratch, &col,
-                                &used) == 0) {
+                                &used, &region) == 0) {
             if (used > len)
                 abort();
             touch_column(&col, types[t], count);

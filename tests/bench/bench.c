@@ -1,0 +1,847 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench.c - `make bench`: the workloads W1-W6 of WORKLOADS.md for libpmap
+ * and its peers (serial C, OpenMP threads, a process per item, Python's
+ * multiprocessing.Pool when python3 exists), in one run, plus the machine's
+ * own limits, printed as one table of medians, min-max and ratios.
+ * Timing decides nothing here: it is a report.
+ *
+ *     usage: bench [REPS]        (default 5 runs of each figure)
+ */
+#include "workloads.h"
+
+#include <pmap.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define MAX_REPS 32
+
+static int reps = 5;
+static const char *self_path;
+
+/* ---- the functions the pool runs --------------------------------------- */
+
+static int add(int x, int y)
+{
+    return w_add(x, y);
+}
+PMAP_EXPORT(add, int, int, int);
+
+static uint64_t spin(uint64_t x, long iterations)
+{
+    return w_spin(x, iterations);
+}
+PMAP_EXPORT(spin, uint64_t, uint64_t, long);
+
+static uint64_t fnv(pmap_bytes_t b)
+{
+    return w_fnv1a(b.data, b.size);
+}
+PMAP_EXPORT(fnv, uint64_t, pmap_bytes_t);
+
+/* W3 without the checksum: how fast the buffers themselves travel. */
+static uint64_t last_byte(pmap_bytes_t b)
+{
+    return ((const unsigned char *)b.data)[b.size - 1];
+}
+PMAP_EXPORT(last_byte, uint64_t, pmap_bytes_t);
+
+static int add1(int x)
+{
+    return x + 1;
+}
+PMAP_EXPORT(add1, int, int);
+
+/* ---- measuring --------------------------------------------------------- */
+
+typedef struct sample {
+    double v[MAX_REPS];
+    int n;
+} sample_t;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int by_value(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, by_value);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static double median(const sample_t *s)
+{
+    double v[MAX_REPS];
+    memcpy(v, s->v, sizeof v);
+    return s->n ? median_of(v, s->n) : 0;
+}
+
+static double lowest(const sample_t *s)
+{
+    double m = s->v[0];
+    for (int i = 1; i < s->n; i++)
+        m = s->v[i] < m ? s->v[i] : m;
+    return m;
+}
+
+static double highest(const sample_t *s)
+{
+    double m = s->v[0];
+    for (int i = 1; i < s->n; i++)
+        m = s->v[i] > m ? s->v[i] : m;
+    return m;
+}
+
+static void add_value(sample_t *s, double v)
+{
+    if (s->n < MAX_REPS)
+        s->v[s->n++] = v;
+}
+
+/* A figure with a unit: rates are shown scaled, times in us or s. */
+static void show(double v, const char *unit, char *out, size_t size)
+{
+    if (strcmp(unit, "items/s") == 0)
+        snprintf(out, size, v >= 1e6 ? "%.1f M/s" : "%.0f /s",
+                 v >= 1e6 ? v / 1e6 : v);
+    else if (strcmp(unit, "us") == 0)
+        snprintf(out, size, v >= 1000 ? "%.0f us" : "%.1f us", v);
+    else if (strcmp(unit, "s") == 0)
+        snprintf(out, size, "%.3f s", v);
+    else if (strcmp(unit, "x") == 0)
+        snprintf(out, size, "%.2fx", v);
+    else
+        snprintf(out, size, "%.0f %s", v, unit);
+}
+
+static void row(const char *peer, const sample_t *s, const char *unit,
+                const char *note)
+{
+    char m[32], lo[32], hi[32];
+    if (s->n == 0) {
+        printf("  %-38s %14s   %s\n", peer, "-", note ? note : "");
+        return;
+    }
+    show(median(s), unit, m, sizeof m);
+    show(lowest(s), unit, lo, sizeof lo);
+    show(highest(s), unit, hi, sizeof hi);
+    printf("  %-38s %14s   [%s - %s]%s%s\n", peer, m, lo, hi,
+           note ? "   " : "", note ? note : "");
+}
+
+static void heading(const char *title)
+{
+    printf("\n%s\n", title);
+}
+
+/* ---- the machine's limits ---------------------------------------------- */
+
+/* Median round trip (us) of 1-byte ping-pongs between two processes over a
+ * pair of pipes or a socketpair, `count` times. */
+static double ping_pong(bool socket, int count)
+{
+    int a[2], b[2];
+    if (socket) {
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, a) < 0)
+            return 0;
+        b[0] = a[1];
+        b[1] = a[0];
+    } else if (pipe(a) < 0 || pipe(b) < 0) {
+        return 0;
+    }
+    /* parent writes a[1], reads b[0]; child reads a[0], writes b[1];
+     * each closes the other's ends, or end of file would never come. */
+    pid_t pid = fork();
+    char c = 0;
+    if (pid == 0) {
+        close(a[1]);
+        if (!socket)
+            close(b[0]);
+        while (read(a[0], &c, 1) == 1 && write(b[1], &c, 1) == 1)
+            ;
+        _exit(0);
+    }
+    close(a[0]);
+    if (!socket)
+        close(b[1]);
+    double *t = malloc((size_t)count * sizeof *t);
+    for (int i = 0; i < count; i++) {
+        double t0 = now();
+        if (write(a[1], &c, 1) != 1 || read(b[0], &c, 1) != 1)
+            break;
+        t[i] = (now() - t0) * 1e6;
+    }
+    close(a[1]);
+    if (!socket)
+        close(b[0]);
+    waitpid(pid, NULL, 0);
+    double m = median_of(t, count);
+    free(t);
+    return m;
+}
+
+/* MB/s through a pipe (1 MiB pipe buffer) or a socketpair (2 MiB buffers),
+ * in 1 MiB writes, 512 MiB in all. */
+static double stream_bandwidth(bool socket)
+{
+    int fd[2];
+    size_t chunk = 1u << 20, total = 512u << 20;
+    if (socket) {
+        if (socketpair(AF_UNIX, SOCK_STREAM, 0, fd) < 0)
+            return 0;
+        int size = 2 << 20;
+        for (int i = 0; i < 2; i++) {
+            setsockopt(fd[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+            setsockopt(fd[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        }
+    } else {
+        if (pipe(fd) < 0)
+            return 0;
+#ifdef F_SETPIPE_SZ
+        fcntl(fd[1], F_SETPIPE_SZ, 1 << 20);
+#endif
+    }
+    int reader = socket ? fd[1] : fd[0], writer = socket ? fd[0] : fd[1];
+    char *buf = malloc(chunk);
+    memset(buf, 1, chunk);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(writer);
+        while (read(reader, buf, chunk) > 0)
+            ;
+        _exit(0);
+    }
+    close(reader);
+    double t = now();
+    for (size_t sent = 0; sent < total;) {
+        ssize_t w = write(writer, buf, chunk);
+        if (w <= 0)
+            break;
+        sent += (size_t)w;
+    }
+    close(writer);
+    waitpid(pid, NULL, 0);
+    t = now() - t;
+    free(buf);
+    return (double)total / t / 1e6;
+}
+
+static double memcpy_bandwidth(void)
+{
+    size_t size = 256u << 20;
+    char *a = malloc(size), *b = malloc(size);
+    memset(a, 1, size);
+    memset(b, 2, size);
+    double t = now();
+    memcpy(b, a, size);
+    t = now() - t;
+    volatile char sink = b[size / 2];
+    (void)sink;
+    free(a);
+    free(b);
+    return (double)size / t / 1e6;
+}
+
+static double fork_exit_wait(void)
+{
+    double t = now();
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(0);
+    waitpid(pid, NULL, 0);
+    return (now() - t) * 1e6;
+}
+
+/* The smallest real pool: fork 2 workers with a pipe pair each, one item
+ * through one of them, close, wait for both (us). */
+static double hand_rolled_pool(void)
+{
+    double t = now();
+    int to[2][2], from[2][2];
+    pid_t pid[2];
+    for (int w = 0; w < 2; w++) {
+        if (pipe(to[w]) < 0 || pipe(from[w]) < 0)
+            return 0;
+        pid[w] = fork();
+        if (pid[w] == 0) {
+            close(to[w][1]);
+            close(from[w][0]);
+            for (int o = 0; o < w; o++) {  /* the sibling's ends */
+                close(to[o][1]);
+                close(from[o][0]);
+            }
+            int x;
+            while (read(to[w][0], &x, sizeof x) == sizeof x) {
+                x = w_add(x, 1);
+                if (write(from[w][1], &x, sizeof x) != sizeof x)
+                    break;
+            }
+            _exit(0);
+        }
+        close(to[w][0]);
+        close(from[w][1]);
+    }
+    int x = 41;
+    if (write(to[0][1], &x, sizeof x) != sizeof x ||
+        read(from[0][0], &x, sizeof x) != sizeof x)
+        return 0;
+    for (int w = 0; w < 2; w++) {
+        close(to[w][1]);
+        close(from[w][0]);
+        waitpid(pid[w], NULL, 0);
+    }
+    return (now() - t) * 1e6;
+}
+
+/* ---- a process per item ------------------------------------------------ */
+
+typedef void (*item_fn)(size_t i, void *ctx, unsigned char *result);
+
+/* Runs item(i) for each i < n in a forked child of its own, two at a time,
+ * each sending its result back through a pipe. */
+static void fork_per_item(size_t n, item_fn item, void *ctx,
+                          unsigned char *out, size_t size)
+{
+    for (size_t i = 0; i < n; i += 2) {
+        int fd[2][2];
+        pid_t pid[2];
+        size_t k = n - i < 2 ? n - i : 2;
+        for (size_t j = 0; j < k; j++) {
+            if (pipe(fd[j]) < 0)
+                exit(1);
+            pid[j] = fork();
+            if (pid[j] == 0) {
+                unsigned char r[64];
+                item(i + j, ctx, r);
+                if (write(fd[j][1], r, size) < 0)
+                    _exit(1);
+                _exit(0);
+            }
+            close(fd[j][1]);
+        }
+        for (size_t j = 0; j < k; j++) {
+            if (read(fd[j][0], out + (i + j) * size, size) < 0)
+                exit(1);
+            close(fd[j][0]);
+            waitpid(pid[j], NULL, 0);
+        }
+    }
+}
+
+/* ---- the workloads ----------------------------------------------------- */
+
+typedef struct inputs {
+    int *xs, *w1_out;
+    uint64_t *keys, *w2_out;
+    pmap_bytes_t *bufs;
+    unsigned char **raw;
+    uint64_t *w3_out;
+} inputs_t;
+
+static int (*volatile add_pointer)(int, int) = w_add;
+
+static void item_w1(size_t i, void *ctx, unsigned char *r)
+{
+    const inputs_t *in = ctx;
+    int v = add_pointer(in->xs[i], in->xs[i]);
+    memcpy(r, &v, sizeof v);
+}
+
+static void item_w2(size_t i, void *ctx, unsigned char *r)
+{
+    const inputs_t *in = ctx;
+    uint64_t v = w_spin(in->keys[i], W2_ITERATIONS);
+    memcpy(r, &v, sizeof v);
+}
+
+static void item_w3(size_t i, void *ctx, unsigned char *r)
+{
+    const inputs_t *in = ctx;
+    uint64_t v = w_fnv1a(in->raw[i], W3_SIZE);
+    memcpy(r, &v, sizeof v);
+}
+
+static void check_w1(const int *out, size_t n)
+{
+    long long sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += out[i];
+    if (sum != (long long)n * ((long long)n - 1)) {
+        fprintf(stderr, "bench: W1 gave a wrong sum\n");
+        exit(1);
+    }
+}
+
+/* Python's figures, read from peers.py's output. */
+typedef struct python {
+    char name[64];
+    sample_t s;
+} python_t;
+
+static python_t python[32];
+static int npython;
+
+static void run_python(void)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "command -v python3 >/dev/null && python3 tests/bench/peers.py "
+             "%d 2>/dev/null",
+             reps);
+    FILE *p = popen(cmd, "r");
+    char line[1024];
+    while (p && fgets(line, sizeof line, p) && npython < 32) {
+        python_t *py = &python[npython];
+        char unit[16];
+        int used;
+        if (sscanf(line, "%63s %15s%n", py->name, unit, &used) != 2)
+            continue;
+        char *rest = line + used, *end;
+        for (double v = strtod(rest, &end); end != rest;
+             v = strtod(rest, &end)) {
+            add_value(&py->s, v);
+            rest = end;
+        }
+        npython++;
+    }
+    if (p)
+        pclose(p);
+}
+
+static const sample_t *python_figure(const char *name)
+{
+    for (int i = 0; i < npython; i++) {
+        if (strcmp(python[i].name, name) == 0)
+            return &python[i].s;
+    }
+    return NULL;
+}
+
+static void python_row(const char *label, const char *name,
+                       const char *unit)
+{
+    const sample_t *s = python_figure(name);
+    if (s != NULL)
+        row(label, s, unit, NULL);
+    else
+        row(label, &(sample_t){{0}, 0}, unit, "(no python3)");
+}
+
+static char *ratio(char *buf, size_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static char *ratio(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+/* Items per second of pool_map(add) over n pairs. */
+static double pool_w1(pool_t *pool, const int *xs, int *out, size_t n)
+{
+    double t = now();
+    if (pool_map(pool, add, n, out, xs, xs) != 0)
+        exit(1);
+    t = now() - t;
+    check_w1(out, n);
+    return (double)n / t;
+}
+
+static void bench_w1(pool_t *pool, inputs_t *in, double socket_mbs)
+{
+    sample_t serial = {{0}, 0}, inlined = {{0}, 0}, omp = {{0}, 0};
+    sample_t forked = {{0}, 0}, lib = {{0}, 0};
+    size_t n = W1_N;
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        for (size_t i = 0; i < n; i++)
+            in->w1_out[i] = add_pointer(in->xs[i], in->xs[i]);
+        add_value(&serial, (double)n / (now() - t));
+        check_w1(in->w1_out, n);
+        t = now();
+        for (size_t i = 0; i < n; i++)
+            in->w1_out[i] = w_add(in->xs[i], in->xs[i]);
+        add_value(&inlined, (double)n / (now() - t));
+        t = now();
+        if (omp_w1(in->xs, in->xs, in->w1_out, n) == 0)
+            add_value(&omp, (double)n / (now() - t));
+        t = now();
+        fork_per_item(200, item_w1, in, (unsigned char *)in->w1_out,
+                      sizeof(int));
+        add_value(&forked, 200 / (now() - t));
+        add_value(&lib, pool_w1(pool, in->xs, in->w1_out, n));
+    }
+    heading("W1  tiny add(x, y), 1,000,000 pairs: items per second");
+    row("serial C, a call per item", &serial, "items/s", NULL);
+    row("serial C, inlined", &inlined, "items/s", NULL);
+    row("OpenMP, 2 threads", &omp, "items/s",
+        omp.n ? NULL : "(no OpenMP)");
+    row("a process per item (200 items)", &forked, "items/s", NULL);
+    python_row("multiprocessing.Pool.starmap, best", "W1.mp.best",
+               "items/s");
+    char note[256];
+    const sample_t *mp = python_figure("W1.mp.best");
+    double m = median(&lib);
+    ratio(note, sizeof note,
+          "%.0f ns/item; %.2fx serial call; %.0fx Pool.starmap; %.0f%% of "
+          "the channel's 12 B/item limit",
+          1e9 / m, m / median(&serial), mp ? m / median(mp) : 0,
+          100 * m / (socket_mbs * 1e6 / 12));
+    row("libpmap, 2 workers", &lib, "items/s", note);
+}
+
+static double pool_w2(pool_t *pool, inputs_t *in, size_t n, long iterations)
+{
+    double t = now();
+    if (pool_map(pool, spin, n, in->w2_out, in->keys,
+                 PMAP_CONST(iterations)) != 0)
+        exit(1);
+    return now() - t;
+}
+
+static void bench_w2(pool_t *pool, inputs_t *in, size_t n, long iterations,
+                     const char *title)
+{
+    sample_t serial = {{0}, 0}, st = {{0}, 0}, dyn = {{0}, 0};
+    sample_t forked = {{0}, 0}, lib = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        for (size_t i = 0; i < n; i++)
+            in->w2_out[i] = w_spin(in->keys[i], iterations);
+        add_value(&serial, now() - t);
+        t = now();
+        if (omp_w2(in->keys, in->w2_out, n, iterations, 0) == 0)
+            add_value(&st, now() - t);
+        t = now();
+        if (omp_w2(in->keys, in->w2_out, n, iterations, 1) == 0)
+            add_value(&dyn, now() - t);
+        if (iterations == W2_ITERATIONS) {
+            t = now();
+            fork_per_item(100, item_w2, in, (unsigned char *)in->w2_out, 8);
+            add_value(&forked, (now() - t) * (double)n / 100);
+        }
+        add_value(&lib, pool_w2(pool, in, n, iterations));
+    }
+    heading(title);
+    char note[256];
+    double s = median(&serial);
+    row("serial C", &serial, "s", NULL);
+    row("OpenMP, 2 threads, static", &st, "s",
+        st.n ? ratio(note, sizeof note, "speedup %.2f", s / median(&st))
+             : "(no OpenMP)");
+    row("OpenMP, 2 threads, dynamic", &dyn, "s",
+        dyn.n ? ratio(note, sizeof note, "speedup %.2f", s / median(&dyn))
+              : "(no OpenMP)");
+    if (forked.n)
+        row("a process per item (100 items, scaled)", &forked, "s",
+            ratio(note, sizeof note, "speedup %.2f", s / median(&forked)));
+    if (iterations == W2_ITERATIONS) {
+        const sample_t *ps = python_figure("W2.python.serial");
+        const sample_t *pm = python_figure("W2.mp.starmap");
+        if (ps && pm)
+            row("multiprocessing.Pool (of Python serial)", pm, "s",
+                ratio(note, sizeof note, "speedup %.2f",
+                      median(ps) / median(pm)));
+        else
+            row("multiprocessing.Pool", &(sample_t){{0}, 0}, "s",
+                "(no python3)");
+    }
+    double best = dyn.n && median(&dyn) < median(&st) ? median(&dyn)
+                                                      : median(&st);
+    ratio(note, sizeof note, "speedup %.2f; %.3f of OpenMP's best time",
+          s / median(&lib), st.n ? best / median(&lib) : 0);
+    row("libpmap, 2 workers", &lib, "s", note);
+}
+
+static double pool_w3(pool_t *pool, inputs_t *in, bool checksum)
+{
+    double t = now();
+    int rc = checksum ? pool_map(pool, fnv, W3_N, in->w3_out, in->bufs)
+                      : pool_map(pool, last_byte, W3_N, in->w3_out, in->bufs);
+    if (rc != 0)
+        exit(1);
+    return (double)W3_N * W3_SIZE / (now() - t) / 1e6;
+}
+
+static void bench_w3(pool_t *pool, inputs_t *in, double pipe_mbs,
+                     double memcpy_mbs)
+{
+    sample_t serial = {{0}, 0}, omp = {{0}, 0}, forked = {{0}, 0};
+    sample_t lib = {{0}, 0}, moved = {{0}, 0};
+    double bytes = (double)W3_N * W3_SIZE;
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        for (size_t i = 0; i < W3_N; i++)
+            in->w3_out[i] = w_fnv1a(in->raw[i], W3_SIZE);
+        add_value(&serial, bytes / (now() - t) / 1e6);
+        t = now();
+        if (omp_w3(in->raw, in->w3_out, W3_N, W3_SIZE) == 0)
+            add_value(&omp, bytes / (now() - t) / 1e6);
+        t = now();
+        fork_per_item(32, item_w3, in, (unsigned char *)in->w3_out, 8);
+        add_value(&forked, 32.0 * W3_SIZE / (now() - t) / 1e6);
+        add_value(&lib, pool_w3(pool, in, true));
+        add_value(&moved, pool_w3(pool, in, false));
+    }
+    heading("W3  256 buffers of 1 MiB, FNV-1a of each: MB/s delivered");
+    char note[256];
+    row("serial C", &serial, "MB/s", NULL);
+    row("OpenMP, 2 threads", &omp, "MB/s", omp.n ? NULL : "(no OpenMP)");
+    row("a process per item (32 items)", &forked, "MB/s", NULL);
+    python_row("multiprocessing.Pool.map (crc32)", "W3.mp.map", "MB/s");
+    row("libpmap, 2 workers", &lib, "MB/s",
+        ratio(note, sizeof note, "%.2fx serial; %.2f of OpenMP",
+              median(&lib) / median(&serial),
+              omp.n ? median(&lib) / median(&omp) : 0));
+    row("libpmap, buffers only (no checksum)", &moved, "MB/s",
+        ratio(note, sizeof note, "%.2fx the pipe; %.2f of memcpy",
+              median(&moved) / pipe_mbs, median(&moved) / memcpy_mbs));
+}
+
+static void bench_w4(pool_t *pool, const sample_t *pipe_rtt,
+                     const sample_t *socket_rtt)
+{
+    sample_t lib = {{0}, 0};
+    double *t = malloc(W4_CALLS * sizeof *t);
+    for (int r = 0; r < reps; r++) {
+        int calls = r == 0 ? W4_CALLS : W4_CALLS / 10;
+        for (int i = 0; i < calls; i++) {
+            int x = i, y;
+            double t0 = now();
+            if (pool_map(pool, add1, 1, &y, &x) != 0 || y != i + 1)
+                exit(1);
+            t[i] = (now() - t0) * 1e6;
+        }
+        add_value(&lib, median_of(t, calls));
+    }
+    free(t);
+    heading("W4  one call add1(x) to a running worker: median round trip");
+    char note[256];
+    row("pipe ping-pong, 2 processes", pipe_rtt, "us", NULL);
+    row("socketpair ping-pong, 2 processes", socket_rtt, "us", NULL);
+    python_row("multiprocessing.Pool.apply", "W4.mp.apply", "us");
+    row("libpmap pool_map of 1 item", &lib, "us",
+        ratio(note, sizeof note, "%.2fx the pipe ping-pong",
+              median(&lib) / median(pipe_rtt)));
+}
+
+/* W5 in a fresh process: bench --w5 does it and exits. */
+static double spawn_wall(const char *arg)
+{
+    char *argv[] = {(char *)self_path, (char *)arg, NULL};
+    pid_t pid;
+    double t = now();
+    if (posix_spawn(&pid, self_path, NULL, NULL, argv, environ) != 0)
+        return 0;
+    waitpid(pid, NULL, 0);
+    return (now() - t) * 1e6;
+}
+
+static int w5_once(void)
+{
+    pool_t *pool = pool_create(2);
+    int x = 1, y = 0;
+    int rc = pool ? pool_map(pool, add1, 1, &y, &x) : -1;
+    pool_destroy(pool);
+    return rc == 0 && y == 2 ? 0 : 1;
+}
+
+static void bench_w5(const sample_t *hand, const sample_t *fork_cost)
+{
+    sample_t lib = {{0}, 0}, proc = {{0}, 0}, empty = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        double v[50];
+        for (int i = 0; i < 50; i++) {
+            double t = now();
+            if (w5_once() != 0)
+                exit(1);
+            v[i] = (now() - t) * 1e6;
+        }
+        add_value(&lib, median_of(v, 50));
+        add_value(&proc, spawn_wall("--w5"));
+        add_value(&empty, spawn_wall("--nothing"));
+    }
+    heading("W5  create 2 workers, run 1 item, destroy: microseconds");
+    char note[256];
+    row("fork + _exit + waitpid", fork_cost, "us", NULL);
+    row("hand-rolled 2-worker pipe pool", hand, "us", NULL);
+    python_row("multiprocessing.Pool (in-process)", "W5.mp.Pool", "us");
+    row("libpmap, in-process", &lib, "us",
+        ratio(note, sizeof note, "%.2fx the hand-rolled pool",
+              median(&lib) / median(hand)));
+    row("a program that does nothing (spawned)", &empty, "us", NULL);
+    row("libpmap, whole program (spawned)", &proc, "us",
+        ratio(note, sizeof note, "%.0f us more than doing nothing",
+              median(&proc) - median(&empty)));
+}
+
+static long max_rss_kib(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+static void bench_w6(pool_t *pool, inputs_t *in)
+{
+    bench_w2(pool, in, W6_N, W6_ITERATIONS,
+             "W6a W2 at N = 20,000 items of 0.1 ms: seconds");
+    /* W1 at ten times the items: the cost per item must not grow. */
+    size_t n = W6_W1_N;
+    int *xs = malloc(n * sizeof *xs), *out = malloc(n * sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        xs[i] = (int)i;
+    memset(out, 0, n * sizeof *out);
+    long before = max_rss_kib();
+    sample_t small = {{0}, 0}, large = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        add_value(&small, pool_w1(pool, in->xs, in->w1_out, W1_N));
+        add_value(&large, pool_w1(pool, xs, out, n));
+    }
+    long grew = max_rss_kib() - before;
+    heading("W6b W1 at N = 1,000,000 and 10,000,000: items per second");
+    char note[256];
+    row("libpmap, N = 1,000,000", &small, "items/s", NULL);
+    row("libpmap, N = 10,000,000", &large, "items/s",
+        ratio(note, sizeof note,
+              "%.2f of the rate at 1/10 the size; the map added %ld KiB "
+              "to the caller's peak beyond its 80 MB of arrays",
+              median(&large) / median(&small), grew));
+    free(xs);
+    free(out);
+}
+
+/* One item costs 100 times the others: how close to the ideal split? */
+static void bench_balance(pool_t *pool, inputs_t *in)
+{
+    size_t n = 1000;
+    long *cost = malloc(n * sizeof *cost);
+    sample_t middle = {{0}, 0}, last = {{0}, 0};
+    for (int where = 0; where < 2; where++) {
+        double work = 0;
+        for (size_t i = 0; i < n; i++)
+            cost[i] = W6_ITERATIONS;
+        cost[where ? n - 1 : n / 2] = 100L * W6_ITERATIONS;
+        double t = now();
+        for (size_t i = 0; i < n; i++)
+            in->w2_out[i] = w_spin(in->keys[i], cost[i]);
+        work = now() - t;
+        for (int r = 0; r < reps; r++) {
+            t = now();
+            if (pool_map(pool, spin, n, in->w2_out, in->keys, cost) != 0)
+                exit(1);
+            add_value(where ? &last : &middle, (now() - t) / (work / 2));
+        }
+    }
+    free(cost);
+    heading("Balance: 1,000 items of 0.1 ms, one of 10 ms: time / ideal");
+    row("libpmap, the long item in the middle", &middle, "x", NULL);
+    row("libpmap, the long item last", &last, "x", NULL);
+}
+
+static void prepare(inputs_t *in)
+{
+    size_t n = W6_N > W1_N ? W6_N : W1_N;
+    in->xs = malloc(n * sizeof *in->xs);
+    in->w1_out = malloc(n * sizeof *in->w1_out);
+    in->keys = malloc(n * sizeof *in->keys);
+    in->w2_out = malloc(n * sizeof *in->w2_out);
+    for (size_t i = 0; i < n; i++) {
+        in->xs[i] = (int)i;
+        in->keys[i] = i;
+    }
+    in->bufs = malloc(W3_N * sizeof *in->bufs);
+    in->raw = malloc(W3_N * sizeof *in->raw);
+    in->w3_out = malloc(W3_N * sizeof *in->w3_out);
+    for (size_t i = 0; i < W3_N; i++) {
+        in->raw[i] = malloc(W3_SIZE);
+        for (size_t j = 0; j < W3_SIZE; j++)
+            in->raw[i][j] = (unsigned char)(i * 131 + j * 7);
+        in->bufs[i] = (pmap_bytes_t){in->raw[i], W3_SIZE};
+    }
+}
+
+int main(int argc, char **argv)
+{
+    self_path = argv[0];
+    if (argc > 1 && strcmp(argv[1], "--w5") == 0)
+        return w5_once();
+    if (argc > 1 && strcmp(argv[1], "--nothing") == 0)
+        return 0;
+    if (argc > 1)
+        reps = atoi(argv[1]) > 0 && atoi(argv[1]) <= MAX_REPS ? atoi(argv[1])
+                                                                : 5;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("libpmap benchmark: %d runs of each figure, median [min - max]\n",
+           reps);
+
+    /* The pool first, while the process is small (see README). */
+    pool_t *pool = pool_create(2);
+    if (pool == NULL)
+        return 1;
+    sample_t pipe_rtt = {{0}, 0}, socket_rtt = {{0}, 0}, pipe_bw = {{0}, 0};
+    sample_t socket_bw = {{0}, 0}, copy_bw = {{0}, 0}, fork_cost = {{0}, 0};
+    sample_t hand = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        add_value(&pipe_rtt, ping_pong(false, r == 0 ? 100000 : 20000));
+        add_value(&socket_rtt, ping_pong(true, r == 0 ? 100000 : 20000));
+        add_value(&pipe_bw, stream_bandwidth(false));
+        add_value(&socket_bw, stream_bandwidth(true));
+        add_value(&copy_bw, memcpy_bandwidth());
+        double f[100], h[100];
+        for (int i = 0; i < 100; i++) {
+            f[i] = fork_exit_wait();
+            h[i] = hand_rolled_pool();
+        }
+        add_value(&fork_cost, median_of(f, 100));
+        add_value(&hand, median_of(h, 100));
+    }
+    heading("Machine limits");
+    row("pipe round trip (1 byte)", &pipe_rtt, "us", NULL);
+    row("socketpair round trip (1 byte)", &socket_rtt, "us", NULL);
+    row("pipe bandwidth (1 MiB pipe, 1 MiB writes)", &pipe_bw, "MB/s", NULL);
+    row("socketpair bandwidth (1 MiB writes)", &socket_bw, "MB/s", NULL);
+    row("memcpy bandwidth (256 MiB)", &copy_bw, "MB/s", NULL);
+    row("fork + _exit + waitpid", &fork_cost, "us", NULL);
+    row("hand-rolled 2-worker pipe pool, 1 item", &hand, "us", NULL);
+
+    run_python();
+    inputs_t in;
+    prepare(&in);
+    bench_w1(pool, &in, median(&socket_bw));
+    bench_w2(pool, &in, W2_N, W2_ITERATIONS,
+             "W2  2,000 items of ~1 ms of CPU: seconds");
+    bench_w3(pool, &in, median(&pipe_bw), median(&copy_bw));
+    bench_w4(pool, &pipe_rtt, &socket_rtt);
+    bench_w5(&hand, &fork_cost);
+    bench_w6(pool, &in);
+    bench_balance(pool, &in);
+    pool_destroy(pool);
+    return 0;
+}
