@@ -259,28 +259,35 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
                            size_t count, const pmap__column_t *col)
 {
     const pmap__fn_t *fn = m->fn;
-    void *argv[PMAP_MAX_ARGS];
+    void (*call)(void *, void *const *) = fn->call;
+    int nparams = fn->nparams;
+    size_t result_size = fn->result.size;
+    unsigned char *argv[PMAP_MAX_ARGS], *result = self.results.data;
+    for (int k = 0; k < nparams; k++)
+        argv[k] = (unsigned char *)col[k].base;
     uint64_t nfailed = 0;
     self.failures.len = 0;
+    self.failed = false;
+    self.running = true;
     atomic_store_explicit(&self.slot->map, m->id, memory_order_relaxed);
+    /* The hot loop: one slot store, one indirect call per item. */
     for (size_t j = 0; j < count; j++) {
-        for (int k = 0; k < fn->nparams; k++)
-            argv[k] = (void *)(col[k].base + j * col[k].stride);
-        unsigned char *result = self.results.data + j * fn->result.size;
         if (m->timed)
             atomic_store_explicit(&self.slot->started_ns, pmap__now_ns(),
                                   memory_order_relaxed);
         atomic_store_explicit(&self.slot->item, first + j + 1,
                               memory_order_release);
-        self.failed = false;
-        self.running = true;
-        fn->call(result, argv);
-        self.running = false;
+        call(result, (void *const *)argv);
         if (self.failed) {
             record_failure(fn, first + j, result);
+            self.failed = false;
             nfailed++;
         }
+        for (int k = 0; k < nparams; k++)
+            argv[k] += col[k].stride;
+        result += result_size;
     }
+    self.running = false;
     atomic_store_explicit(&self.slot->item, 0, memory_order_release);
     return nfailed;
 }

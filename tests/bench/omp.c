@@ -42,3 +42,11 @@ int omp_w3(unsigned char *const *bufs, uint64_t *out, size_t n, size_t size)
         out[i] = w_fnv1a(bufs[i], size);
     return PARALLEL - 1;
 }
+
+int omp_costs(const uint64_t *xs, uint64_t *out, size_t n, const long *cost)
+{
+#pragma omp parallel for num_threads(2) schedule(dynamic)
+    for (long i = 0; i < (long)n; i++)
+        out[i] = w_spin(xs[i], cost[i]);
+    return PARALLEL - 1;
+}

@@ -50,5 +50,6 @@ int omp_w1(const int *xs, const int *ys, int *out, size_t n);
 int omp_w2(const uint64_t *xs, uint64_t *out, size_t n, long iterations,
            int dynamic);
 int omp_w3(unsigned char *const *bufs, uint64_t *out, size_t n, size_t size);
+int omp_costs(const uint64_t *xs, uint64_t *out, size_t n, const long *cost);
 
 #endif
