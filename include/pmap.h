@@ -68,6 +68,7 @@ extern "C" {
     XX(EBUSY, -EBUSY, "pool is in use by another call")                       \
     XX(ETIMEDOUT, -ETIMEDOUT, "timed out")                                    \
     XX(ECANCELED, -ECANCELED, "cancelled")                                    \
+    XX(ENOSYS, -ENOSYS, "not available on this system")                       \
     XX(EFAIL, -4001, "the callback reported a failure (pmap_fail)")           \
     XX(ECRASH, -4002, "the worker was killed by a signal")                    \
     XX(EEXIT, -4003, "the worker exited during the call")                     \
@@ -120,6 +121,17 @@ typedef struct pool_options {
     double timeout; /* seconds one item may run before its worker is
                        killed and the item fails with PMAP_ETIMEDOUT;
                        0: no limit */
+    /* Run in each worker when it starts, before its first item (e.g. to
+     * open a database once per worker; see pmap_set_worker_state).  A
+     * nonzero return means the worker cannot serve: pool_create fails with
+     * PMAP_ESTART. */
+    int (*worker_init)(int worker, void *arg);
+    /* Run in each worker when it leaves normally: at pool_destroy, or when
+     * it is recycled (max_items_per_worker). */
+    void (*worker_exit)(int worker, void *arg);
+    void *worker_arg;           /* passed to both */
+    size_t max_items_per_worker;    /* replace a worker after it ran this
+                                       many items (leaky code); 0: never */
 } pool_options_t;
 
 /*
@@ -202,6 +214,60 @@ PMAP_API int pool_size(const pool_t *pool);
  */
 #define PMAP_CONST(v) .value = (v)
 
+/* One failed item. */
+typedef struct pmap_failure {
+    size_t index;           /* the item's input index */
+    int error;              /* PMAP_EFAIL, PMAP_ECRASH, PMAP_EEXIT,
+                               PMAP_ETIMEDOUT, PMAP_ECANCELED, ... */
+    int code;               /* EFAIL: callback's code; ECRASH: signal;
+                               EEXIT: exit status; else 0 */
+    long pid;               /* worker that ran it (0 if none did) */
+    const char *message;    /* EFAIL: the callback's message, else "" */
+} pmap_failure_t;
+
+/* Where a map stands, for a progress callback. */
+typedef struct pmap_progress {
+    size_t done;            /* items finished, failed ones included */
+    size_t failed;          /* items failed */
+    size_t total;           /* items in all; 0 while a producer runs */
+    double elapsed;         /* seconds since the map started */
+} pmap_progress_t;
+
+/*
+ * A result handed to the caller as soon as it can be (instead of stored in
+ * an output array): result points to the item's R, or is NULL if the item
+ * failed (failure says why).  String and buffer results are the caller's
+ * to free.  Return 0 to go on, nonzero to cancel the map.
+ */
+typedef int (*pmap_result_fn)(void *ctx, size_t index, void *result,
+                              const pmap_failure_t *failure);
+
+/* Called at most every progress_interval seconds, and once at the end.
+ * Return 0 to go on, nonzero to cancel the map. */
+typedef int (*pmap_progress_fn)(void *ctx, const pmap_progress_t *progress);
+
+/* Options of one map; a zeroed struct means the pool's defaults. */
+typedef struct pool_map_options {
+    size_t chunk;   /* items per batch; 0: the pool's setting */
+    double timeout; /* seconds per item; 0: the pool's setting; < 0: none */
+    /* Results to a callback, in input order or (unordered) as they
+     * arrive, instead of to an output array (out must then be NULL).
+     * Memory stays bounded by `window`: the results waiting to be handed
+     * over in order, and the items produced but not yet finished. */
+    pmap_result_fn on_result;
+    int unordered;
+    size_t window;  /* items; 0: 65,536 */
+    pmap_progress_fn on_progress;
+    double progress_interval;   /* seconds; 0: 0.1 */
+    void *ctx;      /* passed to on_result and on_progress */
+    /* On cancellation, kill the workers running items of this map (their
+     * items fail with PMAP_ECANCELED) instead of letting them finish. */
+    int kill_on_cancel;
+} pool_map_options_t;
+
+/* A map running in the background (pool_map_async and friends). */
+typedef struct pmap_job pmap_job_t;
+
 /*
  * int pool_map(pool_t *pool, fn, size_t n, R *out, args...);
  *
@@ -212,25 +278,122 @@ PMAP_API int pool_size(const pool_t *pool);
  * Array types, argument count and out's type are checked at compile time.
  *
  * Returns 0 when all items succeeded; a positive count of failed items (their
- * out[i] are zeroed; pool_failures says which and why); or a negative code
- * with nothing stored: PMAP_EINVAL (NULL pool, out or array, n == 0),
- * PMAP_EBUSY (another thread is using the pool), PMAP_EFORKED (called in a
- * forked child of the pool's owner), PMAP_ENESTED (called inside a worker),
- * PMAP_ENOFUNC or PMAP_EAMBIGUOUS (fn cannot be identified), PMAP_ENOMEM.
- * The pool stays usable after every outcome.
+ * out[i] are zeroed; pool_failures says which and why); or a negative code:
+ * PMAP_EINVAL (NULL pool, out or array, n == 0), PMAP_EBUSY (another thread
+ * is using the pool), PMAP_EFORKED (called in a forked child of the pool's
+ * owner), PMAP_ENESTED (called inside a worker), PMAP_ENOFUNC or
+ * PMAP_EAMBIGUOUS (fn cannot be identified), PMAP_ECANCELED (the map was
+ * cancelled: items not run are in pool_failures), PMAP_ENOMEM.  The pool
+ * stays usable after every outcome.
  */
 #define pool_map(pool, fn, n, out, ...)                                       \
-    pmap__map_##fn((pool), NULL, (n), (out), PMAP__INPUTS(fn, __VA_ARGS__))
-
-/* Options of pool_map_with; a zeroed struct means the pool's defaults. */
-typedef struct pool_map_options {
-    size_t chunk;   /* items per batch; 0: the pool's setting */
-    double timeout; /* seconds per item; 0: the pool's setting; < 0: none */
-} pool_map_options_t;
+    pmap__map_##fn((pool), &(pmap__call_t){.count = (n)}, (out),             \
+                   PMAP__INPUTS(fn, __VA_ARGS__))
 
 /* pool_map with options for this map (opts may be NULL). */
 #define pool_map_with(pool, opts, fn, n, out, ...)                            \
-    pmap__map_##fn((pool), (opts), (n), (out), PMAP__INPUTS(fn, __VA_ARGS__))
+    pmap__map_##fn((pool), &(pmap__call_t){.options = (opts), .count = (n)},  \
+                   (out), PMAP__INPUTS(fn, __VA_ARGS__))
+
+/*
+ * int pool_map_async(pool, opts, pmap_job_t **job, fn, n, out, args...);
+ *
+ * Starts the map and returns at once, storing its handle in *job: wait for
+ * it with pmap_job_wait, and release it with pmap_job_free.  Its arrays and
+ * out must stay valid until it has finished (constants are copied).  Several
+ * maps may be outstanding on one pool; they run in the order they were
+ * started, and progress whenever the pool is used (any call on it, or
+ * pool_poll).
+ */
+#define pool_map_async(pool, opts, job, fn, n, out, ...)                      \
+    pmap__map_##fn((pool), &(pmap__call_t){.options = (opts),                 \
+                                           .handle = (job), .count = (n)},   \
+                   (out), PMAP__INPUTS(fn, __VA_ARGS__))
+
+/*
+ * int pool_map_stream(pool, opts, fn, producer, void *ctx);
+ *
+ * Maps fn over items made on demand by
+ *     int producer(void *ctx, T1 *a1, ..., Tk *ak)
+ * which stores the next item's arguments and returns 1, or returns 0 when
+ * there are no more (or a negative code: the map stops with it).  Results go
+ * to opts->on_result (required), in input order unless opts->unordered.  At
+ * most opts->window items are alive at once, so inputs of any length (the
+ * lines of a huge file) run in bounded memory.  Strings and buffers the
+ * producer stores are copied before it is called again.
+ */
+#define pool_map_stream(pool, opts, fn, producer, ctx)                        \
+    pmap__stream_##fn((pool), &(pmap__call_t){.options = (opts)}, (producer), \
+                      (ctx))
+
+/* pool_map_stream in the background, as pool_map_async. */
+#define pool_map_stream_async(pool, opts, job, fn, producer, ctx)             \
+    pmap__stream_##fn((pool),                                                 \
+                      &(pmap__call_t){.options = (opts), .handle = (job)},    \
+                      (producer), (ctx))
+
+/*
+ * int pool_call(pool, fn, R *out, a1, ..., ak);
+ *
+ * One call, fn(a1, ..., ak), run on a worker (values, not arrays): the
+ * essay's `pipe`/`apply`.  Returns as pool_map with n = 1.
+ */
+#define pool_call(pool, fn, out, ...)                                         \
+    pmap__map_##fn((pool), &(pmap__call_t){.count = 1}, (out),                \
+                   PMAP__VALUES(fn, __VA_ARGS__))
+
+/* pool_call in the background, as pool_map_async. */
+#define pool_call_async(pool, job, fn, out, ...)                              \
+    pmap__map_##fn((pool), &(pmap__call_t){.handle = (job), .count = 1},      \
+                   (out), PMAP__VALUES(fn, __VA_ARGS__))
+
+/*
+ * Waits until the map has finished, at most timeout seconds (< 0: no limit,
+ * 0: just look).  Returns what pool_map would have returned, or
+ * PMAP_ETIMEDOUT if it has not finished yet (it goes on).  Other maps of the
+ * pool progress meanwhile.
+ */
+PMAP_API int pmap_job_wait(pmap_job_t *job, double timeout);
+
+/*
+ * Asks the map to stop: items not yet started fail with PMAP_ECANCELED;
+ * running ones finish, or are killed if kill_on_cancel was set.  Only sets a
+ * flag, so it is safe in a signal handler; the map stops the next time the
+ * pool is used (or at once, if it is being waited for).
+ */
+PMAP_API void pmap_job_cancel(pmap_job_t *job);
+
+/* The map's failed items so far, in input order once it has finished. */
+PMAP_API size_t pmap_job_failures(const pmap_job_t *job,
+                                  const pmap_failure_t **failures);
+
+/* Releases a map's handle; one still running is cancelled (its running
+ * items killed) and waited for first.  NULL is allowed. */
+PMAP_API void pmap_job_free(pmap_job_t *job);
+
+/*
+ * Cancels every map running on the pool, as pmap_job_cancel; safe in a
+ * signal handler (e.g. SIGINT's, to get control back from a long pool_map).
+ */
+PMAP_API void pool_cancel(pool_t *pool);
+
+/*
+ * Makes progress on the pool's background maps without blocking: reads the
+ * results that arrived, sends more work, hands results and progress to the
+ * callbacks.  Stores in *wake (if not NULL) the seconds after which it should
+ * be called again even if pool_fd stays quiet (timeouts, progress), or -1.
+ * Returns the number of maps that finished during this call, or a negative
+ * code.
+ */
+PMAP_API int pool_poll(pool_t *pool, double *wake);
+
+/*
+ * A descriptor that becomes readable when pool_poll has work to do, for the
+ * caller's own poll/select/epoll loop.  Owned by the pool.  Returns it, or
+ * PMAP_ENOSYS where the system has no epoll (then call pool_poll
+ * periodically).
+ */
+PMAP_API int pool_fd(const pool_t *pool);
 
 /*
  * Called by a callback running in a worker: marks the current item failed
@@ -243,35 +406,26 @@ typedef struct pool_map_options {
 PMAP_API int pmap_fail(int code, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* One failed item of the last map. */
-typedef struct pmap_failure {
-    size_t index;           /* the item's input index */
-    int error;              /* PMAP_EFAIL, PMAP_ECRASH, PMAP_EEXIT, ... */
-    int code;               /* EFAIL: callback's code; ECRASH: signal;
-                               EEXIT: exit status; else 0 */
-    long pid;               /* worker that ran it (0 if none did) */
-    const char *message;    /* EFAIL: the callback's message, else "" */
-} pmap_failure_t;
-
 /*
- * The failed items of the pool's last pool_map, in input order: stores the
- * array in *failures (owned by the pool, valid until its next map or
- * pool_destroy) and returns their number.
+ * The failed items of the pool's last pool_map (or pool_call, or
+ * pool_map_stream), in input order: stores the array in *failures (owned
+ * by the pool, valid until its next such call or pool_destroy) and returns
+ * their number.
  */
 PMAP_API size_t pool_failures(const pool_t *pool,
                               const pmap_failure_t **failures);
 
 /* Counters of a pool's work. */
 typedef struct pmap_stats {
-    uint64_t maps;          /* pool_map calls that ran */
+    uint64_t maps;          /* maps that ran */
     uint64_t items;         /* items finished (results stored or failed) */
     uint64_t failed;        /* items failed */
     uint64_t batches;       /* batches sent to workers */
     uint64_t bytes_sent;    /* bytes written to workers */
     uint64_t bytes_received;/* bytes read from workers */
     uint64_t busy_ns;       /* time workers spent running items */
-    uint64_t wall_ns;       /* time spent in pool_map */
-    uint64_t restarts;      /* workers replaced after dying */
+    uint64_t wall_ns;       /* from the start to the end of each map */
+    uint64_t restarts;      /* workers replaced (died or recycled) */
 } pmap_stats_t;
 
 /*
@@ -280,6 +434,33 @@ typedef struct pmap_stats {
  */
 PMAP_API int pool_stats(const pool_t *pool, pmap_stats_t *last,
                         pmap_stats_t *total);
+
+/* The counters of one map (so far, if it runs). */
+PMAP_API int pmap_job_stats(const pmap_job_t *job, pmap_stats_t *stats);
+
+/* Counters of one worker slot of a pool (its current process, and all the
+ * processes it had: items, batches, busy time, bytes, restarts). */
+typedef struct pmap_worker_stats {
+    long pid;               /* its current process, or 0 */
+    pmap_stats_t work;      /* maps, wall_ns: unused */
+} pmap_worker_stats_t;
+
+/* Stores the counters of worker `worker` (0 <= worker < pool_size). */
+PMAP_API int pool_worker_stats(const pool_t *pool, int worker,
+                               pmap_worker_stats_t *stats);
+
+/* ------------------------------------------------------------------------ */
+/* Inside a worker                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* The calling worker's index in its pool (0 <= index < pool_size), or -1
+ * outside a worker. */
+PMAP_API int pmap_worker_index(void);
+
+/* A pointer of the caller's, kept by the worker for its whole life (set it
+ * in worker_init: a database handle, a cache), for its callbacks. */
+PMAP_API void pmap_set_worker_state(void *state);
+PMAP_API void *pmap_worker_state(void);
 
 /* ------------------------------------------------------------------------ */
 /* Internals the macros above expand to.  Not part of the API.              */
@@ -307,6 +488,8 @@ typedef struct pmap__fn {
     pmap__type_t result;
     pmap__type_t params[PMAP_MAX_ARGS];
     void (*call)(void *result, void *const *argv);
+    /* Calls a typed producer, storing the next item into slot[k]. */
+    int (*pull)(void (*producer)(void), void *ctx, void *const *slot);
     uint64_t id;            /* set by pmap__register */
     struct pmap__fn *next;  /* registry list */
 } pmap__fn_t;
@@ -319,11 +502,20 @@ typedef struct pmap__arg {
     char is_const;
 } pmap__arg_t;
 
+/* How a map was asked for: the macros fill it, pmap__map runs it. */
+typedef struct pmap__call {
+    const pool_map_options_t *options;
+    pmap_job_t **handle;    /* in the background: where its handle goes */
+    size_t count;           /* items (arrays) */
+    void (*producer)(void); /* items made on demand (then count is 0) */
+    void *producer_ctx;
+} pmap__call_t;
+
 PMAP_API void pmap__register(pmap__fn_t *fn);
 PMAP_API void pmap__unregister(pmap__fn_t *fn);
-PMAP_API int pmap__map(pool_t *pool, const pool_map_options_t *opts,
-                       const pmap__fn_t *fn, size_t n, void *out,
-                       int nargs, const pmap__arg_t *args);
+PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
+                       const pmap__fn_t *fn, void *out, int nargs,
+                       const pmap__arg_t *args);
 
 #define PMAP__CAT(a, b) PMAP__CAT_(a, b)
 #define PMAP__CAT_(a, b) a##b
@@ -402,25 +594,39 @@ PMAP_API int pmap__map(pool_t *pool, const pool_map_options_t *opts,
 #define PMAP__INPUT(fn, k, a) (pmap__in_##fn##_##k){.pad = 0, a, 1}
 #define PMAP__INPUTS(fn, ...)                                                 \
     PMAP__EACH(PMAP__INPUT, fn, PMAP__COMMA, __VA_ARGS__)
+#define PMAP__VALUE_INPUT(fn, k, a)                                           \
+    (pmap__in_##fn##_##k){.pad = 0, .value = (a), 1}
+#define PMAP__VALUES(fn, ...)                                                 \
+    PMAP__EACH(PMAP__VALUE_INPUT, fn, PMAP__COMMA, __VA_ARGS__)
+#define PMAP__SLOT_TYPE(fn, k, T) pmap__t_##fn##_##k *
+#define PMAP__SLOT(fn, k, T) (pmap__t_##fn##_##k *)slot[k]
 #define PMAP__ARG_FROM_INPUT(fn, k, T)                                        \
     {in##k.array, &in##k.value, in##k.is_array, in##k.is_const}
 #define PMAP__INPUT_PARAM(fn, k, T) pmap__in_##fn##_##k in##k
 #define PMAP__DEREF(fn, k, T) *(pmap__t_##fn##_##k *)argv[k]
 #define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T)}
 
-#define PMAP__EXPORT(fn, R, method, ref0, ...)                                 \
+#define PMAP__EXPORT(fn, R, method, ref0, ...)                                \
     PMAP__EACH(PMAP__PARAM_TYPES, fn, PMAP__NOTHING, __VA_ARGS__)             \
     typedef R pmap__r_##fn;                                                   \
+    typedef int (*pmap__producer_##fn)(                                       \
+        void *, PMAP__EACH(PMAP__SLOT_TYPE, fn, PMAP__COMMA, __VA_ARGS__));   \
     static void pmap__call_##fn(void *result, void *const *argv)              \
     {                                                                         \
         *(R *)result =                                                        \
             fn(ref0 PMAP__EACH(PMAP__DEREF, fn, PMAP__COMMA, __VA_ARGS__));   \
     }                                                                         \
+    static int pmap__pull_##fn(void (*producer)(void), void *ctx,             \
+                               void *const *slot)                             \
+    {                                                                         \
+        return ((pmap__producer_##fn)producer)(                               \
+            ctx, PMAP__EACH(PMAP__SLOT, fn, PMAP__COMMA, __VA_ARGS__));       \
+    }                                                                         \
     static pmap__fn_t pmap__fn_##fn = {                                       \
         #fn, __FILE__, __LINE__, PMAP__NARGS(__VA_ARGS__), method,            \
         {PMAP__KIND(R), sizeof(R)},                                           \
         {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},          \
-        pmap__call_##fn, 0, 0};                                               \
+        pmap__call_##fn, pmap__pull_##fn, 0, 0};                              \
     __attribute__((constructor)) static void pmap__load_##fn(void)            \
     {                                                                         \
         pmap__register(&pmap__fn_##fn);                                       \
@@ -430,14 +636,22 @@ PMAP_API int pmap__map(pool_t *pool, const pool_map_options_t *opts,
         pmap__unregister(&pmap__fn_##fn);                                     \
     }                                                                         \
     __attribute__((unused)) static inline int pmap__map_##fn(                 \
-        pool_t *pool, const pool_map_options_t *opts, size_t n,               \
-        pmap__r_##fn *out,                                                    \
+        pool_t *pool, const pmap__call_t *call, pmap__r_##fn *out,            \
         PMAP__EACH(PMAP__INPUT_PARAM, fn, PMAP__COMMA, __VA_ARGS__))          \
     {                                                                         \
         const pmap__arg_t args[] = {                                          \
             PMAP__EACH(PMAP__ARG_FROM_INPUT, fn, PMAP__COMMA, __VA_ARGS__)};  \
-        return pmap__map(pool, opts, &pmap__fn_##fn, n, out,                  \
+        return pmap__map(pool, call, &pmap__fn_##fn, out,                     \
                          PMAP__NARGS(__VA_ARGS__), args);                     \
+    }                                                                         \
+    __attribute__((unused)) static inline int pmap__stream_##fn(              \
+        pool_t *pool, const pmap__call_t *call, pmap__producer_##fn producer, \
+        void *ctx)                                                            \
+    {                                                                         \
+        pmap__call_t c = *call;                                               \
+        c.producer = (void (*)(void))producer;                                \
+        c.producer_ctx = ctx;                                                 \
+        return pmap__map(pool, &c, &pmap__fn_##fn, NULL, 0, NULL);            \
     }                                                                         \
     typedef int pmap__exported_##fn /* swallows the caller's ';' */
 

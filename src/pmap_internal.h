@@ -5,8 +5,12 @@
  * The architecture, one file each (README.md, "Design", says more):
  *
  *   pool.c      pool lifecycle: create, spawn and replace workers, destroy
- *   loop.c      the caller's event loop: poll, pipe I/O, worker deaths
- *   map.c       one map: validation, batches, results in order, failures
+ *   loop.c      the caller's event loop: poll, channel I/O, worker deaths,
+ *               timeouts, recycling, pool_poll and pool_fd
+ *   job.c       a map as the caller sees it: start, wait, cancel, outcome
+ *   batch.c     a map's items through the workers: batches and results
+ *   deliver.c   where items come from and results go: arrays, producer,
+ *               callbacks in order or not; failures; progress
  *   worker.c    the worker process: its setup after fork and task loop
  *   wire.c      the frame format, encoding and decoding (no I/O)
  *   registry.c  PMAP_EXPORT'ed functions, found by identifier
@@ -29,6 +33,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -232,11 +237,9 @@ pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
 
 int pmap__cpu_count(void);
 
-/* ---- pool.c / loop.c / map.c ----------------------------------------- */
+/* ---- the engine: pool.c, loop.c, job.c, batch.c, deliver.c --------------- */
 
 #define PMAP__DEPTH 2   /* batches a worker holds at most: one runs, one waits */
-
-struct pmap__job;
 
 /* Items [first, first + count), tried `attempts` times before. */
 typedef struct pmap__range {
@@ -247,7 +250,7 @@ typedef struct pmap__range {
 
 /* A batch sent to a worker. */
 typedef struct pmap__batch {
-    struct pmap__job *job;
+    pmap_job_t *job;
     pmap__range_t items;
     unsigned slot;              /* of the worker's arena */
 } pmap__batch_t;
@@ -257,29 +260,37 @@ typedef struct pmap__worker {
     int index;
     int fd;                     /* our end of its channel, non-blocking */
     bool ready;                 /* READY received */
-    uint32_t setup_map;         /* map set up on it (0: none) */
+    bool retiring;              /* recycled: told to leave, not replaced yet */
+    bool polled_out;            /* registered for output in the epoll set */
+    uint32_t *setup;            /* maps set up on it */
+    size_t nsetup, setup_cap;
+    size_t used;                /* items given to this process */
     pmap__outq_t out;
     pmap__reader_t in;
     pmap__batch_t batch[PMAP__DEPTH];   /* in flight, oldest first */
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
     unsigned char *arena;       /* shared with the process (or NULL) */
+    pmap_stats_t stats;         /* of this slot, all its processes */
 } pmap__worker_t;
 
 struct pool {
     pid_t owner;                /* process that created the pool */
     atomic_flag busy;           /* a call is using the pool */
+    volatile sig_atomic_t cancel;   /* pool_cancel: stop every map */
     pool_options_t opts;
     int nworkers;
     pmap__worker_t *workers;
     pmap__slot_t *slots;        /* shared, one per worker */
     struct pollfd *pollfds;     /* one per worker, for loop.c */
+    int epfd;                   /* pool_fd, or -1 */
     int start_failures;         /* workers dead before READY, in a row */
     uint32_t last_map;          /* identifier of the last map */
-    pmap_failure_t *failures;   /* of the last map, messages malloc'ed */
-    size_t nfailures, failures_cap;
-    pmap_stats_t last;          /* counters of the last map... */
-    pmap_stats_t total;         /* ...and since the pool was created */
+    pmap_job_t *jobs;           /* maps not yet released, oldest first */
+    pmap_failure_t *failures;   /* of the last map waited for in a call */
+    size_t nfailures;
+    pmap_stats_t last;          /* counters of that map... */
+    pmap_stats_t total;         /* ...and of all maps */
     struct pool *next;          /* every live pool of the process */
 };
 
@@ -292,31 +303,62 @@ typedef struct pmap__death {
     uint64_t item;              /* index + 1, or 0: none */
 } pmap__death_t;
 
-/* A running map. */
-typedef struct pmap__job {
+/*
+ * The items of a map alive between their making and their handing over
+ * (deliver.c): a ring of `size` items, for maps whose items come from a
+ * producer or whose results go to a callback.  Item i lives in place
+ * i % size; batches never wrap around the ring.
+ */
+typedef struct pmap__window {
+    size_t size;                /* 0: no window (arrays in, array out) */
+    unsigned char *inputs[PMAP_MAX_ARGS];   /* items made by a producer */
+    unsigned char *results;     /* results not yet handed over */
+    unsigned char *state;       /* per place: enum in deliver.c */
+    size_t *failure;            /* per place: index in job->failures */
+    size_t low;                 /* oldest item not handed over */
+} pmap__window_t;
+
+/* A map, from pmap__map to pmap_job_free. */
+struct pmap_job {
+    pool_t *pool;
+    pmap_job_t *later;          /* the pool's next map in start order */
     uint32_t id;
     const pmap__fn_t *fn;
-    size_t n;
-    unsigned char *out;
     pmap__arg_t args[PMAP_MAX_ARGS];
     uint64_t constants;         /* bit k: argument k is the same for all */
+    pool_map_options_t opts;
     size_t chunk;               /* fixed batch size, or 0: automatic */
     int64_t timeout_ns;         /* per item, or 0: none */
     pmap__outq_t setup;         /* the SETUP frame, sent once per worker */
-    size_t next;                /* first item never dispatched */
+    /* Items: [0, next) were sent; [done...]: see batch.c's comment. */
+    size_t n;                   /* items; SIZE_MAX while a producer runs */
+    void (*producer)(void);     /* typed producer (pmap__fn_t.pull) */
+    void *producer_ctx;
+    size_t produced;            /* items the producer made */
+    size_t next;                /* first item never sent */
     size_t done;                /* items stored or failed */
     size_t failed;              /* items failed */
     size_t inflight;            /* batches sent and not answered */
     pmap__range_t *retry;       /* items to send again */
     size_t nretry, retry_cap;
-    uint64_t busy_ns;           /* workers' time in the callback... */
-    uint64_t busy_items;        /* ...for this many items */
-    uint64_t sent_bytes;        /* TASK bytes queued... */
-    uint64_t sent_items;        /* ...for this many items */
-    uint64_t received_bytes;    /* RESULT bytes, for busy_items items */
+    unsigned char *out;         /* the caller's array, or NULL: window */
+    pmap__window_t window;
+    /* Measures, for batch sizes and statistics. */
+    uint64_t busy_ns, busy_items, sent_bytes, sent_items, received_bytes;
+    pmap_stats_t stats;
+    int64_t start_ns;
+    int64_t progress_ns;        /* last progress callback */
     pmap__buf_t scratch;        /* for decoding variable results */
-    int error;                  /* the whole map failed with this code */
-} pmap__job_t;
+    pmap_failure_t *failures;   /* messages malloc'ed */
+    size_t nfailures, failures_cap;
+    /* Outcome. */
+    int error;                  /* the map failed or was cancelled */
+    volatile sig_atomic_t cancel;   /* cancellation asked, from anywhere */
+    bool cancelled;             /* and carried out */
+    bool background;            /* started by an _async call */
+    bool finished;              /* rc is final */
+    int rc;
+};
 
 /* pool.c */
 int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w);
@@ -326,20 +368,40 @@ int pmap__pool_enter(pool_t *pool);
 void pmap__pool_leave(pool_t *pool);
 
 /* loop.c */
-int pmap__loop_run(pool_t *pool, pmap__job_t *job, int64_t deadline_ns);
-void pmap__loop_abandon(pool_t *pool, pmap__job_t *job);
+int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns);
+int64_t pmap__loop_once(pool_t *pool);
+void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
-/* map.c */
-bool pmap__job_finished(const pmap__job_t *job);
-bool pmap__job_has_work(const pmap__job_t *job);
-int pmap__job_dispatch(pool_t *pool, pmap__job_t *job, pmap__worker_t *w);
-int pmap__job_result(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
+/* job.c */
+bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
+void pmap__jobs_free(pool_t *pool);
+
+/* batch.c */
+bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
+                        const pmap__worker_t *w);
+bool pmap__job_finished(const pmap_job_t *job);
+int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w);
+int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                      const unsigned char *payload, size_t len);
-int pmap__job_map_error(pmap__job_t *job, pmap__worker_t *w,
+int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                         const unsigned char *payload, size_t len);
-void pmap__job_lost(pool_t *pool, pmap__job_t *job, pmap__worker_t *w,
+void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                     const pmap__death_t *death);
-void pmap__failures_clear(pool_t *pool);
+void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job);
+
+/* deliver.c */
+int pmap__window_init(pool_t *pool, pmap_job_t *job);
+void pmap__window_free(pmap_job_t *job);
+size_t pmap__window_room(const pmap_job_t *job, size_t first);
+size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto);
+const unsigned char *pmap__input(const pmap_job_t *job, int k, size_t index);
+unsigned char *pmap__output(const pmap_job_t *job, size_t index);
+void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count);
+void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
+                     int code, long pid, const char *msg, size_t msglen);
+void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);
+int64_t pmap__progress_due(const pmap_job_t *job);
+void pmap__failures_free(pmap_failure_t *f, size_t n);
 
 /* worker.c */
 extern bool pmap__in_worker;    /* this process is a worker */

@@ -24,6 +24,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 
 /* How long pool_create waits for its workers to say they are ready. */
 #define START_TIMEOUT_NS (30 * 1000000000LL)
@@ -77,6 +80,10 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_ENOMEM;
     atomic_flag_clear(&pool->busy);
     pool->owner = getpid();
+    pool->epfd = -1;
+#ifdef __linux__
+    pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
+#endif
     pool->opts = o;
     pool->nworkers = o.workers ? o.workers : pmap__cpu_count();
     pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
@@ -86,6 +93,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         pool->slots == NULL) {
         pmap__shm_unmap(pool->slots,
                         (size_t)pool->nworkers * sizeof *pool->slots);
+        pmap__close(&pool->epfd);
         free(pool->pollfds);
         free(pool->workers);
         free(pool);
@@ -149,12 +157,20 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     }
     w->pid = pid;
     w->fd = fds[0];
-    w->ready = false;
-    w->setup_map = 0;
+    w->ready = w->retiring = false;
+    w->nsetup = 0;
     w->nbatch = 0;
+    w->used = 0;
     w->next_slot = 0;
     pmap__outq_reset(&w->out);
     w->in.buf.len = w->in.start = 0;
+#ifdef __linux__
+    if (pool->epfd >= 0) {
+        struct epoll_event ev = {EPOLLIN, {.ptr = w}};
+        epoll_ctl(pool->epfd, EPOLL_CTL_ADD, w->fd, &ev);
+        w->polled_out = false;
+    }
+#endif
     rc = pmap__set_nonblocking(w->fd);
     if (rc < 0) {
         int status;
@@ -172,6 +188,7 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
 void pmap__pool_child_init(int keep_fd)
 {
     for (pool_t *p = pools; p != NULL; p = p->next) {
+        pmap__close(&p->epfd);
         for (int i = 0; i < p->nworkers; i++) {
             if (p->workers[i].fd != keep_fd)
                 pmap__close(&p->workers[i].fd);
@@ -261,9 +278,10 @@ void pool_destroy(pool_t *pool)
         pmap__outq_free(&pool->workers[i].out);
         pmap__reader_free(&pool->workers[i].in);
         pmap__shm_unmap(pool->workers[i].arena, PMAP__ARENA_SIZE);
+        free(pool->workers[i].setup);
     }
-    pmap__failures_clear(pool);
-    free(pool->failures);
+    pmap__jobs_free(pool);
+    pmap__close(&pool->epfd);
     pmap__shm_unmap(pool->slots, (size_t)pool->nworkers * sizeof *pool->slots);
     free(pool->pollfds);
     free(pool->workers);
@@ -273,6 +291,18 @@ void pool_destroy(pool_t *pool)
 int pool_size(const pool_t *pool)
 {
     return pool ? pool->nworkers : PMAP_EINVAL;
+}
+
+int pool_worker_stats(const pool_t *pool, int worker,
+                      pmap_worker_stats_t *stats)
+{
+    if (pool == NULL || stats == NULL || worker < 0 ||
+        worker >= pool->nworkers)
+        return PMAP_EINVAL;
+    const pmap__worker_t *w = &pool->workers[worker];
+    stats->pid = (long)w->pid;
+    stats->work = w->stats;
+    return 0;
 }
 
 /*

@@ -25,6 +25,7 @@
 
 /* Statuses of a worker that leaves on its own. */
 #define EXIT_DONE 0         /* the caller closed the channel, or is gone */
+#define EXIT_INIT 124       /* worker_init refused to start */
 #define EXIT_BROKEN 125     /* malformed frame or no memory: cannot go on */
 
 bool pmap__in_worker;
@@ -43,6 +44,9 @@ typedef struct worker_map {
 } worker_map_t;
 
 static struct {
+    const pool_options_t *opts; /* the pool's, for the hooks */
+    int index;                  /* in the pool */
+    void *state;                /* pmap_set_worker_state */
     int fd;
     pmap__slot_t *slot;
     unsigned char *arena;       /* shared with the caller, or NULL */
@@ -343,6 +347,14 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     free_results(fn, (size_t)count);
 }
 
+/* Leaves normally: the pool is destroyed, or this worker recycled. */
+static _Noreturn void leave(void)
+{
+    if (self.opts->worker_exit != NULL)
+        self.opts->worker_exit(self.index, self.opts->worker_arg);
+    _exit(EXIT_DONE);
+}
+
 static _Noreturn void serve(void)
 {
     for (;;) {
@@ -352,7 +364,7 @@ static _Noreturn void serve(void)
         while ((rc = pmap__reader_next(&self.in, &h, &payload)) == 0) {
             ssize_t n = pmap__reader_fill(&self.in, self.fd);
             if (n == 0 || n == -ECONNRESET)
-                _exit(EXIT_DONE);   /* the caller closed the channel */
+                leave();    /* the caller closed the channel */
             if (n < 0)
                 broken();
         }
@@ -392,8 +404,28 @@ _Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd)
     self.fd = fd;
     self.slot = &pool->slots[w->index];
     self.arena = w->arena;
+    self.opts = &pool->opts;
+    self.index = w->index;
+    if (self.opts->worker_init != NULL &&
+        self.opts->worker_init(self.index, self.opts->worker_arg) != 0)
+        _exit(EXIT_INIT);
     send_ready();
     serve();
+}
+
+int pmap_worker_index(void)
+{
+    return pmap__in_worker ? self.index : -1;
+}
+
+void pmap_set_worker_state(void *state)
+{
+    self.state = state;
+}
+
+void *pmap_worker_state(void)
+{
+    return self.state;
 }
 
 int pmap_fail(int code, const char *format, ...)

@@ -53,38 +53,44 @@ TEST(error_absurd_worker_counts)
     pool_destroy(NULL);
 }
 
+static void fake_call(void *result, void *const *argv)
+{
+    *(int *)result = *(int *)argv[0];
+}
+
+/* A descriptor of int f(int), made by hand as PMAP_EXPORT would. */
+static pmap__fn_t describe(const char *name, int line,
+                           void (*call)(void *, void *const *))
+{
+    return (pmap__fn_t){.name = name, .file = __FILE__, .line = line,
+                        .nparams = 1, .result = {PMAP__VALUE, sizeof(int)},
+                        .params = {{PMAP__VALUE, sizeof(int)}},
+                        .call = call};
+}
+
 /* A descriptor that no constructor registered. */
 TEST(error_function_not_registered)
 {
     pool_t *pool = pool_create(2);
-    pmap__fn_t fake = {"fake", __FILE__, __LINE__, 1, 0,
-                       {PMAP__VALUE, sizeof(int)},
-                       {{PMAP__VALUE, sizeof(int)}}, NULL, 0, NULL};
+    pmap__fn_t fake = describe("fake", __LINE__, NULL);
     int xs[3] = {0}, out[3];
     pmap__arg_t arg = {xs, NULL, 1, 0};
-    ASSERT_EQ(pmap__map(pool, NULL, &fake, 3, out, 1, &arg), PMAP_ENOFUNC);
+    ASSERT_EQ(pmap__map(pool, &(pmap__call_t){.count = 3}, &fake, out, 1, &arg), PMAP_ENOFUNC);
     assert_usable(pool);
     pool_destroy(pool);
-}
-
-static void fake_call(void *result, void *const *argv)
-{
-    *(int *)result = *(int *)argv[0];
 }
 
 /* Two exports with one identifier (name, file and line) are refused. */
 TEST(error_ambiguous_identifier)
 {
     pool_t *pool = pool_create(2);
-    pmap__fn_t twin = {"twice", __FILE__, 0, 1, 0,
-                       {PMAP__VALUE, sizeof(int)},
-                       {{PMAP__VALUE, sizeof(int)}}, fake_call, 0, NULL};
+    pmap__fn_t twin = describe("twice", 0, fake_call);
     int xs[3] = {1, 2, 3}, out[3];
     pmap__arg_t arg = {xs, NULL, 1, 0};
     pmap__register(&twin);
     pmap__fn_t other = twin;
     pmap__register(&other);     /* same name, file, line: same identifier */
-    ASSERT_EQ(pmap__map(pool, NULL, &twin, 3, out, 1, &arg), PMAP_EAMBIGUOUS);
+    ASSERT_EQ(pmap__map(pool, &(pmap__call_t){.count = 3}, &twin, out, 1, &arg), PMAP_EAMBIGUOUS);
     pmap__unregister(&other);
     assert_usable(pool);
     pmap__unregister(&twin);
@@ -96,13 +102,11 @@ TEST(error_ambiguous_identifier)
 TEST(error_function_unknown_to_workers)
 {
     pool_t *pool = pool_create(2);
-    pmap__fn_t late = {"late", __FILE__, __LINE__, 1, 0,
-                       {PMAP__VALUE, sizeof(int)},
-                       {{PMAP__VALUE, sizeof(int)}}, fake_call, 0, NULL};
+    pmap__fn_t late = describe("late", __LINE__, fake_call);
     pmap__register(&late);
     int xs[40] = {0}, out[40];
     pmap__arg_t arg = {xs, NULL, 1, 0};
-    ASSERT_EQ(pmap__map(pool, NULL, &late, 40, out, 1, &arg), PMAP_ENOFUNC);
+    ASSERT_EQ(pmap__map(pool, &(pmap__call_t){.count = 40}, &late, out, 1, &arg), PMAP_ENOFUNC);
     pmap__unregister(&late);
     assert_usable(pool);
     pool_destroy(pool);

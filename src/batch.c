@@ -1,0 +1,426 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * batch.c - a map's items on their way through the workers: cutting them
+ * into batches, sending them, storing the results that come back, and
+ * accounting for the items of a worker that died.
+ *
+ * Every item of a map is, at any time, in exactly one of these states, and
+ * the map is over when none is left in the first three:
+ *   not yet sent   [job->next, n)  (made by the producer, or not yet)
+ *   to send again  job->retry      (ranges whose worker died)
+ *   in flight      a batch of some worker (job->inflight counts batches)
+ *   done           its result stored, or its failure recorded (deliver.c)
+ */
+#include "pmap_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Batch sizing, when the caller does not fix it (see chunk_size). */
+#define TARGET_BATCH_NS 2000000         /* 2 ms of work a batch */
+#define TARGET_BATCH_BYTES (1u << 20)   /* 1 MiB moved a batch */
+#define FIRST_BATCH 16                  /* items, before any is measured */
+
+/* Times a range is sent again after its worker died outside any item. */
+#define MAX_ATTEMPTS 3
+
+bool pmap__job_finished(const pmap_job_t *job)
+{
+    if (job->inflight > 0)
+        return false;
+    return job->error != 0 || (job->n != SIZE_MAX && job->done == job->n);
+}
+
+/* Items worker w may still be given before it is recycled. */
+static size_t quota(const pool_t *pool, const pmap__worker_t *w)
+{
+    size_t max = pool->opts.max_items_per_worker;
+    return max == 0 ? SIZE_MAX : max > w->used ? max - w->used : 0;
+}
+
+/* Whether job has items to send to worker w now. */
+bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
+                        const pmap__worker_t *w)
+{
+    if (job->error != 0 || job->finished || quota(pool, w) == 0)
+        return false;
+    if (job->nretry > 0)
+        return true;
+    if (job->n != SIZE_MAX && job->next >= job->n)
+        return false;
+    return pmap__window_room(job, job->next) > 0;
+}
+
+static void retry_push(pool_t *pool, pmap_job_t *job, pmap__range_t r,
+                       const pmap__death_t *death)
+{
+    if (r.count == 0)
+        return;
+    if (r.attempts > MAX_ATTEMPTS || job->error != 0) {
+        for (size_t i = 0; i < r.count; i++)
+            pmap__fail_item(pool, job, r.first + i, death->error, death->code,
+                            death->pid, NULL, 0);
+        return;
+    }
+    if (job->nretry == job->retry_cap) {
+        size_t cap = job->retry_cap ? job->retry_cap * 2 : 8;
+        pmap__range_t *p = realloc(job->retry, cap * sizeof *p);
+        if (p == NULL) {
+            job->error = PMAP_ENOMEM;
+            retry_push(pool, job, r, death);
+            return;
+        }
+        job->retry = p;
+        job->retry_cap = cap;
+    }
+    job->retry[job->nretry++] = r;
+}
+
+/*
+ * The items of job that a dead worker held.  The item it was running (from
+ * its slot) failed with the death's cause; the others did nothing wrong
+ * and are sent again.  A batch that died with no item running is sent
+ * again at most MAX_ATTEMPTS times.  When the worker was killed to cancel
+ * another map, none of this map's items is to blame.
+ */
+void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
+                    const pmap__death_t *death)
+{
+    bool blameless = death->error == PMAP_ECANCELED && !job->cancelled;
+    for (int i = 0; i < w->nbatch; i++) {
+        pmap__range_t r = w->batch[i].items;
+        if (w->batch[i].job != job)
+            continue;
+        job->inflight--;
+        size_t culprit = (size_t)death->item - 1;
+        if (blameless) {
+            retry_push(pool, job, r, death);
+            continue;
+        }
+        if (death->item == 0 || death->map != job->id ||
+            culprit < r.first || culprit - r.first >= r.count) {
+            r.attempts++;
+            retry_push(pool, job, r, death);
+            continue;
+        }
+        pmap__fail_item(pool, job, culprit, death->error, death->code,
+                        death->pid, NULL, 0);
+        retry_push(pool, job,
+                   (pmap__range_t){r.first, culprit - r.first, r.attempts},
+                   death);
+        retry_push(pool, job,
+                   (pmap__range_t){culprit + 1, r.first + r.count - culprit - 1,
+                                   r.attempts},
+                   death);
+    }
+}
+
+/*
+ * Cancels job now: items not sent fail with PMAP_ECANCELED (a producer is
+ * not called again); items in flight finish, or die with their workers if
+ * the map asked for that (loop.c kills them).
+ */
+void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
+{
+    if (job->cancelled || job->finished)
+        return;
+    job->cancelled = true;
+    if (job->error == 0)
+        job->error = PMAP_ECANCELED;
+    if (job->n == SIZE_MAX)
+        job->n = job->produced;
+    static const pmap__death_t cancelled = {PMAP_ECANCELED, 0, 0, 0, 0};
+    pmap__range_t rest = {job->next, job->n - job->next, 0};
+    job->next = job->n;
+    retry_push(pool, job, rest, &cancelled);
+    while (job->nretry > 0)
+        retry_push(pool, job, job->retry[--job->nretry], &cancelled);
+    if (job->opts.kill_on_cancel)
+        pmap__loop_kill_job(pool, job);
+}
+
+/* ---- cutting batches --------------------------------------------------- */
+
+/*
+ * Bytes one item moves, both ways: measured from the frames so far, or,
+ * before any, its fixed-size arguments and result plus the variable
+ * arguments of the next item.
+ */
+static double item_bytes(pool_t *pool, pmap_job_t *job)
+{
+    const pmap__fn_t *fn = job->fn;
+    if (job->sent_items > 0) {
+        double b = (double)job->sent_bytes / (double)job->sent_items;
+        if (job->busy_items > 0)
+            b += (double)job->received_bytes / (double)job->busy_items;
+        return b > 1 ? b : 1;
+    }
+    if (job->producer != NULL && pmap__produce(pool, job, job->next + 1) <=
+                                     job->next)
+        return 1;   /* no item to look at */
+    size_t bytes = fn->result.size, i = job->next;
+    for (int k = 0; k < fn->nparams && i < job->n; k++) {
+        if (job->constants >> k & 1)
+            continue;
+        const unsigned char *item = pmap__input(job, k, i);
+        bytes += fn->params[k].size;
+        if (fn->params[k].kind == PMAP__BYTES) {
+            pmap_bytes_t b;
+            memcpy(&b, item, sizeof b);
+            bytes += b.size;
+        } else if (fn->params[k].kind != PMAP__VALUE) {
+            const char *str;
+            memcpy(&str, item, sizeof str);
+            bytes += str ? strlen(str) : 0;
+        }
+    }
+    return (double)bytes;
+}
+
+/*
+ * Items in the next batch, of `left` that could go.  Guided scheduling:
+ * never more than a share of what is left (so the end of the map is cut
+ * fine and no worker idles while another has a long batch), and sized so
+ * that a batch takes about TARGET_BATCH_NS by the workers' own measure:
+ * long enough that the cost of a round trip vanishes, short enough for
+ * progress and balance.  Capped in bytes (about 1 MiB a batch, or one item
+ * if larger) so that pipelined batches and the workers' buffers stay small.
+ */
+static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
+{
+    if (job->chunk != 0)
+        return job->chunk < left ? job->chunk : left;
+    size_t c = left / (2 * (size_t)pool->nworkers);
+    if (job->busy_items == 0) {
+        if (c > FIRST_BATCH)
+            c = FIRST_BATCH;
+    } else if (job->busy_ns > 0) {
+        double per_item = (double)job->busy_ns / (double)job->busy_items;
+        double by_time = TARGET_BATCH_NS / per_item;
+        if (by_time < (double)c)
+            c = (size_t)by_time;
+    }
+    double by_bytes = TARGET_BATCH_BYTES / item_bytes(pool, job);
+    if (by_bytes < (double)c)
+        c = (size_t)by_bytes;
+    if (c < 1)
+        c = 1;
+    return c < left ? c : left;
+}
+
+/* The items of the next batch for w (count 0: none now). */
+static pmap__range_t next_range(pool_t *pool, pmap_job_t *job,
+                                const pmap__worker_t *w)
+{
+    size_t most = quota(pool, w);
+    if (job->nretry > 0) {
+        pmap__range_t *r = &job->retry[job->nretry - 1];
+        pmap__range_t take = *r;
+        take.count = chunk_size(pool, job, r->count);
+        if (take.count > most)
+            take.count = most;
+        r->first += take.count;
+        r->count -= take.count;
+        if (r->count == 0)
+            job->nretry--;
+        return take;
+    }
+    size_t room = pmap__window_room(job, job->next);
+    size_t left = job->n != SIZE_MAX ? job->n - job->next : room;
+    size_t c = chunk_size(pool, job, left);
+    c = c < room ? c : room;
+    c = c < most ? c : most;
+    if (job->producer != NULL) {
+        size_t made = pmap__produce(pool, job, job->next + c);
+        c = made - job->next < c ? made - job->next : c;
+    }
+    pmap__range_t take = {job->next, c, 0};
+    job->next += c;
+    return take;
+}
+
+static bool set_up_on(const pmap__worker_t *w, uint32_t map)
+{
+    for (size_t i = 0; i < w->nsetup; i++) {
+        if (w->setup[i] == map)
+            return true;
+    }
+    return false;
+}
+
+/*
+ * Queues the next batch of job for worker w, after the map's SETUP frame if
+ * w has not had it.  Returns 0, 1 if there was nothing to send, or
+ * PMAP_ENOMEM.  TASK payload: u64 function id | u64 first | u64 count |
+ * u64 arena slot | a column per argument that is not a constant.
+ */
+int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
+{
+    pmap__range_t r = next_range(pool, job, w);
+    if (r.count == 0)
+        return 1;
+    pmap__outq_t *q = &w->out;
+    if (!set_up_on(w, job->id)) {
+        if (w->nsetup == w->setup_cap) {
+            size_t cap = w->setup_cap ? w->setup_cap * 2 : 4;
+            uint32_t *p = realloc(w->setup, cap * sizeof *p);
+            if (p == NULL)
+                return PMAP_ENOMEM;
+            w->setup = p;
+            w->setup_cap = cap;
+        }
+        w->setup[w->nsetup++] = job->id;
+        pmap__outq_append(q, &job->setup);
+    }
+    uint64_t queued = q->total;
+    size_t frame = pmap__outq_begin(q, PMAP__TASK, job->id);
+    pmap__outq_u64(q, job->fn->id);
+    pmap__outq_u64(q, r.first);
+    pmap__outq_u64(q, r.count);
+    unsigned slot = w->next_slot++ % 2;
+    pmap__outq_u64(q, slot);
+    pmap__region_t shared = pmap__arena_slot(w->arena, slot, false);
+    for (int k = 0; k < job->fn->nparams; k++) {
+        if (job->constants >> k & 1)
+            continue;
+        size_t size = job->fn->params[k].size;
+        pmap__column_encode(q, job->fn->params[k], pmap__input(job, k, r.first),
+                            size, r.count, &shared);
+    }
+    pmap__outq_end(q, frame);
+    job->sent_bytes += q->total - queued;
+    job->sent_items += r.count;
+    w->batch[w->nbatch++] = (pmap__batch_t){job, r, slot};
+    w->used += r.count;
+    job->inflight++;
+    job->stats.batches++;
+    w->stats.batches++;
+    return q->error;
+}
+
+/* ---- results ----------------------------------------------------------- */
+
+/* Copies variable result j (a string or buffer in the frame or in shared
+ * memory) into memory the caller will own; false without memory.  Lengths
+ * come from the frame: shared bytes may change under us, not the frame. */
+static bool store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
+                           size_t j, unsigned char *dst)
+{
+    const unsigned char *v = col->base + j * col->stride;
+    const void *data;
+    memcpy(&data, v, sizeof data);  /* both kinds begin with the pointer */
+    if (data == NULL) {
+        memset(dst, 0, fn->result.size);
+        return true;
+    }
+    size_t len = pmap__column_length(col, j);
+    unsigned char *copy = malloc(len + 1);
+    if (copy == NULL)
+        return false;
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    if (fn->result.kind == PMAP__BYTES)
+        memcpy(dst, &(pmap_bytes_t){copy, len}, sizeof(pmap_bytes_t));
+    else
+        memcpy(dst, &copy, sizeof copy);
+    return true;
+}
+
+/*
+ * Stores items [first, first + count) of a checked RESULT, in runs between
+ * the failed items, which the worker lists in item order.
+ */
+static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
+                          size_t first, size_t count, const pmap__result_t *res)
+{
+    const pmap__fn_t *fn = job->fn;
+    size_t size = fn->result.size, run = first, end = first + count;
+    const unsigned char *record = res->failures;
+    pmap__failure_record_t f = {SIZE_MAX, 0, NULL, 0};
+    uint64_t taken = 0;
+    if (taken < res->nfailed) {
+        record = pmap__failure_next(record, &f);
+        taken++;
+    }
+    if (fn->result.kind == PMAP__VALUE)
+        memcpy(pmap__output(job, first), res->column.base, count * size);
+    for (size_t i = first; i < end; i++) {
+        int error = 0;
+        if (i == f.index)
+            error = PMAP_EFAIL;
+        else if (fn->result.kind != PMAP__VALUE &&
+                 !store_variable(fn, &res->column, i - first,
+                                 pmap__output(job, i)))
+            error = PMAP_ENOMEM;
+        if (error == 0)
+            continue;
+        pmap__stored(pool, job, run, i - run);
+        run = i + 1;
+        if (error == PMAP_ENOMEM) {
+            pmap__fail_item(pool, job, i, error, 0, w->pid, NULL, 0);
+            continue;
+        }
+        pmap__fail_item(pool, job, i, error, f.code, w->pid, f.message,
+                        f.length);
+        f.index = SIZE_MAX;
+        if (taken < res->nfailed) {
+            record = pmap__failure_next(record, &f);
+            taken++;
+        }
+    }
+    pmap__stored(pool, job, run, end - run);
+}
+
+/*
+ * A RESULT from worker w answers its oldest batch.  The frame is checked
+ * whole before anything is stored; PMAP_EPROTO means the worker is broken.
+ */
+int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
+                     const unsigned char *p, size_t len)
+{
+    if (w->nbatch == 0 || w->batch[0].job != job)
+        return PMAP_EPROTO;
+    pmap__range_t r = w->batch[0].items;
+    const pmap__fn_t *fn = job->fn;
+    job->scratch.len = 0;
+    void *scratch = pmap__buf_append(&job->scratch,
+                                     pmap__column_scratch(fn->result, r.count));
+    if (scratch == NULL)
+        return PMAP_ENOMEM;
+    pmap__result_t res;
+    pmap__region_t shared = pmap__arena_slot(w->arena, w->batch[0].slot, true);
+    int rc = pmap__result_decode(p, len, fn->result, r.first, r.count,
+                                 scratch, &res, &shared);
+    if (rc < 0)
+        return rc;
+    w->batch[0] = w->batch[1];
+    w->nbatch--;
+    job->inflight--;
+    job->busy_ns += res.busy_ns;
+    job->busy_items += r.count;
+    job->received_bytes += len;
+    job->stats.busy_ns += res.busy_ns;
+    w->stats.busy_ns += res.busy_ns;
+    w->stats.items += r.count;
+    store_results(pool, job, w, r.first, r.count, &res);
+    return 0;
+}
+
+/* A MAP_ERROR: the function cannot run on w; the map fails with its code. */
+int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
+                        const unsigned char *p, size_t len)
+{
+    (void)pool;
+    if (w->nbatch == 0 || w->batch[0].job != job || len < sizeof(uint64_t))
+        return PMAP_EPROTO;
+    int64_t code = (int64_t)pmap__get_u64(p);
+    if (code >= 0 || code < INT_MIN)
+        return PMAP_EPROTO;
+    if (job->error == 0)
+        job->error = (int)code;
+    job->inflight--;
+    w->batch[0] = w->batch[1];
+    w->nbatch--;
+    return 0;
+}

@@ -1,0 +1,330 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * deliver.c - where a map's items come from and where its results go.
+ *
+ * Items come from the caller's arrays, or from a producer called on demand;
+ * results go to the caller's output array, or to a callback, in input order
+ * or as they arrive.  The streaming cases share one bounded window: a ring
+ * of `size` places where item i lives at i % size, from its making (or its
+ * sending) to its handing over.  An item is made or sent only when its
+ * place is free, so memory stays bounded by the window whatever the number
+ * of items; in order, a result that arrives early waits in its place until
+ * every earlier one has been handed over.
+ *
+ * This file also keeps a map's failure records and calls its progress
+ * callback: everything the caller sees of a map while it runs.
+ */
+#include "pmap_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_WINDOW 65536            /* items */
+#define DEFAULT_PROGRESS_NS 100000000   /* 0.1 s */
+
+/* The state of a window place. */
+enum { EMPTY, STORED, FAILED, HANDED };
+
+static const char no_message[] = "";
+
+/* ---- failure records --------------------------------------------------- */
+
+void pmap__failures_free(pmap_failure_t *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (f[i].message != no_message)
+            free((char *)f[i].message);
+    }
+    free(f);
+}
+
+/* Appends a failure record; returns its index, or SIZE_MAX without memory
+ * (the failure still counts in job->failed). */
+static size_t record(pmap_job_t *job, const pmap_failure_t *f,
+                     const char *msg, size_t msglen)
+{
+    if (job->nfailures == job->failures_cap) {
+        size_t cap = job->failures_cap ? job->failures_cap * 2 : 16;
+        pmap_failure_t *p = realloc(job->failures, cap * sizeof *p);
+        if (p == NULL)
+            return SIZE_MAX;
+        job->failures = p;
+        job->failures_cap = cap;
+    }
+    char *text = msglen > 0 ? malloc(msglen + 1) : NULL;
+    if (text != NULL) {
+        memcpy(text, msg, msglen);
+        text[msglen] = '\0';
+    }
+    job->failures[job->nfailures] = *f;
+    job->failures[job->nfailures].message = text ? text : no_message;
+    return job->nfailures++;
+}
+
+/* ---- the window -------------------------------------------------------- */
+
+/* Sets up the window of a map that needs one.  Returns 0 or PMAP_ENOMEM. */
+int pmap__window_init(pool_t *pool, pmap_job_t *job)
+{
+    pmap__window_t *w = &job->window;
+    if (job->producer == NULL && job->out != NULL)
+        return 0;
+    size_t size = job->opts.window ? job->opts.window : DEFAULT_WINDOW;
+    size_t least = 2 * PMAP__DEPTH * (size_t)pool->nworkers;
+    if (size < least)
+        size = least;   /* room for a batch per worker */
+    if (job->n != SIZE_MAX && job->n < size)
+        size = job->n;
+    const pmap__fn_t *fn = job->fn;
+    w->size = size;
+    for (int k = 0; k < fn->nparams && job->producer != NULL; k++) {
+        w->inputs[k] = calloc(size, fn->params[k].size);
+        if (w->inputs[k] == NULL)
+            return PMAP_ENOMEM;
+    }
+    w->results = calloc(size, fn->result.size);
+    w->state = calloc(size, 1);
+    w->failure = calloc(size, sizeof *w->failure);
+    return w->results && w->state && w->failure ? 0 : PMAP_ENOMEM;
+}
+
+/* Frees what a variable value owns (a produced input, or a result never
+ * handed over), in place. */
+static void free_value(pmap__type_t type, unsigned char *value)
+{
+    void *p;
+    memcpy(&p, value, sizeof p);    /* both kinds begin with the pointer */
+    if (type.kind != PMAP__VALUE)
+        free(p);
+    memset(value, 0, type.size);
+}
+
+static void free_inputs(pmap_job_t *job, size_t place)
+{
+    const pmap__fn_t *fn = job->fn;
+    for (int k = 0; k < fn->nparams && job->producer != NULL; k++)
+        free_value(fn->params[k],
+                   job->window.inputs[k] + place * fn->params[k].size);
+}
+
+void pmap__window_free(pmap_job_t *job)
+{
+    pmap__window_t *w = &job->window;
+    if (w->size == 0)
+        return;
+    size_t end = job->producer ? job->produced : job->next;
+    for (size_t i = w->low; i < end; i++) {
+        size_t place = i % w->size;
+        free_inputs(job, place);
+        if (w->state[place] == STORED)
+            free_value(job->fn->result,
+                       w->results + place * job->fn->result.size);
+    }
+    for (int k = 0; k < PMAP_MAX_ARGS; k++)
+        free(w->inputs[k]);
+    free(w->results);
+    free(w->state);
+    free(w->failure);
+    memset(w, 0, sizeof *w);
+}
+
+/*
+ * How many items from `first` on may be sent now: the free places of the
+ * window, up to its wrap (a batch never wraps).  Unlimited without one.
+ */
+size_t pmap__window_room(const pmap_job_t *job, size_t first)
+{
+    const pmap__window_t *w = &job->window;
+    if (w->size == 0)
+        return SIZE_MAX;
+    size_t used = first - w->low;
+    if (used >= w->size)
+        return 0;
+    size_t room = w->size - used, wrap = w->size - first % w->size;
+    return room < wrap ? room : wrap;
+}
+
+/* Copies a produced string or buffer, which the producer may reuse. */
+static int own_value(pmap__type_t type, unsigned char *value)
+{
+    if (type.kind == PMAP__BYTES) {
+        pmap_bytes_t b;
+        memcpy(&b, value, sizeof b);
+        if (b.data == NULL)
+            return 0;
+        void *copy = malloc(b.size ? b.size : 1);
+        if (copy == NULL)
+            return PMAP_ENOMEM;
+        memcpy(copy, b.data, b.size);
+        b.data = copy;
+        memcpy(value, &b, sizeof b);
+    } else if (type.kind != PMAP__VALUE) {
+        const char *s;
+        memcpy(&s, value, sizeof s);
+        if (s == NULL)
+            return 0;
+        size_t n = strlen(s) + 1;
+        char *copy = malloc(n);
+        if (copy == NULL)
+            return PMAP_ENOMEM;
+        memcpy(copy, s, n);
+        memcpy(value, &copy, sizeof copy);
+    }
+    return 0;
+}
+
+/*
+ * Calls the producer until `upto` items exist, it has no more, or it
+ * fails (the map then fails with its code).  Returns the items made.
+ */
+size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto)
+{
+    (void)pool;
+    const pmap__fn_t *fn = job->fn;
+    while (job->produced < upto && job->n == SIZE_MAX) {
+        size_t place = job->produced % job->window.size;
+        void *slot[PMAP_MAX_ARGS];
+        for (int k = 0; k < fn->nparams; k++) {
+            slot[k] = job->window.inputs[k] + place * fn->params[k].size;
+            memset(slot[k], 0, fn->params[k].size);
+        }
+        int rc = fn->pull(job->producer, job->producer_ctx, slot);
+        for (int k = 0; k < fn->nparams && rc > 0; k++) {
+            if (own_value(fn->params[k], slot[k]) < 0)
+                rc = PMAP_ENOMEM;
+        }
+        if (rc <= 0) {
+            free_inputs(job, place);
+            if (rc < 0 && job->error == 0)
+                job->error = rc;
+            job->n = job->produced;     /* no more items */
+            break;
+        }
+        job->window.state[place] = EMPTY;
+        job->produced++;
+    }
+    return job->produced;
+}
+
+/* Where argument k of item index is. */
+const unsigned char *pmap__input(const pmap_job_t *job, int k, size_t index)
+{
+    size_t size = job->fn->params[k].size;
+    if (job->producer != NULL)
+        return job->window.inputs[k] + index % job->window.size * size;
+    return (const unsigned char *)job->args[k].array + index * size;
+}
+
+/* Where the result of item index goes. */
+unsigned char *pmap__output(const pmap_job_t *job, size_t index)
+{
+    size_t size = job->fn->result.size;
+    if (job->out != NULL)
+        return job->out + index * size;
+    return job->window.results + index % job->window.size * size;
+}
+
+/* ---- handing results over ---------------------------------------------- */
+
+static void hand_over(pmap_job_t *job, size_t index)
+{
+    pmap__window_t *w = &job->window;
+    size_t place = index % w->size;
+    static const pmap_failure_t unrecorded = {0, PMAP_ENOMEM, 0, 0,
+                                              no_message};
+    const pmap_failure_t *f = NULL;
+    if (w->state[place] == FAILED)
+        f = w->failure[place] < job->nfailures ? &job->failures[w->failure[place]]
+                                               : &unrecorded;
+    void *result = f ? NULL : pmap__output(job, index);
+    if (job->opts.on_result(job->opts.ctx, index, result, f) != 0)
+        job->cancel = 1;
+    free_inputs(job, place);
+    w->state[place] = HANDED;
+}
+
+/* Hands over what may be, and frees the places of the window behind. */
+static void deliver(pmap_job_t *job)
+{
+    pmap__window_t *w = &job->window;
+    size_t end = job->producer ? job->produced : job->next;
+    while (w->low < end) {
+        size_t place = w->low % w->size;
+        if (!job->opts.unordered &&
+            (w->state[place] == STORED || w->state[place] == FAILED))
+            hand_over(job, w->low);
+        if (w->state[place] != HANDED)
+            break;
+        w->state[place] = EMPTY;
+        w->low++;
+    }
+}
+
+/* Items [first, first + count) have their results stored. */
+void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
+{
+    (void)pool;
+    job->done += count;
+    if (job->window.size == 0)
+        return;
+    for (size_t i = first; i < first + count; i++) {
+        job->window.state[i % job->window.size] = STORED;
+        if (job->opts.unordered)
+            hand_over(job, i);
+    }
+    deliver(job);
+}
+
+/* Item index failed: records why, zeroes its output, hands it over. */
+void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
+                     int code, long pid, const char *msg, size_t msglen)
+{
+    (void)pool;
+    job->failed++;
+    job->done++;
+    pmap_failure_t f = {index, error, code, pid, NULL};
+    size_t at = record(job, &f, msg, msglen);
+    unsigned char *out = pmap__output(job, index);
+    memset(out, 0, job->fn->result.size);
+    if (job->window.size == 0)
+        return;
+    size_t place = index % job->window.size;
+    job->window.state[place] = FAILED;
+    job->window.failure[place] = at;
+    if (job->opts.unordered)
+        hand_over(job, index);
+    deliver(job);
+}
+
+/* ---- progress ---------------------------------------------------------- */
+
+static int64_t progress_period(const pmap_job_t *job)
+{
+    double s = job->opts.progress_interval;
+    return s > 0 && s < 1e6 ? (int64_t)(s * 1e9) : DEFAULT_PROGRESS_NS;
+}
+
+/* When the progress callback is next due, or -1 if it never is. */
+int64_t pmap__progress_due(const pmap_job_t *job)
+{
+    if (job->opts.on_progress == NULL || job->finished)
+        return -1;
+    return job->progress_ns + progress_period(job);
+}
+
+/* Calls the progress callback if due (or, final, once at the end). */
+void pmap__progress(pool_t *pool, pmap_job_t *job, bool final)
+{
+    (void)pool;
+    if (job->opts.on_progress == NULL)
+        return;
+    int64_t now = pmap__now_ns();
+    if (!final && now < job->progress_ns + progress_period(job))
+        return;
+    job->progress_ns = now;
+    pmap_progress_t p = {job->done, job->failed,
+                         job->n == SIZE_MAX ? 0 : job->n,
+                         (double)(now - job->start_ns) / 1e9};
+    if (job->opts.on_progress(job->opts.ctx, &p) != 0)
+        job->cancel = 1;
+}

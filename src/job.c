@@ -1,0 +1,335 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * job.c - a map as the caller sees it: starting it, in whichever form it
+ * was asked for (arrays or a producer, an output array or a callback, now
+ * or in the background, many items or one call); waiting for it; cancelling
+ * it; and its outcome: code, failures, counters.
+ *
+ * Every form becomes one pmap_job_t in the pool's list, and every job is
+ * driven by the same loop (loop.c): a map waited for and maps in the
+ * background share the workers, in the order they were started.
+ */
+#include "pmap_internal.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
+                      const void *out, int nargs, const pmap__arg_t *args)
+{
+    const pool_map_options_t *o = call->options;
+    if (fn == NULL || (o != NULL && o->timeout != o->timeout))  /* NaN */
+        return PMAP_EINVAL;
+    bool to_callback = o != NULL && o->on_result != NULL;
+    if (call->producer != NULL)
+        return to_callback && out == NULL && nargs == 0 ? 0 : PMAP_EINVAL;
+    size_t n = call->count;
+    if (to_callback == (out != NULL) || n == 0 || args == NULL ||
+        nargs != fn->nparams || nargs < 1 || nargs > PMAP_MAX_ARGS ||
+        n > SIZE_MAX / fn->result.size)
+        return PMAP_EINVAL;
+    for (int k = 0; k < nargs; k++) {
+        if (args[k].is_array == args[k].is_const ||
+            (args[k].is_array && args[k].array == NULL) ||
+            n > SIZE_MAX / fn->params[k].size)
+            return PMAP_EINVAL;
+    }
+    return 0;
+}
+
+/*
+ * Builds the map's SETUP frame: u64 function id | u64 signature | u64
+ * constants mask | u64 flags | one column of one value per constant.
+ */
+static void encode_setup(pmap_job_t *job)
+{
+    pmap__outq_t *q = &job->setup;
+    const pmap__fn_t *fn = job->fn;
+    size_t frame = pmap__outq_begin(q, PMAP__SETUP, job->id);
+    pmap__outq_u64(q, fn->id);
+    pmap__outq_u64(q, pmap__signature(fn));
+    pmap__outq_u64(q, job->constants);
+    pmap__outq_u64(q, job->timeout_ns > 0);     /* flags: bit 0, timed */
+    for (int k = 0; k < fn->nparams; k++) {
+        if (!(job->constants >> k & 1))
+            continue;
+        pmap__type_t t = fn->params[k];
+        if (job->args[k].is_const && t.kind == PMAP__VALUE) {
+            /* The value lives in the caller's stack frame: copy it. */
+            pmap__outq_copy(q, job->args[k].value, t.size);
+            pmap__outq_pad(q);
+        } else if (job->args[k].is_const) {
+            pmap__column_encode(q, t, job->args[k].value, 0, 1, NULL);
+        } else {
+            /* A method's object, by address: large ones are referenced. */
+            pmap__column_encode(q, t, job->args[k].array, 0, 1, NULL);
+        }
+    }
+    pmap__outq_end(q, frame);
+}
+
+static void job_free(pmap_job_t *job)
+{
+    pmap__window_free(job);
+    pmap__outq_free(&job->setup);
+    pmap__buf_free(&job->scratch);
+    free(job->retry);
+    pmap__failures_free(job->failures, job->nfailures);
+    free(job);
+}
+
+static void unlink_job(pool_t *pool, pmap_job_t *job)
+{
+    for (pmap_job_t **p = &pool->jobs; *p != NULL; p = &(*p)->later) {
+        if (*p == job) {
+            *p = job->later;
+            return;
+        }
+    }
+}
+
+static int job_start(pool_t *pool, const pmap__call_t *call,
+                     const pmap__fn_t *fn, void *out, const pmap__arg_t *args,
+                     pmap_job_t **jobp)
+{
+    pmap_job_t *job = calloc(1, sizeof *job);
+    if (job == NULL)
+        return PMAP_ENOMEM;
+    const pool_map_options_t *o = call->options;
+    if (o != NULL)
+        job->opts = *o;
+    if (++pool->last_map == 0)
+        pool->last_map = 1;
+    job->pool = pool;
+    job->id = pool->last_map;
+    job->fn = fn;
+    job->out = out;
+    job->producer = call->producer;
+    job->producer_ctx = call->producer_ctx;
+    job->n = call->producer ? SIZE_MAX : call->count;
+    for (int k = 0; k < fn->nparams && call->producer == NULL; k++) {
+        job->args[k] = args[k];
+        if (args[k].is_const || (k == 0 && fn->method))
+            job->constants |= (uint64_t)1 << k;
+    }
+    job->chunk = job->opts.chunk ? job->opts.chunk : pool->opts.chunk;
+    double timeout = job->opts.timeout ? job->opts.timeout : pool->opts.timeout;
+    if (timeout > 0)    /* at least 1 ns, at most about 290 years */
+        job->timeout_ns = timeout < 9e9 ? (int64_t)(timeout * 1e9) + 1
+                                        : INT64_MAX / 2;
+    job->start_ns = job->progress_ns = pmap__now_ns();
+    encode_setup(job);
+    int rc = job->setup.error;
+    if (rc == 0)
+        rc = pmap__window_init(pool, job);
+    if (rc < 0) {
+        job_free(job);
+        return rc;
+    }
+    pmap_job_t **tail = &pool->jobs;
+    while (*tail != NULL)
+        tail = &(*tail)->later;
+    *tail = job;
+    *jobp = job;
+    return 0;
+}
+
+static int by_index(const void *a, const void *b)
+{
+    size_t x = ((const pmap_failure_t *)a)->index;
+    size_t y = ((const pmap_failure_t *)b)->index;
+    return (x > y) - (x < y);
+}
+
+/*
+ * If job has just finished, closes it: last progress call, failures in
+ * order, its code, counters, and END frames so that workers forget it.
+ * Returns whether it did.
+ */
+bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
+{
+    if (job->finished || !pmap__job_finished(job))
+        return false;
+    pmap__progress(pool, job, true);
+    job->finished = true;
+    if (job->nfailures > 1)
+        qsort(job->failures, job->nfailures, sizeof *job->failures,
+              by_index);
+    job->rc = job->error ? job->error
+                         : job->failed > INT_MAX ? INT_MAX : (int)job->failed;
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        for (size_t s = 0; s < w->nsetup; s++) {
+            if (w->setup[s] != job->id)
+                continue;
+            w->setup[s] = w->setup[--w->nsetup];
+            size_t frame = pmap__outq_begin(&w->out, PMAP__END, job->id);
+            pmap__outq_end(&w->out, frame);
+            break;
+        }
+    }
+    pmap_stats_t *s = &job->stats, *t = &pool->total;
+    s->maps = 1;
+    s->items = job->done;
+    s->failed = job->failed;
+    s->bytes_sent = job->sent_bytes;
+    s->bytes_received = job->received_bytes;
+    s->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
+    t->maps++;
+    t->items += s->items;
+    t->failed += s->failed;
+    t->batches += s->batches;
+    t->bytes_sent += s->bytes_sent;
+    t->bytes_received += s->bytes_received;
+    t->busy_ns += s->busy_ns;
+    t->wall_ns += s->wall_ns;
+    pmap__window_free(job);
+    pmap__outq_free(&job->setup);
+    return true;
+}
+
+/* Makes job the pool's "last map" (pool_failures, pool_stats) and frees
+ * it. */
+static void job_retire(pool_t *pool, pmap_job_t *job)
+{
+    unlink_job(pool, job);
+    pmap__failures_free(pool->failures, pool->nfailures);
+    pool->failures = job->failures;
+    pool->nfailures = job->nfailures;
+    job->failures = NULL;
+    job->nfailures = 0;
+    pool->last = job->stats;
+    job_free(job);
+}
+
+int pmap__map(pool_t *pool, const pmap__call_t *call, const pmap__fn_t *fn,
+              void *out, int nargs, const pmap__arg_t *args)
+{
+    int rc = pmap__in_worker ? PMAP_ENESTED
+                             : check_call(call, fn, out, nargs, args);
+    if (rc == 0)
+        rc = pmap__pool_enter(pool);
+    if (rc < 0)
+        return rc;
+    pmap_job_t *job = NULL;
+    rc = pmap__registry_check(fn);
+    if (rc == 0)
+        rc = job_start(pool, call, fn, out, args, &job);
+    if (rc == 0 && call->handle != NULL) {
+        job->background = true;
+        *call->handle = job;
+        pmap__loop_once(pool);  /* start sending work now */
+        pmap__pool_leave(pool);
+        return 0;
+    }
+    if (rc == 0) {
+        rc = pmap__loop_run(pool, job, -1);
+        if (rc < 0 && !job->finished) {
+            /* The loop itself failed: give the map up. */
+            if (job->error == 0)
+                job->error = rc;
+            pmap__loop_kill_job(pool, job);
+            job->inflight = 0;
+            pmap__job_settle(pool, job);
+        }
+        rc = job->rc;
+        job_retire(pool, job);
+    }
+    pmap__pool_leave(pool);
+    return rc;
+}
+
+int pmap_job_wait(pmap_job_t *job, double timeout)
+{
+    if (job == NULL || timeout != timeout)
+        return PMAP_EINVAL;
+    if (job->finished)
+        return job->rc;
+    int rc = pmap__pool_enter(job->pool);
+    if (rc < 0)
+        return rc;
+    int64_t deadline = -1;
+    if (timeout >= 0)
+        deadline = pmap__now_ns() + (timeout < 1e9 ? (int64_t)(timeout * 1e9)
+                                                   : INT64_MAX / 4);
+    rc = pmap__loop_run(job->pool, job, deadline);
+    pmap__pool_leave(job->pool);
+    return job->finished ? job->rc : rc < 0 ? rc : PMAP_ETIMEDOUT;
+}
+
+void pmap_job_cancel(pmap_job_t *job)
+{
+    if (job != NULL)
+        job->cancel = 1;
+}
+
+void pool_cancel(pool_t *pool)
+{
+    if (pool != NULL)
+        pool->cancel = 1;
+}
+
+size_t pmap_job_failures(const pmap_job_t *job,
+                         const pmap_failure_t **failures)
+{
+    if (failures != NULL)
+        *failures = job ? job->failures : NULL;
+    return job ? job->nfailures : 0;
+}
+
+int pmap_job_stats(const pmap_job_t *job, pmap_stats_t *stats)
+{
+    if (job == NULL || stats == NULL)
+        return PMAP_EINVAL;
+    *stats = job->stats;
+    stats->items = job->done;
+    stats->failed = job->failed;
+    return 0;
+}
+
+void pmap_job_free(pmap_job_t *job)
+{
+    if (job == NULL)
+        return;
+    pool_t *pool = job->pool;
+    if (!job->finished && pmap__pool_enter(pool) == 0) {
+        job->opts.kill_on_cancel = 1;
+        job->cancel = 1;
+        pmap__loop_run(pool, job, -1);
+        pmap__pool_leave(pool);
+    }
+    unlink_job(pool, job);
+    job_free(job);
+}
+
+/* Frees every map of a pool being destroyed. */
+void pmap__jobs_free(pool_t *pool)
+{
+    while (pool->jobs != NULL) {
+        pmap_job_t *job = pool->jobs;
+        pool->jobs = job->later;
+        job_free(job);
+    }
+    pmap__failures_free(pool->failures, pool->nfailures);
+    pool->failures = NULL;
+    pool->nfailures = 0;
+}
+
+size_t pool_failures(const pool_t *pool, const pmap_failure_t **failures)
+{
+    if (failures != NULL)
+        *failures = pool ? pool->failures : NULL;
+    return pool ? pool->nfailures : 0;
+}
+
+int pool_stats(const pool_t *pool, pmap_stats_t *last, pmap_stats_t *total)
+{
+    if (pool == NULL)
+        return PMAP_EINVAL;
+    if (last != NULL)
+        *last = pool->last;
+    if (total != NULL)
+        *total = pool->total;
+    return 0;
+}
