@@ -8,3 +8,9 @@ for example in add partial method; do
 done
 echo "\$ wc include/pmap.h src/*.c"
 "$bin/wc" include/pmap.h src/*.c
+echo "\$ grep 'pool_(map|call)' include/pmap.h"
+"$bin/grep" 'pool_(map|call)' include/pmap.h
+echo "\$ mandelbrot 640 480 $bin/mandelbrot.pgm"
+"$bin/mandelbrot" 640 480 "$bin/mandelbrot.pgm"
+echo "\$ async_poll"
+"$bin/async_poll"

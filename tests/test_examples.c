@@ -47,3 +47,47 @@ TEST(example_wc_matches_wc)
     ASSERT_EQ(test_run(cmd, want, sizeof want), 0);
     expect_output("wc", "include/pmap.h", want, 0);
 }
+
+TEST(example_grep_matches_grep)
+{
+    if (test_run("command -v grep >/dev/null", NULL, 0) != 0)
+        SKIP("no grep to compare with");
+    const char *cases[][2] = {{"'pool_(map|call)'", "include/pmap.h"},
+                              {"'^[a-z_ ]+\\('", "src/job.c"},
+                              {"'x{3}|PMAP_E[A-Z]+'", "README.md"}};
+    for (int i = 0; i < 3; i++) {
+        char cmd[1024], want[65536];
+        snprintf(cmd, sizeof cmd, "LC_ALL=C grep -E %s %s", cases[i][0],
+                 cases[i][1]);
+        ASSERT_EQ(test_run(cmd, want, sizeof want), 0);
+        char args[512];
+        snprintf(args, sizeof args, "%s %s", cases[i][0], cases[i][1]);
+        expect_output("grep", args, want, 0);
+    }
+    expect_output("grep", "'no such text anywhere' Makefile", "", 1);
+}
+
+TEST(example_mandelbrot_renders_the_same_image_with_one_worker)
+{
+    char cmd[1024], out[1024];
+    snprintf(cmd, sizeof cmd,
+             "%s/examples/mandelbrot 160 120 %s/tests/m.pgm 2>/dev/null",
+             test_build_dir(), test_build_dir());
+    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+    ASSERT(strstr(out, "identical images") != NULL);
+    snprintf(cmd, sizeof cmd, "head -c 15 %s/tests/m.pgm",
+             test_build_dir());
+    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+    ASSERT_STR_EQ(out, "P5\n160 120\n255\n");
+}
+
+TEST(example_async_poll)
+{
+    expect_output("async_poll", "",
+                  "primes below 4000000: 283146\n"
+                  "longest Collatz chain from 1..1000000: 524 steps, "
+                  "from 837799\n"
+                  "sum of the last three digits of the cubes of 0..99999: "
+                  "45000000\n",
+                  0);
+}
