@@ -343,14 +343,28 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         record = pmap__failure_next(record, &f);
         taken++;
     }
-    if (fn->result.kind == PMAP__VALUE)
+    if (fn->result.kind == PMAP__VALUE) {
+        /* One copy, then only the failed items are visited. */
         memcpy(pmap__output(job, first), res->column.base, count * size);
+        while (f.index != SIZE_MAX) {
+            pmap__stored(pool, job, run, (size_t)f.index - run);
+            pmap__fail_item(pool, job, (size_t)f.index, PMAP_EFAIL, f.code,
+                            w->pid, f.message, f.length);
+            run = (size_t)f.index + 1;
+            f.index = SIZE_MAX;
+            if (taken < res->nfailed) {
+                record = pmap__failure_next(record, &f);
+                taken++;
+            }
+        }
+        pmap__stored(pool, job, run, end - run);
+        return;
+    }
     for (size_t i = first; i < end; i++) {
         int error = 0;
         if (i == f.index)
             error = PMAP_EFAIL;
-        else if (fn->result.kind != PMAP__VALUE &&
-                 !store_variable(fn, &res->column, i - first,
+        else if (!store_variable(fn, &res->column, i - first,
                                  pmap__output(job, i)))
             error = PMAP_ENOMEM;
         if (error == 0)
