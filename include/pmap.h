@@ -132,7 +132,38 @@ typedef struct pool_options {
     void *worker_arg;           /* passed to both */
     size_t max_items_per_worker;    /* replace a worker after it ran this
                                        many items (leaky code); 0: never */
+    int start;              /* how workers are made: enum pmap_start */
+    double start_timeout;   /* seconds a new worker has to get ready
+                               (worker_init included) before it is taken
+                               for stuck and killed; 0: 30 */
 } pool_options_t;
+
+/*
+ * How a pool's workers are made (README, "Start methods"):
+ *  - PMAP_START_FORK: forked from the caller, as it is at pool_create and
+ *    whenever a worker is replaced;
+ *  - PMAP_START_SERVER: forked from the fork server that pmap_init started,
+ *    a copy of the program as it was then: the cost of starting a worker
+ *    does not grow with the caller's heap, and no lock held by one of the
+ *    caller's threads is held in a worker;
+ *  - PMAP_START_AUTO (0, the default): the server if pmap_init was called,
+ *    else fork.
+ */
+enum pmap_start { PMAP_START_AUTO, PMAP_START_FORK, PMAP_START_SERVER };
+
+/*
+ * Starts the fork server.  Call it first thing in main, before the program
+ * starts threads or fills its heap: every worker of a pool using the server
+ * is a copy of the program as it is now (what it inherits: README, "Start
+ * methods").  The server is a small process that leaves with the program.
+ * Returns 0 (also if already started), PMAP_ENESTED in a worker, or a
+ * system code.
+ */
+PMAP_API int pmap_init(void);
+
+/* Stops the fork server and waits for it (destroy the pools using it
+ * first); a later pmap_init starts a new one.  Not needed before exit. */
+PMAP_API void pmap_exit(void);
 
 /*
  * Forks the workers of a new pool, once: they serve every later pool_map

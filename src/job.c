@@ -260,14 +260,18 @@ int pmap_job_wait(pmap_job_t *job, double timeout)
 
 void pmap_job_cancel(pmap_job_t *job)
 {
-    if (job != NULL)
+    if (job != NULL) {
         job->cancel = 1;
+        pmap__pool_wake(job->pool);
+    }
 }
 
 void pool_cancel(pool_t *pool)
 {
-    if (pool != NULL)
+    if (pool != NULL) {
         pool->cancel = 1;
+        pmap__pool_wake(pool);
+    }
 }
 
 size_t pmap_job_failures(const pmap_job_t *job,

@@ -47,7 +47,7 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
     int status = 0;
-    int rc = pmap__worker_reap(w, &status);
+    int rc = pmap__worker_reap(pool, w, &status);
     if (error != 0) {
         death.error = error;
     } else if (rc < 0) {
@@ -275,6 +275,27 @@ static int64_t enforce_timeouts(pool_t *pool)
     return next;
 }
 
+/* Kills the workers that have not said READY within the start timeout
+ * (stuck in worker_init, or on a lock a thread of the caller held when it
+ * forked).  Returns when to check again, or -1. */
+static int64_t check_births(pool_t *pool)
+{
+    int64_t now = pmap__now_ns(), next = -1;
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        if (w->pid == 0 || w->ready)
+            continue;
+        int64_t deadline = w->born_ns + pool->start_timeout_ns;
+        if (deadline <= now) {
+            kill(w->pid, SIGKILL);
+            lose(pool, w, PMAP_ESTART);
+        } else if (next < 0 || deadline < next) {
+            next = deadline;
+        }
+    }
+    return next;
+}
+
 /* Gives every ready worker as many batches as it may hold, one round at a
  * time (so a map of few items is spread over all workers), each from the
  * oldest map that has work for it. */
@@ -326,7 +347,9 @@ static void settle(pool_t *pool)
 static int64_t step(pool_t *pool)
 {
     settle(pool);
-    int64_t wake = enforce_timeouts(pool);
+    int64_t wake = enforce_timeouts(pool), born = check_births(pool);
+    if (born >= 0 && (wake < 0 || born < wake))
+        wake = born;
     int spawned = keep_workers(pool);
     if (spawned < 0) {
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
@@ -358,9 +381,15 @@ static int wait_events(pool_t *pool, int64_t wake)
             pfd[i].events |= POLLOUT;
         pfd[i].revents = 0;
     }
-    int ready = pmap__poll(pfd, (size_t)pool->nworkers, wake);
-    if (ready == -EINTR)
-        return 0;   /* a signal: look at cancellations again */
+    struct pollfd *alarm = &pfd[pool->nworkers];
+    *alarm = (struct pollfd){pool->wake[0], POLLIN, 0};
+    int ready = pmap__poll(pfd, (size_t)pool->nworkers + 1, wake);
+    if (ready > 0 && alarm->revents) {  /* a cancellation: see settle() */
+        char sink[64];
+        while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
+            ;
+        ready--;
+    }
     for (int i = 0; i < pool->nworkers && ready > 0; i++) {
         pmap__worker_t *w = &pool->workers[i];
         if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))

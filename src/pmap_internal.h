@@ -15,6 +15,7 @@
  *   wire.c      the frame format, encoding and decoding (no I/O)
  *   registry.c  PMAP_EXPORT'ed functions, found by identifier
  *   fdio.c      every system call on a file descriptor or a child
+ *   server.c    the fork server, which forks workers for pools that ask
  *   shm.c       the memory shared with the workers
  *   cpu.c       the CPUs this process may use (the default pool size)
  *   buf.c       growable byte buffers
@@ -228,7 +229,8 @@ typedef struct pmap__slot {
 #define PMAP__SLOT_SIZE (4u << 20)
 #define PMAP__ARENA_SIZE (4 * PMAP__SLOT_SIZE)
 
-void *pmap__shm_map(size_t size);
+void *pmap__shm_map(size_t size, int *fd);
+void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results);
@@ -271,6 +273,8 @@ typedef struct pmap__worker {
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
     unsigned char *arena;       /* shared with the process (or NULL) */
+    int arena_fd;               /* its file, for the fork server (or -1) */
+    int64_t born_ns;            /* when the process was started */
     pmap_stats_t stats;         /* of this slot, all its processes */
 } pmap__worker_t;
 
@@ -278,11 +282,15 @@ struct pool {
     pid_t owner;                /* process that created the pool */
     atomic_flag busy;           /* a call is using the pool */
     volatile sig_atomic_t cancel;   /* pool_cancel: stop every map */
+    int wake[2];                /* a byte here wakes the loop (cancels) */
     pool_options_t opts;
     int nworkers;
     pmap__worker_t *workers;
+    bool server;                /* workers come from the fork server */
     pmap__slot_t *slots;        /* shared, one per worker */
-    struct pollfd *pollfds;     /* one per worker, for loop.c */
+    int slots_fd;               /* their file, for the fork server (or -1) */
+    int64_t start_timeout_ns;   /* a worker not READY by then is stuck */
+    struct pollfd *pollfds;     /* one per worker and the wake pipe */
     int epfd;                   /* pool_fd, or -1 */
     int start_failures;         /* workers dead before READY, in a row */
     uint32_t last_map;          /* identifier of the last map */
@@ -362,10 +370,11 @@ struct pmap_job {
 
 /* pool.c */
 int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w);
-int pmap__worker_reap(pmap__worker_t *w, int *status);
+int pmap__worker_reap(const pool_t *pool, pmap__worker_t *w, int *status);
 void pmap__pool_child_init(int keep_fd);
 int pmap__pool_enter(pool_t *pool);
 void pmap__pool_leave(pool_t *pool);
+void pmap__pool_wake(pool_t *pool);
 
 /* loop.c */
 int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns);
@@ -403,8 +412,29 @@ void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);
 int64_t pmap__progress_due(const pmap_job_t *job);
 void pmap__failures_free(pmap_failure_t *f, size_t n);
 
+/* What a new worker needs to know; pool.c or server.c fills it. */
+typedef struct pmap__worker_setup {
+    pid_t owner;                /* the caller, whose pool this is */
+    pid_t parent;               /* our parent: the caller, or the server */
+    int index;                  /* in the pool */
+    int fd;                     /* our end of the channel */
+    pmap__slot_t *slot;         /* shared with the caller */
+    unsigned char *arena;       /* shared with the caller, or NULL */
+    int (*init)(int, void *);   /* the pool's worker hooks */
+    void (*exit)(int, void *);
+    void *arg;
+} pmap__worker_setup_t;
+
 /* worker.c */
-extern bool pmap__in_worker;    /* this process is a worker */
-_Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd);
+extern bool pmap__in_worker;    /* this process is a worker (or server) */
+_Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
+
+/* server.c */
+bool pmap__server_running(void);
+int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
+                       int slots_fd, size_t slots_size, int arena_fd,
+                       pid_t *pid);
+int pmap__server_reap(pid_t pid, int *status, int64_t deadline);
+void pmap__server_child_init(void);
 
 #endif /* PMAP_INTERNAL_H */

@@ -28,8 +28,8 @@
 #include <sys/epoll.h>
 #endif
 
-/* How long pool_create waits for its workers to say they are ready. */
-#define START_TIMEOUT_NS (30 * 1000000000LL)
+/* How long a new worker has to say it is ready, by default. */
+#define START_TIMEOUT_S 30.0
 
 /* How long pool_destroy lets a worker finish before killing it. */
 #define STOP_GRACE_NS (2 * 1000000000LL)
@@ -70,10 +70,16 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_EINVAL;
     *poolp = NULL;
     pool_options_t o = opts ? *opts : (pool_options_t){0};
-    if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0))
+    if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0) ||
+        !(o.start_timeout >= 0) || o.start < PMAP_START_AUTO ||
+        o.start > PMAP_START_SERVER)
         return PMAP_EINVAL;
     if (pmap__in_worker)
         return PMAP_ENESTED;
+    bool server = o.start == PMAP_START_SERVER ||
+                  (o.start == PMAP_START_AUTO && pmap__server_running());
+    if (server && !pmap__server_running())
+        return PMAP_EINVAL;     /* pmap_init was not called */
 
     pool_t *pool = calloc(1, sizeof *pool);
     if (pool == NULL)
@@ -85,15 +91,32 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
 #endif
     pool->opts = o;
+    pool->server = server;
+    pool->start_timeout_ns = (int64_t)((o.start_timeout > 0 &&
+                                        o.start_timeout < 1e6
+                                            ? o.start_timeout
+                                            : START_TIMEOUT_S) *
+                                       1e9);
     pool->nworkers = o.workers ? o.workers : pmap__cpu_count();
     pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
-    pool->pollfds = calloc((size_t)pool->nworkers, sizeof *pool->pollfds);
-    pool->slots = pmap__shm_map((size_t)pool->nworkers * sizeof *pool->slots);
+    pool->pollfds = calloc((size_t)pool->nworkers + 1, sizeof *pool->pollfds);
+    pool->wake[0] = pool->wake[1] = -1;
+    if (pmap__channel(pool->wake) < 0 || pmap__set_nonblocking(pool->wake[0]) < 0 ||
+        pmap__set_nonblocking(pool->wake[1]) < 0) {
+        pmap__close(&pool->wake[0]);
+        pmap__close(&pool->wake[1]);
+    }
+    pool->slots_fd = -1;
+    pool->slots = pmap__shm_map((size_t)pool->nworkers * sizeof *pool->slots,
+                                server ? &pool->slots_fd : NULL);
     if (pool->workers == NULL || pool->pollfds == NULL ||
         pool->slots == NULL) {
         pmap__shm_unmap(pool->slots,
                         (size_t)pool->nworkers * sizeof *pool->slots);
+        pmap__close(&pool->slots_fd);
         pmap__close(&pool->epfd);
+        pmap__close(&pool->wake[0]);
+        pmap__close(&pool->wake[1]);
         free(pool->pollfds);
         free(pool->workers);
         free(pool);
@@ -102,6 +125,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     for (int i = 0; i < pool->nworkers; i++) {
         pool->workers[i].index = i;
         pool->workers[i].fd = -1;
+        pool->workers[i].arena_fd = -1;
     }
     pools_link(pool);
 
@@ -109,7 +133,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     for (int i = 0; i < pool->nworkers && rc == 0; i++)
         rc = pmap__worker_spawn(pool, &pool->workers[i]);
     if (rc == 0)
-        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + START_TIMEOUT_NS);
+        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + pool->start_timeout_ns);
     if (rc < 0) {
         pool_destroy(pool);
         return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
@@ -118,20 +142,15 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     return 0;
 }
 
-/*
- * Forks the process for worker slot w and connects it.  Returns 0 or a
- * negative code (the slot then stays empty).
- */
-int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
+/* Forks worker w from this process; its end of the channel is fd. */
+static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
 {
-    int fds[2];
-    int rc = pmap__channel(fds);
-    if (rc < 0)
-        return rc;
-    atomic_store(&pool->slots[w->index].item, 0);
-    if (w->arena == NULL)   /* kept for its replacements; optional */
-        w->arena = pmap__shm_map(PMAP__ARENA_SIZE);
-
+    pmap__worker_setup_t setup = {
+        getpid(),         getpid(),
+        w->index,         fds[1],
+        &pool->slots[w->index], w->arena,
+        pool->opts.worker_init, pool->opts.worker_exit,
+        pool->opts.worker_arg};
     fflush(NULL);
     sigset_t all, old;
     sigfillset(&all);
@@ -144,19 +163,52 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     pid_t pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);
-        pmap__worker_main(pool, w, fds[1]);
+        pmap__pool_child_init(fds[1]);
+        pmap__server_child_init();
+        pmap__worker_main(&setup);
     }
-    int err = -errno;
+    int err = errno;
     pthread_mutex_unlock(&pools_lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pid < 0 ? -err : pid;
+}
 
+/*
+ * Starts the process for worker slot w, forked from this process or by the
+ * fork server, and connects it.  Returns 0 or a negative code (the slot then
+ * stays empty).
+ */
+int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
+{
+    int fds[2];
+    int rc = pmap__channel(fds);
+    if (rc < 0)
+        return rc;
+    atomic_store(&pool->slots[w->index].item, 0);
+    if (w->arena == NULL)   /* kept for its replacements; optional */
+        w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
+                                 pool->server ? &w->arena_fd : NULL);
+    pid_t pid;
+    if (pool->server) {
+        pmap__worker_setup_t setup = {getpid(), 0, w->index, -1, NULL, NULL,
+                                      pool->opts.worker_init,
+                                      pool->opts.worker_exit,
+                                      pool->opts.worker_arg};
+        size_t slots = (size_t)pool->nworkers * sizeof *pool->slots;
+        rc = pmap__server_spawn(&setup, fds[1], pool->slots_fd, slots,
+                                w->arena_fd, &pid);
+        pid = rc < 0 ? rc : pid;
+    } else {
+        pid = fork_worker(pool, w, fds);
+    }
     pmap__close(&fds[1]);
     if (pid < 0) {
         pmap__close(&fds[0]);
-        return err;
+        return (int)pid;
     }
     w->pid = pid;
     w->fd = fds[0];
+    w->born_ns = pmap__now_ns();
     w->ready = w->retiring = false;
     w->nsetup = 0;
     w->nbatch = 0;
@@ -174,7 +226,7 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     rc = pmap__set_nonblocking(w->fd);
     if (rc < 0) {
         int status;
-        pmap__worker_reap(w, &status);
+        pmap__worker_reap(pool, w, &status);
         return rc;
     }
     return 0;
@@ -189,7 +241,11 @@ void pmap__pool_child_init(int keep_fd)
 {
     for (pool_t *p = pools; p != NULL; p = p->next) {
         pmap__close(&p->epfd);
+        pmap__close(&p->slots_fd);
+        pmap__close(&p->wake[0]);
+        pmap__close(&p->wake[1]);
         for (int i = 0; i < p->nworkers; i++) {
+            pmap__close(&p->workers[i].arena_fd);
             if (p->workers[i].fd != keep_fd)
                 pmap__close(&p->workers[i].fd);
         }
@@ -203,11 +259,20 @@ void pmap__pool_child_init(int keep_fd)
  * or returns PMAP_ELOST when someone else reaped it.  The slot is then
  * empty, for pmap__worker_spawn.
  */
-int pmap__worker_reap(pmap__worker_t *w, int *status)
+int pmap__worker_reap(const pool_t *pool, pmap__worker_t *w, int *status)
 {
     int rc = PMAP_ELOST;
     pmap__close(&w->fd);
-    if (w->pid > 0) {
+    if (w->pid > 0 && pool->server) {
+        /* The server is its parent, and reports how it ended. */
+        rc = pmap__server_reap(w->pid, status, pmap__now_ns() + 100000000);
+        if (rc == PMAP_ETIMEDOUT) {
+            kill(w->pid, SIGKILL);  /* alive without its channel: stuck */
+            rc = pmap__server_reap(w->pid, status,
+                                   pmap__now_ns() + 10000000000LL);
+        }
+        rc = rc < 0 ? PMAP_ELOST : 0;
+    } else if (w->pid > 0) {
         pid_t r;
         do
             r = waitpid(w->pid, status, WNOHANG);
@@ -258,7 +323,7 @@ static void stop_workers(pool_t *pool)
     }
     for (int i = 0; i < pool->nworkers; i++) {
         int status;
-        pmap__worker_reap(&pool->workers[i], &status);
+        pmap__worker_reap(pool, &pool->workers[i], &status);
     }
 }
 
@@ -278,10 +343,14 @@ void pool_destroy(pool_t *pool)
         pmap__outq_free(&pool->workers[i].out);
         pmap__reader_free(&pool->workers[i].in);
         pmap__shm_unmap(pool->workers[i].arena, PMAP__ARENA_SIZE);
+        pmap__close(&pool->workers[i].arena_fd);
         free(pool->workers[i].setup);
     }
+    pmap__close(&pool->slots_fd);
     pmap__jobs_free(pool);
     pmap__close(&pool->epfd);
+    pmap__close(&pool->wake[0]);
+    pmap__close(&pool->wake[1]);
     pmap__shm_unmap(pool->slots, (size_t)pool->nworkers * sizeof *pool->slots);
     free(pool->pollfds);
     free(pool->workers);
@@ -325,4 +394,16 @@ int pmap__pool_enter(pool_t *pool)
 void pmap__pool_leave(pool_t *pool)
 {
     atomic_flag_clear(&pool->busy);
+}
+
+/* Wakes the loop if it waits in poll; async-signal-safe (a cancellation
+ * may come from a signal handler running on any thread). */
+void pmap__pool_wake(pool_t *pool)
+{
+    int saved = errno;
+    char c = 0;
+    if (pool->wake[1] >= 0 && send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
+        /* Full: the loop is awake already. */
+    }
+    errno = saved;
 }

@@ -3,33 +3,84 @@
  * shm.c - memory shared between the caller and its workers: the slots that
  * tell which item each worker runs, and each worker's arena, through which
  * large strings and buffers travel with one copy instead of two (the
- * caller's into the arena; the worker reads them in place).  Memory is
- * mapped before the worker that uses it is forked, so the worker inherits
- * it at the same address.
+ * caller's into the arena; the worker reads them in place).
+ *
+ * A worker forked by the caller inherits this memory at the same address,
+ * so it is anonymous.  A worker forked by the fork server (server.c) is not
+ * the caller's child: its memory must be a file it is sent and maps itself
+ * (memfd on Linux, an unlinked POSIX shared memory object elsewhere).
  */
-#if !defined(_DEFAULT_SOURCE)
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE         /* memfd_create, MAP_ANONYMOUS */
+#elif !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE     /* MAP_ANONYMOUS, POSIX only since 2024 */
 #endif
 
 #include "pmap_internal.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* Maps size bytes of zeroed shared memory; NULL on failure. */
-void *pmap__shm_map(size_t size)
+/* A new file of size zeroed bytes for shared memory, close-on-exec; -1 on
+ * failure. */
+static int shm_file(size_t size)
 {
-#ifdef MAP_ANONYMOUS
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-#else
-    int fd = open("/dev/zero", O_RDWR | O_CLOEXEC);
-    if (fd < 0)
-        return NULL;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
+    int fd = -1;
+#if defined(__linux__) && defined(MFD_CLOEXEC)
+    fd = memfd_create("pmap", MFD_CLOEXEC);
 #endif
+    if (fd < 0) {
+        char name[64];
+        static _Atomic unsigned serial;
+        snprintf(name, sizeof name, "/pmap-%ld-%u", (long)getpid(),
+                 atomic_fetch_add(&serial, 1));
+        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0)
+            shm_unlink(name);
+    }
+    if (fd >= 0 && (ftruncate(fd, (off_t)size) < 0 ||
+                    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0))
+        pmap__close(&fd);
+    return fd;
+}
+
+/*
+ * Maps size bytes of zeroed shared memory; NULL on failure.  With fd not
+ * NULL, the memory is a file whose descriptor goes there, so that it can
+ * be sent to a process that is not our child (pmap__shm_attach).
+ */
+void *pmap__shm_map(size_t size, int *fd)
+{
+    void *p = MAP_FAILED;
+    if (fd != NULL) {
+        *fd = shm_file(size);
+        if (*fd >= 0)
+            p = pmap__shm_attach(*fd, size);
+        if (p == NULL) {
+            pmap__close(fd);
+            p = MAP_FAILED;
+        }
+        return p == MAP_FAILED ? NULL : p;
+    }
+#ifdef MAP_ANONYMOUS
+    p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+             -1, 0);
+#else
+    int zero = open("/dev/zero", O_RDWR | O_CLOEXEC);
+    if (zero >= 0) {
+        p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, zero, 0);
+        close(zero);
+    }
+#endif
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Maps size bytes of the shared memory file fd; NULL on failure. */
+void *pmap__shm_attach(int fd, size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

@@ -44,7 +44,7 @@ typedef struct worker_map {
 } worker_map_t;
 
 static struct {
-    const pool_options_t *opts; /* the pool's, for the hooks */
+    pmap__worker_setup_t setup; /* who we are */
     int index;                  /* in the pool */
     void *state;                /* pmap_set_worker_state */
     int fd;
@@ -350,8 +350,8 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
 /* Leaves normally: the pool is destroyed, or this worker recycled. */
 static _Noreturn void leave(void)
 {
-    if (self.opts->worker_exit != NULL)
-        self.opts->worker_exit(self.index, self.opts->worker_arg);
+    if (self.setup.exit != NULL)
+        self.setup.exit(self.index, self.setup.arg);
     _exit(EXIT_DONE);
 }
 
@@ -387,27 +387,26 @@ static _Noreturn void serve(void)
 }
 
 /*
- * Runs in the child right after fork, with all signals blocked: becomes
- * worker w of pool, talking on fd, and never returns.
+ * Runs in the child right after fork, with all signals blocked: becomes the
+ * worker `setup` describes, and never returns.
  */
-_Noreturn void pmap__worker_main(pool_t *pool, pmap__worker_t *w, int fd)
+_Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 {
     pmap__in_worker = true;
     reset_signals();
-    pmap__pool_child_init(fd);
 #ifdef __linux__
-    /* Die with the caller even while busy in a callback: no orphans. */
+    /* Die with our parent even while busy in a callback: no orphans.  The
+     * parent is the caller, or the fork server, which dies with it. */
     prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
-    if (getppid() != pool->owner)
-        _exit(EXIT_DONE);   /* the caller died before we got here */
-    self.fd = fd;
-    self.slot = &pool->slots[w->index];
-    self.arena = w->arena;
-    self.opts = &pool->opts;
-    self.index = w->index;
-    if (self.opts->worker_init != NULL &&
-        self.opts->worker_init(self.index, self.opts->worker_arg) != 0)
+    if (getppid() != setup->parent)
+        _exit(EXIT_DONE);   /* the parent died before we got here */
+    self.setup = *setup;
+    self.fd = setup->fd;
+    self.slot = setup->slot;
+    self.arena = setup->arena;
+    self.index = setup->index;
+    if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);
     send_ready();
     serve();

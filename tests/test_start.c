@@ -1,0 +1,438 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_start.c - workers that start safely in any host: the fork server
+ * (every kind of map works through it; its workers are the program as it
+ * was at pmap_init), threads holding locks or calling malloc during
+ * pool_create, the default size following the CPU affinity, and Ctrl-C.
+ */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* sched_setaffinity, CPU_COUNT */
+#endif
+
+#include "test.h"
+
+#include "pmap_internal.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+static void sleep_ms(int ms)
+{
+    struct timespec d = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&d, NULL);
+}
+
+static int marker = 1;      /* 1 at pmap_init, 2 after */
+
+static long probe(long x)
+{
+    if (x == -1)
+        abort();
+    if (x == -2)
+        for (;;)
+            pause();
+    if (x == -3)
+        return marker;
+    return x * 2;
+}
+PMAP_EXPORT(probe, long, long);
+
+static size_t measure(pmap_bytes_t b)
+{
+    size_t sum = 0;
+    for (size_t i = 0; i < b.size; i += 4096)
+        sum += ((unsigned char *)b.data)[i];
+    return sum + b.size;
+}
+PMAP_EXPORT(measure, size_t, pmap_bytes_t);
+
+static int inits;
+
+static int count_init(int worker, void *arg)
+{
+    (void)worker;
+    pmap_set_worker_state(arg);
+    return 0;
+}
+
+static long from_state(long x)
+{
+    return x + *(int *)pmap_worker_state();
+}
+PMAP_EXPORT(from_state, long, long);
+
+static int next_number(void *ctx, long *x)
+{
+    long *n = ctx;
+    if (*n == 1000)
+        return 0;
+    *x = (*n)++;
+    return 1;
+}
+
+static int sum_up(void *ctx, size_t i, void *result, const pmap_failure_t *f)
+{
+    (void)i;
+    if (f == NULL)
+        *(long *)ctx += *(long *)result;
+    return 0;
+}
+
+TEST(start_server_runs_every_kind_of_map)
+{
+    inits = 5;      /* before pmap_init: what the server's workers see */
+    ASSERT_OK(pmap_init());
+    ASSERT_OK(pmap_init());     /* once is enough */
+    pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER,
+                         .worker_init = count_init, .worker_arg = &inits};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long xs[100], out[100];
+    for (int i = 0; i < 100; i++)
+        xs[i] = i;
+    ASSERT_OK(pool_map(pool, probe, 100, out, xs));
+    ASSERT_EQ(out[99], 198);
+    ASSERT_OK(pool_map(pool, from_state, 100, out, xs));   /* worker_init */
+    ASSERT_EQ(out[10], 15);
+
+    /* Large buffers go through shared memory passed to the server. */
+    pmap_bytes_t big[3];
+    size_t sums[3];
+    for (int i = 0; i < 3; i++) {
+        big[i].size = (size_t)(i + 1) << 20;
+        big[i].data = malloc(big[i].size);
+        memset(big[i].data, 1, big[i].size);
+    }
+    ASSERT_OK(pool_map(pool, measure, 3, sums, big));
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(sums[i], big[i].size + big[i].size / 4096);
+        free(big[i].data);
+    }
+
+    /* Faults are reported with their causes, via the server. */
+    xs[50] = -1;
+    ASSERT_EQ(pool_map(pool, probe, 100, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGABRT);
+    xs[50] = -2;
+    pool_map_options_t mo = {.timeout = 0.2};
+    ASSERT_EQ(pool_map_with(pool, &mo, probe, 100, out, xs), 1);
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].error, PMAP_ETIMEDOUT);
+
+    /* Streams and callbacks. */
+    long n = 0, total = 0;
+    pool_map_options_t so = {.on_result = sum_up, .ctx = &total};
+    ASSERT_OK(pool_map_stream(pool, &so, probe, next_number, &n));
+    ASSERT_EQ(total, 999 * 1000);
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, NULL, &st));
+    ASSERT_EQ(st.restarts, 2);
+    pool_destroy(pool);
+    pmap_exit();
+}
+
+/* The server's workers are the program as it was at pmap_init; forked
+ * workers are the program as it is at pool_create, heap included. */
+TEST(start_server_workers_are_the_program_as_at_init)
+{
+    marker = 1;
+    ASSERT_OK(pmap_init());
+    marker = 2;
+    size_t size = test_scaled(256u << 20);
+    char *heap = malloc(size);
+    memset(heap, 7, size);
+
+    long x = -3, seen;
+    pool_options_t server = {.workers = 1, .start = PMAP_START_SERVER};
+    pool_options_t forked = {.workers = 1, .start = PMAP_START_FORK};
+    pool_t *ps, *pf;
+    ASSERT_OK(pool_create_with(&ps, &server));
+    ASSERT_OK(pool_create_with(&pf, &forked));
+    ASSERT_OK(pool_call(ps, probe, &seen, x));
+    ASSERT_EQ(seen, 1);
+    ASSERT_OK(pool_call(pf, probe, &seen, x));
+    ASSERT_EQ(seen, 2);
+    /* AUTO means the server once pmap_init was called. */
+    pool_t *pa = pool_create(1);
+    ASSERT_OK(pool_call(pa, probe, &seen, x));
+    ASSERT_EQ(seen, 1);
+    pool_destroy(pa);
+    pool_destroy(ps);
+    pool_destroy(pf);
+    free(heap);
+    pmap_exit();
+    /* Without a server, asking for one is an error. */
+    pool_t *p;
+    ASSERT_EQ(pool_create_with(&p, &server), PMAP_EINVAL);
+}
+
+/* A thread of the caller holds a lock while a pool is created; the
+ * workers' init takes that lock. */
+static pthread_mutex_t held = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t go = PTHREAD_MUTEX_INITIALIZER;
+
+static int take_the_lock(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    pthread_mutex_lock(&held);
+    pthread_mutex_unlock(&held);
+    return 0;
+}
+
+static void *hold_the_lock(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&held);
+    pthread_mutex_lock(&go);    /* until the test lets go */
+    pthread_mutex_unlock(&go);
+    pthread_mutex_unlock(&held);
+    return NULL;
+}
+
+TEST(start_threaded_caller_holding_a_lock)
+{
+    ASSERT_OK(pmap_init());     /* before any thread: the server is clean */
+    pthread_mutex_lock(&go);
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, hold_the_lock, NULL) == 0);
+    while (pthread_mutex_trylock(&held) == 0) {     /* until it has it */
+        pthread_mutex_unlock(&held);
+        sleep_ms(1);
+    }
+    /* Forked now, a worker is born with the lock held forever: it is
+     * detected, and pool_create fails instead of hanging. */
+    pool_options_t forked = {.workers = 2, .start = PMAP_START_FORK,
+                             .worker_init = take_the_lock,
+                             .start_timeout = 0.5};
+    pool_t *pool;
+    ASSERT_EQ(pool_create_with(&pool, &forked), PMAP_ESTART);
+    /* From the server, the lock is as it was at pmap_init: free. */
+    pool_options_t server = forked;
+    server.start = PMAP_START_SERVER;
+    ASSERT_OK(pool_create_with(&pool, &server));
+    long xs[10] = {1, 2, 3}, out[10];
+    ASSERT_OK(pool_map(pool, probe, 10, out, xs));
+    ASSERT_EQ(out[2], 6);
+    pool_destroy(pool);
+    pthread_mutex_unlock(&go);
+    pthread_join(t, NULL);
+    pmap_exit();
+}
+
+static volatile int stop_churn;
+
+static void *churn_malloc(void *arg)
+{
+    (void)arg;
+    while (!stop_churn) {
+        void *p[64];
+        for (int i = 0; i < 64; i++)
+            p[i] = malloc((size_t)(i * 37 + 1));
+        for (int i = 0; i < 64; i++)
+            free(p[i]);
+    }
+    return NULL;
+}
+
+static char *allocate(long x)
+{
+    char *s = malloc(32);
+    snprintf(s, 32, "%ld", x);
+    return s;
+}
+PMAP_EXPORT(allocate, char *, long);
+
+/* Threads calling malloc while workers are forked: malloc works in them. */
+TEST(start_threads_calling_malloc_during_pool_create)
+{
+    pthread_t t[3];
+    stop_churn = 0;
+    for (int i = 0; i < 3; i++)
+        ASSERT(pthread_create(&t[i], NULL, churn_malloc, NULL) == 0);
+    for (int round = 0; round < (int)test_scaled(40); round++) {
+        pool_t *pool = pool_create(2);
+        ASSERT(pool != NULL);
+        long xs[20];
+        char *out[20];
+        for (int i = 0; i < 20; i++)
+            xs[i] = i * round;
+        ASSERT_OK(pool_map(pool, allocate, 20, out, xs));
+        for (int i = 0; i < 20; i++) {
+            char want[32];
+            snprintf(want, sizeof want, "%ld", xs[i]);
+            ASSERT_STR_EQ(out[i], want);
+            free(out[i]);
+        }
+        pool_destroy(pool);
+    }
+    stop_churn = 1;
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+}
+
+/* pool_create(0) uses the CPUs this process may run on. */
+TEST(start_default_size_is_the_affinity)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    ASSERT(sched_getaffinity(0, sizeof set, &set) == 0);
+    pool_t *pool = pool_create(0);
+    ASSERT(pool_size(pool) <= CPU_COUNT(&set));
+    ASSERT(pool_size(pool) >= 1);
+    pool_destroy(pool);
+    /* Pinned to one CPU, as `taskset -c 0` does: one worker. */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (CPU_ISSET(cpu, &set)) {
+            CPU_SET(cpu, &one);
+            break;
+        }
+    }
+    ASSERT(sched_setaffinity(0, sizeof one, &one) == 0);
+    pool = pool_create(0);
+    ASSERT_EQ(pool_size(pool), 1);
+    pool_destroy(pool);
+    ASSERT(sched_setaffinity(0, sizeof set, &set) == 0);
+#else
+    SKIP("no sched_getaffinity");
+#endif
+}
+
+TEST(start_default_size_under_taskset)
+{
+    if (test_run("command -v taskset >/dev/null", NULL, 0) != 0)
+        SKIP("no taskset (util-linux)");
+    /* The test above, run alone on one CPU: there, one worker. */
+    char cmd[512];
+    snprintf(cmd, sizeof cmd,
+             "taskset -c 0 %s/tests/runner --inline "
+             "start_default_size_is_the_affinity",
+             test_build_dir());
+    ASSERT_EQ(test_run(cmd, NULL, 0), 0);
+}
+
+/*
+ * Ctrl-C: SIGINT to the whole process group of a program with the default
+ * SIGINT, during a long map.  The program ends; none of its workers (nor
+ * its fork server) outlives it; the workers print nothing.  This test
+ * adopts the orphans (a subreaper) to see them end.
+ */
+static void ctrl_c(bool server)
+{
+#ifdef PR_SET_CHILD_SUBREAPER
+    ASSERT(prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    int p[2], err[2];
+    ASSERT(pipe(p) == 0 && pipe(err) == 0);
+    pid_t program = fork();
+    ASSERT(program >= 0);
+    if (program == 0) {
+        setpgid(0, 0);          /* a terminal's foreground job */
+        signal(SIGINT, SIG_DFL);
+        dup2(err[1], STDERR_FILENO);
+        if (server && pmap_init() != 0)
+            _exit(1);
+        pool_t *pool = pool_create(3);
+        long xs[3] = {-3, -3, -3}, pids[3];
+        pool_map_options_t one = {.chunk = 1};
+        if (pool == NULL || pool_map_with(pool, &one, probe, 3, pids, xs) != 0)
+            _exit(1);
+        long busy[6] = {-2, -2, -2, -2, -2, -2}, out[6];
+        if (write(p[1], "x", 1) != 1)
+            _exit(1);
+        pool_map_with(pool, &one, probe, 6, out, busy);    /* forever */
+        _exit(1);
+    }
+    close(p[1]);
+    close(err[1]);
+    char c;
+    ASSERT(read(p[0], &c, 1) == 1);
+    close(p[0]);
+    sleep_ms(50);   /* the workers are in their endless items */
+    kill(-program, SIGINT);
+    int status;
+    ASSERT(waitpid(program, &status, 0) == program);
+    ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT);
+    /* Every descendant ends promptly: we reap them all as their parent. */
+    for (int waited = 0;; waited++) {
+        pid_t r = waitpid(-1, NULL, WNOHANG);
+        if (r < 0 && errno == ECHILD)
+            break;
+        if (waited > 5000)
+            test_fail(__FILE__, __LINE__, "a process survived Ctrl-C");
+        if (r == 0)
+            sleep_ms(1);
+    }
+    char text[256];
+    ASSERT_EQ(read(err[0], text, sizeof text), 0);  /* nothing printed */
+    close(err[0]);
+#else
+    (void)server;
+    SKIP("no PR_SET_CHILD_SUBREAPER to adopt the orphans");
+#endif
+}
+
+TEST(start_ctrl_c_ends_the_program_and_its_workers)
+{
+    ctrl_c(false);
+}
+
+TEST(start_ctrl_c_ends_the_program_its_server_and_its_workers)
+{
+    ctrl_c(true);
+}
+
+static pool_t *interrupted;
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    pool_cancel(interrupted);   /* async-signal-safe */
+}
+
+static void *press_ctrl_c(void *arg)
+{
+    (void)arg;
+    sleep_ms(100);
+    kill(getpid(), SIGINT);     /* this thread takes it: main blocks it */
+    return NULL;
+}
+
+/* A caller that handles SIGINT cancels the map from its handler, even when
+ * the signal lands on another thread, and gets the pool back usable. */
+TEST(start_caller_handles_ctrl_c_by_cancelling)
+{
+    interrupted = pool_create(2);
+    struct sigaction sa = {0};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    ASSERT(sigaction(SIGINT, &sa, NULL) == 0);
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, press_ctrl_c, NULL) == 0);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    long busy[4] = {-2, -2, -2, -2}, out[4];
+    pool_map_options_t o = {.kill_on_cancel = 1, .chunk = 1};
+    ASSERT_EQ(pool_map_with(interrupted, &o, probe, 4, out, busy),
+              PMAP_ECANCELED);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_join(t, NULL);
+    long x = 21, y;
+    ASSERT_OK(pool_call(interrupted, probe, &y, x));
+    ASSERT_EQ(y, 42);
+    pool_destroy(interrupted);
+    signal(SIGINT, SIG_DFL);
+}
