@@ -241,6 +241,8 @@ static void *churn_malloc(void *arg)
             p[i] = malloc((size_t)(i * 37 + 1));
         for (int i = 0; i < 64; i++)
             free(p[i]);
+        if (test_under_valgrind())
+            sleep_ms(1);    /* valgrind runs one thread at a time */
     }
     return NULL;
 }

@@ -127,7 +127,8 @@ static int make_number(void *ctx, long *x)
 
 TEST(stream_items_from_a_producer_in_bounded_memory)
 {
-    enum { N = 100000, WINDOW = 256 };
+    enum { WINDOW = 256 };
+    const long N = (long)test_scaled(100000);
     for (int unordered = 0; unordered < 2; unordered++) {
         struct seen s = {0};
         struct numbers n = {0, N, &s};
@@ -136,7 +137,7 @@ TEST(stream_items_from_a_producer_in_bounded_memory)
         pool_t *pool = pool_create(2);
         ASSERT_OK(pool_map_stream(pool, &o, square, make_number, &n));
         ASSERT_EQ(s.calls, N);
-        ASSERT_EQ(s.sum, (long)N * (N - 1) * (2L * N - 1) / 6);
+        ASSERT_EQ(s.sum, N * (N - 1) * (2 * N - 1) / 6);
         ASSERT_EQ(s.out_of_order > 0, unordered);
         /* Never more items alive than the window holds. */
         ASSERT(s.most_alive <= WINDOW);

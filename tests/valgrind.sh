@@ -37,7 +37,7 @@ check() {   # check NAME COMMAND...: runs COMMAND under memcheck
 for example in add partial method; do
     check "examples/$example" "$build/examples/$example"
 done
-check "examples/wc" "$build/examples/wc" include/pmap.h src/map.c
+check "examples/wc" "$build/examples/wc" include/pmap.h src/job.c
 for test in $("$build/tests/runner" --list); do
     PMAP_TEST_VALGRIND=1 check "$test" "$build/tests/runner" --inline "$test"
 done

@@ -668,13 +668,20 @@ static double spawn_wall(const char *arg)
     return (now() - t) * 1e6;
 }
 
-static int w5_once(void)
+static int w5_once_with(int start)
 {
-    pool_t *pool = pool_create(2);
+    pool_options_t o = {.workers = 2, .start = start};
+    pool_t *pool = NULL;
+    pool_create_with(&pool, &o);
     int x = 1, y = 0;
     int rc = pool ? pool_map(pool, add1, 1, &y, &x) : -1;
     pool_destroy(pool);
     return rc == 0 && y == 2 ? 0 : 1;
+}
+
+static int w5_once(void)
+{
+    return w5_once_with(PMAP_START_FORK);
 }
 
 /* W5 and its floors, all measured now, in the process as it is. */
@@ -718,6 +725,50 @@ static void bench_w5(const char *when, bool spawned)
             ratio(note, sizeof note, "%.0f us more than doing nothing",
                   median(&proc) - median(&empty)));
     }
+}
+
+/* W5 by start method, in a small caller and with 1 GiB of heap touched:
+ * the fork server's figure must not grow with the heap. */
+static void bench_w5_heap(void)
+{
+    sample_t fork_small = {{0}, 0}, server_small = {{0}, 0};
+    sample_t fork_big = {{0}, 0}, server_big = {{0}, 0}, hand_big = {{0}, 0};
+    for (int big = 0; big < 2; big++) {
+        size_t size = (size_t)1 << 30;
+        char *heap = big ? malloc(size) : NULL;
+        if (heap != NULL)
+            memset(heap, 1, size);
+        for (int r = 0; r < reps; r++) {
+            double f[10], s[10], h[10];
+            for (int i = 0; i < 10; i++) {
+                double t = now();
+                if (w5_once_with(PMAP_START_FORK) != 0)
+                    exit(1);
+                f[i] = (now() - t) * 1e6;
+                t = now();
+                if (w5_once_with(PMAP_START_SERVER) != 0)
+                    exit(1);
+                s[i] = (now() - t) * 1e6;
+                h[i] = big ? hand_rolled_pool() : 0;
+            }
+            add_value(big ? &fork_big : &fork_small, median_of(f, 10));
+            add_value(big ? &server_big : &server_small, median_of(s, 10));
+            if (big)
+                add_value(&hand_big, median_of(h, 10));
+        }
+        free(heap);
+    }
+    heading("W5  by start method: create 2 workers, 1 item, destroy (us)");
+    char note[128];
+    row("fork, small caller", &fork_small, "us", NULL);
+    row("fork server, small caller", &server_small, "us", NULL);
+    row("hand-rolled pool, 1 GiB touched", &hand_big, "us", NULL);
+    row("fork, 1 GiB touched", &fork_big, "us",
+        ratio(note, sizeof note, "%.1fx the small caller",
+              median(&fork_big) / median(&fork_small)));
+    row("fork server, 1 GiB touched", &server_big, "us",
+        ratio(note, sizeof note, "%.2fx the small caller",
+              median(&server_big) / median(&server_small)));
 }
 
 /* Peak resident memory since the last reset_peak (KiB), or -1. */
@@ -864,9 +915,13 @@ int main(int argc, char **argv)
     printf("libpmap benchmark: %d runs of each figure, median [min - max]\n",
            reps);
 
-    /* The pool first, while the process is small (see README). */
-    pool_t *pool = pool_create(2);
-    if (pool == NULL)
+    /* The fork server and the pool first, while the process is small (see
+     * README, "Start methods"). */
+    if (pmap_init() != 0)
+        return 1;
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    if (pool_create_with(&pool, &po) != 0)
         return 1;
     sample_t pipe_rtt = {{0}, 0}, socket_rtt = {{0}, 0}, pipe_bw = {{0}, 0};
     sample_t socket_bw = {{0}, 0}, copy_bw = {{0}, 0};
@@ -895,6 +950,7 @@ int main(int argc, char **argv)
     bench_w3(pool, &in, median(&pipe_bw), median(&copy_bw));
     bench_w4(pool, &pipe_rtt, &socket_rtt);
     bench_w5("caller with 340 MB touched", false);
+    bench_w5_heap();
     bench_w6(pool, &in);
     bench_balance(pool, &in);
     pool_destroy(pool);
