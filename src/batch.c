@@ -133,9 +133,16 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
     static const pmap__death_t cancelled = {PMAP_ECANCELED, 0, 0, 0, 0};
     pmap__range_t rest = {job->next, job->n - job->next, 0};
     job->next = job->n;
+    if (job->window.size != 0 && job->producer == NULL && rest.count > 0) {
+        /* Arrays to a callback: those items have no place in the window;
+         * deliver.c hands them over after the earlier ones. */
+        job->window.tail = rest.first;
+        rest.count = 0;
+    }
     retry_push(pool, job, rest, &cancelled);
     while (job->nretry > 0)
         retry_push(pool, job, job->retry[--job->nretry], &cancelled);
+    pmap__deliver(job);     /* the tail, if nothing comes before it */
     if (job->opts.kill_on_cancel)
         pmap__loop_kill_job(pool, job);
 }
@@ -257,19 +264,20 @@ static bool set_up_on(const pmap__worker_t *w, uint32_t map)
  */
 int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
 {
+    bool new_map = !set_up_on(w, job->id);
+    if (new_map && w->nsetup == w->setup_cap) {
+        size_t cap = w->setup_cap ? w->setup_cap * 2 : 4;
+        uint32_t *p = realloc(w->setup, cap * sizeof *p);
+        if (p == NULL)
+            return 1;   /* nothing taken: try again later */
+        w->setup = p;
+        w->setup_cap = cap;
+    }
     pmap__range_t r = next_range(pool, job, w);
     if (r.count == 0)
         return 1;
     pmap__outq_t *q = &w->out;
-    if (!set_up_on(w, job->id)) {
-        if (w->nsetup == w->setup_cap) {
-            size_t cap = w->setup_cap ? w->setup_cap * 2 : 4;
-            uint32_t *p = realloc(w->setup, cap * sizeof *p);
-            if (p == NULL)
-                return PMAP_ENOMEM;
-            w->setup = p;
-            w->setup_cap = cap;
-        }
+    if (new_map) {
         w->setup[w->nsetup++] = job->id;
         pmap__outq_append(q, &job->setup);
     }

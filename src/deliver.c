@@ -82,6 +82,7 @@ int pmap__window_init(pool_t *pool, pmap_job_t *job)
         if (w->inputs[k] == NULL)
             return PMAP_ENOMEM;
     }
+    w->tail = SIZE_MAX;
     w->results = calloc(size, fn->result.size);
     w->state = calloc(size, 1);
     w->failure = calloc(size, sizeof *w->failure);
@@ -113,6 +114,8 @@ void pmap__window_free(pmap_job_t *job)
     if (w->size == 0)
         return;
     size_t end = job->producer ? job->produced : job->next;
+    if (end > w->tail)
+        end = w->tail;
     for (size_t i = w->low; i < end; i++) {
         size_t place = i % w->size;
         free_inputs(job, place);
@@ -189,12 +192,17 @@ size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto)
             memset(slot[k], 0, fn->params[k].size);
         }
         int rc = fn->pull(job->producer, job->producer_ctx, slot);
-        for (int k = 0; k < fn->nparams && rc > 0; k++) {
-            if (own_value(fn->params[k], slot[k]) < 0)
+        int owned = 0;  /* values copied: the others are the producer's */
+        for (; owned < fn->nparams && rc > 0; owned++) {
+            if (own_value(fn->params[owned], slot[owned]) < 0)
                 rc = PMAP_ENOMEM;
         }
         if (rc <= 0) {
-            free_inputs(job, place);
+            for (int k = 0; k < fn->nparams; k++) {
+                if (rc < 0 && k < owned - 1)
+                    free_value(fn->params[k], slot[k]);
+                memset(slot[k], 0, fn->params[k].size);
+            }
             if (rc < 0 && job->error == 0)
                 job->error = rc;
             job->n = job->produced;     /* no more items */
@@ -243,11 +251,30 @@ static void hand_over(pmap_job_t *job, size_t index)
     w->state[place] = HANDED;
 }
 
-/* Hands over what may be, and frees the places of the window behind. */
-static void deliver(pmap_job_t *job)
+/* Hands over the cancelled items that were never sent, once every item
+ * before them has been. */
+static void hand_over_tail(pmap_job_t *job)
 {
     pmap__window_t *w = &job->window;
+    for (size_t i = w->tail; i < job->n; i++) {
+        pmap_failure_t f = {i, PMAP_ECANCELED, 0, 0, no_message};
+        job->failed++;
+        job->done++;
+        job->opts.on_result(job->opts.ctx, i, NULL, &f);
+    }
+    w->low = job->n;
+    w->tail = SIZE_MAX;
+}
+
+/* Hands over what may be, and frees the places of the window behind. */
+void pmap__deliver(pmap_job_t *job)
+{
+    if (job->window.size == 0)
+        return;
+    pmap__window_t *w = &job->window;
     size_t end = job->producer ? job->produced : job->next;
+    if (end > w->tail)
+        end = w->tail;
     while (w->low < end) {
         size_t place = w->low % w->size;
         if (!job->opts.unordered &&
@@ -258,6 +285,8 @@ static void deliver(pmap_job_t *job)
         w->state[place] = EMPTY;
         w->low++;
     }
+    if (w->low == w->tail)
+        hand_over_tail(job);
 }
 
 /* Items [first, first + count) have their results stored. */
@@ -272,7 +301,7 @@ void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
         if (job->opts.unordered)
             hand_over(job, i);
     }
-    deliver(job);
+    pmap__deliver(job);
 }
 
 /* Item index failed: records why, zeroes its output, hands it over. */
@@ -293,7 +322,7 @@ void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
     job->window.failure[place] = at;
     if (job->opts.unordered)
         hand_over(job, index);
-    deliver(job);
+    pmap__deliver(job);
 }
 
 /* ---- progress ---------------------------------------------------------- */

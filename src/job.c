@@ -22,6 +22,12 @@ static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
     if (fn == NULL || (o != NULL && o->timeout != o->timeout))  /* NaN */
         return PMAP_EINVAL;
     bool to_callback = o != NULL && o->on_result != NULL;
+    for (int k = 0; k < fn->nparams && k < PMAP_MAX_ARGS; k++) {
+        if (fn->params[k].size == 0)
+            return PMAP_EINVAL;     /* an empty struct (GNU C) */
+    }
+    if (fn->result.size == 0)
+        return PMAP_EINVAL;
     if (call->producer != NULL)
         return to_callback && out == NULL && nargs == 0 ? 0 : PMAP_EINVAL;
     size_t n = call->count;
@@ -55,18 +61,14 @@ static void encode_setup(pmap_job_t *job)
         if (!(job->constants >> k & 1))
             continue;
         pmap__type_t t = fn->params[k];
-        if (job->args[k].is_const && t.kind == PMAP__VALUE) {
-            /* The value lives in the caller's stack frame: copy it. */
-            pmap__outq_copy(q, job->args[k].value, t.size);
-            pmap__outq_pad(q);
-        } else if (job->args[k].is_const) {
-            pmap__column_encode(q, t, job->args[k].value, 0, 1, NULL);
-        } else {
-            /* A method's object, by address: large ones are referenced. */
-            pmap__column_encode(q, t, job->args[k].array, 0, 1, NULL);
-        }
+        const void *v = job->args[k].is_const ? job->args[k].value
+                                              : job->args[k].array;
+        pmap__column_encode(q, t, v, 0, 1, NULL);
     }
     pmap__outq_end(q, frame);
+    /* Own every byte: the caller's constants may be gone before a worker
+     * (a replacement, say) is sent this frame. */
+    pmap__outq_own(q);
 }
 
 static void job_free(pmap_job_t *job)
@@ -269,7 +271,7 @@ void pmap_job_cancel(pmap_job_t *job)
 void pool_cancel(pool_t *pool)
 {
     if (pool != NULL) {
-        pool->cancel = 1;
+        atomic_store(&pool->cancel, 1);    /* lock-free: signal-safe */
         pmap__pool_wake(pool);
     }
 }
@@ -297,7 +299,16 @@ void pmap_job_free(pmap_job_t *job)
     if (job == NULL)
         return;
     pool_t *pool = job->pool;
-    if (!job->finished && pmap__pool_enter(pool) == 0) {
+    int rc = job->finished ? 0 : pmap__pool_enter(pool);
+    if (rc == PMAP_EBUSY) {
+        /* Inside a callback of this pool, or another thread is in it: the
+         * loop frees the map when it has finished. */
+        job->opts.kill_on_cancel = 1;
+        job->released = true;
+        pmap_job_cancel(job);
+        return;
+    }
+    if (!job->finished && rc == 0) {
         job->opts.kill_on_cancel = 1;
         job->cancel = 1;
         pmap__loop_run(pool, job, -1);
@@ -305,6 +316,20 @@ void pmap_job_free(pmap_job_t *job)
     }
     unlink_job(pool, job);
     job_free(job);
+}
+
+/* Frees the maps released while running, once they have finished. */
+void pmap__jobs_reap(pool_t *pool)
+{
+    for (pmap_job_t **p = &pool->jobs; *p != NULL;) {
+        pmap_job_t *job = *p;
+        if (job->released && job->finished) {
+            *p = job->later;
+            job_free(job);
+        } else {
+            p = &job->later;
+        }
+    }
 }
 
 /* Frees every map of a pool being destroyed. */

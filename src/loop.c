@@ -157,6 +157,8 @@ static void on_input(pool_t *pool, pmap__worker_t *w)
 static void flush(pool_t *pool, pmap__worker_t *w)
 {
     struct iovec iov[64];
+    if (w->retiring)
+        pmap__outq_reset(&w->out);  /* it has closed for writing */
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
         int n = pmap__outq_iov(&w->out, iov, 64);
         ssize_t r = pmap__sendv(w->fd, iov, n);
@@ -230,7 +232,7 @@ static void recycle(pool_t *pool)
     for (int i = 0; i < pool->nworkers && max > 0; i++) {
         pmap__worker_t *w = &pool->workers[i];
         if (w->pid > 0 && w->ready && !w->retiring && w->used >= max &&
-            w->nbatch == 0) {
+            w->nbatch == 0 && pmap__outq_empty(&w->out)) {
             w->retiring = true;
             shutdown(w->fd, SHUT_WR);   /* EOF: its worker_exit, then _exit */
         }
@@ -331,8 +333,7 @@ static void feed(pool_t *pool)
  * signal handler), and closes the maps that have finished. */
 static void settle(pool_t *pool)
 {
-    bool all = pool->cancel != 0;
-    pool->cancel = 0;
+    bool all = atomic_exchange(&pool->cancel, 0) != 0;
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
         if (all && !job->finished)
             job->cancel = 1;
@@ -341,6 +342,7 @@ static void settle(pool_t *pool)
         if (!pmap__job_settle(pool, job) && !job->finished)
             pmap__progress(pool, job, false);
     }
+    pmap__jobs_reap(pool);
 }
 
 /* Everything but waiting.  Returns when to wake at the latest, or -1. */

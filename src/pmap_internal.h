@@ -128,6 +128,7 @@ void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n);
 void pmap__outq_u64(pmap__outq_t *q, uint64_t v);
 void pmap__outq_pad(pmap__outq_t *q);
 void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
+int pmap__outq_own(pmap__outq_t *q);
 bool pmap__outq_empty(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);
@@ -281,7 +282,7 @@ typedef struct pmap__worker {
 struct pool {
     pid_t owner;                /* process that created the pool */
     atomic_flag busy;           /* a call is using the pool */
-    volatile sig_atomic_t cancel;   /* pool_cancel: stop every map */
+    atomic_int cancel;          /* pool_cancel: stop every map */
     int wake[2];                /* a byte here wakes the loop (cancels) */
     pool_options_t opts;
     int nworkers;
@@ -324,6 +325,9 @@ typedef struct pmap__window {
     unsigned char *state;       /* per place: enum in deliver.c */
     size_t *failure;            /* per place: index in job->failures */
     size_t low;                 /* oldest item not handed over */
+    size_t tail;                /* cancelled items [tail, n) were never
+                                   sent: handed over after the others
+                                   (SIZE_MAX: none) */
 } pmap__window_t;
 
 /* A map, from pmap__map to pmap_job_free. */
@@ -364,6 +368,8 @@ struct pmap_job {
     volatile sig_atomic_t cancel;   /* cancellation asked, from anywhere */
     bool cancelled;             /* and carried out */
     bool background;            /* started by an _async call */
+    bool released;              /* pmap_job_free'd while running: the loop
+                                   frees it when it has finished */
     bool finished;              /* rc is final */
     int rc;
 };
@@ -383,6 +389,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
 /* job.c */
 bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
+void pmap__jobs_reap(pool_t *pool);
 void pmap__jobs_free(pool_t *pool);
 
 /* batch.c */
@@ -406,6 +413,7 @@ size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto);
 const unsigned char *pmap__input(const pmap_job_t *job, int k, size_t index);
 unsigned char *pmap__output(const pmap_job_t *job, size_t index);
 void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count);
+void pmap__deliver(pmap_job_t *job);
 void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
                      int code, long pid, const char *msg, size_t msglen);
 void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);

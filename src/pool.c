@@ -44,14 +44,6 @@ pool_t *pool_create(int workers)
     return pool_create_with(&pool, &opts) == 0 ? pool : NULL;
 }
 
-static void pools_link(pool_t *pool)
-{
-    pthread_mutex_lock(&pools_lock);
-    pool->next = pools;
-    pools = pool;
-    pthread_mutex_unlock(&pools_lock);
-}
-
 static void pools_unlink(pool_t *pool)
 {
     pthread_mutex_lock(&pools_lock);
@@ -62,6 +54,32 @@ static void pools_unlink(pool_t *pool)
         }
     }
     pthread_mutex_unlock(&pools_lock);
+}
+
+/*
+ * Creates the pool's descriptors and shared memory and links it into the
+ * list of pools, all under the list's lock: a worker forked meanwhile by
+ * another thread must find in the list every descriptor it has to close.
+ * Returns 0, or nonzero if something could not be created.
+ */
+static int pool_open(pool_t *pool)
+{
+    pthread_mutex_lock(&pools_lock);
+#ifdef __linux__
+    pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
+#endif
+    if (pmap__channel(pool->wake) < 0 ||
+        pmap__set_nonblocking(pool->wake[0]) < 0 ||
+        pmap__set_nonblocking(pool->wake[1]) < 0) {
+        pmap__close(&pool->wake[0]);
+        pmap__close(&pool->wake[1]);
+    }
+    pool->slots = pmap__shm_map((size_t)pool->nworkers * sizeof *pool->slots,
+                                pool->server ? &pool->slots_fd : NULL);
+    pool->next = pools;
+    pools = pool;
+    pthread_mutex_unlock(&pools_lock);
+    return pool->slots == NULL;
 }
 
 int pool_create_with(pool_t **poolp, const pool_options_t *opts)
@@ -86,48 +104,25 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_ENOMEM;
     atomic_flag_clear(&pool->busy);
     pool->owner = getpid();
-    pool->epfd = -1;
-#ifdef __linux__
-    pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
-#endif
+    pool->epfd = pool->wake[0] = pool->wake[1] = pool->slots_fd = -1;
     pool->opts = o;
     pool->server = server;
-    pool->start_timeout_ns = (int64_t)((o.start_timeout > 0 &&
-                                        o.start_timeout < 1e6
-                                            ? o.start_timeout
-                                            : START_TIMEOUT_S) *
-                                       1e9);
+    double start = o.start_timeout > 0 && o.start_timeout < 1e6
+                       ? o.start_timeout
+                       : START_TIMEOUT_S;
+    pool->start_timeout_ns = (int64_t)(start * 1e9);
     pool->nworkers = o.workers ? o.workers : pmap__cpu_count();
     pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
     pool->pollfds = calloc((size_t)pool->nworkers + 1, sizeof *pool->pollfds);
-    pool->wake[0] = pool->wake[1] = -1;
-    if (pmap__channel(pool->wake) < 0 || pmap__set_nonblocking(pool->wake[0]) < 0 ||
-        pmap__set_nonblocking(pool->wake[1]) < 0) {
-        pmap__close(&pool->wake[0]);
-        pmap__close(&pool->wake[1]);
-    }
-    pool->slots_fd = -1;
-    pool->slots = pmap__shm_map((size_t)pool->nworkers * sizeof *pool->slots,
-                                server ? &pool->slots_fd : NULL);
-    if (pool->workers == NULL || pool->pollfds == NULL ||
-        pool->slots == NULL) {
-        pmap__shm_unmap(pool->slots,
-                        (size_t)pool->nworkers * sizeof *pool->slots);
-        pmap__close(&pool->slots_fd);
-        pmap__close(&pool->epfd);
-        pmap__close(&pool->wake[0]);
-        pmap__close(&pool->wake[1]);
-        free(pool->pollfds);
-        free(pool->workers);
-        free(pool);
-        return PMAP_ENOMEM;
-    }
-    for (int i = 0; i < pool->nworkers; i++) {
+    for (int i = 0; i < pool->nworkers && pool->workers != NULL; i++) {
         pool->workers[i].index = i;
         pool->workers[i].fd = -1;
         pool->workers[i].arena_fd = -1;
     }
-    pools_link(pool);
+    if (pool->workers == NULL || pool->pollfds == NULL || pool_open(pool)) {
+        pool_destroy(pool);
+        return PMAP_ENOMEM;
+    }
 
     int rc = 0;
     for (int i = 0; i < pool->nworkers && rc == 0; i++)
@@ -142,7 +137,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     return 0;
 }
 
-/* Forks worker w from this process; its end of the channel is fd. */
+/* Forks worker w from this process, pools_lock held; its end of the
+ * channel is fds[1]. */
 static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
 {
     pmap__worker_setup_t setup = {
@@ -159,8 +155,7 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
     for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
         sigdelset(&all, faults[i]);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_mutex_lock(&pools_lock);
-    pid_t pid = fork();
+    pid_t pid = fork();     /* pools_lock is held: see pmap__worker_spawn */
     if (pid == 0) {
         pmap__close(&fds[0]);
         pmap__pool_child_init(fds[1]);
@@ -168,7 +163,6 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
         pmap__worker_main(&setup);
     }
     int err = errno;
-    pthread_mutex_unlock(&pools_lock);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid < 0 ? -err : pid;
 }
@@ -181,9 +175,14 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
 int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
 {
     int fds[2];
+    /* Locked from the channel's creation until the worker's end is closed
+     * here and ours recorded: see pool_open. */
+    pthread_mutex_lock(&pools_lock);
     int rc = pmap__channel(fds);
-    if (rc < 0)
+    if (rc < 0) {
+        pthread_mutex_unlock(&pools_lock);
         return rc;
+    }
     atomic_store(&pool->slots[w->index].item, 0);
     if (w->arena == NULL)   /* kept for its replacements; optional */
         w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
@@ -204,10 +203,12 @@ int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w)
     pmap__close(&fds[1]);
     if (pid < 0) {
         pmap__close(&fds[0]);
+        pthread_mutex_unlock(&pools_lock);
         return (int)pid;
     }
     w->pid = pid;
     w->fd = fds[0];
+    pthread_mutex_unlock(&pools_lock);
     w->born_ns = pmap__now_ns();
     w->ready = w->retiring = false;
     w->nsetup = 0;

@@ -216,7 +216,6 @@ static _Noreturn void server_main(int control, pid_t owner)
     }
     sa.sa_handler = SIG_IGN;    /* Ctrl-C is the caller's to handle */
     sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGPIPE, &sa, NULL);
     if (pipe(child_pipe) < 0 || pmap__set_nonblocking(child_pipe[0]) < 0 ||
         pmap__set_nonblocking(child_pipe[1]) < 0)
         _exit(1);
@@ -273,7 +272,10 @@ void pmap_exit(void)
 {
     pthread_mutex_lock(&ctl.lock);
     if (pmap__server_running()) {
-        pmap__close(&ctl.fd);   /* end of file: the server leaves */
+        /* End of file: the server leaves (shutdown, because a forked child
+         * of ours may hold a copy of this descriptor). */
+        shutdown(ctl.fd, SHUT_RDWR);
+        pmap__close(&ctl.fd);
         int status;
         while (waitpid(ctl.server, &status, 0) < 0 && errno == EINTR)
             ;

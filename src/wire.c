@@ -215,6 +215,39 @@ void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src)
     }
 }
 
+/* Copies what the queue references into its own memory, so that it no
+ * longer depends on the caller's (a map in the background outlives the
+ * call that started it).  Returns 0 or PMAP_ENOMEM. */
+int pmap__outq_own(pmap__outq_t *q)
+{
+    if (q->error != 0)
+        return q->error;
+    pmap__buf_t all = {0};
+    struct iovec iov[64];
+    for (size_t done = q->head; done < q->nsegs;) {
+        pmap__outq_t view = *q;
+        view.head = done;
+        view.head_done = 0;
+        int n = pmap__outq_iov(&view, iov, 64);
+        for (int i = 0; i < n; i++) {
+            if (pmap__buf_put(&all, iov[i].iov_base, iov[i].iov_len) < 0) {
+                pmap__buf_free(&all);
+                return q->error = PMAP_ENOMEM;
+            }
+        }
+        done += (size_t)n;
+    }
+    pmap__outq_reset(q);
+    pmap__buf_free(&q->scratch);
+    q->scratch = all;
+    if (all.len > 0) {
+        q->segs[0] = (pmap__segment_t){NULL, 0, all.len};
+        q->nsegs = 1;
+        q->total = all.len;
+    }
+    return 0;
+}
+
 bool pmap__outq_empty(const pmap__outq_t *q)
 {
     return q->head == q->nsegs;
@@ -473,7 +506,8 @@ static size_t record_size(uint64_t msglen)
 /*
  * Decodes a RESULT payload that must answer items [first, first + count):
  *   u64 first | u64 count | u64 busy ns | u64 failures | result column |
- *   failure records (each for an item of the batch, text <= 512 bytes).
+ *   failure records (for items of the batch, in increasing order, text <=
+ *   512 bytes).
  * scratch holds pmap__column_scratch(type, count) bytes.  Returns 0, or
  * PMAP_EPROTO if any part is inconsistent or runs past len.
  */
@@ -494,14 +528,16 @@ int pmap__result_decode(const unsigned char *p, size_t len,
         return PMAP_EPROTO;
     off += used;
     r->failures = p + off;
+    uint64_t least = first;     /* records come in item order, once each */
     for (uint64_t i = 0; i < r->nfailed; i++) {
         if (len - off < 3 * sizeof(uint64_t))
             return PMAP_EPROTO;
         uint64_t index = pmap__get_u64(p + off);
         uint64_t msglen = pmap__get_u64(p + off + 16);
-        if (index < first || index - first >= count ||
+        if (index < least || index - first >= count ||
             msglen > PMAP__MESSAGE_MAX || record_size(msglen) > len - off)
             return PMAP_EPROTO;
+        least = index + 1;
         off += record_size(msglen);
     }
     return 0;

@@ -317,7 +317,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__region_t arguments = pmap__arena_slot(self.arena, slot, false);
     pmap__region_t results_area = pmap__arena_slot(self.arena, slot, true);
     pmap__column_t col[PMAP_MAX_ARGS];
-    if (pmap__get_u64(p) != fn->id || count == 0 ||
+    if (pmap__get_u64(p) != fn->id || count == 0 || fn->result.size == 0 ||
         count > SIZE_MAX / fn->result.size ||
         !decode_arguments(m, p, len, (size_t)count, col, &arguments)) {
         send_map_error(id, PMAP_EPROTO);

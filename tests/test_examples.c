@@ -37,7 +37,7 @@ TEST(example_wc_matches_wc)
     if (test_run("command -v wc >/dev/null", NULL, 0) != 0)
         SKIP("no wc to compare with");
     /* Text, binary, empty, a non-regular file and a missing one. */
-    const char *files = "include/pmap.h src/map.c tests/test.h Makefile "
+    const char *files = "include/pmap.h src/job.c tests/test.h Makefile "
                         "build/libpmap.a /dev/null no-such-file";
     char cmd[1024], want[8192];
     snprintf(cmd, sizeof cmd, "LC_ALL=C wc %s 2>/dev/null", files);

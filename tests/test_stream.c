@@ -683,3 +683,186 @@ TEST(stream_statistics_per_map_and_per_worker)
     ASSERT_EQ(pool_worker_stats(pool, 2, NULL), PMAP_EINVAL);
     pool_destroy(pool);
 }
+
+/* ---- regressions ------------------------------------------------------- */
+
+struct exactly_once {
+    unsigned char *seen;
+    size_t calls, twice, last, disorder, cancelled, wrong;
+    int unordered;
+};
+
+static int once_each(void *ctx, size_t index, void *result,
+                     const pmap_failure_t *failure)
+{
+    struct exactly_once *e = ctx;
+    e->twice += e->seen[index]++;
+    e->disorder += !e->unordered && e->calls > 0 && index < e->last;
+    e->last = index;
+    e->calls++;
+    if (failure != NULL)
+        e->cancelled += failure->error == PMAP_ECANCELED;
+    else
+        e->wrong += *(long *)result != (long)(index * index);
+    return e->calls == 100;     /* cancel the map */
+}
+
+/* Cancelling a map from arrays to a callback, with far more items than
+ * its window: every item is handed over once, in order. */
+TEST(stream_cancel_hands_every_item_over_once)
+{
+    enum { N = 5000 };
+    static long xs[N];
+    for (long i = 0; i < N; i++)
+        xs[i] = i;
+    for (int unordered = 0; unordered < 2; unordered++) {
+        struct exactly_once e = {calloc(N, 1), 0, 0, 0, 0, 0, 0, unordered};
+        pool_map_options_t o = {.on_result = once_each, .ctx = &e,
+                                .unordered = unordered, .window = 64,
+                                .chunk = 3};
+        pool_t *pool = pool_create(2);
+        ASSERT_EQ(pool_map_with(pool, &o, square, N, (long *)NULL, xs),
+                  PMAP_ECANCELED);
+        ASSERT_EQ(e.calls, N);
+        ASSERT_EQ(e.twice, 0);
+        ASSERT_EQ(e.disorder, 0);
+        ASSERT_EQ(e.wrong, 0);
+        ASSERT(e.cancelled > N - 200);
+        free(e.seen);
+        pool_destroy(pool);
+    }
+}
+
+static size_t checksum(const char *s)
+{
+    size_t h = 0;
+    for (; *s; s++)
+        h = h * 31 + (unsigned char)*s;
+    return h;
+}
+PMAP_EXPORT(checksum, size_t, const char *);
+
+/* Starts a call whose constant lives in this frame, and returns. */
+static pmap_job_t *call_with_a_local_string(pool_t *pool, size_t *out,
+                                            size_t *want)
+{
+    char text[10000];
+    for (size_t i = 0; i < sizeof text - 1; i++)
+        text[i] = (char)('a' + i % 26);
+    text[sizeof text - 1] = '\0';
+    *want = checksum(text);
+    pmap_job_t *job;
+    if (pool_call_async(pool, &job, checksum, out, text) != 0)
+        return NULL;
+    return job;
+}
+
+static void scribble(void)
+{
+    volatile char junk[20000];
+    for (size_t i = 0; i < sizeof junk; i++)
+        junk[i] = 'Z';
+}
+
+/* A background call's constants are copied when it starts: the caller's
+ * string may be gone before a worker is free to take it. */
+TEST(stream_async_constants_are_copied_at_start)
+{
+    pool_t *pool = pool_create(1);
+    long busy[3] = {1, 2, 3}, out[3];
+    pmap_job_t *first;
+    ASSERT_OK(pool_map_async(pool, NULL, &first, slow_square, 3, out, busy));
+    size_t got = 0, want = 0;
+    pmap_job_t *job = call_with_a_local_string(pool, &got, &want);
+    ASSERT(job != NULL);
+    scribble();     /* the string's stack frame is reused */
+    ASSERT_OK(pmap_job_wait(job, -1));
+    ASSERT(got == want);
+    ASSERT_OK(pmap_job_wait(first, -1));
+    pmap_job_free(job);
+    pmap_job_free(first);
+    pool_destroy(pool);
+}
+
+struct freeing {
+    pmap_job_t *other;
+};
+
+static int free_the_other(void *ctx, size_t index, void *result,
+                          const pmap_failure_t *failure)
+{
+    (void)result;
+    (void)failure;
+    struct freeing *f = ctx;
+    if (index == 5 && f->other != NULL) {
+        pmap_job_free(f->other);    /* inside the loop: freed later */
+        f->other = NULL;
+    }
+    return 0;
+}
+
+TEST(stream_job_freed_from_a_callback)
+{
+    pool_t *pool = pool_create(2);
+    long xs[50], out[50];
+    for (long i = 0; i < 50; i++)
+        xs[i] = i;
+    struct freeing f;
+    ASSERT_OK(pool_map_async(pool, NULL, &f.other, slow_square, 50, out, xs));
+    pool_map_options_t o = {.on_result = free_the_other, .ctx = &f};
+    ASSERT_OK(pool_map_with(pool, &o, square, 50, (long *)NULL, xs));
+    ASSERT(f.other == NULL);
+    ASSERT_OK(pool_map(pool, square, 50, out, xs));
+    ASSERT_EQ(out[49], 49 * 49);
+    pool_destroy(pool);
+}
+
+/* Every worker reaches its quota at the very end of a map. */
+TEST(stream_recycled_workers_run_their_exit_hook)
+{
+    ASSERT(pipe(hook_pipe) == 0);
+    pool_options_t po = {.workers = 2, .max_items_per_worker = 15,
+                         .worker_init = open_db, .worker_exit = close_db,
+                         .worker_arg = &hook_pipe[1]};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long xs[30], pids[30];
+    for (int i = 0; i < 30; i++)
+        xs[i] = i;
+    pool_map_options_t o = {.chunk = 15};
+    ASSERT_OK(pool_map_with(pool, &o, whose, 30, pids, xs));
+    ASSERT_OK(pool_map_with(pool, &o, whose, 30, pids, xs));
+    pool_destroy(pool);
+    close(hook_pipe[1]);
+    char all[64];
+    ssize_t got = read(hook_pipe[0], all, sizeof all);
+    close(hook_pipe[0]);
+    int inits = 0, exits = 0;
+    for (ssize_t i = 0; i < got; i++) {
+        inits += all[i] == 'i';
+        exits += all[i] == 'x';
+    }
+    ASSERT_EQ(inits, 4);    /* 2, then 2 replacing them after map one */
+    ASSERT_EQ(exits, 4);    /* none was killed before its exit hook */
+}
+
+static char shared_line[] = "not the pool's to free";
+
+static int store_then_stop(void *ctx, const char **line)
+{
+    int *calls = ctx;
+    *line = shared_line;    /* then says "no more": not an item */
+    return (*calls)++ < 3;
+}
+
+TEST(stream_producer_memory_is_never_freed_by_the_pool)
+{
+    int calls = 0;
+    struct kept k = {0, 0};
+    pool_map_options_t o = {.on_result = print_kept, .ctx = &k};
+    pool_t *pool = pool_create(1);
+    ASSERT_OK(pool_map_stream(pool, &o, keep_line, store_then_stop, &calls));
+    ASSERT_EQ(calls, 4);
+    ASSERT_STR_EQ(shared_line, "not the pool's to free");
+    pool_destroy(pool);
+}

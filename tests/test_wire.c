@@ -145,3 +145,32 @@ TEST(wire_reader_takes_frames_split_anywhere)
     close(p[0]);
     close(p[1]);
 }
+
+/* A RESULT whose failure records are out of order (or repeated) is
+ * refused: each item fails at most once. */
+TEST(wire_result_failures_must_be_in_order)
+{
+    pmap__type_t t = {PMAP__VALUE, sizeof(int)};
+    int values[4] = {0};
+    for (int order = 0; order < 2; order++) {
+        pmap__outq_t q = {0};
+        pmap__outq_u64(&q, 10);     /* first */
+        pmap__outq_u64(&q, 4);      /* count */
+        pmap__outq_u64(&q, 0);      /* busy */
+        pmap__outq_u64(&q, 2);      /* failures */
+        pmap__column_encode(&q, t, (const unsigned char *)values, sizeof(int),
+                            4, NULL);
+        uint64_t a[3] = {order ? 12u : 11u, 1, 0}, b[3] = {11, 1, 0};
+        pmap__outq_copy(&q, a, sizeof a);
+        pmap__outq_pad(&q);
+        pmap__outq_copy(&q, b, sizeof b);
+        pmap__outq_pad(&q);
+        static unsigned char flat[4096] __attribute__((aligned(16)));
+        size_t len = flatten(&q, flat, sizeof flat);
+        pmap__result_t r;
+        /* 11 then 11: repeated; 12 then 11: out of order. */
+        ASSERT_EQ(pmap__result_decode(flat, len, t, 10, 4, NULL, &r, NULL),
+                  PMAP_EPROTO);
+        pmap__outq_free(&q);
+    }
+}
