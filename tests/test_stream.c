@@ -842,8 +842,10 @@ TEST(stream_recycled_workers_run_their_exit_hook)
         inits += all[i] == 'i';
         exits += all[i] == 'x';
     }
-    ASSERT_EQ(inits, 4);    /* 2, then 2 replacing them after map one */
-    ASSERT_EQ(exits, 4);    /* none was killed before its exit hook */
+    /* 2, 2 replacing them after map one, perhaps 2 more after map two
+     * (recycled as it ends, or only when the pool is used again). */
+    ASSERT(inits >= 4 && inits <= 6);
+    ASSERT_EQ(exits, inits);    /* none was killed before its exit hook */
 }
 
 static char shared_line[] = "not the pool's to free";
