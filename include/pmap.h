@@ -187,11 +187,13 @@ PMAP_API pool_t *pool_create(int workers);
 PMAP_API int pool_create_with(pool_t **poolp, const pool_options_t *opts);
 
 /*
- * Stops the workers (closing their pipes; a worker still busy after a short
- * grace period is killed), waits for every one of them, closes every file
- * descriptor and frees all memory of the pool.  NULL is allowed.  Called in
- * a forked child of the pool's owner, it only frees the child's copy and
- * leaves the workers to their owner.
+ * Stops the workers (closing their channels; a worker still busy after a
+ * 2 s grace period is killed), waits for every one of them, closes every
+ * file descriptor and frees all memory of the pool.  Maps still in the
+ * background are abandoned and their handles freed: do not pass them to
+ * pmap_job_free afterwards.  NULL is allowed.  Called in a forked child of
+ * the pool's owner, it only frees the child's copy and leaves the workers
+ * to their owner.  Not to be called from a callback of the pool.
  */
 PMAP_API void pool_destroy(pool_t *pool);
 
