@@ -49,11 +49,6 @@ int pmap__buf_put(pmap__buf_t *b, const void *data, size_t n)
     return 0;
 }
 
-int pmap__buf_put_u64(pmap__buf_t *b, uint64_t v)
-{
-    return pmap__buf_put(b, &v, sizeof v);
-}
-
 /* Appends zero bytes until len is a multiple of align. */
 int pmap__buf_pad(pmap__buf_t *b, size_t align)
 {

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * fdio.c - every system call libpmap makes on a file descriptor or a child
- * process, in one place, so that the rules hold everywhere:
+ * fdio.c - the wrappers through which libpmap creates channels, reads,
+ * writes, polls and waits, so that the rules hold everywhere:
  *
  *  - EINTR is retried (the caller may run a signal-driven timer without
  *    SA_RESTART); poll recomputes its timeout from CLOCK_MONOTONIC.  close
@@ -182,9 +182,10 @@ int pmap__reap(pid_t pid, int *status)
     }
 }
 
-/* Most iovecs one sendmsg takes (POSIX guarantees 16). */
+/* Most iovecs one sendmsg may take here, up to PMAP__IOV (POSIX
+ * guarantees 16). */
 int pmap__iov_max(void)
 {
     long v = sysconf(_SC_IOV_MAX);
-    return v >= 16 && v <= 1024 ? (int)v : v > 1024 ? 1024 : 16;
+    return v >= PMAP__IOV ? PMAP__IOV : v >= 16 ? (int)v : 16;
 }

@@ -156,11 +156,11 @@ static void on_input(pool_t *pool, pmap__worker_t *w)
 /* Writes what is queued for w, as far as its channel takes it now. */
 static void flush(pool_t *pool, pmap__worker_t *w)
 {
-    struct iovec iov[64];
+    struct iovec iov[PMAP__IOV];
     if (w->retiring)
         pmap__outq_reset(&w->out);  /* it has closed for writing */
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
-        int n = pmap__outq_iov(&w->out, iov, 64);
+        int n = pmap__outq_iov(&w->out, iov, pmap__iov_max());
         ssize_t r = pmap__sendv(w->fd, iov, n);
         if (r == -EAGAIN || r == -EWOULDBLOCK)
             return;

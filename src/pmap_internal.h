@@ -50,7 +50,6 @@ typedef struct pmap__buf {
 int pmap__buf_reserve(pmap__buf_t *b, size_t extra);
 void *pmap__buf_append(pmap__buf_t *b, size_t n);
 int pmap__buf_put(pmap__buf_t *b, const void *data, size_t n);
-int pmap__buf_put_u64(pmap__buf_t *b, uint64_t v);
 int pmap__buf_pad(pmap__buf_t *b, size_t align);
 void pmap__buf_consume(pmap__buf_t *b, size_t n);
 void pmap__buf_free(pmap__buf_t *b);
@@ -70,6 +69,8 @@ int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
 int pmap__reap(pid_t pid, int *status);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
+
+#define PMAP__IOV 64    /* iovecs one send takes at most (pmap__iov_max) */
 
 /* ---- wire.c ----------------------------------------------------------- */
 

@@ -4,15 +4,17 @@
  * workers, reaping them, and destroying it.
  *
  * Invariants:
- *  - A worker is forked by pmap__worker_spawn only.  Before the fork, stdio
- *    is flushed (or the child would print the caller's buffered text again)
- *    and every signal but the synchronous faults is blocked, so no handler
- *    of the caller runs in the child before worker.c resets them.
+ *  - A worker is started by pmap__worker_spawn only: forked here, or by
+ *    the fork server (server.c).  Before a fork here, stdio is flushed (or
+ *    the child would print the caller's buffered text again) and every
+ *    signal but the synchronous faults is blocked, so no handler of the
+ *    caller runs in the child before worker.c resets them.
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
  *    The list of pools is locked across fork for that reason.
- *  - We wait for our own workers by pid and nothing else.
+ *  - We wait for our own workers by pid and nothing else; the server's
+ *    workers are its children, and it reports how they end.
  */
 #include "pmap_internal.h"
 

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * worker.c - the code that runs only in a worker process: its setup right
- * after fork, and the loop that serves frames until the caller closes the
- * channel.
+ * after fork (by the caller or by the fork server), and the loop that
+ * serves frames until the caller closes the channel.
  *
  * A worker reads SETUP (a map's function identifier and constants), TASK (a
  * batch of argument tuples) and END (forget a map) frames, and answers each
@@ -95,9 +95,9 @@ static void send_queued(void)
 {
     if (self.out.error != 0)
         broken();
-    struct iovec iov[64];
+    struct iovec iov[PMAP__IOV];
     while (!pmap__outq_empty(&self.out)) {
-        int n = pmap__outq_iov(&self.out, iov, 64);
+        int n = pmap__outq_iov(&self.out, iov, pmap__iov_max());
         ssize_t r = pmap__sendv(self.fd, iov, n);
         if (r < 0)
             _exit(EXIT_DONE);   /* EPIPE, ECONNRESET: the caller is gone */
