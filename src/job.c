@@ -66,9 +66,6 @@ static void encode_setup(pmap_job_t *job)
         pmap__column_encode(q, t, v, 0, 1, NULL);
     }
     pmap__outq_end(q, frame);
-    /* Own every byte: the caller's constants may be gone before a worker
-     * (a replacement, say) is sent this frame. */
-    pmap__outq_own(q);
 }
 
 static void job_free(pmap_job_t *job)
@@ -121,6 +118,9 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job->timeout_ns = timeout < 9e9 ? (int64_t)(timeout * 1e9) + 1
                                         : INT64_MAX / 2;
     job->start_ns = job->progress_ns = pmap__now_ns();
+    /* Copied, not referenced: the caller's constants may be gone before a
+     * worker (a replacement, say) is sent this frame. */
+    job->setup.owns = true;
     encode_setup(job);
     int rc = job->setup.error;
     if (rc == 0)

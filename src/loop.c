@@ -4,7 +4,8 @@
  * pool: keep every worker slot filled, feed the workers batches of every
  * map in the order the maps were started, and move frames both ways with
  * one poll over all channels.  A map waited for (pool_map, pmap_job_wait)
- * and maps in the background (pool_poll, pool_fd) all go through step().
+ * and maps in the background (pool_poll, pool_fd) all go through step(),
+ * once for each wait.
  *
  * All channels are non-blocking on our side and written only when poll says
  * so (or right after queueing), and every channel is read whenever it has
@@ -329,9 +330,9 @@ static void feed(pool_t *pool)
     }
 }
 
-/* Carries out cancellations asked for since the last step (perhaps by a
- * signal handler), and closes the maps that have finished. */
-static void settle(pool_t *pool)
+/* Carries out the cancellations asked for since the last step (perhaps by
+ * a signal handler), before any more work is sent. */
+static void cancel(pool_t *pool)
 {
     bool all = atomic_exchange(&pool->cancel, 0) != 0;
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
@@ -339,6 +340,15 @@ static void settle(pool_t *pool)
             job->cancel = 1;
         if (job->cancel && !job->cancelled)
             pmap__job_cancel_now(pool, job);
+    }
+}
+
+/* Closes the maps that have finished (their END frames leave with the next
+ * write to each worker), calls the others' progress callbacks, and frees
+ * the maps released meanwhile. */
+static void settle(pool_t *pool)
+{
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
         if (!pmap__job_settle(pool, job) && !job->finished)
             pmap__progress(pool, job, false);
     }
@@ -348,7 +358,7 @@ static void settle(pool_t *pool)
 /* Everything but waiting.  Returns when to wake at the latest, or -1. */
 static int64_t step(pool_t *pool)
 {
-    settle(pool);
+    cancel(pool);
     int64_t wake = enforce_timeouts(pool), born = check_births(pool);
     if (born >= 0 && (wake < 0 || born < wake))
         wake = born;
@@ -419,24 +429,19 @@ static bool all_ready(const pool_t *pool)
  */
 int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns)
 {
+    int64_t wake = job != NULL ? step(pool) : -1;
     for (;;) {
-        int64_t wake = -1;
-        if (job == NULL) {
-            if (pool->start_failures > 0)
-                return PMAP_ESTART;
-            if (all_ready(pool))
-                return 0;
-        } else {
-            wake = step(pool);
-            if (job->finished)
-                return 0;
-        }
+        if (job == NULL && pool->start_failures > 0)
+            return PMAP_ESTART;
+        if (job == NULL ? all_ready(pool) : job->finished)
+            return 0;
         if (deadline_ns >= 0 && (wake < 0 || deadline_ns < wake))
             wake = deadline_ns;
         int ready = wait_events(pool, wake);
         if (ready < 0)
             return ready;
-        if (job != NULL && (step(pool), job->finished))
+        wake = job != NULL ? step(pool) : -1;
+        if (job != NULL && job->finished)
             return 0;
         if (deadline_ns >= 0 && pmap__now_ns() >= deadline_ns)
             return PMAP_ETIMEDOUT;

@@ -119,6 +119,7 @@ typedef struct pmap__outq {
     size_t head_done;           /* bytes of it already written */
     uint64_t total;             /* bytes queued since the last reset */
     int error;                  /* first failure to queue (PMAP_ENOMEM) */
+    bool owns;                  /* copy everything: keep no reference */
 } pmap__outq_t;
 
 size_t pmap__outq_begin(pmap__outq_t *q, uint8_t type, uint32_t map);
@@ -129,7 +130,6 @@ void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n);
 void pmap__outq_u64(pmap__outq_t *q, uint64_t v);
 void pmap__outq_pad(pmap__outq_t *q);
 void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
-int pmap__outq_own(pmap__outq_t *q);
 bool pmap__outq_empty(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);

@@ -146,10 +146,11 @@ void pmap__outq_copy(pmap__outq_t *q, const void *data, size_t n)
 }
 
 /* Queues n bytes at data: referenced if large (data must then stay valid
- * until the queue is written), copied otherwise. */
+ * until the queue is written), copied otherwise or if the queue owns all
+ * its bytes. */
 void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n)
 {
-    if (n < REFERENCE_MIN) {
+    if (n < REFERENCE_MIN || q->owns) {
         pmap__outq_copy(q, data, n);
         return;
     }
@@ -213,39 +214,6 @@ void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src)
         pmap__outq_add(q, s->ptr ? s->ptr : src->scratch.data + s->offset,
                        s->len);
     }
-}
-
-/* Copies what the queue references into its own memory, so that it no
- * longer depends on the caller's (a map in the background outlives the
- * call that started it).  Returns 0 or PMAP_ENOMEM. */
-int pmap__outq_own(pmap__outq_t *q)
-{
-    if (q->error != 0)
-        return q->error;
-    pmap__buf_t all = {0};
-    struct iovec iov[64];
-    for (size_t done = q->head; done < q->nsegs;) {
-        pmap__outq_t view = *q;
-        view.head = done;
-        view.head_done = 0;
-        int n = pmap__outq_iov(&view, iov, 64);
-        for (int i = 0; i < n; i++) {
-            if (pmap__buf_put(&all, iov[i].iov_base, iov[i].iov_len) < 0) {
-                pmap__buf_free(&all);
-                return q->error = PMAP_ENOMEM;
-            }
-        }
-        done += (size_t)n;
-    }
-    pmap__outq_reset(q);
-    pmap__buf_free(&q->scratch);
-    q->scratch = all;
-    if (all.len > 0) {
-        q->segs[0] = (pmap__segment_t){NULL, 0, all.len};
-        q->nsegs = 1;
-        q->total = all.len;
-    }
-    return 0;
 }
 
 bool pmap__outq_empty(const pmap__outq_t *q)
