@@ -158,9 +158,10 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
 {
     const pmap__fn_t *fn = job->fn;
     if (job->sent_items > 0) {
-        double b = (double)job->sent_bytes / (double)job->sent_items;
+        double b = (double)job->stats.bytes_sent / (double)job->sent_items;
         if (job->busy_items > 0)
-            b += (double)job->received_bytes / (double)job->busy_items;
+            b += (double)job->stats.bytes_received /
+                 (double)job->busy_items;
         return b > 1 ? b : 1;
     }
     if (job->producer != NULL && pmap__produce(pool, job, job->next + 1) <=
@@ -202,8 +203,8 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
     if (job->busy_items == 0) {
         if (c > FIRST_BATCH)
             c = FIRST_BATCH;
-    } else if (job->busy_ns > 0) {
-        double per_item = (double)job->busy_ns / (double)job->busy_items;
+    } else if (job->stats.busy_ns > 0) {
+        double per_item = (double)job->stats.busy_ns / (double)job->busy_items;
         double by_time = TARGET_BATCH_NS / per_item;
         if (by_time < (double)c)
             c = (size_t)by_time;
@@ -297,7 +298,7 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
                             size, r.count, &shared);
     }
     pmap__outq_end(q, frame);
-    job->sent_bytes += q->total - queued;
+    job->stats.bytes_sent += q->total - queued;
     job->sent_items += r.count;
     w->batch[w->nbatch++] = (pmap__batch_t){job, r, slot};
     w->used += r.count;
@@ -419,9 +420,8 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     w->batch[0] = w->batch[1];
     w->nbatch--;
     job->inflight--;
-    job->busy_ns += res.busy_ns;
     job->busy_items += r.count;
-    job->received_bytes += len;
+    job->stats.bytes_received += len;
     job->stats.busy_ns += res.busy_ns;
     w->stats.busy_ns += res.busy_ns;
     w->stats.items += r.count;

@@ -175,8 +175,6 @@ bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
     s->maps = 1;
     s->items = job->done;
     s->failed = job->failed;
-    s->bytes_sent = job->sent_bytes;
-    s->bytes_received = job->received_bytes;
     s->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
     t->maps++;
     t->items += s->items;

@@ -356,9 +356,11 @@ struct pmap_job {
     size_t nretry, retry_cap;
     unsigned char *out;         /* the caller's array, or NULL: window */
     pmap__window_t window;
-    /* Measures, for batch sizes and statistics. */
-    uint64_t busy_ns, busy_items, sent_bytes, sent_items, received_bytes;
+    /* Counters (items and failed are done and failed above), and the
+     * items they cover, for batch sizes. */
     pmap_stats_t stats;
+    uint64_t sent_items;        /* items in stats.bytes_sent */
+    uint64_t busy_items;        /* items in stats.busy_ns, bytes_received */
     int64_t start_ns;
     int64_t progress_ns;        /* last progress callback */
     pmap__buf_t scratch;        /* for decoding variable results */
