@@ -136,6 +136,10 @@ typedef struct pool_options {
     double start_timeout;   /* seconds a new worker has to get ready
                                (worker_init included) before it is taken
                                for stuck and killed; 0: 30 */
+    double cancel_grace;    /* seconds running items may go on after a
+                               cancellation before their workers are
+                               killed (and replaced); 0: 0.5; < 0: let
+                               them finish */
 } pool_options_t;
 
 /*
@@ -293,9 +297,13 @@ typedef struct pool_map_options {
     pmap_progress_fn on_progress;
     double progress_interval;   /* seconds; 0: 0.1 */
     void *ctx;      /* passed to on_result and on_progress */
-    /* On cancellation, kill the workers running items of this map (their
-     * items fail with PMAP_ECANCELED) instead of letting them finish. */
+    /* On cancellation, kill the workers running items of this map at once
+     * (their items fail with PMAP_ECANCELED), without cancel_grace. */
     int kill_on_cancel;
+    /* Seconds this map's running items may go on after a cancellation
+     * before their workers are killed; 0: the pool's cancel_grace; < 0:
+     * let them finish. */
+    double cancel_grace;
 } pool_map_options_t;
 
 /* A map running in the background (pool_map_async and friends). */
@@ -390,9 +398,11 @@ PMAP_API int pmap_job_wait(pmap_job_t *job, double timeout);
 
 /*
  * Asks the map to stop: items not yet started fail with PMAP_ECANCELED;
- * running ones finish, or are killed if kill_on_cancel was set.  Only sets a
- * flag, so it is safe in a signal handler; the map stops the next time the
- * pool is used (or at once, if it is being waited for).
+ * running ones may finish within the map's cancel_grace (0.5 s by
+ * default), then their workers are killed and replaced and the items fail
+ * with PMAP_ECANCELED.  Only sets a flag and writes a byte, so it is safe
+ * in a signal handler and from any thread; a map being waited for stops at
+ * once, and pool_fd becomes readable for a program's own loop.
  */
 PMAP_API void pmap_job_cancel(pmap_job_t *job);
 
@@ -405,8 +415,11 @@ PMAP_API size_t pmap_job_failures(const pmap_job_t *job,
 PMAP_API void pmap_job_free(pmap_job_t *job);
 
 /*
- * Cancels every map running on the pool, as pmap_job_cancel; safe in a
- * signal handler (e.g. SIGINT's, to get control back from a long pool_map).
+ * Cancels every map running on the pool at this moment, as
+ * pmap_job_cancel; maps started later are not affected (a Ctrl-C that
+ * lands between two maps cancels neither).  Safe in a signal handler
+ * (e.g. SIGINT's, to get control back from a long pool_map: it returns
+ * within about cancel_grace, whatever its callbacks do).
  */
 PMAP_API void pool_cancel(pool_t *pool);
 

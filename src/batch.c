@@ -52,12 +52,23 @@ bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
     return pmap__window_room(job, job->next) > 0;
 }
 
+/*
+ * Queues items to be sent again.  They fail instead if the map has failed
+ * or been cancelled (with the map's own code: a neighbour's death is not
+ * their cause), or if they have been tried too often (with the death that
+ * ended the last attempt, which struck no item of theirs).
+ */
 static void retry_push(pool_t *pool, pmap_job_t *job, pmap__range_t r,
                        const pmap__death_t *death)
 {
     if (r.count == 0)
         return;
-    if (r.attempts > MAX_ATTEMPTS || job->error != 0) {
+    if (job->error != 0) {
+        for (size_t i = 0; i < r.count; i++)
+            pmap__fail_item(pool, job, r.first + i, job->error, 0, 0, NULL, 0);
+        return;
+    }
+    if (r.attempts > MAX_ATTEMPTS) {
         for (size_t i = 0; i < r.count; i++)
             pmap__fail_item(pool, job, r.first + i, death->error, death->code,
                             death->pid, NULL, 0);
@@ -116,10 +127,23 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     }
 }
 
+/* The time running items of job have after a cancellation: -1 for as
+ * long as they take. */
+static int64_t cancel_grace(const pool_t *pool, const pmap_job_t *job)
+{
+    double g = job->opts.cancel_grace;
+    if (job->opts.kill_on_cancel)
+        return 0;
+    if (g < 0)
+        return -1;
+    return g > 0 ? (g < 1e6 ? (int64_t)(g * 1e9) : INT64_MAX / 4)
+                 : pool->cancel_grace_ns;
+}
+
 /*
  * Cancels job now: items not sent fail with PMAP_ECANCELED (a producer is
- * not called again); items in flight finish, or die with their workers if
- * the map asked for that (loop.c kills them).
+ * not called again); items in flight may finish within the map's grace
+ * period, after which loop.c kills their workers (at once here if it is 0).
  */
 void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
 {
@@ -143,8 +167,12 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
     while (job->nretry > 0)
         retry_push(pool, job, job->retry[--job->nretry], &cancelled);
     pmap__deliver(job);     /* the tail, if nothing comes before it */
-    if (job->opts.kill_on_cancel)
+    int64_t grace = cancel_grace(pool, job);
+    job->kill_ns = grace < 0 ? -1 : pmap__now_ns() + grace;
+    if (grace == 0) {
+        job->kill_ns = -1;
         pmap__loop_kill_job(pool, job);
+    }
 }
 
 /* ---- cutting batches --------------------------------------------------- */
@@ -300,6 +328,8 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     pmap__outq_end(q, frame);
     job->stats.bytes_sent += q->total - queued;
     job->sent_items += r.count;
+    if (w->nbatch == 0)
+        w->waiting_ns = pmap__now_ns();     /* timeouts: loop.c */
     w->batch[w->nbatch++] = (pmap__batch_t){job, r, slot};
     w->used += r.count;
     job->inflight++;
@@ -309,6 +339,15 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
 }
 
 /* ---- results ----------------------------------------------------------- */
+
+/* w has answered its oldest batch: the next one, if any, is its work from
+ * now on. */
+static void pop_batch(pmap__worker_t *w)
+{
+    w->batch[0] = w->batch[1];
+    if (--w->nbatch > 0)
+        w->waiting_ns = pmap__now_ns();
+}
 
 /* Copies variable result j (a string or buffer in the frame or in shared
  * memory) into memory the caller will own; false without memory.  Lengths
@@ -346,7 +385,7 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     const pmap__fn_t *fn = job->fn;
     size_t size = fn->result.size, run = first, end = first + count;
     const unsigned char *record = res->failures;
-    pmap__failure_record_t f = {SIZE_MAX, 0, NULL, 0};
+    pmap__failure_record_t f = {SIZE_MAX, 0, 0, NULL, 0};
     uint64_t taken = 0;
     if (taken < res->nfailed) {
         record = pmap__failure_next(record, &f);
@@ -357,8 +396,9 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         memcpy(pmap__output(job, first), res->column.base, count * size);
         while (f.index != SIZE_MAX) {
             pmap__stored(pool, job, run, (size_t)f.index - run);
-            pmap__fail_item(pool, job, (size_t)f.index, PMAP_EFAIL, f.code,
-                            w->pid, f.message, f.length);
+            pmap__fail_item(pool, job, (size_t)f.index,
+                            f.error ? f.error : PMAP_EFAIL, f.code, w->pid,
+                            f.message, f.length);
             run = (size_t)f.index + 1;
             f.index = SIZE_MAX;
             if (taken < res->nfailed) {
@@ -372,7 +412,7 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     for (size_t i = first; i < end; i++) {
         int error = 0;
         if (i == f.index)
-            error = PMAP_EFAIL;
+            error = f.error ? f.error : PMAP_EFAIL;
         else if (!store_variable(fn, &res->column, i - first,
                                  pmap__output(job, i)))
             error = PMAP_ENOMEM;
@@ -380,7 +420,7 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
             continue;
         pmap__stored(pool, job, run, i - run);
         run = i + 1;
-        if (error == PMAP_ENOMEM) {
+        if (i != f.index) {     /* no memory for the copy */
             pmap__fail_item(pool, job, i, error, 0, w->pid, NULL, 0);
             continue;
         }
@@ -417,8 +457,7 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                                  scratch, &res, &shared);
     if (rc < 0)
         return rc;
-    w->batch[0] = w->batch[1];
-    w->nbatch--;
+    pop_batch(w);
     job->inflight--;
     job->busy_items += r.count;
     job->stats.bytes_received += len;
@@ -442,7 +481,6 @@ int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     if (job->error == 0)
         job->error = (int)code;
     job->inflight--;
-    w->batch[0] = w->batch[1];
-    w->nbatch--;
+    pop_batch(w);
     return 0;
 }

@@ -245,8 +245,14 @@ static void hand_over(pmap_job_t *job, size_t index)
         f = w->failure[place] < job->nfailures ? &job->failures[w->failure[place]]
                                                : &unrecorded;
     void *result = f ? NULL : pmap__output(job, index);
-    if (job->opts.on_result(job->opts.ctx, index, result, f) != 0)
+    if (job->released) {
+        /* pmap_job_free has returned: no callback of the map runs again,
+         * and what the result owns is nobody else's to free. */
+        if (result != NULL)
+            free_value(job->fn->result, result);
+    } else if (job->opts.on_result(job->opts.ctx, index, result, f) != 0) {
         job->cancel = 1;
+    }
     free_inputs(job, place);
     w->state[place] = HANDED;
 }
@@ -260,7 +266,8 @@ static void hand_over_tail(pmap_job_t *job)
         pmap_failure_t f = {i, PMAP_ECANCELED, 0, 0, no_message};
         job->failed++;
         job->done++;
-        job->opts.on_result(job->opts.ctx, i, NULL, &f);
+        if (!job->released)
+            job->opts.on_result(job->opts.ctx, i, NULL, &f);
     }
     w->low = job->n;
     w->tail = SIZE_MAX;
@@ -345,7 +352,7 @@ int64_t pmap__progress_due(const pmap_job_t *job)
 void pmap__progress(pool_t *pool, pmap_job_t *job, bool final)
 {
     (void)pool;
-    if (job->opts.on_progress == NULL)
+    if (job->opts.on_progress == NULL || job->released)
         return;
     int64_t now = pmap__now_ns();
     if (!final && now < job->progress_ns + progress_period(job))

@@ -11,6 +11,7 @@
  *  - Writes use MSG_NOSIGNAL: writing to a dead worker returns EPIPE instead
  *    of raising SIGPIPE in the caller, whose signal handling we never touch.
  *  - waitpid names one pid: we reap only the children we forked.
+ *  - A process is watched through its pidfd where there is one.
  *
  * A worker's channel is a Unix socketpair rather than two pipes for the last
  * reason (MSG_NOSIGNAL exists for sockets only), and because it was faster
@@ -28,6 +29,9 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -180,6 +184,25 @@ int pmap__reap(pid_t pid, int *status)
         if (errno != EINTR)
             return PMAP_ELOST;
     }
+}
+
+/*
+ * A descriptor that becomes readable when process pid has ended (Linux's
+ * pidfd, close-on-exec), so that the loop learns of a death from the
+ * process itself and not only from its channel, which a process the worker
+ * forked may still hold open.  Returns it, -ESRCH if pid is gone already,
+ * or another negative code where there are no pidfds (then the caller looks
+ * with waitpid(WNOHANG) from time to time).
+ */
+int pmap__pidfd_open(pid_t pid)
+{
+#if defined(__linux__) && defined(SYS_pidfd_open)
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : fd_sanitize(fd);
+#else
+    (void)pid;
+    return -ENOSYS;
+#endif
 }
 
 /* Most iovecs one sendmsg may take here, up to PMAP__IOV (POSIX

@@ -19,7 +19,8 @@ static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
                       const void *out, int nargs, const pmap__arg_t *args)
 {
     const pool_map_options_t *o = call->options;
-    if (fn == NULL || (o != NULL && o->timeout != o->timeout))  /* NaN */
+    if (fn == NULL || (o != NULL && (o->timeout != o->timeout ||   /* NaN */
+                                      o->cancel_grace != o->cancel_grace)))
         return PMAP_EINVAL;
     bool to_callback = o != NULL && o->on_result != NULL;
     for (int k = 0; k < fn->nparams && k < PMAP_MAX_ARGS; k++) {
@@ -30,8 +31,9 @@ static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
         return PMAP_EINVAL;
     if (call->producer != NULL)
         return to_callback && out == NULL && nargs == 0 ? 0 : PMAP_EINVAL;
-    size_t n = call->count;
-    if (to_callback == (out != NULL) || n == 0 || args == NULL ||
+    size_t n = call->count;     /* SIZE_MAX: no array is that long */
+    if (to_callback == (out != NULL) || n == 0 || n == SIZE_MAX ||
+        args == NULL ||
         nargs != fn->nparams || nargs < 1 || nargs > PMAP_MAX_ARGS ||
         n > SIZE_MAX / fn->result.size)
         return PMAP_EINVAL;
@@ -118,6 +120,8 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job->timeout_ns = timeout < 9e9 ? (int64_t)(timeout * 1e9) + 1
                                         : INT64_MAX / 2;
     job->start_ns = job->progress_ns = pmap__now_ns();
+    job->cancels = atomic_load(&pool->cancels);
+    job->kill_ns = -1;
     /* Copied, not referenced: the caller's constants may be gone before a
      * worker (a replacement, say) is sent this frame. */
     job->setup.owns = true;
@@ -246,16 +250,24 @@ int pmap_job_wait(pmap_job_t *job, double timeout)
         return PMAP_EINVAL;
     if (job->finished)
         return job->rc;
-    int rc = pmap__pool_enter(job->pool);
+    pool_t *pool = job->pool;
+    int rc = pmap__pool_enter(pool);
     if (rc < 0)
         return rc;
     int64_t deadline = -1;
     if (timeout >= 0)
         deadline = pmap__now_ns() + (timeout < 1e9 ? (int64_t)(timeout * 1e9)
                                                    : INT64_MAX / 4);
-    rc = pmap__loop_run(job->pool, job, deadline);
-    pmap__pool_leave(job->pool);
-    return job->finished ? job->rc : rc < 0 ? rc : PMAP_ETIMEDOUT;
+    job->waited = true;     /* a callback may release it meanwhile */
+    rc = pmap__loop_run(pool, job, deadline);
+    job->waited = false;
+    rc = job->finished ? job->rc : rc < 0 ? rc : PMAP_ETIMEDOUT;
+    if (job->released && job->finished) {
+        unlink_job(pool, job);
+        job_free(job);
+    }
+    pmap__pool_leave(pool);
+    return rc;
 }
 
 void pmap_job_cancel(pmap_job_t *job)
@@ -269,7 +281,9 @@ void pmap_job_cancel(pmap_job_t *job)
 void pool_cancel(pool_t *pool)
 {
     if (pool != NULL) {
-        atomic_store(&pool->cancel, 1);    /* lock-free: signal-safe */
+        /* Lock-free, so signal-safe: the maps started before this call
+         * see a count other than theirs (loop.c, cancel). */
+        atomic_fetch_add(&pool->cancels, 1);
         pmap__pool_wake(pool);
     }
 }
@@ -289,6 +303,8 @@ int pmap_job_stats(const pmap_job_t *job, pmap_stats_t *stats)
     *stats = job->stats;
     stats->items = job->done;
     stats->failed = job->failed;
+    if (!job->finished)
+        stats->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
     return 0;
 }
 
@@ -321,7 +337,7 @@ void pmap__jobs_reap(pool_t *pool)
 {
     for (pmap_job_t **p = &pool->jobs; *p != NULL;) {
         pmap_job_t *job = *p;
-        if (job->released && job->finished) {
+        if (job->released && job->finished && !job->waited) {
             *p = job->later;
             job_free(job);
         } else {

@@ -12,24 +12,40 @@
  * data, so a worker blocked writing a large result is always drained while
  * we write it a large task: no two-pipe deadlock.
  *
- * A worker is lost when its channel reaches EOF or fails, when it sends a
- * malformed frame, or when we kill it (timeout, cancellation).  Frames it
- * sent before dying are processed first; then its pid is reaped, the item
- * it was running (read from its shared slot) is charged with the death,
- * its other items are sent again, and the slot is refilled.
+ * A worker is lost when its process ends (its pidfd, or a look every
+ * PMAP__TICK_NS without one: proc.c), when its channel reaches EOF or
+ * fails, when it sends a malformed frame, or when we kill it (timeout,
+ * cancellation, not ready in time).  Frames it sent before dying are
+ * processed first; then its pid is reaped, the item it was running (read
+ * from its own slot) is charged with the death, its other items are sent
+ * again, and the slot is refilled.
+ *
+ * No wait is unbounded while it matters: whenever a map runs, every worker
+ * holding a batch of a timed map has a deadline (its item's, or the
+ * batch's while none has started), a cancelled map has its grace period,
+ * a starting worker its start timeout, a retiring one its grace period,
+ * and an empty slot is refilled at the next step (or, after repeated
+ * start failures, at a backed-off time that is itself a deadline).
  */
 #include "pmap_internal.h"
 
 #include <signal.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #ifdef __linux__
 #include <sys/epoll.h>
 #endif
 
-/* Workers that may die in a row before saying READY, before we give up
- * replacing them (a broken environment, not a bad item). */
+/* Workers that may die in a row before saying READY, before we stop
+ * replacing them for a while (a broken environment, not a bad item)... */
 #define START_FAILURES_MAX 3
+/* ...a while that doubles at each new give-up, within these bounds. */
+#define RESPAWN_MIN_NS 100000000LL
+#define RESPAWN_MAX_NS 5000000000LL
+
+/* How long a recycled worker may take to leave (its worker_exit). */
+#define RETIRE_GRACE_NS 2000000000LL
 
 /* ---- losing a worker --------------------------------------------------- */
 
@@ -42,13 +58,13 @@
 static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
                       uint64_t item)
 {
-    pmap__slot_t *slot = &pool->slots[w->index];
+    pmap__slot_t *slot = pmap__arena_state(w->arena);
     pmap__death_t death = {0, 0, (long)w->pid, 0, item};
     if (item == 0)
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
     int status = 0;
-    int rc = pmap__worker_reap(pool, w, &status);
+    int rc = pmap__proc_reap(pool, w, &status);
     if (error != 0) {
         death.error = error;
     } else if (rc < 0) {
@@ -60,8 +76,14 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         death.error = PMAP_EEXIT;
         death.code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
     }
-    if (!w->ready && !w->retiring)
-        pool->start_failures++;
+    if (!w->ready && ++pool->start_failures > START_FAILURES_MAX) {
+        /* Give up starting workers for a while, longer each time. */
+        int64_t b = pool->respawn_backoff_ns;
+        b = b < RESPAWN_MIN_NS ? RESPAWN_MIN_NS
+            : b < RESPAWN_MAX_NS / 2 ? 2 * b : RESPAWN_MAX_NS;
+        pool->respawn_backoff_ns = b;
+        pool->respawn_ns = pmap__now_ns() + b;
+    }
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         pmap__job_lost(pool, job, w, &death);
     w->nbatch = 0;
@@ -116,6 +138,7 @@ static int take_frames(pool_t *pool, pmap__worker_t *w)
             rc = w->ready ? PMAP_EPROTO : 0;
             w->ready = true;
             pool->start_failures = 0;
+            pool->respawn_backoff_ns = 0;
             break;
         case PMAP__RESULT:
             rc = job ? pmap__job_result(pool, job, w, p, len) : PMAP_EPROTO;
@@ -154,12 +177,25 @@ static void on_input(pool_t *pool, pmap__worker_t *w)
         lose(pool, w, 0);
 }
 
+/* Takes what w sent before its process ended, then buries it. */
+static void bury(pool_t *pool, pmap__worker_t *w)
+{
+    ssize_t n;
+    do {
+        n = pmap__reader_fill(&w->in, w->fd);
+        if (n > 0)
+            w->stats.bytes_received += (uint64_t)n;
+        if (take_frames(pool, w) < 0)
+            break;
+    } while (n > 0 && w->pid > 0);
+    if (w->pid > 0)
+        lose(pool, w, 0);
+}
+
 /* Writes what is queued for w, as far as its channel takes it now. */
 static void flush(pool_t *pool, pmap__worker_t *w)
 {
     struct iovec iov[PMAP__IOV];
-    if (w->retiring)
-        pmap__outq_reset(&w->out);  /* it has closed for writing */
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
         int n = pmap__outq_iov(&w->out, iov, pmap__iov_max());
         ssize_t r = pmap__sendv(w->fd, iov, n);
@@ -205,14 +241,18 @@ int pool_fd(const pool_t *pool)
 
 /* ---- one step ---------------------------------------------------------- */
 
-/* Refills empty worker slots.  Fails only when no worker is left. */
+/* Refills empty worker slots, unless starting them has failed too often
+ * lately.  Fails only when no worker is left. */
 static int keep_workers(pool_t *pool)
 {
     int alive = 0, rc = PMAP_ESTART;
+    if (pool->start_failures > START_FAILURES_MAX &&
+        pmap__now_ns() >= pool->respawn_ns)
+        pool->start_failures = START_FAILURES_MAX;  /* one more try */
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
         if (w->pid == 0 && pool->start_failures <= START_FAILURES_MAX) {
-            rc = pmap__worker_spawn(pool, w);
+            rc = pmap__proc_spawn(pool, w);
             if (rc == 0) {
                 w->stats.restarts++;
                 pool->total.restarts++;
@@ -225,42 +265,57 @@ static int keep_workers(pool_t *pool)
     return alive > 0 ? 0 : rc < 0 ? rc : PMAP_ESTART;
 }
 
-/* Tells the workers that have run their quota of items, and hold no batch,
- * to leave (max_items_per_worker); they are replaced when they have. */
+/* Lets the workers that have run their quota of items, and hold no batch,
+ * leave (max_items_per_worker): their slots are refilled at once, and each
+ * has RETIRE_GRACE_NS for its worker_exit before it is killed. */
 static void recycle(pool_t *pool)
 {
     size_t max = pool->opts.max_items_per_worker;
     for (int i = 0; i < pool->nworkers && max > 0; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        if (w->pid > 0 && w->ready && !w->retiring && w->used >= max &&
-            w->nbatch == 0 && pmap__outq_empty(&w->out)) {
-            w->retiring = true;
-            shutdown(w->fd, SHUT_WR);   /* EOF: its worker_exit, then _exit */
-        }
+        if (w->pid > 0 && w->ready && !w->gone && w->used >= max &&
+            w->nbatch == 0 && pmap__outq_empty(&w->out))
+            pmap__proc_retire(pool, w, pmap__now_ns() + RETIRE_GRACE_NS);
     }
 }
 
-/* Kills the workers whose item has run past its map's timeout, charging
- * that item.  Each item's start is in its worker's slot, so no timer runs
- * in the worker.  Returns when to check again, or -1. */
+/* The deadline of w's work if it belongs to a timed map, or -1: its
+ * running item's, or, while none runs, its next batch's, counted from when
+ * that batch became its next work or the last item ended (a worker
+ * stopped between batches must not hold them forever).  *item is the
+ * running item (index + 1), or 0. */
+static int64_t work_deadline(pool_t *pool, pmap__worker_t *w, uint64_t *item)
+{
+    pmap__slot_t *slot = pmap__arena_state(w->arena);
+    *item = atomic_load_explicit(&slot->item, memory_order_acquire);
+    int64_t since = atomic_load_explicit(&slot->started_ns,
+                                         memory_order_relaxed);
+    const pmap_job_t *job = w->batch[0].job;
+    if (*item != 0) {
+        job = find_job(pool, atomic_load_explicit(&slot->map,
+                                                  memory_order_relaxed));
+    } else if (w->waiting_ns > since) {
+        since = w->waiting_ns;
+    }
+    if (job == NULL || job->timeout_ns == 0)
+        return -1;
+    return since + job->timeout_ns;
+}
+
+/* Kills the workers whose work has run past its map's timeout, charging
+ * the running item, if any.  Each item's start is in its worker's slot, so
+ * no timer runs in the worker.  Returns when to check again, or -1. */
 static int64_t enforce_timeouts(pool_t *pool)
 {
     int64_t now = pmap__now_ns(), next = -1;
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        pmap__slot_t *slot = &pool->slots[i];
         if (w->pid == 0 || w->nbatch == 0)
             continue;
-        uint64_t item = atomic_load_explicit(&slot->item, memory_order_acquire);
-        pmap_job_t *job = item ? find_job(pool, atomic_load_explicit(
-                                                    &slot->map,
-                                                    memory_order_relaxed))
-                               : NULL;
-        if (job == NULL || job->timeout_ns == 0)
+        uint64_t item;
+        int64_t deadline = work_deadline(pool, w, &item);
+        if (deadline < 0)
             continue;
-        int64_t deadline =
-            atomic_load_explicit(&slot->started_ns, memory_order_relaxed) +
-            job->timeout_ns;
         if (deadline <= now) {
             kill(w->pid, SIGKILL);
             lose_item(pool, w, PMAP_ETIMEDOUT, item);
@@ -280,13 +335,21 @@ static int64_t enforce_timeouts(pool_t *pool)
 
 /* Kills the workers that have not said READY within the start timeout
  * (stuck in worker_init, or on a lock a thread of the caller held when it
- * forked).  Returns when to check again, or -1. */
-static int64_t check_births(pool_t *pool)
+ * forked), and buries those whose process has ended where no pidfd says
+ * so.  Returns when to check again, or -1. */
+static int64_t check_workers(pool_t *pool)
 {
     int64_t now = pmap__now_ns(), next = -1;
+    bool ticking = false;
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        if (w->pid == 0 || w->ready)
+        pmap__proc_check(pool, w);
+        if (w->gone)
+            bury(pool, w);
+        if (w->pid == 0)
+            continue;
+        ticking |= w->pidfd < 0;
+        if (w->ready)
             continue;
         int64_t deadline = w->born_ns + pool->start_timeout_ns;
         if (deadline <= now) {
@@ -296,6 +359,11 @@ static int64_t check_births(pool_t *pool)
             next = deadline;
         }
     }
+    if (pool->start_failures > START_FAILURES_MAX &&
+        (next < 0 || pool->respawn_ns < next))
+        next = pool->respawn_ns;
+    if (ticking && (next < 0 || now + PMAP__TICK_NS < next))
+        next = now + PMAP__TICK_NS;
     return next;
 }
 
@@ -307,7 +375,7 @@ static void feed(pool_t *pool)
     for (int depth = 1; depth <= PMAP__DEPTH; depth++) {
         for (int i = 0; i < pool->nworkers; i++) {
             pmap__worker_t *w = &pool->workers[i];
-            if (w->pid == 0 || !w->ready || w->retiring || w->nbatch >= depth)
+            if (w->pid == 0 || !w->ready || w->gone || w->nbatch >= depth)
                 continue;
             for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
                 if (!pmap__job_has_work(pool, job, w))
@@ -331,16 +399,30 @@ static void feed(pool_t *pool)
 }
 
 /* Carries out the cancellations asked for since the last step (perhaps by
- * a signal handler), before any more work is sent. */
-static void cancel(pool_t *pool)
+ * a signal handler), before any more work is sent, and kills the running
+ * items of cancelled maps whose grace period is over.  Returns when the
+ * next grace period ends, or -1. */
+static int64_t cancel(pool_t *pool)
 {
-    bool all = atomic_exchange(&pool->cancel, 0) != 0;
+    unsigned cancels = atomic_load(&pool->cancels);
+    int64_t now = pmap__now_ns(), next = -1;
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
-        if (all && !job->finished)
-            job->cancel = 1;
+        if (job->finished)
+            continue;
+        if (job->cancels != cancels)
+            job->cancel = 1;    /* pool_cancel since it started */
         if (job->cancel && !job->cancelled)
             pmap__job_cancel_now(pool, job);
+        if (!job->cancelled || job->kill_ns < 0 || job->inflight == 0)
+            continue;
+        if (job->kill_ns <= now) {
+            job->kill_ns = -1;
+            pmap__loop_kill_job(pool, job);
+        } else if (next < 0 || job->kill_ns < next) {
+            next = job->kill_ns;
+        }
     }
+    return next;
 }
 
 /* Closes the maps that have finished (their END frames leave with the next
@@ -355,13 +437,19 @@ static void settle(pool_t *pool)
     pmap__jobs_reap(pool);
 }
 
+static int64_t earliest(int64_t a, int64_t b)
+{
+    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
+}
+
 /* Everything but waiting.  Returns when to wake at the latest, or -1. */
 static int64_t step(pool_t *pool)
 {
-    cancel(pool);
-    int64_t wake = enforce_timeouts(pool), born = check_births(pool);
-    if (born >= 0 && (wake < 0 || born < wake))
-        wake = born;
+    int64_t wake = cancel(pool);
+    wake = earliest(wake, enforce_timeouts(pool));
+    wake = earliest(wake, check_workers(pool));
+    wake = earliest(wake, pmap__retirees_check(pool));
+    recycle(pool);
     int spawned = keep_workers(pool);
     if (spawned < 0) {
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
@@ -369,45 +457,65 @@ static int64_t step(pool_t *pool)
                 job->error = spawned;
         }
     }
-    recycle(pool);
     feed(pool);
     settle(pool);
-    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
-        int64_t due = pmap__progress_due(job);
-        if (due >= 0 && (wake < 0 || due < wake))
-            wake = due;
-    }
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
+        wake = earliest(wake, pmap__progress_due(job));
     return wake;
 }
 
-/* Waits for events until wake (or not at all if 0 >= wake) and handles
- * them.  Returns poll's count, or a negative code. */
+/* The pool's poll array, with room for n entries; NULL without memory. */
+struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n)
+{
+    if (n > pool->pollfds_cap) {
+        struct pollfd *p = realloc(pool->pollfds, n * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        pool->pollfds = p;
+        pool->pollfds_cap = n;
+    }
+    return pool->pollfds;
+}
+
+/*
+ * Waits for events until wake (or not at all if 0 >= wake) and handles
+ * them.  Polls, in this order: each worker's channel and pidfd, the wake
+ * pipe, and each retiree's channel and pidfd (handled by the next step).
+ * Returns poll's count, or a negative code.
+ */
 static int wait_events(pool_t *pool, int64_t wake)
 {
-    struct pollfd *pfd = pool->pollfds;
-    for (int i = 0; i < pool->nworkers; i++) {
+    size_t nw = (size_t)pool->nworkers, n = 2 * nw + 1 + 2 * pool->nretirees;
+    struct pollfd *pfd = pmap__loop_pollfds(pool, n);
+    if (pfd == NULL)
+        return PMAP_ENOMEM;
+    for (size_t i = 0; i < nw; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        pfd[i].fd = w->pid > 0 ? w->fd : -1;
-        pfd[i].events = POLLIN;
-        if (!pmap__outq_empty(&w->out))
-            pfd[i].events |= POLLOUT;
-        pfd[i].revents = 0;
+        short out = pmap__outq_empty(&w->out) ? 0 : POLLOUT;
+        pfd[i] = (struct pollfd){w->pid > 0 ? w->fd : -1, POLLIN | out, 0};
+        pfd[nw + i] = (struct pollfd){w->pid > 0 ? w->pidfd : -1, POLLIN, 0};
     }
-    struct pollfd *alarm = &pfd[pool->nworkers];
+    struct pollfd *alarm = &pfd[2 * nw];
     *alarm = (struct pollfd){pool->wake[0], POLLIN, 0};
-    int ready = pmap__poll(pfd, (size_t)pool->nworkers + 1, wake);
-    if (ready > 0 && alarm->revents) {  /* a cancellation: see settle() */
+    for (size_t i = 0; i < pool->nretirees; i++) {
+        alarm[1 + 2 * i] = (struct pollfd){pool->retirees[i].fd, POLLIN, 0};
+        alarm[2 + 2 * i] =
+            (struct pollfd){pool->retirees[i].pidfd, POLLIN, 0};
+    }
+    int ready = pmap__poll(pfd, n, wake);
+    if (ready > 0 && alarm->revents) {  /* a cancellation: see cancel() */
         char sink[64];
         while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
             ;
-        ready--;
     }
-    for (int i = 0; i < pool->nworkers && ready > 0; i++) {
+    for (size_t i = 0; i < nw && ready > 0; i++) {
         pmap__worker_t *w = &pool->workers[i];
         if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
             on_input(pool, w);
         if (w->pid > 0 && (pfd[i].revents & POLLOUT))
             flush(pool, w);
+        if (w->pid > 0 && pfd[nw + i].revents)
+            bury(pool, w);  /* the process has ended */
     }
     return ready;
 }

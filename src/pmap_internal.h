@@ -4,9 +4,10 @@
  *
  * The architecture, one file each (README.md, "Design", says more):
  *
- *   pool.c      pool lifecycle: create, spawn and replace workers, destroy
+ *   pool.c      pool lifecycle: create, destroy, counters
+ *   proc.c      worker processes: start, watch (pidfd), retire, reap
  *   loop.c      the caller's event loop: poll, channel I/O, worker deaths,
- *               timeouts, recycling, pool_poll and pool_fd
+ *               timeouts, cancellation, recycling, pool_poll and pool_fd
  *   job.c       a map as the caller sees it: start, wait, cancel, outcome
  *   batch.c     a map's items through the workers: batches and results
  *   deliver.c   where items come from and results go: arrays, producer,
@@ -67,6 +68,7 @@ ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt);
 int pmap__send_all(int fd, const void *data, size_t n);
 int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
 int pmap__reap(pid_t pid, int *status);
+int pmap__pidfd_open(pid_t pid);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
 
@@ -174,6 +176,7 @@ typedef struct pmap__result {
 /* One record of pmap__result_t.failures. */
 typedef struct pmap__failure_record {
     uint64_t index;
+    int error;                  /* 0: pmap_fail (PMAP_EFAIL) */
     int code;
     const char *message;        /* not NUL-terminated */
     size_t length;
@@ -213,27 +216,31 @@ uint64_t pmap__signature(const pmap__fn_t *fn);
 /*
  * What a worker tells the caller through shared memory, without a system
  * call: the item it is running, so that a crash is charged to that item
- * alone.  One cache line per worker; written by the worker only.
+ * alone, and when it started (or when the last one ended), for timeouts.
+ * At the head of the worker's own arena: no other worker can write it.
  */
 typedef struct pmap__slot {
     _Atomic uint64_t item;      /* index + 1 of the running item; 0: none */
     _Atomic uint32_t map;       /* the map that item belongs to */
-    _Atomic int64_t started_ns; /* when the item started (timed maps) */
-    char pad[64 - 2 * sizeof(uint64_t) - sizeof(uint32_t) - 4];
+    _Atomic int64_t started_ns; /* timed maps: when the item started, or
+                                   when the batch's last item ended */
 } pmap__slot_t;
 
 /*
- * Each worker's arena: two argument slots and two result slots, one of each
- * per batch it may hold (PMAP__DEPTH).  A batch's slot is named in its TASK
- * and is used again only after the batch's RESULT has been read, so the two
- * sides never write the same bytes at once.
+ * Each worker process's arena, made for it alone and unmapped when it is
+ * gone: its slot, then two argument regions and two result regions, one
+ * of each per batch it may hold (PMAP__DEPTH).  A batch's region is named
+ * in its TASK and is used again only after the batch's RESULT has been
+ * read, so the two sides never write the same bytes at once.
  */
+#define PMAP__ARENA_HEAD 4096u
 #define PMAP__SLOT_SIZE (4u << 20)
-#define PMAP__ARENA_SIZE (4 * PMAP__SLOT_SIZE)
+#define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
 
 void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
+pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results);
 
@@ -263,8 +270,12 @@ typedef struct pmap__worker {
     pid_t pid;                  /* 0 when there is no process */
     int index;
     int fd;                     /* our end of its channel, non-blocking */
+    int pidfd;                  /* readable when the process has ended, or
+                                   -1: looked at every PMAP__TICK_NS */
     bool ready;                 /* READY received */
-    bool retiring;              /* recycled: told to leave, not replaced yet */
+    bool gone;                  /* known to have ended, not yet buried */
+    bool reaped;                /* ...and waited for: status is its own */
+    int status;                 /* its wait status, once reaped */
     bool polled_out;            /* registered for output in the epoll set */
     uint32_t *setup;            /* maps set up on it */
     size_t nsetup, setup_cap;
@@ -274,27 +285,45 @@ typedef struct pmap__worker {
     pmap__batch_t batch[PMAP__DEPTH];   /* in flight, oldest first */
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
-    unsigned char *arena;       /* shared with the process (or NULL) */
-    int arena_fd;               /* its file, for the fork server (or -1) */
+    unsigned char *arena;       /* this process's own (shm.c) */
     int64_t born_ns;            /* when the process was started */
+    int64_t waiting_ns;         /* when batch[0] became its next work */
     pmap_stats_t stats;         /* of this slot, all its processes */
 } pmap__worker_t;
+
+/* A worker told to leave (recycled, or its pool destroyed): its slot is
+ * free for a replacement; it is killed if it is still there at deadline. */
+typedef struct pmap__retiree {
+    pid_t pid;
+    int fd;                     /* its channel, drained until it ends */
+    int pidfd;                  /* or -1 */
+    int64_t deadline_ns;
+} pmap__retiree_t;
+
+/* How often processes without a pidfd are looked at, while it matters. */
+#define PMAP__TICK_NS 50000000
 
 struct pool {
     pid_t owner;                /* process that created the pool */
     atomic_flag busy;           /* a call is using the pool */
-    atomic_int cancel;          /* pool_cancel: stop every map */
+    atomic_uint cancels;        /* pool_cancel calls: a map started before
+                                   the last one is cancelled */
     int wake[2];                /* a byte here wakes the loop (cancels) */
     pool_options_t opts;
     int nworkers;
     pmap__worker_t *workers;
+    pmap__retiree_t *retirees;
+    size_t nretirees, retirees_cap;
     bool server;                /* workers come from the fork server */
-    pmap__slot_t *slots;        /* shared, one per worker */
-    int slots_fd;               /* their file, for the fork server (or -1) */
     int64_t start_timeout_ns;   /* a worker not READY by then is stuck */
-    struct pollfd *pollfds;     /* one per worker and the wake pipe */
+    int64_t cancel_grace_ns;    /* running items' time after a cancel;
+                                   < 0: they finish */
+    struct pollfd *pollfds;     /* workers, wake pipe, retirees */
+    size_t pollfds_cap;
     int epfd;                   /* pool_fd, or -1 */
     int start_failures;         /* workers dead before READY, in a row */
+    int64_t respawn_ns;         /* after too many: when to try again */
+    int64_t respawn_backoff_ns;
     uint32_t last_map;          /* identifier of the last map */
     pmap_job_t *jobs;           /* maps not yet released, oldest first */
     pmap_failure_t *failures;   /* of the last map waited for in a call */
@@ -369,7 +398,12 @@ struct pmap_job {
     /* Outcome. */
     int error;                  /* the map failed or was cancelled */
     volatile sig_atomic_t cancel;   /* cancellation asked, from anywhere */
+    unsigned cancels;           /* pool->cancels when it started */
     bool cancelled;             /* and carried out */
+    int64_t kill_ns;            /* cancelled: when its running items are
+                                   killed; -1: never (they finish) */
+    bool waited;                /* pmap_job_wait is running it: not freed
+                                   by the loop even if released */
     bool background;            /* started by an _async call */
     bool released;              /* pmap_job_free'd while running: the loop
                                    frees it when it has finished */
@@ -377,16 +411,30 @@ struct pmap_job {
     int rc;
 };
 
+/* proc.c */
+void pmap__pools_lock(void);
+void pmap__pools_unlock(void);
+void pmap__pools_add(pool_t *pool);
+void pmap__pools_remove(pool_t *pool);
+void pmap__proc_child_init(const pmap__worker_t *keep);
+int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w);
+void pmap__proc_check(pool_t *pool, pmap__worker_t *w);
+int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status);
+void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline);
+int64_t pmap__retirees_check(pool_t *pool);
+void pmap__retirees_wait(pool_t *pool);
+void pmap__retirees_abandon(pool_t *pool);
+void pmap__epoll_add(const pool_t *pool, int fd, void *ptr);
+void pmap__epoll_del(const pool_t *pool, int fd);
+
 /* pool.c */
-int pmap__worker_spawn(pool_t *pool, pmap__worker_t *w);
-int pmap__worker_reap(const pool_t *pool, pmap__worker_t *w, int *status);
-void pmap__pool_child_init(int keep_fd);
 int pmap__pool_enter(pool_t *pool);
 void pmap__pool_leave(pool_t *pool);
 void pmap__pool_wake(pool_t *pool);
 
 /* loop.c */
 int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns);
+struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n);
 int64_t pmap__loop_once(pool_t *pool);
 void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
@@ -429,8 +477,7 @@ typedef struct pmap__worker_setup {
     pid_t parent;               /* our parent: the caller, or the server */
     int index;                  /* in the pool */
     int fd;                     /* our end of the channel */
-    pmap__slot_t *slot;         /* shared with the caller */
-    unsigned char *arena;       /* shared with the caller, or NULL */
+    unsigned char *arena;       /* shared with the caller: slot, regions */
     int (*init)(int, void *);   /* the pool's worker hooks */
     void (*exit)(int, void *);
     void *arg;
@@ -443,8 +490,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
 /* server.c */
 bool pmap__server_running(void);
 int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
-                       int slots_fd, size_t slots_size, int arena_fd,
-                       pid_t *pid);
+                       int arena_fd, int64_t deadline, pid_t *pid);
 int pmap__server_reap(pid_t pid, int *status, int64_t deadline);
 void pmap__server_child_init(void);
 

@@ -10,10 +10,16 @@
  * The caller and the server talk over one socketpair, the control channel:
  *
  *   caller -> server  SPAWN: the worker's setup, with its channel end and
- *                     its shared memory passed as descriptors (SCM_RIGHTS)
- *   server -> caller  SPAWNED pid | FAILED code, in answer; and DIED pid
- *                     status whenever a worker it forked has ended
+ *                     its arena passed as descriptors (SCM_RIGHTS)
+ *   server -> caller  SPAWNED pid | FAILED code, in answer, with the
+ *                     request's number; and DIED pid status whenever a
+ *                     worker it forked has ended
  *
+ * Every wait on the server has a deadline: a stopped server makes
+ * pool_create and the replacement of workers fail with PMAP_ESTART, never
+ * hang.  An answer that comes after its request was given up is told apart
+ * by its number and its worker killed.  A dead server makes them fail the
+ * same way until pmap_init starts a new one.
  * The server is the workers' parent, so it reaps them and reports their
  * statuses, which the caller needs to say why an item's worker died.  The
  * caller keeps the reports it has not asked for yet.  The server dies with
@@ -48,7 +54,7 @@ typedef struct request {
     uint32_t magic;
     int32_t index;
     int64_t owner;
-    uint64_t slots_size;
+    uint64_t number;    /* answered with the same number */
     uint64_t arena_size;
     int (*init)(int, void *);
     void (*exit)(int, void *);
@@ -62,6 +68,7 @@ typedef struct report {
     int64_t pid;
     int32_t value;      /* FAILED: code; DIED: wait status */
     int32_t pad;
+    uint64_t number;    /* SPAWNED, FAILED: the request's */
 } report_t;
 
 /* The caller's side: the control channel and the reports not claimed. */
@@ -72,7 +79,10 @@ static struct {
     pid_t server;       /* the server */
     report_t *deaths;   /* DIED reports not claimed yet */
     size_t ndeaths, cap;
-} ctl = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, NULL, 0, 0};
+    uint64_t requests;  /* SPAWN requests sent */
+    bool unanswered;    /* the last one was given up: the server is stuck */
+    bool dead;          /* end of file on the control channel */
+} ctl = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, NULL, 0, 0, 0, false, false};
 
 /* Whether this process has a fork server (a forked child does not). */
 bool pmap__server_running(void)
@@ -95,18 +105,19 @@ static void on_child(int sig)
     errno = saved;
 }
 
-static void report(int fd, uint32_t type, pid_t pid, int value)
+static void report(int fd, uint32_t type, pid_t pid, int value,
+                   uint64_t number)
 {
-    report_t r = {MAGIC, type, (int64_t)pid, value, 0};
+    report_t r = {MAGIC, type, (int64_t)pid, value, 0, number};
     if (pmap__send_all(fd, &r, sizeof r) < 0)
         _exit(0);   /* the caller is gone */
 }
 
 /* Receives a request and its descriptors; false at end of file. */
-static bool receive(int fd, request_t *req, int fds[3], int *nfds)
+static bool receive(int fd, request_t *req, int fds[2], int *nfds)
 {
     union {
-        char buf[CMSG_SPACE(3 * sizeof(int))];
+        char buf[CMSG_SPACE(2 * sizeof(int))];
         struct cmsghdr align;
     } control;
     struct iovec iov = {req, sizeof *req};
@@ -125,52 +136,45 @@ static bool receive(int fd, request_t *req, int fds[3], int *nfds)
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             *nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            if (*nfds > 3)
-                *nfds = 3;
+            if (*nfds > 2)
+                *nfds = 2;
             memcpy(fds, CMSG_DATA(c), (size_t)*nfds * sizeof(int));
         }
     }
     return true;
 }
 
-/* In the new worker: its memory, then the worker's own life. */
+/* In the new worker: its arena, then the worker's own life. */
 static _Noreturn void become_worker(int control, const request_t *req,
-                                    const int fds[3], int nfds)
+                                    const int fds[2])
 {
     pmap__close(&child_pipe[0]);
     pmap__close(&child_pipe[1]);
     pmap__close(&control);
     signal(SIGCHLD, SIG_DFL);
     pmap__worker_setup_t s = {(pid_t)req->owner, getppid(), req->index,
-                              fds[0], NULL, NULL, req->init, req->exit,
-                              req->arg};
-    unsigned char *slots = nfds > 1 ? pmap__shm_attach(fds[1],
-                                                      req->slots_size)
-                                    : NULL;
-    if (slots == NULL)
+                              fds[0], NULL, req->init, req->exit, req->arg};
+    s.arena = pmap__shm_attach(fds[1], req->arena_size);
+    int arena = fds[1];
+    pmap__close(&arena);
+    if (s.arena == NULL || req->arena_size != PMAP__ARENA_SIZE)
         _exit(126);
-    s.slot = (pmap__slot_t *)slots + req->index;
-    if (nfds > 2)
-        s.arena = pmap__shm_attach(fds[2], req->arena_size);
-    for (int i = 1; i < nfds; i++) {
-        int fd = fds[i];
-        pmap__close(&fd);
-    }
     pmap__worker_main(&s);
 }
 
-static void spawn(int control, const request_t *req, int fds[3], int nfds)
+static void spawn(int control, const request_t *req, int fds[2], int nfds)
 {
-    pid_t pid = nfds >= 2 ? fork() : -1;
+    pid_t pid = nfds == 2 ? fork() : -1;
     if (pid == 0)
-        become_worker(control, req, fds, nfds);
+        become_worker(control, req, fds);
     int err = errno;
     for (int i = 0; i < nfds; i++)
         pmap__close(&fds[i]);
     if (pid < 0)
-        report(control, FAILED, 0, nfds >= 2 ? -err : PMAP_EPROTO);
+        report(control, FAILED, 0, nfds == 2 ? -err : PMAP_EPROTO,
+               req->number);
     else
-        report(control, SPAWNED, pid, 0);
+        report(control, SPAWNED, pid, 0, req->number);
 }
 
 /* The server's loop: serve spawn requests, report deaths, leave with the
@@ -190,10 +194,10 @@ static _Noreturn void serve(int control)
         pid_t dead;
         /* The server forked every child it has: it may reap them all. */
         while ((dead = waitpid(-1, &status, WNOHANG)) > 0)
-            report(control, DIED, dead, status);
+            report(control, DIED, dead, status, 0);
         if (p[0].revents) {
             request_t req;
-            int fds[3], nfds = 0;
+            int fds[2], nfds = 0;
             if (!receive(control, &req, fds, &nfds))
                 _exit(0);   /* the caller is gone; our workers die with us */
             spawn(control, &req, fds, nfds);
@@ -233,56 +237,102 @@ static _Noreturn void server_main(int control, pid_t owner)
     serve(control);
 }
 
+/* Waits for our child pid until deadline, then kills it and waits. */
+static void end_child(pid_t pid, int64_t deadline)
+{
+    int status, fd = pmap__pidfd_open(pid);
+    for (;;) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno != EINTR))
+            break;
+        if (r == 0 && pmap__now_ns() >= deadline) {
+            kill(pid, SIGKILL);
+            pmap__reap(pid, &status);
+            break;
+        }
+        struct pollfd p = {fd, POLLIN, 0};
+        int64_t tick = pmap__now_ns() + PMAP__TICK_NS;
+        pmap__poll(&p, fd >= 0, fd >= 0 && deadline < tick ? deadline : tick);
+    }
+    pmap__close(&fd);
+}
+
+/* Forgets the server: stops it (end of file, then SIGKILL after a second)
+ * if it is ours, or only drops our copy of its channel in a forked child
+ * of its owner.  Locked. */
+static void forget_server(void)
+{
+    if (ctl.fd >= 0 && ctl.owner == getpid()) {
+        /* shutdown, because a forked child of ours may hold a copy of
+         * this descriptor. */
+        shutdown(ctl.fd, SHUT_RDWR);
+        pmap__close(&ctl.fd);
+        end_child(ctl.server, pmap__now_ns() + 1000000000LL);
+    }
+    pmap__close(&ctl.fd);
+    free(ctl.deaths);
+    ctl.deaths = NULL;
+    ctl.ndeaths = ctl.cap = 0;
+    ctl.dead = ctl.unanswered = false;
+}
+
+static int start_server(void)
+{
+    int fds[2];
+    int rc = pmap__channel(fds);
+    if (rc < 0)
+        return rc;
+    fflush(NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t owner = getpid(), pid = fork();
+    if (pid == 0) {
+        pmap__close(&fds[0]);
+        pmap__close(&ctl.fd);
+        pmap__proc_child_init(NULL);   /* no pool's memory or descriptor */
+        server_main(fds[1], owner);
+    }
+    rc = pid < 0 ? -errno : 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pmap__close(&fds[1]);
+    if (pid < 0) {
+        pmap__close(&fds[0]);
+    } else {
+        ctl.fd = fds[0];
+        ctl.server = pid;
+        ctl.owner = owner;
+    }
+    return rc;
+}
+
+/*
+ * Starts the server unless this process has one that is alive.  A server
+ * that died is replaced (the pools that used it start workers again), and
+ * a forked child of the server's owner gets a server of its own.
+ */
 int pmap_init(void)
 {
     if (pmap__in_worker)
         return PMAP_ENESTED;
+    pmap__pools_lock();     /* before ctl.lock, as pmap__proc_spawn */
     pthread_mutex_lock(&ctl.lock);
-    int rc = 0;
-    if (ctl.fd < 0) {
-        int fds[2];
-        rc = pmap__channel(fds);
-        if (rc == 0) {
-            fflush(NULL);
-            sigset_t all, old;
-            sigfillset(&all);
-            pthread_sigmask(SIG_SETMASK, &all, &old);
-            pid_t owner = getpid(), pid = fork();
-            ctl.owner = owner;
-            if (pid == 0) {
-                pmap__close(&fds[0]);
-                server_main(fds[1], owner);
-            }
-            rc = pid < 0 ? -errno : 0;
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            pmap__close(&fds[1]);
-            if (pid < 0) {
-                pmap__close(&fds[0]);
-            } else {
-                ctl.fd = fds[0];
-                ctl.server = pid;
-            }
-        }
-    }
+    if (ctl.fd >= 0 && ctl.owner == getpid() && !ctl.dead &&
+        waitpid(ctl.server, &(int){0}, WNOHANG) == ctl.server)
+        ctl.dead = true;    /* and reaped */
+    if (ctl.fd >= 0 && (ctl.owner != getpid() || ctl.dead))
+        forget_server();
+    int rc = ctl.fd < 0 ? start_server() : 0;
     pthread_mutex_unlock(&ctl.lock);
+    pmap__pools_unlock();
     return rc;
 }
 
 void pmap_exit(void)
 {
     pthread_mutex_lock(&ctl.lock);
-    if (pmap__server_running()) {
-        /* End of file: the server leaves (shutdown, because a forked child
-         * of ours may hold a copy of this descriptor). */
-        shutdown(ctl.fd, SHUT_RDWR);
-        pmap__close(&ctl.fd);
-        int status;
-        while (waitpid(ctl.server, &status, 0) < 0 && errno == EINTR)
-            ;
-    }
-    free(ctl.deaths);
-    ctl.deaths = NULL;
-    ctl.ndeaths = ctl.cap = 0;
+    if (ctl.fd >= 0)
+        forget_server();
     pthread_mutex_unlock(&ctl.lock);
 }
 
@@ -295,9 +345,27 @@ void pmap__server_child_init(void)
 
 /* ---- the caller's side ------------------------------------------------- */
 
-/* Reads one report, keeping deaths; returns it in *r.  Locked. */
+static int keep_death(const report_t *r)
+{
+    if (ctl.ndeaths == ctl.cap) {
+        size_t cap = ctl.cap ? ctl.cap * 2 : 16;
+        report_t *d = realloc(ctl.deaths, cap * sizeof *d);
+        if (d == NULL)
+            return PMAP_ENOMEM;
+        ctl.deaths = d;
+        ctl.cap = cap;
+    }
+    ctl.deaths[ctl.ndeaths++] = *r;
+    return 0;
+}
+
+/* Reads one report, keeping deaths and dropping the late answer to a
+ * request given up (its worker, if any, is killed); returns it in *r.
+ * Locked. */
 static int read_report(report_t *r, int64_t deadline)
 {
+    if (ctl.dead || ctl.fd < 0)
+        return PMAP_ESTART;
     struct pollfd p = {ctl.fd, POLLIN, 0};
     int ready = pmap__poll(&p, 1, deadline);
     if (ready == 0)
@@ -307,41 +375,40 @@ static int read_report(report_t *r, int64_t deadline)
     size_t got = 0;
     while (got < sizeof *r) {
         ssize_t n = pmap__read(ctl.fd, (char *)r + got, sizeof *r - got);
-        if (n <= 0)
-            return PMAP_ESTART;     /* the server is gone */
+        if (n <= 0) {
+            ctl.dead = true;        /* the server is gone */
+            return PMAP_ESTART;
+        }
         got += (size_t)n;
     }
     if (r->magic != MAGIC)
         return PMAP_EPROTO;
-    if (r->type == DIED) {
-        if (ctl.ndeaths == ctl.cap) {
-            size_t cap = ctl.cap ? ctl.cap * 2 : 16;
-            report_t *d = realloc(ctl.deaths, cap * sizeof *d);
-            if (d == NULL)
-                return PMAP_ENOMEM;
-            ctl.deaths = d;
-            ctl.cap = cap;
-        }
-        ctl.deaths[ctl.ndeaths++] = *r;
+    if (r->type == DIED)
+        return keep_death(r);
+    if (ctl.unanswered && r->number == ctl.requests) {
+        ctl.unanswered = false;
+        if (r->type == SPAWNED)
+            kill((pid_t)r->pid, SIGKILL);
+        r->type = 0;    /* nothing the caller waits for */
     }
     return 0;
 }
 
 /*
  * Asks the server for a worker with this setup: channel is the worker's end
- * of its channel, slots_fd and arena_fd its shared memory (arena_fd may be
- * -1).  Stores its pid.  Returns 0 or a negative code.
+ * of its channel, arena_fd its arena.  Stores its pid.  Returns 0, or a
+ * negative code: PMAP_ESTART if the server is gone, or has not answered by
+ * deadline (or has not answered an earlier request).
  */
 int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
-                       int slots_fd, size_t slots_size, int arena_fd,
-                       pid_t *pid)
+                       int arena_fd, int64_t deadline, pid_t *pid)
 {
-    request_t req = {MAGIC,       setup->index,     (int64_t)setup->owner,
-                     slots_size,  PMAP__ARENA_SIZE, setup->init,
+    request_t req = {MAGIC,       setup->index, (int64_t)setup->owner,
+                     0,           PMAP__ARENA_SIZE, setup->init,
                      setup->exit, setup->arg};
-    int fds[3] = {channel, slots_fd, arena_fd}, nfds = arena_fd >= 0 ? 3 : 2;
+    int fds[2] = {channel, arena_fd};
     union {
-        char buf[CMSG_SPACE(3 * sizeof(int))];
+        char buf[CMSG_SPACE(2 * sizeof(int))];
         struct cmsghdr align;
     } control;
     memset(&control, 0, sizeof control);
@@ -350,31 +417,41 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+    msg.msg_controllen = sizeof control.buf;
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
+    c->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(c), fds, sizeof fds);
 
     pthread_mutex_lock(&ctl.lock);
-    ssize_t n;
-    do
-        n = sendmsg(ctl.fd, &msg, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
-    int rc = n == sizeof req ? 0 : PMAP_ESTART;
+    report_t r;
+    int rc = ctl.fd >= 0 ? 0 : PMAP_ESTART;
+    while (rc == 0 && ctl.unanswered)   /* stuck since?  Look, not wait. */
+        rc = read_report(&r, 0);
+    if (rc == 0) {
+        req.number = ++ctl.requests;
+        ssize_t n;
+        do
+            n = sendmsg(ctl.fd, &msg, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        rc = n == sizeof req ? 0 : PMAP_ESTART;
+    }
     while (rc == 0) {
-        report_t r;
-        rc = read_report(&r, -1);
-        if (rc == 0 && r.type == SPAWNED) {
+        rc = read_report(&r, deadline);
+        if (rc == PMAP_ETIMEDOUT)
+            ctl.unanswered = true;
+        if (rc < 0 || (r.type != SPAWNED && r.type != FAILED) ||
+            r.number != ctl.requests)
+            continue;
+        if (r.type == SPAWNED)
             *pid = (pid_t)r.pid;
-            break;
-        }
-        if (rc == 0 && r.type == FAILED)
+        else
             rc = r.value < 0 ? r.value : PMAP_ESTART;
+        break;
     }
     pthread_mutex_unlock(&ctl.lock);
-    return rc;
+    return rc < 0 && rc != PMAP_ENOMEM ? PMAP_ESTART : rc;
 }
 
 /*

@@ -1,13 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * shm.c - memory shared between the caller and its workers: the slots that
- * tell which item each worker runs, and each worker's arena, through which
- * large strings and buffers travel with one copy instead of two (the
- * caller's into the arena; the worker reads them in place).
+ * shm.c - memory shared between the caller and one worker process: its
+ * arena, which holds the slot that tells which item it runs, and the
+ * regions through which large strings and buffers travel with one copy
+ * instead of two (the caller's into the arena; the worker reads them in
+ * place).
  *
- * A worker forked by the caller inherits this memory at the same address,
- * so it is anonymous.  A worker forked by the fork server (server.c) is not
- * the caller's child: its memory must be a file it is sent and maps itself
+ * Each worker process gets an arena of its own, and only its own: a child
+ * forked by the caller unmaps every other arena first thing (proc.c), and
+ * a replacement never inherits what its predecessor, or a process that
+ * predecessor forked, could still write.
+ *
+ * A worker forked by the caller inherits its arena at the same address, so
+ * it is anonymous.  A worker forked by the fork server (server.c) is not
+ * the caller's child: its arena must be a file it is sent and maps itself
  * (memfd on Linux, an unlinked POSIX shared memory object elsewhere).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
@@ -90,12 +96,17 @@ void pmap__shm_unmap(void *p, size_t size)
         munmap(p, size);
 }
 
-/* Argument or result slot `slot` of a worker's arena; empty without one. */
+/* The slot at the head of a worker's arena. */
+pmap__slot_t *pmap__arena_state(unsigned char *arena)
+{
+    return (pmap__slot_t *)(void *)arena;
+}
+
+/* Argument or result region `slot` of a worker's arena. */
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results)
 {
-    if (arena == NULL)
-        return (pmap__region_t){NULL, 0, 0};
-    size_t at = ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;
+    size_t at = PMAP__ARENA_HEAD +
+                ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;
     return (pmap__region_t){arena + at, PMAP__SLOT_SIZE, 0};
 }

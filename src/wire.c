@@ -516,8 +516,10 @@ int pmap__result_decode(const unsigned char *p, size_t len,
 const unsigned char *pmap__failure_next(const unsigned char *p,
                                         pmap__failure_record_t *f)
 {
+    uint64_t why = pmap__get_u64(p + 8);
     f->index = pmap__get_u64(p);
-    f->code = (int)(int64_t)pmap__get_u64(p + 8);
+    f->error = (int)(int32_t)(uint32_t)(why >> 32);
+    f->code = (int)(int32_t)(uint32_t)why;
     f->length = (size_t)pmap__get_u64(p + 16);
     f->message = (const char *)p + 3 * sizeof(uint64_t);
     return p + record_size(f->length);

@@ -9,7 +9,10 @@
  * TASK with one RESULT.  Before each call it writes the item's index into
  * its shared slot, so that if the callback kills the process the caller
  * knows which item did it.  It leaves only by _exit: exit() would run the
- * caller's atexit handlers and flush stdio buffers copied from the caller.
+ * caller's atexit handlers.  What callbacks print with stdio is flushed
+ * after every batch, before its RESULT, and before leaving, so nothing is
+ * lost when stdout is a pipe or a file (the buffers copied from the caller
+ * were emptied before the fork).
  */
 #include "pmap_internal.h"
 
@@ -49,7 +52,7 @@ static struct {
     void *state;                /* pmap_set_worker_state */
     int fd;
     pmap__slot_t *slot;
-    unsigned char *arena;       /* shared with the caller, or NULL */
+    unsigned char *arena;       /* shared with the caller */
     pmap__reader_t in;
     pmap__outq_t out;
     worker_map_t *maps;
@@ -58,6 +61,7 @@ static struct {
     pmap__buf_t failures;       /* one batch's failure records */
     bool running;               /* inside a callback */
     bool failed;                /* pmap_fail was called for this item */
+    int fail_error;             /* 0: pmap_fail's PMAP_EFAIL */
     int fail_code;
     char fail_message[PMAP__MESSAGE_MAX];
 } self;
@@ -218,6 +222,25 @@ static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
     return true;
 }
 
+/* A buffer result too large to be real (its size would also collide with
+ * the wire's markers): the item fails instead of arriving altered. */
+static void check_result(const pmap__fn_t *fn, unsigned char *result)
+{
+    pmap_bytes_t b;
+    if (fn->result.kind != PMAP__BYTES)
+        return;
+    memcpy(&b, result, sizeof b);
+    if ((uint64_t)b.size >= PMAP__SHARED_FLAG) {
+        self.failed = true;
+        self.fail_error = PMAP_EINVAL;
+        self.fail_code = 0;
+        snprintf(self.fail_message, sizeof self.fail_message,
+                 "result buffer of %zu bytes: out of range", b.size);
+        b.data = NULL;  /* not ours to free: it cannot be that large */
+        memcpy(result, &b, sizeof b);
+    }
+}
+
 /* Records the running item's pmap_fail, and frees its result if owned. */
 static void record_failure(const pmap__fn_t *fn, uint64_t index,
                            unsigned char *result)
@@ -233,8 +256,11 @@ static void record_failure(const pmap__fn_t *fn, uint64_t index,
     }
     memset(result, 0, fn->result.size);
     size_t len = strlen(self.fail_message);
-    /* Record: u64 index | u64 code | u64 message length | message, padded */
-    uint64_t head[3] = {index, (uint64_t)(int64_t)self.fail_code, len};
+    /* Record: u64 index | u64 error << 32 | code (32 bits each) | u64
+     * message length | message, padded */
+    uint64_t why = (uint64_t)(uint32_t)self.fail_error << 32 |
+                   (uint32_t)self.fail_code;
+    uint64_t head[3] = {index, why, len};
     if (pmap__buf_put(&self.failures, head, sizeof head) < 0 ||
         pmap__buf_put(&self.failures, self.fail_message, len) < 0 ||
         pmap__buf_pad(&self.failures, PMAP__ALIGN) < 0)
@@ -282,6 +308,7 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
         atomic_store_explicit(&self.slot->item, first + j + 1,
                               memory_order_release);
         call(result, (void *const *)argv);
+        check_result(fn, result);
         if (self.failed) {
             record_failure(fn, first + j, result);
             self.failed = false;
@@ -292,6 +319,9 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
         result += result_size;
     }
     self.running = false;
+    if (m->timed)   /* the wait for the next batch starts now */
+        atomic_store_explicit(&self.slot->started_ns, pmap__now_ns(),
+                              memory_order_relaxed);
     atomic_store_explicit(&self.slot->item, 0, memory_order_release);
     return nfailed;
 }
@@ -333,6 +363,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     int64_t start = pmap__now_ns();
     uint64_t nfailed = call_items(m, first, (size_t)count, col);
     uint64_t busy = (uint64_t)(pmap__now_ns() - start);
+    fflush(NULL);
 
     size_t frame = pmap__outq_begin(&self.out, PMAP__RESULT, id);
     pmap__outq_u64(&self.out, first);
@@ -352,6 +383,7 @@ static _Noreturn void leave(void)
 {
     if (self.setup.exit != NULL)
         self.setup.exit(self.index, self.setup.arg);
+    fflush(NULL);
     _exit(EXIT_DONE);
 }
 
@@ -403,7 +435,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
         _exit(EXIT_DONE);   /* the parent died before we got here */
     self.setup = *setup;
     self.fd = setup->fd;
-    self.slot = setup->slot;
+    self.slot = pmap__arena_state(setup->arena);
     self.arena = setup->arena;
     self.index = setup->index;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
@@ -432,6 +464,7 @@ int pmap_fail(int code, const char *format, ...)
     if (!pmap__in_worker || !self.running)
         return PMAP_EINVAL;
     self.failed = true;
+    self.fail_error = 0;
     self.fail_code = code;
     self.fail_message[0] = '\0';
     if (format != NULL) {

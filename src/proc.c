@@ -1,0 +1,446 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * proc.c - worker processes as the caller sees them: starting one (forked
+ * here, or by the fork server), knowing when it has ended, letting one
+ * leave within a grace period, and waiting for it.
+ *
+ * Invariants:
+ *  - Liveness comes from the process, never only from its channel: a
+ *    process the callback forked may hold the channel open long after the
+ *    worker died.  On Linux each worker has a pidfd, polled beside its
+ *    channel; elsewhere the loop looks every PMAP__TICK_NS, with
+ *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
+ *  - A worker sees only its own shared memory: each process gets a new
+ *    arena, unmapped when it is gone, and a child forked here unmaps every
+ *    other arena of every pool before anything else.
+ *  - The child closes every descriptor of every pool of the process except
+ *    its own end of its channel, so that closing our end always reaches it
+ *    as EOF, and destroying one pool never waits on another's workers.
+ *    The list of pools is locked across fork, and while descriptors and
+ *    arenas are made or dropped, for that reason.
+ *  - Before a fork here, stdio is flushed (or the child would print the
+ *    caller's buffered text again) and every signal but the synchronous
+ *    faults is blocked, so no handler of the caller runs in the child
+ *    before worker.c resets them.
+ *  - We wait for our own workers by pid and nothing else; the server's
+ *    workers are its children, and it reports how they end.  Every wait
+ *    has a deadline, or follows a SIGKILL.
+ */
+#include "pmap_internal.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
+
+/* How long the fork server has to report a worker's end it has seen. */
+#define REPORT_NS 100000000LL
+/* ...and one we have killed, before its status is taken for lost. */
+#define KILLED_REPORT_NS 1000000000LL
+
+static pool_t *pools;
+static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void pmap__pools_lock(void)
+{
+    pthread_mutex_lock(&pools_lock);
+}
+
+void pmap__pools_unlock(void)
+{
+    pthread_mutex_unlock(&pools_lock);
+}
+
+/* Links pool into the list of pools; locked by the caller. */
+void pmap__pools_add(pool_t *pool)
+{
+    pool->next = pools;
+    pools = pool;
+}
+
+void pmap__pools_remove(pool_t *pool)
+{
+    pthread_mutex_lock(&pools_lock);
+    for (pool_t **p = &pools; *p != NULL; p = &(*p)->next) {
+        if (*p == pool) {
+            *p = pool->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&pools_lock);
+}
+
+/* ---- pool_fd's epoll set ------------------------------------------------ */
+
+void pmap__epoll_add(const pool_t *pool, int fd, void *ptr)
+{
+#ifdef __linux__
+    if (pool->epfd >= 0 && fd >= 0) {
+        struct epoll_event ev = {EPOLLIN, {.ptr = ptr}};
+        epoll_ctl(pool->epfd, EPOLL_CTL_ADD, fd, &ev);
+    }
+#else
+    (void)pool, (void)fd, (void)ptr;
+#endif
+}
+
+/* Removes fd before it is closed: a copy of it in a child the program
+ * forked would otherwise keep it in the set. */
+void pmap__epoll_del(const pool_t *pool, int fd)
+{
+#ifdef __linux__
+    if (pool->epfd >= 0 && fd >= 0)
+        epoll_ctl(pool->epfd, EPOLL_CTL_DEL, fd, NULL);
+#else
+    (void)pool, (void)fd;
+#endif
+}
+
+/* ---- starting ----------------------------------------------------------- */
+
+/*
+ * In a new child of this process (a worker, or the fork server), before
+ * anything else: closes every descriptor of every pool, keeping only
+ * keep's channel, unmaps every arena but keep's, and makes the list's lock
+ * usable again (the forking thread held it, and that thread is the only
+ * one the child has).
+ */
+void pmap__proc_child_init(const pmap__worker_t *keep)
+{
+    for (pool_t *p = pools; p != NULL; p = p->next) {
+        pmap__close(&p->epfd);
+        pmap__close(&p->wake[0]);
+        pmap__close(&p->wake[1]);
+        for (int i = 0; i < p->nworkers; i++) {
+            pmap__worker_t *w = &p->workers[i];
+            pmap__close(&w->pidfd);
+            if (w == keep)
+                continue;
+            pmap__close(&w->fd);
+            pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+            w->arena = NULL;
+        }
+        for (size_t i = 0; i < p->nretirees; i++) {
+            pmap__close(&p->retirees[i].fd);
+            pmap__close(&p->retirees[i].pidfd);
+        }
+    }
+    pthread_mutex_init(&pools_lock, NULL);
+}
+
+/* Forks worker w from this process, pools_lock held; its end of the
+ * channel is fds[1]. */
+static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
+{
+    pmap__worker_setup_t setup = {
+        getpid(),         getpid(),        w->index,
+        fds[1],           w->arena,        pool->opts.worker_init,
+        pool->opts.worker_exit, pool->opts.worker_arg};
+    fflush(NULL);
+    sigset_t all, old;
+    sigfillset(&all);
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+                                 SIGABRT, SIGTRAP, SIGSYS};
+    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&all, faults[i]);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        pmap__close(&fds[0]);
+        pmap__proc_child_init(w);
+        pmap__server_child_init();
+        pmap__worker_main(&setup);
+    }
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pid < 0 ? -err : pid;
+}
+
+/* Makes the channel and the arena of w's next process and starts it;
+ * pools_lock held.  Returns its pid, or a negative code. */
+static pid_t start(pool_t *pool, pmap__worker_t *w, int fds[2])
+{
+    int rc = pmap__channel(fds), arena_fd = -1;
+    if (rc < 0)
+        return rc;
+    w->arena = pmap__shm_map(PMAP__ARENA_SIZE, pool->server ? &arena_fd : NULL);
+    pid_t pid = PMAP_ENOMEM;
+    if (w->arena != NULL && pool->server) {
+        pmap__worker_setup_t setup = {getpid(), 0, w->index, -1, NULL,
+                                      pool->opts.worker_init,
+                                      pool->opts.worker_exit,
+                                      pool->opts.worker_arg};
+        rc = pmap__server_spawn(&setup, fds[1], arena_fd,
+                                pmap__now_ns() + pool->start_timeout_ns, &pid);
+        pid = rc < 0 ? rc : pid;
+    } else if (w->arena != NULL) {
+        pid = fork_worker(pool, w, fds);
+    }
+    pmap__close(&fds[1]);
+    pmap__close(&arena_fd);
+    if (pid < 0) {
+        pmap__close(&fds[0]);
+        pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+        w->arena = NULL;
+    }
+    return pid;
+}
+
+/*
+ * Starts the process for worker slot w and connects it.  Returns 0 or a
+ * negative code (the slot then stays empty).
+ */
+int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
+{
+    int fds[2];
+    pthread_mutex_lock(&pools_lock);
+    pid_t pid = start(pool, w, fds);
+    if (pid > 0) {
+        w->pid = pid;
+        w->fd = fds[0];
+    }
+    pthread_mutex_unlock(&pools_lock);
+    if (pid < 0)
+        return (int)pid;
+    w->born_ns = pmap__now_ns();
+    w->ready = w->gone = w->reaped = false;
+    w->nsetup = 0;
+    w->nbatch = 0;
+    w->used = 0;
+    w->next_slot = 0;
+    pmap__outq_reset(&w->out);
+    w->in.buf.len = w->in.start = 0;
+    w->pidfd = pmap__pidfd_open(pid);
+    if (w->pidfd == -ESRCH)
+        w->gone = true;     /* the server's child, dead and reaped already */
+    if (w->pidfd < 0)
+        w->pidfd = -1;
+    w->polled_out = false;
+    pmap__epoll_add(pool, w->fd, w);
+    pmap__epoll_add(pool, w->pidfd, w);
+    int rc = pmap__set_nonblocking(w->fd);
+    if (rc < 0) {
+        int status;
+        pmap__proc_reap(pool, w, &status);
+    }
+    return rc;
+}
+
+/* ---- ending ------------------------------------------------------------- */
+
+/*
+ * Where there is no pidfd: whether w's process has ended, taking its
+ * status if so (it is then reaped).  Sets w->gone.
+ */
+void pmap__proc_check(pool_t *pool, pmap__worker_t *w)
+{
+    if (w->pid <= 0 || w->gone || w->pidfd >= 0)
+        return;
+    if (pool->server) {
+        w->reaped = pmap__server_reap(w->pid, &w->status, 0) == 0;
+    } else {
+        pid_t r;
+        do
+            r = waitpid(w->pid, &w->status, WNOHANG);
+        while (r < 0 && errno == EINTR);
+        w->reaped = r == w->pid;
+        if (r < 0)
+            w->reaped = false, w->gone = true;  /* reaped by someone else */
+    }
+    w->gone = w->gone || w->reaped;
+}
+
+/*
+ * Waits for process pid, killing it first unless it has ended; stores its
+ * wait status.  Returns 0, or PMAP_ELOST when the status cannot be had
+ * (the caller's SIGCHLD handler took it, or the fork server is gone or
+ * stopped).
+ */
+static int reap_pid(bool server, pid_t pid, int *status)
+{
+    if (server) {
+        int rc = pmap__server_reap(pid, status, pmap__now_ns() + REPORT_NS);
+        if (rc == PMAP_ETIMEDOUT) {
+            kill(pid, SIGKILL);
+            rc = pmap__server_reap(pid, status,
+                                   pmap__now_ns() + KILLED_REPORT_NS);
+        }
+        return rc < 0 ? PMAP_ELOST : 0;
+    }
+    pid_t r;
+    do
+        r = waitpid(pid, status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == pid)
+        return 0;
+    if (r < 0)
+        return PMAP_ELOST;
+    kill(pid, SIGKILL);
+    return pmap__reap(pid, status);
+}
+
+/* Drops w's arena, under the lock: a child forked meanwhile by another
+ * thread must not keep a mapping that the list no longer shows. */
+static void drop_arena(pmap__worker_t *w)
+{
+    pthread_mutex_lock(&pools_lock);
+    pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+    w->arena = NULL;
+    pthread_mutex_unlock(&pools_lock);
+}
+
+static void close_watched(const pool_t *pool, int *fd)
+{
+    pmap__epoll_del(pool, *fd);
+    pmap__close(fd);
+}
+
+/*
+ * Closes w's channel, makes sure its process is gone (killing it if it is
+ * still running) and waits for it.  Stores its wait status and returns 0,
+ * or returns PMAP_ELOST when it cannot be had.  The slot is then empty,
+ * for pmap__proc_spawn.
+ */
+int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
+{
+    int rc = PMAP_ELOST;
+    close_watched(pool, &w->fd);
+    if (w->reaped) {
+        *status = w->status;
+        rc = 0;
+    } else if (w->pid > 0) {
+        rc = reap_pid(pool->server, w->pid, status);
+    }
+    close_watched(pool, &w->pidfd);
+    drop_arena(w);
+    w->pid = 0;
+    w->gone = w->reaped = false;
+    return rc;
+}
+
+/*
+ * Tells w to leave (EOF on its channel: its worker_exit, then _exit) and
+ * frees its slot at once; the process has until deadline, then is killed.
+ */
+void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
+{
+    if (pool->nretirees == pool->retirees_cap) {
+        size_t cap = pool->retirees_cap ? pool->retirees_cap * 2 : 8;
+        pmap__retiree_t *r = realloc(pool->retirees, cap * sizeof *r);
+        if (r == NULL) {
+            int status;     /* no room to wait for it: kill it now */
+            pmap__proc_reap(pool, w, &status);
+            return;
+        }
+        pool->retirees = r;
+        pool->retirees_cap = cap;
+    }
+    shutdown(w->fd, SHUT_WR);
+    pmap__retiree_t *r = &pool->retirees[pool->nretirees++];
+    *r = (pmap__retiree_t){w->pid, w->fd, w->pidfd, deadline};
+    if (w->reaped)
+        r->pid = 0;     /* already waited for (pmap__proc_check) */
+    w->fd = w->pidfd = -1;
+    w->pid = 0;
+    w->gone = w->reaped = false;
+    drop_arena(w);
+}
+
+/* Whether retiree r has ended: its pidfd, or a look without one (which
+ * may wait for it: pid 0 then). */
+static bool retiree_gone(const pool_t *pool, pmap__retiree_t *r, int *status)
+{
+    if (r->pid == 0)
+        return true;
+    if (r->pidfd >= 0) {
+        struct pollfd p = {r->pidfd, POLLIN, 0};
+        return pmap__poll(&p, 1, 0) > 0;
+    }
+    pid_t got = pool->server
+                    ? (pmap__server_reap(r->pid, status, 0) == 0 ? r->pid : 0)
+                    : waitpid(r->pid, status, WNOHANG);
+    if (got == r->pid || got < 0)
+        r->pid = 0;
+    return r->pid == 0;
+}
+
+/* Reads and drops what a retiree sends (a worker finishing a batch when
+ * its pool is destroyed must not block writing it); closes at EOF. */
+static void drain(const pool_t *pool, pmap__retiree_t *r)
+{
+    char sink[4096];
+    ssize_t n;
+    if (r->fd < 0)
+        return;
+    while ((n = pmap__read(r->fd, sink, sizeof sink)) > 0)
+        ;
+    if (n != -EAGAIN && n != -EWOULDBLOCK)
+        close_watched(pool, &r->fd);
+}
+
+/*
+ * Drains the retirees' channels, waits for the ones that have ended and
+ * kills the ones past their deadline.  Returns when to look again at the
+ * latest, or -1 when none is left.
+ */
+int64_t pmap__retirees_check(pool_t *pool)
+{
+    int64_t now = pmap__now_ns(), next = -1;
+    for (size_t i = 0; i < pool->nretirees;) {
+        pmap__retiree_t *r = &pool->retirees[i];
+        drain(pool, r);
+        int status;
+        if (!retiree_gone(pool, r, &status) && r->deadline_ns > now) {
+            int64_t at = r->deadline_ns;
+            if (r->pidfd < 0 && now + PMAP__TICK_NS < at)
+                at = now + PMAP__TICK_NS;
+            if (next < 0 || at < next)
+                next = at;
+            i++;
+            continue;
+        }
+        if (r->pid > 0)
+            reap_pid(pool->server, r->pid, &status);
+        close_watched(pool, &r->fd);
+        close_watched(pool, &r->pidfd);
+        pool->retirees[i] = pool->retirees[--pool->nretirees];
+    }
+    return next;
+}
+
+/* Waits until every retiree has ended or been killed at its deadline. */
+void pmap__retirees_wait(pool_t *pool)
+{
+    for (;;) {
+        int64_t next = pmap__retirees_check(pool);
+        if (pool->nretirees == 0)
+            return;
+        struct pollfd *pfd = pmap__loop_pollfds(pool, 2 * pool->nretirees);
+        if (pfd == NULL) {
+            pmap__poll(NULL, 0, pmap__now_ns() + PMAP__TICK_NS);
+            continue;
+        }
+        for (size_t i = 0; i < pool->nretirees; i++) {
+            pfd[2 * i] = (struct pollfd){pool->retirees[i].fd, POLLIN, 0};
+            pfd[2 * i + 1] = (struct pollfd){pool->retirees[i].pidfd, POLLIN,
+                                             0};
+        }
+        pmap__poll(pfd, 2 * pool->nretirees, next);
+    }
+}
+
+/* In a forked copy of the pool's owner: the retirees are not ours. */
+void pmap__retirees_abandon(pool_t *pool)
+{
+    for (size_t i = 0; i < pool->nretirees; i++) {
+        pmap__close(&pool->retirees[i].fd);
+        pmap__close(&pool->retirees[i].pidfd);
+    }
+    pool->nretirees = 0;
+}
