@@ -22,6 +22,10 @@ ALL_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) -Iinclude -pthread \
 ALL_LDLIBS = -pthread $(LDLIBS)
 
 B ?= build
+# The compiler and flags a build folder was made with: when they change,
+# everything in it is rebuilt (a check never reuses objects its tool
+# cannot read, whatever was built there before).
+FLAGS = $(B)/flags
 SONAME = libpmap.so.$(VERSION_MAJOR)
 LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
@@ -29,13 +33,18 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check check-asan check-valgrind fuzz bench install \
-        uninstall clean
+.PHONY: all demo test check check-asan check-valgrind valgrind-run fuzz \
+        bench install uninstall clean FORCE
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
 
-$(B)/obj/%.o: src/%.c
+$(FLAGS): FORCE
+	@mkdir -p $(@D)
+	@printf '%s\n' '$(CC) $(ALL_CFLAGS) $(LDFLAGS)' | cmp -s - $@ || \
+	    printf '%s\n' '$(CC) $(ALL_CFLAGS) $(LDFLAGS)' > $@
+
+$(B)/obj/%.o: src/%.c $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -MMD -MP -c -o $@ $<
 
@@ -50,11 +59,11 @@ $(B)/libpmap.so: $(B)/libpmap.so.$(VERSION)
 	ln -sf libpmap.so.$(VERSION) $(B)/$(SONAME)
 	ln -sf $(SONAME) $@
 
-$(B)/examples/%: examples/%.c $(B)/libpmap.a
+$(B)/examples/%: examples/%.c $(B)/libpmap.a $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(B)/libpmap.a $(ALL_LDLIBS)
 
-$(B)/tests/%.o: tests/%.c
+$(B)/tests/%.o: tests/%.c $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Isrc -MMD -MP -c -o $@ $<
 
@@ -123,7 +132,13 @@ bench: $(B)/libpmap.a
 	    $(B)/bench/omp.o $(B)/libpmap.a $$omp $(ALL_LDLIBS) && \
 	OMP_WAIT_POLICY=passive $(B)/bench/bench $(BENCH_REPS)
 
-check-valgrind: all $(B)/tests/runner
+# memcheck in a build folder of its own, with DWARF 4 debug information,
+# which every valgrind reads (clang 14 writes DWARF 5 by default).
+check-valgrind:
+	@$(MAKE) --no-print-directory B=$(B)/valgrind \
+	    CFLAGS="-O1 -g -gdwarf-4" valgrind-run
+
+valgrind-run: all $(B)/tests/runner
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
 	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" sh tests/valgrind.sh $(B)
 

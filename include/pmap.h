@@ -127,7 +127,8 @@ typedef struct pool_options {
      * PMAP_ESTART. */
     int (*worker_init)(int worker, void *arg);
     /* Run in each worker when it leaves normally: at pool_destroy, or when
-     * it is recycled (max_items_per_worker). */
+     * it is recycled (max_items_per_worker); a worker still in it after
+     * 2 s is killed (its replacement does not wait for it). */
     void (*worker_exit)(int worker, void *arg);
     void *worker_arg;           /* passed to both */
     size_t max_items_per_worker;    /* replace a worker after it ran this
@@ -160,8 +161,10 @@ enum pmap_start { PMAP_START_AUTO, PMAP_START_FORK, PMAP_START_SERVER };
  * starts threads or fills its heap: every worker of a pool using the server
  * is a copy of the program as it is now (what it inherits: README, "Start
  * methods").  The server is a small process that leaves with the program.
- * Returns 0 (also if already started), PMAP_ENESTED in a worker, or a
- * system code.
+ * If the server has died, this starts a new one, and the pools that used
+ * it (whose maps returned PMAP_ESTART meanwhile) work again; in a forked
+ * child of the server's owner it starts the child's own server.  Returns 0
+ * (also if already started), PMAP_ENESTED in a worker, or a system code.
  */
 PMAP_API int pmap_init(void);
 
@@ -289,8 +292,9 @@ typedef struct pool_map_options {
     double timeout; /* seconds per item; 0: the pool's setting; < 0: none */
     /* Results to a callback, in input order or (unordered) as they
      * arrive, instead of to an output array (out must then be NULL).
-     * Memory stays bounded by `window`: the results waiting to be handed
-     * over in order, and the items produced but not yet finished. */
+     * Memory stays bounded by `window`: at most max(window, 4 x workers)
+     * items are alive at once (produced or sent, and not yet handed
+     * over; each worker may hold two batches). */
     pmap_result_fn on_result;
     int unordered;
     size_t window;  /* items; 0: 65,536 */
@@ -320,9 +324,9 @@ typedef struct pmap_job pmap_job_t;
  *
  * Returns 0 when all items succeeded; a positive count of failed items (their
  * out[i] are zeroed; pool_failures says which and why); or a negative code:
- * PMAP_EINVAL (NULL pool, out or array, n == 0), PMAP_EBUSY (another thread
- * is using the pool), PMAP_EFORKED (called in a forked child of the pool's
- * owner), PMAP_ENESTED (called inside a worker), PMAP_ENOFUNC or
+ * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX), PMAP_EBUSY
+ * (another thread is using the pool), PMAP_EFORKED (called in a forked
+ * child of the pool's owner), PMAP_ENESTED (called inside a worker), PMAP_ENOFUNC or
  * PMAP_EAMBIGUOUS (fn cannot be identified), PMAP_ECANCELED (the map was
  * cancelled: items not run are in pool_failures), PMAP_ENOMEM.  The pool
  * stays usable after every outcome.
@@ -411,7 +415,11 @@ PMAP_API size_t pmap_job_failures(const pmap_job_t *job,
                                   const pmap_failure_t **failures);
 
 /* Releases a map's handle; one still running is cancelled (its running
- * items killed) and waited for first.  NULL is allowed. */
+ * items killed) and waited for first.  No callback of the map runs after
+ * this returns, even when called from another map's callback (the map is
+ * then freed by the pool once it has stopped) or from its own while
+ * pmap_job_wait waits for it (that wait then returns, and frees it).
+ * NULL is allowed. */
 PMAP_API void pmap_job_free(pmap_job_t *job);
 
 /*
@@ -475,13 +483,16 @@ typedef struct pmap_stats {
 } pmap_stats_t;
 
 /*
- * Stores the counters of the pool's last map in *last and those since its
- * creation in *total (either may be NULL).  Returns 0 or PMAP_EINVAL.
+ * Stores the counters of the pool's last map waited for in a call
+ * (pool_map, pool_call, pool_map_stream: not background maps, which have
+ * pmap_job_stats) in *last, and those of every map since its creation in
+ * *total (either may be NULL).  Returns 0 or PMAP_EINVAL.
  */
 PMAP_API int pool_stats(const pool_t *pool, pmap_stats_t *last,
                         pmap_stats_t *total);
 
-/* The counters of one map (so far, if it runs). */
+/* The counters of one map: live while it runs (items, bytes, batches,
+ * busy and wall time so far), final once it has finished. */
 PMAP_API int pmap_job_stats(const pmap_job_t *job, pmap_stats_t *stats);
 
 /* Counters of one worker slot of a pool (its current process, and all the
