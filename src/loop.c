@@ -86,6 +86,7 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     }
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         pmap__job_lost(pool, job, w, &death);
+    pool->lost = true;
     w->nbatch = 0;
     w->nsetup = 0;
     w->ready = false;
@@ -457,11 +458,14 @@ static int64_t step(pool_t *pool)
                 job->error = spawned;
         }
     }
+    pool->lost = false;
     feed(pool);
     settle(pool);
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         wake = earliest(wake, pmap__progress_due(job));
-    return wake;
+    /* A worker lost while feeding (its channel broke) left a slot empty
+     * after the refill: step again without waiting. */
+    return pool->lost ? 0 : wake;
 }
 
 /* The pool's poll array, with room for n entries; NULL without memory. */

@@ -321,6 +321,7 @@ struct pool {
     struct pollfd *pollfds;     /* workers, wake pipe, retirees */
     size_t pollfds_cap;
     int epfd;                   /* pool_fd, or -1 */
+    bool lost;                  /* a worker was lost since the last refill */
     int start_failures;         /* workers dead before READY, in a row */
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;

@@ -1,0 +1,1318 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_liveness.c - regressions: a pool never hangs, and never reports a
+ * wrong result as a success, when its processes die, stop or misbehave
+ * between maps or during them: workers killed while idle (by anyone, by
+ * their own alarm, by the exit of the thread that made them), a fork server
+ * killed or stopped, a worker's grandchild holding its channel, workers
+ * seeing each other's shared memory, cancellations meeting crashes and
+ * timeouts, recycling with a slow exit hook, worker_init failing for a
+ * while, pool_fd woken by a cancel, jobs freed from callbacks, statistics
+ * of a running map, pmap_init in a forked child.
+ *
+ * Every test that could hang arms alarm() first: its default action ends
+ * the test's process long before the runner's own timeout.
+ */
+#include "test.h"
+
+#include "pmap.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static void sleep_ms(int ms)
+{
+    struct timespec d = {ms / 1000, (long)(ms % 1000) * 1000000};
+    while (nanosleep(&d, &d) < 0 && errno == EINTR)
+        ;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static int have_proc(void)
+{
+    return access("/proc/self/stat", R_OK) == 0;
+}
+
+/* Reads /proc/PID/stat: the state letter and the parent; 0 if unknown. */
+static char proc_stat(long pid, long *ppid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');    /* the name may hold anything */
+    char state = 0;
+    long parent = 0;
+    if (p == NULL || sscanf(p + 1, " %c %ld", &state, &parent) != 2)
+        return 0;
+    if (ppid != NULL)
+        *ppid = parent;
+    return state;
+}
+
+/* Waits (at most 5 s) until pid has ended: gone, or a zombie. */
+static void wait_dead(long pid)
+{
+    if (!have_proc()) {     /* a zombie looks alive to kill(pid, 0) */
+        sleep_ms(300);
+        return;
+    }
+    for (int i = 0; i < 5000; i++) {
+        if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+            return;
+        char s = proc_stat(pid, NULL);
+        if (s == 'Z' || s == 'X' || s == 0)
+            return;
+        sleep_ms(1);
+    }
+    test_fail(__FILE__, __LINE__, "process %ld did not die", pid);
+}
+
+/* Waits (at most 5 s) until pid is stopped. */
+static void wait_stopped(long pid)
+{
+    if (!have_proc()) {
+        sleep_ms(100);
+        return;
+    }
+    for (int i = 0; i < 5000; i++) {
+        char s = proc_stat(pid, NULL);
+        if (s == 'T' || s == 't')
+            return;
+        sleep_ms(1);
+    }
+    test_fail(__FILE__, __LINE__, "process %ld did not stop", pid);
+}
+
+/* A live child of this process that is not a worker of pool (which may be
+ * NULL): the fork server, when only server pools exist.  0 if none. */
+static long find_child(const pool_t *pool)
+{
+    DIR *d = opendir("/proc");
+    if (d == NULL)
+        return 0;
+    long me = (long)getpid(), found = 0;
+    struct dirent *e;
+    while (found == 0 && (e = readdir(d)) != NULL) {
+        char *end;
+        long pid = strtol(e->d_name, &end, 10);
+        long ppid = 0;
+        if (*end != '\0' || pid <= 0)
+            continue;
+        char s = proc_stat(pid, &ppid);
+        if (ppid != me || s == 'Z' || s == 'X' || s == 0)
+            continue;
+        int worker = 0;
+        for (int i = 0; pool != NULL && i < pool_size(pool); i++) {
+            pmap_worker_stats_t ws;
+            if (pool_worker_stats(pool, i, &ws) == 0 && ws.pid == pid)
+                worker = 1;
+        }
+        if (!worker)
+            found = pid;
+    }
+    closedir(d);
+    return found;
+}
+
+static long worker_pid(const pool_t *pool, int i)
+{
+    pmap_worker_stats_t ws;
+    ASSERT_OK(pool_worker_stats(pool, i, &ws));
+    ASSERT(ws.pid > 0);
+    return ws.pid;
+}
+
+/* The failure recorded for item index, or NULL. */
+static const pmap_failure_t *failure_of(const pmap_failure_t *f, size_t nf,
+                                        size_t index)
+{
+    for (size_t i = 0; i < nf; i++) {
+        if (f[i].index == index)
+            return &f[i];
+    }
+    return NULL;
+}
+
+static long twice(long x)
+{
+    return 2 * x;
+}
+PMAP_EXPORT(twice, long, long);
+
+/* A map of n items that must succeed, every result right. */
+static void map_twice_ok(pool_t *pool, int n)
+{
+    long xs[64], out[64];
+    ASSERT(n <= 64);
+    for (int i = 0; i < n; i++) {
+        xs[i] = i + 1;
+        out[i] = -1;
+    }
+    ASSERT_OK(pool_map(pool, twice, (size_t)n, out, xs));
+    for (int i = 0; i < n; i++)
+        ASSERT_EQ(out[i], 2 * (i + 1));
+}
+
+/* After every worker died while idle: the next map works, on new ones. */
+static void expect_replaced(pool_t *pool)
+{
+    map_twice_ok(pool, 40);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT(total.restarts > 0);
+}
+
+/* x == -1 aborts, x == -2 never returns, 100 sleeps 0.3 s, 101 aborts,
+ * 102 never returns; else 2 * x. */
+static long stage(long x)
+{
+    if (x == -1 || x == 101)
+        abort();
+    if (x == -2 || x == 102)
+        for (;;)
+            pause();
+    if (x == 100)
+        sleep_ms(300);
+    return 2 * x;
+}
+PMAP_EXPORT(stage, long, long);
+
+/* ---- 1: every worker dies while the pool is idle ------------------------- */
+
+TEST(liveness_idle_sole_worker_killed)
+{
+    alarm(15);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    map_twice_ok(pool, 10);
+    long pid = worker_pid(pool, 0);
+    ASSERT(kill((pid_t)pid, SIGKILL) == 0);
+    wait_dead(pid);
+    expect_replaced(pool);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+TEST(liveness_idle_server_workers_killed)
+{
+    alarm(15);
+    ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    map_twice_ok(pool, 10);
+    long pids[2] = {worker_pid(pool, 0), worker_pid(pool, 1)};
+    for (int i = 0; i < 2; i++)
+        ASSERT(kill((pid_t)pids[i], SIGKILL) == 0);
+    for (int i = 0; i < 2; i++)
+        wait_dead(pids[i]);
+    expect_replaced(pool);
+    pool_destroy(pool);
+    pmap_exit();
+    alarm(0);
+}
+
+struct made {
+    pool_t *pool;
+    long pids[2];
+};
+
+static void *make_pool(void *arg)
+{
+    struct made *m = arg;
+    m->pool = pool_create(2);
+    for (int i = 0; i < 2 && m->pool != NULL; i++) {
+        pmap_worker_stats_t ws;
+        if (pool_worker_stats(m->pool, i, &ws) == 0)
+            m->pids[i] = ws.pid;
+    }
+    return NULL;
+}
+
+/* On Linux a worker's PR_SET_PDEATHSIG fires when the *thread* that forked
+ * it exits: the pool's workers are gone while it is idle. */
+TEST(liveness_pool_created_by_exited_thread)
+{
+    alarm(15);
+    struct made m = {NULL, {0, 0}};
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, make_pool, &m) == 0);
+    ASSERT(pthread_join(t, NULL) == 0);
+    ASSERT(m.pool != NULL);
+    /* Let the death signals land, if they come (not an assertion). */
+    for (int i = 0; i < 1000 && have_proc(); i++) {
+        char s0 = proc_stat(m.pids[0], NULL), s1 = proc_stat(m.pids[1], NULL);
+        if ((s0 == 'Z' || s0 == 0) && (s1 == 'Z' || s1 == 0))
+            break;
+        sleep_ms(1);
+    }
+    map_twice_ok(m.pool, 40);
+    pool_destroy(m.pool);
+    alarm(0);
+}
+
+static long alarm_then_twice(long x)
+{
+    if (x == 0)
+        alarm(1);   /* SIGALRM's default action ends this worker in 1 s */
+    return 2 * x;
+}
+PMAP_EXPORT(alarm_then_twice, long, long);
+
+TEST(liveness_worker_dies_of_its_own_alarm_while_idle)
+{
+    alarm(15);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    long x = 0, y = -1;
+    ASSERT_OK(pool_call(pool, alarm_then_twice, &y, x));
+    ASSERT_EQ(y, 0);
+    long pid = worker_pid(pool, 0);
+    wait_dead(pid);     /* about 1 s */
+    expect_replaced(pool);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+TEST(liveness_fork_server_killed_between_maps)
+{
+    if (!have_proc())
+        SKIP("no /proc to find the fork server");
+    alarm(20);
+    ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    map_twice_ok(pool, 10);
+    long server = find_child(pool);
+    if (server == 0) {
+        pool_destroy(pool);
+        pmap_exit();
+        SKIP("fork server not found among this process's children");
+    }
+    long pids[2] = {worker_pid(pool, 0), worker_pid(pool, 1)};
+    ASSERT(kill((pid_t)server, SIGKILL) == 0);
+    wait_dead(server);
+    for (int i = 0; i < 2; i++)
+        wait_dead(pids[i]);     /* PR_SET_PDEATHSIG, on Linux */
+
+    /* Promptly: an error, or the map done right. */
+    long xs[20], out[20];
+    for (int i = 0; i < 20; i++)
+        xs[i] = i;
+    double t0 = now_s();
+    int rc = pool_map(pool, twice, 20, out, xs);
+    double took = now_s() - t0;
+    ASSERT(took < 10);
+    ASSERT(rc <= 0);
+    for (int i = 0; rc == 0 && i < 20; i++)
+        ASSERT_EQ(out[i], 2 * i);
+
+    /* A new server: the same pool works again. */
+    ASSERT_OK(pmap_init());
+    map_twice_ok(pool, 20);
+    pool_destroy(pool);
+    pmap_exit();
+    waitpid((pid_t)server, NULL, WNOHANG);  /* if nobody reaped it */
+    alarm(0);
+}
+
+struct slow_first {
+    int calls;
+    long values[6];
+    int failed[6], error[6], code[6];
+};
+
+static int slow_first_result(void *ctx, size_t index, void *result,
+                             const pmap_failure_t *failure)
+{
+    struct slow_first *s = ctx;
+    ASSERT(index < 6);
+    if (s->calls++ == 0)
+        sleep_ms(20);   /* meanwhile the worker runs item 1 and dies */
+    if (failure != NULL) {
+        s->failed[index] = 1;
+        s->error[index] = failure->error;
+        s->code[index] = failure->code;
+    } else {
+        s->values[index] = *(long *)result;
+    }
+    return 0;
+}
+
+TEST(liveness_crash_during_slow_result_callback)
+{
+    alarm(20);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    long xs[6] = {0, -1, 2, 3, 4, 5};
+    for (int round = 0; round < 20; round++) {
+        struct slow_first s;
+        memset(&s, 0, sizeof s);
+        pool_map_options_t o = {.chunk = 1, .on_result = slow_first_result,
+                                .ctx = &s};
+        ASSERT_EQ(pool_map_with(pool, &o, stage, 6, (long *)NULL, xs), 1);
+        ASSERT_EQ(s.calls, 6);
+        const pmap_failure_t *f;
+        ASSERT_EQ(pool_failures(pool, &f), 1);
+        ASSERT_EQ(f[0].index, 1);
+        ASSERT_STR_EQ(pmap_err_name(f[0].error), "ECRASH");
+        ASSERT_EQ(f[0].code, SIGABRT);
+        for (int i = 0; i < 6; i++) {
+            ASSERT_EQ(s.failed[i], i == 1);
+            if (i != 1)
+                ASSERT_EQ(s.values[i], 2 * xs[i]);
+        }
+    }
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 2: a cancel on an idle pool is not kept for the next map ------------ */
+
+TEST(liveness_cancel_on_idle_pool_is_not_kept)
+{
+    alarm(10);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    map_twice_ok(pool, 10);
+    pool_cancel(pool);      /* nothing runs: nothing to cancel */
+    map_twice_ok(pool, 40);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 3: a worker's child holds its channel ------------------------------ */
+
+static int grandchild_pipe[2] = {-1, -1};
+
+/* 1: forks a sleeper, then aborts; 2: forks a sleeper and returns. */
+static long fork_then(long x)
+{
+    if (x == 1 || x == 2) {
+        pid_t h = fork();
+        if (h == 0) {
+            struct timespec d = {30, 0};
+            nanosleep(&d, NULL);
+            _exit(0);
+        }
+        long hp = (long)h;
+        if (write(grandchild_pipe[1], &hp, sizeof hp) != sizeof hp)
+            _exit(9);
+        if (x == 1)
+            abort();
+    }
+    return x + 10;
+}
+PMAP_EXPORT(fork_then, long, long);
+
+static long read_helper(void)
+{
+    long pid = 0;
+    ASSERT(read(grandchild_pipe[0], &pid, sizeof pid) == sizeof pid);
+    ASSERT(pid > 0);
+    return pid;
+}
+
+static void crash_with_grandchild(double timeout)
+{
+    alarm(15);
+    ASSERT(pipe(grandchild_pipe) == 0);     /* before: workers inherit it */
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    long xs[4] = {0, 1, 0, 0}, out[4];
+    pool_map_options_t o = {.timeout = timeout};
+    double t0 = now_s();
+    int rc = pool_map_with(pool, &o, fork_then, 4, out, xs);
+    double took = now_s() - t0;
+    long helper = read_helper();
+    ASSERT_EQ(rc, 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 1);
+    ASSERT_STR_EQ(pmap_err_name(f[0].error), "ECRASH");
+    ASSERT_EQ(f[0].code, SIGABRT);
+    ASSERT(took < 5);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(out[i], i == 1 ? 0 : 10);
+    map_twice_ok(pool, 10);
+    t0 = now_s();
+    pool_destroy(pool);
+    took = now_s() - t0;
+    kill((pid_t)helper, SIGKILL);   /* not our child: the worker's */
+    close(grandchild_pipe[0]);
+    close(grandchild_pipe[1]);
+    ASSERT(took < 1.5);
+    alarm(0);
+}
+
+TEST(liveness_crash_with_grandchild_holding_channel)
+{
+    crash_with_grandchild(0);
+}
+
+TEST(liveness_crash_with_grandchild_under_timeout)
+{
+    crash_with_grandchild(2);   /* still ECRASH, not ETIMEDOUT */
+}
+
+/* The worker leaves at pool_destroy, its child keeps the channel open:
+ * pool_destroy does not wait out its grace period for an EOF. */
+TEST(liveness_destroy_with_grandchild_holding_channel)
+{
+    alarm(15);
+    ASSERT(pipe(grandchild_pipe) == 0);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    long xs[4] = {0, 2, 0, 0}, out[4];
+    ASSERT_OK(pool_map(pool, fork_then, 4, out, xs));
+    long helper = read_helper();
+    ASSERT_EQ(out[1], 12);
+    double t0 = now_s();
+    pool_destroy(pool);
+    double took = now_s() - t0;
+    kill((pid_t)helper, SIGKILL);
+    close(grandchild_pipe[0]);
+    close(grandchild_pipe[1]);
+    ASSERT(took < 1.5);
+    alarm(0);
+}
+
+/* ---- 4: memory isolation between workers (Linux) -------------------------- */
+
+/* Writable shared mappings this process has. */
+static long shared_maps_seen(long x)
+{
+    (void)x;
+    sleep_ms(5);    /* spread the items over the workers */
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    char line[4096], perms[8];
+    long n = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%*s %7s", perms) == 1 && strcmp(perms, "rw-s") == 0)
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+PMAP_EXPORT(shared_maps_seen, long, long);
+
+TEST(liveness_worker_sees_only_its_own_shared_memory)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    alarm(15);
+    pool_t *a = pool_create(3), *b = pool_create(3);
+    ASSERT(a != NULL && b != NULL);
+    long xs[12] = {0}, out[12];
+    pool_map_options_t o = {.chunk = 1};
+    pool_t *pools[2] = {a, b};
+    for (int p = 0; p < 2; p++) {
+        ASSERT_OK(pool_map_with(pools[p], &o, shared_maps_seen, 12, out, xs));
+        for (int i = 0; i < 12; i++) {
+            if (out[i] != 1)
+                test_fail(__FILE__, __LINE__,
+                          "pool %d item %d: a worker sees %ld writable "
+                          "shared mappings, not 1 (its own arena)",
+                          p, i, out[i]);
+        }
+    }
+    pool_destroy(b);
+    pool_destroy(a);
+    alarm(0);
+}
+
+/* Overwrites every writable shared mapping this process can see: 0xFF,
+ * with a NUL at the end of each page so that a string read from there
+ * gives a wrong length rather than a crash. */
+static void scribble_shared(void)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        _exit(8);
+    char line[4096], perms[8];
+    unsigned long lo[128], hi[128];
+    int n = 0;
+    while (n < 128 && fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%lx-%lx %7s", &lo[n], &hi[n], perms) == 3 &&
+            strcmp(perms, "rw-s") == 0)
+            n++;
+    }
+    fclose(f);
+    for (int i = 0; i < n; i++) {
+        unsigned char *p = (unsigned char *)(uintptr_t)lo[i];
+        size_t len = (size_t)(hi[i] - lo[i]);
+        memset(p, 0xFF, len);
+        for (size_t k = 4095; k < len; k += 4096)
+            p[k] = 0;
+    }
+}
+
+static size_t scribble_or_measure(int scribble, const char *s)
+{
+    if (scribble) {
+        scribble_shared();
+        _exit(7);   /* its own items are sent again, to a new worker */
+    }
+    sleep_ms(40);   /* the scribbler strikes meanwhile */
+    return strlen(s);
+}
+PMAP_EXPORT(scribble_or_measure, size_t, int, const char *);
+
+TEST(liveness_worker_scribbling_shared_memory_harms_no_other)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    alarm(30);
+    enum { N = 8, LEN = 100 * 1024 };
+    char *big = malloc(LEN + 1);
+    ASSERT(big != NULL);
+    memset(big, 'a', LEN);
+    big[LEN] = '\0';
+    int modes[N] = {1};
+    const char *strs[N];
+    for (int i = 0; i < N; i++)
+        strs[i] = big;
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    pool_map_options_t o = {.chunk = 1};
+    for (int round = 0; round < 3; round++) {
+        size_t out[N];
+        int rc = pool_map_with(pool, &o, scribble_or_measure, N, out, modes,
+                               strs);
+        ASSERT(rc >= 1);    /* item 0 at least */
+        const pmap_failure_t *f;
+        size_t nf = pool_failures(pool, &f);
+        ASSERT_EQ(nf, rc);
+        ASSERT(failure_of(f, nf, 0) != NULL);
+        for (size_t i = 1; i < N; i++) {
+            if (failure_of(f, nf, i) == NULL && out[i] != LEN)
+                test_fail(__FILE__, __LINE__,
+                          "round %d item %zu: length %zu reported as a "
+                          "success (right: %d)",
+                          round, i, out[i], LEN);
+        }
+    }
+    pool_destroy(pool);
+    free(big);
+    alarm(0);
+}
+
+/* ---- 5: a stopped idle worker, then a timed map --------------------------- */
+
+TEST(liveness_stopped_idle_worker_under_timeout)
+{
+    alarm(15);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    map_twice_ok(pool, 10);
+    long stopped = worker_pid(pool, 0);
+    ASSERT(kill((pid_t)stopped, SIGSTOP) == 0);
+    wait_stopped(stopped);
+    long xs[20], out[20];
+    for (int i = 0; i < 20; i++)
+        xs[i] = i;
+    pool_map_options_t o = {.timeout = 1};
+    int rc = pool_map_with(pool, &o, twice, 20, out, xs);
+    kill((pid_t)stopped, SIGCONT);  /* if it is still there */
+    ASSERT_OK(rc);
+    for (int i = 0; i < 20; i++)
+        ASSERT_EQ(out[i], 2 * i);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 6: a stopped fork server --------------------------------------------- */
+
+TEST(liveness_stopped_fork_server_fails_pool_create)
+{
+    if (!have_proc())
+        SKIP("no /proc to find the fork server");
+    alarm(20);
+    ASSERT_OK(pmap_init());
+    long server = find_child(NULL);
+    if (server == 0) {
+        pmap_exit();
+        SKIP("fork server not found among this process's children");
+    }
+    ASSERT(kill((pid_t)server, SIGSTOP) == 0);
+    wait_stopped(server);
+    pool_options_t po = {.workers = 1, .start = PMAP_START_SERVER,
+                         .start_timeout = 2};
+    pool_t *pool = NULL;
+    double t0 = now_s();
+    int rc = pool_create_with(&pool, &po);
+    double took = now_s() - t0;
+    kill((pid_t)server, SIGCONT);
+    if (rc == 0)
+        pool_destroy(pool);
+    pmap_exit();
+    ASSERT(rc < 0);
+    ASSERT(took < 6);
+    alarm(0);
+}
+
+/* ---- 7: sizes that cannot be ------------------------------------------- */
+
+static char same_char(char c)
+{
+    return c;
+}
+PMAP_EXPORT(same_char, char, char);
+
+static int count_then_stop(void *ctx, size_t index, void *result,
+                           const pmap_failure_t *failure)
+{
+    (void)index;
+    (void)result;
+    (void)failure;
+    int *calls = ctx;
+    return ++*calls >= 100;     /* cancels, should it ever run */
+}
+
+TEST(liveness_map_of_size_max_items_refused)
+{
+    alarm(10);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    int calls = 0;
+    pool_map_options_t o = {.on_result = count_then_stop, .ctx = &calls};
+    ASSERT_EQ(pool_map_with(pool, &o, same_char, SIZE_MAX, (char *)NULL,
+                            PMAP_CONST((char)'a')),
+              PMAP_EINVAL);
+    ASSERT_EQ(calls, 0);
+    map_twice_ok(pool, 10);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+static pmap_bytes_t bytes_or_huge(int x)
+{
+    pmap_bytes_t b = {malloc(16), 16};
+    if (b.data != NULL)
+        memset(b.data, 'k', 16);
+    if (x == 1)
+        b.size = SIZE_MAX;  /* a size no buffer has */
+    return b;
+}
+PMAP_EXPORT(bytes_or_huge, pmap_bytes_t, int);
+
+TEST(liveness_bytes_result_of_size_max_fails)
+{
+    alarm(10);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    int xs[3] = {0, 1, 2};
+    pmap_bytes_t out[3];
+    int rc = pool_map(pool, bytes_or_huge, 3, out, xs);
+    const pmap_failure_t *f;
+    size_t nf = pool_failures(pool, &f);
+    int ok_sizes = out[0].size == 16 && out[2].size == 16;
+    if (rc >= 0) {
+        for (int i = 0; i < 3; i++)
+            free(out[i].data);
+    }
+    ASSERT_EQ(rc, 1);
+    ASSERT_EQ(nf, 1);
+    ASSERT_EQ(f[0].index, 1);
+    ASSERT_STR_EQ(pmap_err_name(f[0].error), "EINVAL");
+    ASSERT(ok_sizes);
+    map_twice_ok(pool, 10);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 8: Ctrl-C cancels endless items with default options ----------------- */
+
+static pool_t *sigint_pool;
+
+static void cancel_on_sigint(int sig)
+{
+    (void)sig;
+    pool_cancel(sigint_pool);
+}
+
+static void *interrupt_main(void *arg)
+{
+    sleep_ms(200);
+    pthread_kill(*(pthread_t *)arg, SIGINT);
+    return NULL;
+}
+
+TEST(liveness_sigint_cancel_of_endless_items)
+{
+    alarm(15);
+    sigint_pool = pool_create(2);
+    ASSERT(sigint_pool != NULL);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cancel_on_sigint;
+    sigemptyset(&sa.sa_mask);
+    ASSERT(sigaction(SIGINT, &sa, &old) == 0);
+    pthread_t me = pthread_self(), t;
+    ASSERT(pthread_create(&t, NULL, interrupt_main, &me) == 0);
+    long xs[4] = {-2, -2, -2, -2}, out[4];
+    double t0 = now_s();
+    int rc = pool_map(sigint_pool, stage, 4, out, xs);
+    double took = now_s() - t0;
+    pthread_join(t, NULL);
+    sigaction(SIGINT, &old, NULL);
+    ASSERT_EQ(rc, PMAP_ECANCELED);
+    ASSERT(took < 10);
+    pool_destroy(sigint_pool);
+    alarm(0);
+}
+
+/* ---- 9: what workers print is not lost --------------------------------- */
+
+static int print_line(int x)
+{
+    printf("line %d\n", x);     /* no fflush: the library's to flush */
+    return x;
+}
+PMAP_EXPORT(print_line, int, int);
+
+/* Redirects stdout to fd, runs 50 printing items on 2 workers, destroys
+ * the pool and puts stdout back.  Returns the map's code. */
+static int print_50_lines_to(int fd)
+{
+    fflush(stdout);
+    int saved = dup(STDOUT_FILENO);
+    ASSERT(saved >= 0);
+    ASSERT(dup2(fd, STDOUT_FILENO) == STDOUT_FILENO);
+    pool_t *pool = pool_create(2);
+    int rc = PMAP_ENOMEM;
+    if (pool != NULL) {
+        int xs[50], out[50];
+        for (int i = 0; i < 50; i++)
+            xs[i] = i;
+        rc = pool_map(pool, print_line, 50, out, xs);
+        pool_destroy(pool);
+    }
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    return rc;
+}
+
+static void expect_50_lines(const char *text)
+{
+    for (int i = 0; i < 50; i++) {
+        char want[32];
+        snprintf(want, sizeof want, "\nline %d\n", i);
+        int count = 0;
+        for (const char *p = text; (p = strstr(p, want)) != NULL; p++)
+            count++;
+        if (count != 1)
+            test_fail(__FILE__, __LINE__, "\"line %d\" printed %d times", i,
+                      count);
+    }
+}
+
+TEST(liveness_worker_stdout_to_pipe_is_flushed)
+{
+    alarm(15);
+    int p[2];
+    ASSERT(pipe(p) == 0);
+    int rc = print_50_lines_to(p[1]);
+    close(p[1]);
+    char text[8192] = "\n";
+    size_t got = 1;
+    ssize_t n;
+    while (got < sizeof text - 1 &&
+           (n = read(p[0], text + got, sizeof text - 1 - got)) > 0)
+        got += (size_t)n;
+    text[got] = '\0';
+    close(p[0]);
+    ASSERT_OK(rc);
+    expect_50_lines(text);
+    alarm(0);
+}
+
+TEST(liveness_worker_stdout_to_file_is_flushed)
+{
+    alarm(15);
+    char path[] = "/tmp/pmap-liveness-stdout-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    int rc = print_50_lines_to(fd);
+    char text[8192] = "\n";
+    ssize_t n = pread(fd, text + 1, sizeof text - 2, 0);
+    text[n > 0 ? n + 1 : 1] = '\0';
+    close(fd);
+    unlink(path);
+    ASSERT_OK(rc);
+    expect_50_lines(text);
+    alarm(0);
+}
+
+/* ---- 11: a cancel, then a crash or a timeout in the same batch -------------- */
+
+struct cancel_later {
+    pool_t *pool;
+    int ms;
+};
+
+static void *cancel_pool_later(void *arg)
+{
+    struct cancel_later *c = arg;
+    sleep_ms(c->ms);
+    pool_cancel(c->pool);
+    return NULL;
+}
+
+/* 1 worker, one batch of 4 then another: item 0 sleeps 0.3 s, item 1 is
+ * `bad`; the map is cancelled at 0.1 s.  Only item 1 may carry the crash
+ * or the timeout; the others are cancelled (or done right). */
+static void cancel_then(long bad, double timeout)
+{
+    alarm(15);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    long xs[8] = {100, bad, 2, 3, 4, 5, 6, 7}, out[8];
+    pool_map_options_t o = {.chunk = 4, .timeout = timeout};
+    struct cancel_later c = {pool, 100};
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, cancel_pool_later, &c) == 0);
+    int rc = pool_map_with(pool, &o, stage, 8, out, xs);
+    pthread_join(t, NULL);
+    ASSERT_EQ(rc, PMAP_ECANCELED);
+    const pmap_failure_t *f;
+    size_t nf = pool_failures(pool, &f);
+    const pmap_failure_t *one = failure_of(f, nf, 1);
+    ASSERT(one != NULL);
+    if (bad == 101) {
+        ASSERT_STR_EQ(pmap_err_name(one->error), "ECRASH");
+        ASSERT_EQ(one->code, SIGABRT);
+    } else if (one->error != PMAP_ETIMEDOUT && one->error != PMAP_ECANCELED) {
+        test_fail(__FILE__, __LINE__, "item 1: %s", pmap_err_name(one->error));
+    }
+    for (size_t i = 0; i < 8; i++) {
+        const pmap_failure_t *fi = failure_of(f, nf, i);
+        if (i == 1)
+            continue;
+        if (fi != NULL && fi->error != PMAP_ECANCELED)
+            test_fail(__FILE__, __LINE__, "item %zu: %s, not ECANCELED", i,
+                      pmap_err_name(fi->error));
+        if (fi == NULL)
+            ASSERT_EQ(out[i], 2 * xs[i]);
+    }
+    map_twice_ok(pool, 10);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+TEST(liveness_cancel_then_crash_blames_only_the_crash)
+{
+    cancel_then(101, 0);
+}
+
+TEST(liveness_cancel_then_timeout_blames_only_the_timeout)
+{
+    cancel_then(102, 0.5);
+}
+
+/* ---- 12: recycling with an exit hook that takes long or forever ------------ */
+
+static void exit_forever(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    for (;;)
+        pause();
+}
+
+static void exit_slowly(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    sleep_ms(3000);
+}
+
+static void recycle_with_hook(int start, void (*hook)(int, void *))
+{
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 1, .max_items_per_worker = 4,
+                         .worker_exit = hook, .start = start};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    double t0 = now_s();
+    map_twice_ok(pool, 12);     /* two recycles on the way */
+    double took = now_s() - t0;
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    if (hook == exit_slowly)
+        ASSERT(took < 6);       /* not 3 s per recycle, in series */
+}
+
+TEST(liveness_endless_exit_hook_does_not_stall_recycling_fork)
+{
+    alarm(15);
+    recycle_with_hook(PMAP_START_FORK, exit_forever);
+    alarm(0);
+}
+
+TEST(liveness_endless_exit_hook_does_not_stall_recycling_server)
+{
+    alarm(15);
+    recycle_with_hook(PMAP_START_SERVER, exit_forever);
+    alarm(0);
+}
+
+TEST(liveness_slow_exit_hook_does_not_stall_recycling)
+{
+    alarm(25);
+    recycle_with_hook(PMAP_START_FORK, exit_slowly);
+    alarm(0);
+}
+
+/* ---- 13: worker_init fails for a while ------------------------------------ */
+
+static char init_flag[64];
+
+static int init_unless_flag(int worker, void *arg)
+{
+    (void)worker;
+    return access((const char *)arg, F_OK) == 0;    /* nonzero: refuse */
+}
+
+static void init_recovers(int start)
+{
+    alarm(40);
+    snprintf(init_flag, sizeof init_flag, "/tmp/pmap-liveness-init-XXXXXX");
+    int fd = mkstemp(init_flag);
+    ASSERT(fd >= 0);
+    close(fd);
+    unlink(init_flag);      /* absent: workers start */
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());     /* after the name is set: it sees it */
+    pool_options_t po = {.workers = 2, .worker_init = init_unless_flag,
+                         .worker_arg = init_flag, .start = start};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    map_twice_ok(pool, 10);
+
+    fd = open(init_flag, O_CREAT | O_WRONLY, 0600);     /* now they refuse */
+    ASSERT(fd >= 0);
+    close(fd);
+    long pids[2] = {worker_pid(pool, 0), worker_pid(pool, 1)};
+    for (int i = 0; i < 2; i++)
+        kill((pid_t)pids[i], SIGKILL);
+    for (int i = 0; i < 2; i++)
+        wait_dead(pids[i]);
+    long xs[10], out[10];
+    for (int i = 0; i < 10; i++)
+        xs[i] = i;
+    for (int i = 0; i < 3; i++) {
+        int rc = pool_map(pool, twice, 10, out, xs);
+        if (rc >= 0) {
+            unlink(init_flag);
+            test_fail(__FILE__, __LINE__, "map %d with no worker: %d", i, rc);
+        }
+    }
+
+    unlink(init_flag);      /* they may start again */
+    int rc = -1;
+    double t0 = now_s();
+    while (now_s() - t0 < 10) {
+        rc = pool_map(pool, twice, 10, out, xs);
+        if (rc == 0)
+            break;
+        sleep_ms(200);
+    }
+    ASSERT_OK(rc);
+    for (int i = 0; i < 10; i++)
+        ASSERT_EQ(out[i], 2 * i);
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    alarm(0);
+}
+
+TEST(liveness_worker_init_failing_for_a_while_recovers_fork)
+{
+    init_recovers(PMAP_START_FORK);
+}
+
+TEST(liveness_worker_init_failing_for_a_while_recovers_server)
+{
+    init_recovers(PMAP_START_SERVER);
+}
+
+/* ---- 14: a cancel from another thread wakes pool_fd ------------------------ */
+
+struct job_canceller {
+    pmap_job_t *job;
+    double at;
+};
+
+static void *cancel_job_later(void *arg)
+{
+    struct job_canceller *c = arg;
+    sleep_ms(300);
+    c->at = now_s();
+    pmap_job_cancel(c->job);
+    return NULL;
+}
+
+TEST(liveness_job_cancel_wakes_pool_fd)
+{
+    alarm(10);
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    int fd = pool_fd(pool);
+    if (fd == PMAP_ENOSYS) {
+        pool_destroy(pool);
+        SKIP("no pool_fd here");
+    }
+    ASSERT(fd >= 0);
+    long xs[2] = {-2, -2}, out[2];
+    pool_map_options_t o = {.kill_on_cancel = 1};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &o, &job, stage, 2, out, xs));
+    struct job_canceller c = {job, 0};
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, cancel_job_later, &c) == 0);
+    for (;;) {
+        double wake;
+        int n = pool_poll(pool, &wake);
+        ASSERT(n >= 0);
+        if (n > 0)
+            break;
+        struct pollfd p = {fd, POLLIN, 0};
+        int ms = wake < 0 ? -1 : (int)(wake * 1000) + 1;
+        ASSERT(poll(&p, 1, ms) >= 0 || errno == EINTR);
+    }
+    double done = now_s();
+    pthread_join(t, NULL);
+    ASSERT(c.at > 0);
+    ASSERT(done - c.at < 2.5);
+    ASSERT_EQ(pmap_job_wait(job, 0), PMAP_ECANCELED);
+    pmap_job_free(job);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 16: a freed job's callbacks are never called again --------------------- */
+
+static long nap(long ms)
+{
+    sleep_ms((int)ms);
+    return ms;
+}
+PMAP_EXPORT(nap, long, long);
+
+struct counted {
+    int calls, after_free, freed;
+};
+
+static int count_result(void *ctx, size_t index, void *result,
+                        const pmap_failure_t *failure)
+{
+    (void)index;
+    (void)result;
+    (void)failure;
+    struct counted *c = ctx;
+    c->calls++;
+    c->after_free += c->freed;
+    return 0;
+}
+
+static int count_progress(void *ctx, const pmap_progress_t *progress)
+{
+    (void)progress;
+    struct counted *c = ctx;
+    c->calls++;
+    c->after_free += c->freed;
+    return 0;
+}
+
+struct free_other {
+    pmap_job_t *other;
+    struct counted *seen;
+};
+
+static int free_other_at_five(void *ctx, size_t index, void *result,
+                              const pmap_failure_t *failure)
+{
+    (void)result;
+    (void)failure;
+    struct free_other *fo = ctx;
+    if (index == 5 && fo->other != NULL) {
+        pmap_job_free(fo->other);
+        fo->other = NULL;
+        fo->seen->freed = 1;    /* from here on, not one call */
+    }
+    return 0;
+}
+
+TEST(liveness_freed_job_gets_no_more_callbacks)
+{
+    alarm(15);
+    enum { NA = 40, NB = 20 };
+    long as[NA], bs[NB];
+    for (int i = 0; i < NA; i++)
+        as[i] = 50;     /* ms each */
+    for (int i = 0; i < NB; i++)
+        bs[i] = 0;
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    struct counted seen = {0, 0, 0};
+    /* A holds at most 2 items at once: B gets workers too. */
+    pool_map_options_t oa = {.chunk = 1, .window = 2,
+                             .on_result = count_result,
+                             .on_progress = count_progress,
+                             .progress_interval = 0.001, .ctx = &seen};
+    struct free_other fo = {NULL, &seen};
+    ASSERT_OK(pool_map_async(pool, &oa, &fo.other, nap, NA, (long *)NULL,
+                             as));
+    pool_map_options_t ob = {.chunk = 1, .on_result = free_other_at_five,
+                             .ctx = &fo};
+    ASSERT_OK(pool_map_with(pool, &ob, nap, NB, (long *)NULL, bs));
+    ASSERT(fo.other == NULL);
+    ASSERT(seen.freed);
+    map_twice_ok(pool, 10);     /* the pool goes on: nothing more for A */
+    ASSERT_EQ(seen.after_free, 0);
+    pool_destroy(pool);
+    ASSERT_EQ(seen.after_free, 0);
+    alarm(0);
+}
+
+struct self_free {
+    pmap_job_t *job;
+    int freed;
+};
+
+static int free_self_at_three(void *ctx, size_t index, void *result,
+                              const pmap_failure_t *failure)
+{
+    (void)result;
+    (void)failure;
+    struct self_free *s = ctx;
+    if (index == 3 && !s->freed) {
+        s->freed = 1;
+        pmap_job_free(s->job);
+    }
+    return 0;
+}
+
+/* Under AddressSanitizer (make check-asan) a use of the freed job by the
+ * wait shows; elsewhere this checks that the wait returns. */
+TEST(liveness_job_freed_by_its_own_callback_during_wait)
+{
+    alarm(15);
+    long xs[20];
+    for (int i = 0; i < 20; i++)
+        xs[i] = 5;
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    struct self_free s = {NULL, 0};
+    pool_map_options_t o = {.chunk = 1, .on_result = free_self_at_three,
+                            .ctx = &s};
+    ASSERT_OK(pool_map_async(pool, &o, &s.job, nap, 20, (long *)NULL, xs));
+    pmap_job_t *job = s.job;
+    int rc = pmap_job_wait(job, -1);    /* job is freed meanwhile */
+    (void)rc;
+    ASSERT(s.freed);
+    map_twice_ok(pool, 10);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 17: counters of a running map ---------------------------------------- */
+
+TEST(liveness_running_job_stats)
+{
+    alarm(15);
+    enum { N = 40 };
+    long xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = 20;
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    pool_map_options_t o = {.chunk = 1};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &o, &job, nap, N, out, xs));
+    pmap_stats_t st;
+    memset(&st, 0, sizeof st);
+    double t0 = now_s();
+    for (;;) {
+        ASSERT(pool_poll(pool, NULL) >= 0);
+        ASSERT_OK(pmap_job_stats(job, &st));
+        if (st.items > 0)
+            break;
+        ASSERT(now_s() - t0 < 5);
+        sleep_ms(2);
+    }
+    ASSERT(st.items < N);   /* still running */
+    ASSERT(st.bytes_sent > 0);
+    ASSERT(st.wall_ns > 0);
+    ASSERT_OK(pmap_job_wait(job, -1));
+    pmap_job_free(job);
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* ---- 18: pmap_init in a forked child -------------------------------------- */
+
+TEST(liveness_pmap_init_in_forked_child)
+{
+    alarm(20);
+    ASSERT_OK(pmap_init());
+    fflush(NULL);
+    pid_t child = fork();
+    ASSERT(child >= 0);
+    if (child == 0) {
+        int rc = pmap_init();
+        if (rc < 0)
+            _exit(0);   /* refused: fair */
+        pool_options_t po = {.workers = 1, .start = PMAP_START_SERVER};
+        pool_t *pool;
+        rc = pool_create_with(&pool, &po);
+        if (rc == PMAP_EINVAL)
+            _exit(3);   /* "pmap_init was not called", after it said 0 */
+        if (rc != 0)
+            _exit(4);
+        long x = 21, y = 0;
+        rc = pool_call(pool, twice, &y, x);
+        pool_destroy(pool);
+        pmap_exit();
+        _exit(rc == 0 && y == 42 ? 0 : 5);
+    }
+    int status;
+    pid_t r;
+    while ((r = waitpid(child, &status, 0)) < 0 && errno == EINTR)
+        ;
+    pmap_exit();
+    ASSERT_EQ(r, child);
+    ASSERT(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    alarm(0);
+}
