@@ -33,8 +33,8 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(wildcard tests/*.c)
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check check-asan check-valgrind valgrind-run fuzz \
-        bench install uninstall clean FORCE
+.PHONY: all demo test check check-asan check-tick check-valgrind valgrind-run \
+        fuzz bench install uninstall clean FORCE
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
@@ -88,6 +88,11 @@ check-asan:
 	$(MAKE) --no-print-directory B=$(B)/asan \
 	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" \
 	    LDFLAGS="$(SANITIZE)" test
+
+# The tests again with the portable way of watching workers (a waitpid
+# look every 50 ms) instead of Linux's pidfds.
+check-tick:
+	@$(MAKE) --no-print-directory B=$(B)/tick CPPFLAGS=-DPMAP_NO_PIDFD test
 
 # The frame decoders under libFuzzer (clang only), for FUZZ_SECONDS.
 FUZZ_SECONDS ?= 30

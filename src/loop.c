@@ -406,7 +406,7 @@ static void feed(pool_t *pool)
 static int64_t cancel(pool_t *pool)
 {
     unsigned cancels = atomic_load(&pool->cancels);
-    int64_t now = pmap__now_ns(), next = -1;
+    int64_t next = -1;
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
         if (job->finished)
             continue;
@@ -416,7 +416,7 @@ static int64_t cancel(pool_t *pool)
             pmap__job_cancel_now(pool, job);
         if (!job->cancelled || job->kill_ns < 0 || job->inflight == 0)
             continue;
-        if (job->kill_ns <= now) {
+        if (job->kill_ns <= pmap__now_ns()) {
             job->kill_ns = -1;
             pmap__loop_kill_job(pool, job);
         } else if (next < 0 || job->kill_ns < next) {

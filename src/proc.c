@@ -391,6 +391,8 @@ static void drain(const pool_t *pool, pmap__retiree_t *r)
  */
 int64_t pmap__retirees_check(pool_t *pool)
 {
+    if (pool->nretirees == 0)
+        return -1;
     int64_t now = pmap__now_ns(), next = -1;
     for (size_t i = 0; i < pool->nretirees;) {
         pmap__retiree_t *r = &pool->retirees[i];

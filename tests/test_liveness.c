@@ -1316,3 +1316,68 @@ TEST(liveness_pmap_init_in_forked_child)
     ASSERT_EQ(WEXITSTATUS(status), 0);
     alarm(0);
 }
+
+/* ---- 15: the window bounds the items alive, as documented ------------------ */
+
+struct alive_count {
+    size_t n, made, handed, most;
+    const char *text;
+};
+
+static size_t text_length(const char *s)
+{
+    return strlen(s);
+}
+PMAP_EXPORT(text_length, size_t, const char *);
+
+static int make_text(void *ctx, const char **s)
+{
+    struct alive_count *c = ctx;
+    if (c->made == c->n)
+        return 0;
+    c->made++;
+    if (c->made - c->handed > c->most)
+        c->most = c->made - c->handed;
+    *s = c->text;
+    return 1;
+}
+
+static int count_handed(void *ctx, size_t index, void *result,
+                        const pmap_failure_t *failure)
+{
+    struct alive_count *c = ctx;
+    (void)index;
+    if (failure == NULL && *(size_t *)result == strlen(c->text))
+        c->handed++;
+    return 0;
+}
+
+/* Items made and not handed over never exceed max(window, 4 x workers). */
+static void check_alive(int workers, size_t window, char *text)
+{
+    pool_t *pool = pool_create(workers);
+    ASSERT(pool != NULL);
+    struct alive_count c = {test_scaled(60), 0, 0, 0, text};
+    pool_map_options_t o = {.on_result = count_handed, .ctx = &c,
+                            .window = window};
+    ASSERT_OK(pool_map_stream(pool, &o, text_length, make_text, &c));
+    ASSERT_EQ(c.handed, c.n);
+    size_t bound = 4 * (size_t)workers > window ? 4 * (size_t)workers : window;
+    if (c.most > bound)
+        test_fail(__FILE__, __LINE__, "%zu items alive, window %zu, %d "
+                  "workers: more than %zu", c.most, window, workers, bound);
+    pool_destroy(pool);
+}
+
+TEST(liveness_window_bounds_items_alive)
+{
+    size_t size = 1 << 20;
+    char *text = malloc(size);
+    ASSERT(text != NULL);
+    memset(text, 'w', size - 1);
+    text[size - 1] = '\0';
+    check_alive(2, 1, text);
+    check_alive(8, 1, text);
+    check_alive(2, 12, text);
+    free(text);
+}
