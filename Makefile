@@ -30,11 +30,11 @@ SONAME = libpmap.so.$(VERSION_MAJOR)
 LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
-TEST_SRC = $(wildcard tests/*.c)
+TEST_SRC = $(filter-out tests/soak.c,$(wildcard tests/*.c))
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
 .PHONY: all demo test check check-asan check-tick check-valgrind valgrind-run \
-        fuzz bench install uninstall clean FORCE
+        fuzz bench soak install uninstall clean FORCE
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
@@ -136,6 +136,18 @@ bench: $(B)/libpmap.a
 	$(CC) $(ALL_CFLAGS) -o $(B)/bench/bench tests/bench/bench.c \
 	    $(B)/bench/omp.o $(B)/libpmap.a $$omp $(ALL_LDLIBS) && \
 	OMP_WAIT_POLICY=passive $(B)/bench/bench $(BENCH_REPS)
+
+# Random maps of every form under random faults for SOAK_SECONDS; a run is
+# replayed with SOAK_SEED=N (printed first), SOAK_FAULTS=0 runs it clean.
+SOAK_SECONDS ?= 60
+SOAK_FAULTS ?= 1
+$(B)/soak/soak: tests/soak.c $(B)/libpmap.a $(FLAGS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ tests/soak.c $(B)/libpmap.a \
+	    $(ALL_LDLIBS)
+
+soak: $(B)/soak/soak
+	SOAK_FAULTS=$(SOAK_FAULTS) $(B)/soak/soak $(SOAK_SECONDS) $(SOAK_SEED)
 
 # memcheck in a build folder of its own, with DWARF 4 debug information,
 # which every valgrind reads (clang 14 writes DWARF 5 by default).

@@ -168,11 +168,10 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
         retry_push(pool, job, job->retry[--job->nretry], &cancelled);
     pmap__deliver(job);     /* the tail, if nothing comes before it */
     int64_t grace = cancel_grace(pool, job);
-    job->kill_ns = grace < 0 ? -1 : pmap__now_ns() + grace;
-    if (grace == 0) {
-        job->kill_ns = -1;
+    if (grace == 0)
         pmap__loop_kill_job(pool, job);
-    }
+    else if (grace > 0)
+        job->kill_ns = pmap__now_ns() + grace;
 }
 
 /* ---- cutting batches --------------------------------------------------- */

@@ -514,7 +514,9 @@ static int wait_events(pool_t *pool, int64_t wake)
     }
     for (size_t i = 0; i < nw && ready > 0; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+        /* A callback run for an earlier worker may have killed this one
+         * (pmap_job_free): then its events are stale. */
+        if (w->pid > 0 && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
             on_input(pool, w);
         if (w->pid > 0 && (pfd[i].revents & POLLOUT))
             flush(pool, w);

@@ -303,6 +303,10 @@ typedef struct pmap__retiree {
 /* How often processes without a pidfd are looked at, while it matters. */
 #define PMAP__TICK_NS 50000000
 
+/* How long the fork server has to report what it has seen: a worker's
+ * end, or the answer to a request given up on (server.c). */
+#define PMAP__REPORT_NS 100000000LL
+
 struct pool {
     pid_t owner;                /* process that created the pool */
     atomic_flag busy;           /* a call is using the pool */

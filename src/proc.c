@@ -39,9 +39,8 @@
 #include <sys/epoll.h>
 #endif
 
-/* How long the fork server has to report a worker's end it has seen. */
-#define REPORT_NS 100000000LL
-/* ...and one we have killed, before its status is taken for lost. */
+/* How long the fork server has to report the end of a worker we killed,
+ * before its status is taken for lost. */
 #define KILLED_REPORT_NS 1000000000LL
 
 static pool_t *pools;
@@ -265,7 +264,8 @@ void pmap__proc_check(pool_t *pool, pmap__worker_t *w)
 static int reap_pid(bool server, pid_t pid, int *status)
 {
     if (server) {
-        int rc = pmap__server_reap(pid, status, pmap__now_ns() + REPORT_NS);
+        int rc = pmap__server_reap(pid, status,
+                                   pmap__now_ns() + PMAP__REPORT_NS);
         if (rc == PMAP_ETIMEDOUT) {
             kill(pid, SIGKILL);
             rc = pmap__server_reap(pid, status,

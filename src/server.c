@@ -47,6 +47,7 @@
 
 #define MAGIC 0x50534d50u   /* "PMSP" */
 
+
 enum { SPAWN = 1, SPAWNED, FAILED, DIED };
 
 /* caller -> server */
@@ -427,8 +428,13 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
     pthread_mutex_lock(&ctl.lock);
     report_t r;
     int rc = ctl.fd >= 0 ? 0 : PMAP_ESTART;
-    while (rc == 0 && ctl.unanswered)   /* stuck since?  Look, not wait. */
-        rc = read_report(&r, 0);
+    /* The last request was given up: its answer may be on its way (the
+     * server was stopped and continued), or the server is still stuck:
+     * wait for it briefly only, so that refilling every slot of a pool
+     * does not take one deadline each. */
+    int64_t brief = pmap__now_ns() + PMAP__REPORT_NS;
+    while (rc == 0 && ctl.unanswered)
+        rc = read_report(&r, deadline < brief ? deadline : brief);
     if (rc == 0) {
         req.number = ++ctl.requests;
         ssize_t n;
