@@ -121,11 +121,8 @@ static void stop_workers(pool_t *pool)
 {
     int64_t deadline = pmap__now_ns() + STOP_GRACE_NS;
     for (int i = 0; i < pool->nworkers; i++) {
-        pmap__worker_t *w = &pool->workers[i];
-        if (w->pid > 0)
-            pmap__proc_retire(pool, w, deadline);
-        else if (w->fd >= 0 || w->pidfd >= 0)
-            pmap__proc_reap(pool, w, &(int){0});
+        if (pool->workers[i].pid > 0)
+            pmap__proc_retire(pool, &pool->workers[i], deadline);
     }
     pmap__retirees_wait(pool);
 }

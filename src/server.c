@@ -258,6 +258,18 @@ static void end_child(pid_t pid, int64_t deadline)
     pmap__close(&fd);
 }
 
+/* Reaps our server if it has ended (ctl.server is then 0: a pid waited
+ * for may be reused at once, and must never be waited for again).
+ * Locked. */
+static void reap_server(void)
+{
+    if (ctl.server > 0 && ctl.owner == getpid() &&
+        waitpid(ctl.server, &(int){0}, WNOHANG) == ctl.server) {
+        ctl.server = 0;
+        ctl.dead = true;
+    }
+}
+
 /* Forgets the server: stops it (end of file, then SIGKILL after a second)
  * if it is ours, or only drops our copy of its channel in a forked child
  * of its owner.  Locked. */
@@ -268,8 +280,10 @@ static void forget_server(void)
          * this descriptor. */
         shutdown(ctl.fd, SHUT_RDWR);
         pmap__close(&ctl.fd);
-        end_child(ctl.server, pmap__now_ns() + 1000000000LL);
+        if (ctl.server > 0)
+            end_child(ctl.server, pmap__now_ns() + 1000000000LL);
     }
+    ctl.server = 0;
     pmap__close(&ctl.fd);
     free(ctl.deaths);
     ctl.deaths = NULL;
@@ -318,9 +332,7 @@ int pmap_init(void)
         return PMAP_ENESTED;
     pmap__pools_lock();     /* before ctl.lock, as pmap__proc_spawn */
     pthread_mutex_lock(&ctl.lock);
-    if (ctl.fd >= 0 && ctl.owner == getpid() && !ctl.dead &&
-        waitpid(ctl.server, &(int){0}, WNOHANG) == ctl.server)
-        ctl.dead = true;    /* and reaped */
+    reap_server();
     if (ctl.fd >= 0 && (ctl.owner != getpid() || ctl.dead))
         forget_server();
     int rc = ctl.fd < 0 ? start_server() : 0;
@@ -378,6 +390,7 @@ static int read_report(report_t *r, int64_t deadline)
         ssize_t n = pmap__read(ctl.fd, (char *)r + got, sizeof *r - got);
         if (n <= 0) {
             ctl.dead = true;        /* the server is gone */
+            reap_server();
             return PMAP_ESTART;
         }
         got += (size_t)n;
