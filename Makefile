@@ -33,7 +33,8 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(filter-out tests/soak.c,$(wildcard tests/*.c))
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check check-asan check-tick check-valgrind valgrind-run \
+.PHONY: all demo test check check-asan check-inline check-tick \
+        check-valgrind valgrind-run \
         fuzz bench soak install uninstall clean FORCE
 .DELETE_ON_ERROR:
 
@@ -88,6 +89,10 @@ check-asan:
 	$(MAKE) --no-print-directory B=$(B)/asan \
 	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" \
 	    LDFLAGS="$(SANITIZE)" test
+
+# The tests of map semantics again with the callbacks run in process.
+check-inline: all $(B)/tests/runner
+	@PMAP_BUILD=$(B) $(B)/tests/runner --in-process
 
 # The tests again with the portable way of watching workers (a waitpid
 # look every 50 ms) instead of Linux's pidfds.

@@ -151,10 +151,24 @@ typedef struct pool_options {
  *    a copy of the program as it was then: the cost of starting a worker
  *    does not grow with the caller's heap, and no lock held by one of the
  *    caller's threads is held in a worker;
- *  - PMAP_START_AUTO (0, the default): the server if pmap_init was called,
- *    else fork.
+ *  - PMAP_START_INLINE: no process at all: every callback runs in the
+ *    calling process, one item after another, in input order, with the
+ *    same results, failure records, progress, cancellation, statistics and
+ *    hooks (pmap_worker_index() is 0).  For debugging a callback under the
+ *    debugger, the sanitizers or valgrind the program already uses; what
+ *    cannot be isolated is the caller's own: a crash or exit in a callback
+ *    ends the program (that is the point: the debugger stops there),
+ *    timeouts are not enforced and max_items_per_worker is ignored.
+ *  - PMAP_START_AUTO (0, the default): the environment's PMAP_START if set
+ *    (README, "Environment"), else the server if pmap_init was called, else
+ *    fork.
  */
-enum pmap_start { PMAP_START_AUTO, PMAP_START_FORK, PMAP_START_SERVER };
+enum pmap_start {
+    PMAP_START_AUTO,
+    PMAP_START_FORK,
+    PMAP_START_SERVER,
+    PMAP_START_INLINE
+};
 
 /*
  * Starts the fork server.  Call it first thing in main, before the program
@@ -206,6 +220,28 @@ PMAP_API void pool_destroy(pool_t *pool);
 
 /* Number of workers of the pool, or PMAP_EINVAL for NULL. */
 PMAP_API int pool_size(const pool_t *pool);
+
+/* Where a setting of a pool came from (pmap_config_t). */
+enum pmap_origin {
+    PMAP_FROM_AUTO,         /* the library's automatic choice */
+    PMAP_FROM_OPTION,       /* the program's pool_options_t */
+    PMAP_FROM_ENV,          /* the environment (PMAP_WORKERS, ...) */
+    PMAP_FROM_ENV_IGNORED   /* the environment's value was malformed or
+                               unusable: the automatic choice was kept */
+};
+
+/* The settings a pool was created with, and why (enum pmap_origin). */
+typedef struct pmap_config {
+    int workers;
+    int workers_from;
+    int start;              /* PMAP_START_FORK, _SERVER or _INLINE */
+    int start_from;
+    size_t chunk;           /* items per batch; 0: automatic */
+    int chunk_from;
+} pmap_config_t;
+
+/* Stores the pool's settings in *config.  Returns 0 or PMAP_EINVAL. */
+PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
 
 /* ------------------------------------------------------------------------ */
 /* Mapping                                                                  */

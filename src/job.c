@@ -100,10 +100,14 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     const pool_map_options_t *o = call->options;
     if (o != NULL)
         job->opts = *o;
-    if (++pool->last_map == 0)
-        pool->last_map = 1;
+    /* Unique in the process, not only in the pool: an in-process worker
+     * (inline.c) serves the maps of every such pool. */
+    static atomic_uint last_map;
+    unsigned id;
+    while ((id = atomic_fetch_add(&last_map, 1) + 1) == 0)
+        ;
     job->pool = pool;
-    job->id = pool->last_map;
+    job->id = id;
     job->fn = fn;
     job->out = out;
     job->producer = call->producer;

@@ -58,6 +58,16 @@
 static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
                       uint64_t item)
 {
+    if (pool->in_process) {
+        /* No process to bury: its batches fail, and its maps are set up
+         * anew (inline.c). */
+        pmap__death_t death = {error ? error : PMAP_ENOMEM, 0, 0, 0, 0};
+        for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
+            pmap__job_lost(pool, job, w, &death);
+        w->nbatch = 0;
+        w->nsetup = 0;
+        return;
+    }
     pmap__slot_t *slot = pmap__arena_state(w->arena);
     pmap__death_t death = {0, 0, (long)w->pid, 0, item};
     if (item == 0)
@@ -193,10 +203,21 @@ static void bury(pool_t *pool, pmap__worker_t *w)
         lose(pool, w, 0);
 }
 
-/* Writes what is queued for w, as far as its channel takes it now. */
+/* Writes what is queued for w, as far as its channel takes it now (in
+ * process: serves it, and takes the answers). */
 static void flush(pool_t *pool, pmap__worker_t *w)
 {
     struct iovec iov[PMAP__IOV];
+    if (pool->in_process) {
+        if (!pmap__outq_empty(&w->out)) {
+            int rc = pmap__inline_serve(pool, w);
+            if (rc == 0)
+                rc = take_frames(pool, w);
+            if (rc < 0)
+                lose(pool, w, rc);
+        }
+        return;
+    }
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
         int n = pmap__outq_iov(&w->out, iov, pmap__iov_max());
         ssize_t r = pmap__sendv(w->fd, iov, n);
@@ -368,15 +389,23 @@ static int64_t check_workers(pool_t *pool)
     return next;
 }
 
+/* Whether w may be given work: ready, and its process (if any) alive. */
+static bool serving(const pool_t *pool, const pmap__worker_t *w)
+{
+    return w->ready && !w->gone && (w->pid > 0 || pool->in_process);
+}
+
 /* Gives every ready worker as many batches as it may hold, one round at a
  * time (so a map of few items is spread over all workers), each from the
- * oldest map that has work for it. */
+ * oldest map that has work for it.  In process, one batch at a time: it
+ * runs as it is flushed. */
 static void feed(pool_t *pool)
 {
-    for (int depth = 1; depth <= PMAP__DEPTH; depth++) {
+    int depth_max = pool->in_process ? 1 : PMAP__DEPTH;
+    for (int depth = 1; depth <= depth_max; depth++) {
         for (int i = 0; i < pool->nworkers; i++) {
             pmap__worker_t *w = &pool->workers[i];
-            if (w->pid == 0 || !w->ready || w->gone || w->nbatch >= depth)
+            if (!serving(pool, w) || w->nbatch >= depth)
                 continue;
             for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
                 if (!pmap__job_has_work(pool, job, w))
@@ -443,11 +472,12 @@ static int64_t earliest(int64_t a, int64_t b)
     return a < 0 ? b : b < 0 ? a : a < b ? a : b;
 }
 
-/* Everything but waiting.  Returns when to wake at the latest, or -1. */
-static int64_t step(pool_t *pool)
+/* Looks after the worker processes: timeouts, deaths, births, retirees,
+ * recycling, and empty slots refilled.  Returns when to look again, or
+ * -1. */
+static int64_t tend(pool_t *pool)
 {
-    int64_t wake = cancel(pool);
-    wake = earliest(wake, enforce_timeouts(pool));
+    int64_t wake = enforce_timeouts(pool);
     wake = earliest(wake, check_workers(pool));
     wake = earliest(wake, pmap__retirees_check(pool));
     recycle(pool);
@@ -458,14 +488,34 @@ static int64_t step(pool_t *pool)
                 job->error = spawned;
         }
     }
+    return wake;
+}
+
+/* Whether a map has items for the in-process worker now. */
+static bool work_left(const pool_t *pool)
+{
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
+        if (pmap__job_has_work(pool, job, &pool->workers[0]))
+            return true;
+    }
+    return false;
+}
+
+/* Everything but waiting.  Returns when to wake at the latest, or -1. */
+static int64_t step(pool_t *pool)
+{
+    int64_t wake = cancel(pool);
+    if (!pool->in_process)
+        wake = earliest(wake, tend(pool));
     pool->lost = false;
     feed(pool);
     settle(pool);
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         wake = earliest(wake, pmap__progress_due(job));
     /* A worker lost while feeding (its channel broke) left a slot empty
-     * after the refill: step again without waiting. */
-    return pool->lost ? 0 : wake;
+     * after the refill, or the in-process worker has more to do: step
+     * again without waiting. */
+    return pool->lost || (pool->in_process && work_left(pool)) ? 0 : wake;
 }
 
 /* The pool's poll array, with room for n entries; NULL without memory. */

@@ -17,6 +17,7 @@
  *   registry.c  PMAP_EXPORT'ed functions, found by identifier
  *   fdio.c      every system call on a file descriptor or a child
  *   server.c    the fork server, which forks workers for pools that ask
+ *   inline.c    the in-process start method: the caller is the worker
  *   shm.c       the memory shared with the workers
  *   cpu.c       the CPUs this process may use (the default pool size)
  *   buf.c       growable byte buffers
@@ -319,6 +320,9 @@ struct pool {
     pmap__retiree_t *retirees;
     size_t nretirees, retirees_cap;
     bool server;                /* workers come from the fork server */
+    bool in_process;            /* PMAP_START_INLINE: no process (inline.c) */
+    pmap_config_t config;       /* what was chosen, and why */
+    pmap__buf_t frames;         /* in-process: frames being served */
     int64_t start_timeout_ns;   /* a worker not READY by then is stuck */
     int64_t cancel_grace_ns;    /* running items' time after a cancel;
                                    < 0: they finish */
@@ -329,7 +333,6 @@ struct pool {
     int start_failures;         /* workers dead before READY, in a row */
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
-    uint32_t last_map;          /* identifier of the last map */
     pmap_job_t *jobs;           /* maps not yet released, oldest first */
     pmap_failure_t *failures;   /* of the last map waited for in a call */
     size_t nfailures;
@@ -491,6 +494,15 @@ typedef struct pmap__worker_setup {
 /* worker.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
+int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
+void pmap__worker_stop_inline(void);
+int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
+                              pmap__buf_t *answers);
+
+/* inline.c */
+int pmap__inline_open(pool_t *pool);
+void pmap__inline_close(pool_t *pool);
+int pmap__inline_serve(pool_t *pool, pmap__worker_t *w);
 
 /* server.c */
 bool pmap__server_running(void);

@@ -5,6 +5,8 @@
  */
 #include "pmap_internal.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +60,95 @@ static int64_t seconds_ns(double d, int64_t dflt)
     return d > 0 && d < 1e6 ? (int64_t)(d * 1e9) : dflt;
 }
 
+/* ---- settings: the program's options, the environment, or automatic ---- */
+
+/* A count from environment variable name, 1 to max: its value, 0 when the
+ * variable is not set, -1 when it is malformed. */
+static long env_count(const char *name, long max)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        return 0;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    return errno == 0 && *end == '\0' && n >= 1 && n <= max ? n : -1;
+}
+
+/* The start method PMAP_START names: 0 when not set, -1 when malformed
+ * or unusable (server without pmap_init). */
+static int env_start(void)
+{
+    static const char *const names[] = {"auto", "fork", "server", "inline"};
+    const char *v = getenv("PMAP_START");
+    if (v == NULL || *v == '\0')
+        return 0;
+    for (int i = 0; i < 4; i++) {
+        if (strcmp(v, names[i]) == 0)
+            return i == PMAP_START_SERVER && !pmap__server_running() ? -1 : i;
+    }
+    return -1;
+}
+
+/* Settles one setting: the option if set, else the environment's value
+ * if set and valid, else the automatic one. */
+static long choose(long option, long env, long automatic, int *from)
+{
+    if (option != 0) {
+        *from = PMAP_FROM_OPTION;
+        return option;
+    }
+    if (env > 0) {
+        *from = PMAP_FROM_ENV;
+        return env;
+    }
+    *from = env < 0 ? PMAP_FROM_ENV_IGNORED : PMAP_FROM_AUTO;
+    return automatic;
+}
+
+/* What the pool will be: explicit options win over the environment,
+ * which wins over the automatic choice (README, "Environment"). */
+static pmap_config_t configure(const pool_options_t *o)
+{
+    pmap_config_t c;
+    int env = env_start();
+    c.start = (int)choose(o->start, env == PMAP_START_AUTO ? 0 : env,
+                          pmap__server_running() ? PMAP_START_SERVER
+                                                 : PMAP_START_FORK,
+                          &c.start_from);
+    c.workers = (int)choose(o->workers, env_count("PMAP_WORKERS",
+                                                  PMAP_MAX_WORKERS),
+                            pmap__cpu_count(), &c.workers_from);
+    if (c.start == PMAP_START_INLINE) {
+        c.workers = 1;      /* the caller itself */
+        c.workers_from = c.start_from;
+    }
+    c.chunk = (size_t)choose((long)o->chunk, env_count("PMAP_CHUNK", LONG_MAX),
+                             0, &c.chunk_from);
+    return c;
+}
+
+int pool_config(const pool_t *pool, pmap_config_t *config)
+{
+    if (pool == NULL || config == NULL)
+        return PMAP_EINVAL;
+    *config = pool->config;
+    return 0;
+}
+
+/* Starts the pool's workers and waits until they are ready. */
+static int start_workers(pool_t *pool)
+{
+    if (pool->in_process)
+        return pmap__inline_open(pool);
+    int rc = 0;
+    for (int i = 0; i < pool->nworkers && rc == 0; i++)
+        rc = pmap__proc_spawn(pool, &pool->workers[i]);
+    if (rc == 0)
+        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + pool->start_timeout_ns);
+    return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
+}
+
 int pool_create_with(pool_t **poolp, const pool_options_t *opts)
 {
     if (poolp == NULL)
@@ -66,13 +157,11 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool_options_t o = opts ? *opts : (pool_options_t){0};
     if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0) ||
         !(o.start_timeout >= 0) || o.cancel_grace != o.cancel_grace ||
-        o.start < PMAP_START_AUTO || o.start > PMAP_START_SERVER)
+        o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE)
         return PMAP_EINVAL;
     if (pmap__in_worker)
         return PMAP_ENESTED;
-    bool server = o.start == PMAP_START_SERVER ||
-                  (o.start == PMAP_START_AUTO && pmap__server_running());
-    if (server && !pmap__server_running())
+    if (o.start == PMAP_START_SERVER && !pmap__server_running())
         return PMAP_EINVAL;     /* pmap_init was not called */
 
     pool_t *pool = calloc(1, sizeof *pool);
@@ -81,14 +170,17 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     atomic_flag_clear(&pool->busy);
     pool->owner = getpid();
     pool->epfd = pool->wake[0] = pool->wake[1] = -1;
+    pool->config = configure(&o);
     pool->opts = o;
-    pool->server = server;
+    pool->opts.chunk = pool->config.chunk;
+    pool->server = pool->config.start == PMAP_START_SERVER;
+    pool->in_process = pool->config.start == PMAP_START_INLINE;
     pool->start_timeout_ns =
         seconds_ns(o.start_timeout, (int64_t)(START_TIMEOUT_S * 1e9));
     pool->cancel_grace_ns = o.cancel_grace < 0
                                 ? -1
                                 : seconds_ns(o.cancel_grace, CANCEL_GRACE_NS);
-    pool->nworkers = o.workers ? o.workers : pmap__cpu_count();
+    pool->nworkers = pool->config.workers;
     pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
     for (int i = 0; i < pool->nworkers && pool->workers != NULL; i++) {
         pool->workers[i].index = i;
@@ -99,15 +191,10 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_ENOMEM;
     }
     pool_open(pool);
-
-    int rc = 0;
-    for (int i = 0; i < pool->nworkers && rc == 0; i++)
-        rc = pmap__proc_spawn(pool, &pool->workers[i]);
-    if (rc == 0)
-        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + pool->start_timeout_ns);
+    int rc = start_workers(pool);
     if (rc < 0) {
         pool_destroy(pool);
-        return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
+        return rc;
     }
     *poolp = pool;
     return 0;
@@ -132,7 +219,10 @@ void pool_destroy(pool_t *pool)
     if (pool == NULL)
         return;
     pmap__pools_remove(pool);
-    if (pool->owner == getpid()) {
+    if (pool->in_process) {
+        if (pool->owner == getpid())
+            pmap__inline_close(pool);
+    } else if (pool->owner == getpid()) {
         stop_workers(pool);
     } else {
         /* A forked copy: the workers are our parent's, not ours to stop. */
@@ -153,6 +243,7 @@ void pool_destroy(pool_t *pool)
     pmap__close(&pool->wake[0]);
     pmap__close(&pool->wake[1]);
     free(pool->retirees);
+    pmap__buf_free(&pool->frames);
     free(pool->pollfds);
     free(pool->workers);
     free(pool);

@@ -102,10 +102,13 @@ pmap__slot_t *pmap__arena_state(unsigned char *arena)
     return (pmap__slot_t *)(void *)arena;
 }
 
-/* Argument or result region `slot` of a worker's arena. */
+/* Argument or result region `slot` of a worker's arena; empty without one
+ * (an in-process worker: inline.c). */
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results)
 {
+    if (arena == NULL)
+        return (pmap__region_t){NULL, 0, 0};
     size_t at = PMAP__ARENA_HEAD +
                 ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;
     return (pmap__region_t){arena + at, PMAP__SLOT_SIZE, 0};

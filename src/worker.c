@@ -13,9 +13,16 @@
  * after every batch, before its RESULT, and before leaving, so nothing is
  * lost when stdout is a pipe or a file (the buffers copied from the caller
  * were emptied before the fork).
+ *
+ * The same code serves the in-process start method (PMAP_START_INLINE,
+ * inline.c): frames are then handed to pmap__worker_serve_inline by the
+ * caller's own loop and the answers appended to a buffer, and nothing here
+ * may leave the process: a failure that would end a worker returns from
+ * that call instead.
  */
 #include "pmap_internal.h"
 
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -60,6 +67,8 @@ static struct {
     pmap__buf_t scratch;        /* one batch's decoded variable arguments */
     pmap__buf_t failures;       /* one batch's failure records */
     bool running;               /* inside a callback */
+    pmap__buf_t *answers;       /* in-process: where frames go, else NULL */
+    jmp_buf *broken;            /* in-process: where a failure returns */
     bool failed;                /* pmap_fail was called for this item */
     int fail_error;             /* 0: pmap_fail's PMAP_EFAIL */
     int fail_code;
@@ -91,7 +100,27 @@ static void reset_signals(void)
 
 static _Noreturn void broken(void)
 {
+    if (self.broken != NULL)
+        longjmp(*self.broken, 1);   /* in-process: the caller goes on */
     _exit(EXIT_BROKEN);
+}
+
+/* In-process: moves what is queued to the caller's buffer. */
+static void answer_inline(void)
+{
+    struct iovec iov[PMAP__IOV];
+    while (!pmap__outq_empty(&self.out)) {
+        int n = pmap__outq_iov(&self.out, iov, PMAP__IOV);
+        size_t moved = 0;
+        for (int i = 0; i < n; i++) {
+            if (pmap__buf_put(self.answers, iov[i].iov_base,
+                              iov[i].iov_len) < 0)
+                broken();
+            moved += iov[i].iov_len;
+        }
+        pmap__outq_advance(&self.out, moved);
+    }
+    pmap__outq_reset(&self.out);
 }
 
 /* Sends what is queued, blocking. */
@@ -99,6 +128,10 @@ static void send_queued(void)
 {
     if (self.out.error != 0)
         broken();
+    if (self.answers != NULL) {
+        answer_inline();
+        return;
+    }
     struct iovec iov[PMAP__IOV];
     while (!pmap__outq_empty(&self.out)) {
         int n = pmap__outq_iov(&self.out, iov, pmap__iov_max());
@@ -153,6 +186,19 @@ static int decode_constants(worker_map_t *m, size_t len)
     return 0;
 }
 
+static void map_end(uint32_t id)
+{
+    for (worker_map_t **p = &self.maps; *p != NULL; p = &(*p)->next) {
+        worker_map_t *m = *p;
+        if (m->id == id) {
+            *p = m->next;
+            free(m->setup);
+            free(m);
+            return;
+        }
+    }
+}
+
 /*
  * SETUP payload: u64 function id | u64 signature | u64 constants mask |
  * u64 flags (bit 0: timed) | one column of 1 value per constant.
@@ -160,6 +206,8 @@ static int decode_constants(worker_map_t *m, size_t len)
 static void map_setup(uint32_t id, const unsigned char *p, size_t len)
 {
     worker_map_t *m = calloc(1, sizeof *m);
+    if (self.answers != NULL && find_map(id) != NULL)
+        map_end(id);    /* in-process, after a failure: set up anew */
     if (m == NULL || len < 4 * sizeof(uint64_t) || find_map(id) != NULL)
         broken();
     m->id = id;
@@ -176,19 +224,6 @@ static void map_setup(uint32_t id, const unsigned char *p, size_t len)
         m->error = decode_constants(m, len);
     m->next = self.maps;
     self.maps = m;
-}
-
-static void map_end(uint32_t id)
-{
-    for (worker_map_t **p = &self.maps; *p != NULL; p = &(*p)->next) {
-        worker_map_t *m = *p;
-        if (m->id == id) {
-            *p = m->next;
-            free(m->setup);
-            free(m);
-            return;
-        }
-    }
 }
 
 /* Decodes a TASK's argument columns; false if the payload is malformed. */
@@ -387,6 +422,23 @@ static _Noreturn void leave(void)
     _exit(EXIT_DONE);
 }
 
+static void take_frame(const pmap__header_t *h, const unsigned char *payload)
+{
+    switch (h->type) {
+    case PMAP__SETUP:
+        map_setup(h->map, payload, (size_t)h->length);
+        break;
+    case PMAP__TASK:
+        run_task(h->map, payload, (size_t)h->length);
+        break;
+    case PMAP__END:
+        map_end(h->map);
+        break;
+    default:
+        broken();
+    }
+}
+
 static _Noreturn void serve(void)
 {
     for (;;) {
@@ -402,20 +454,62 @@ static _Noreturn void serve(void)
         }
         if (rc < 0)
             broken();
-        switch (h.type) {
-        case PMAP__SETUP:
-            map_setup(h.map, payload, (size_t)h.length);
-            break;
-        case PMAP__TASK:
-            run_task(h.map, payload, (size_t)h.length);
-            break;
-        case PMAP__END:
-            map_end(h.map);
-            break;
-        default:
-            broken();
-        }
+        take_frame(&h, payload);
     }
+}
+
+/* ---- in-process (inline.c) ---------------------------------------------- */
+
+static pmap__slot_t inline_slot;    /* nobody watches it in-process */
+
+/* Becomes the worker of an in-process pool, in the caller: its hooks, and
+ * its worker_init.  Returns 0 or PMAP_ESTART if worker_init refused. */
+int pmap__worker_start_inline(const pmap__worker_setup_t *setup)
+{
+    self.setup = *setup;
+    self.fd = -1;
+    self.slot = &inline_slot;
+    self.arena = NULL;
+    self.index = setup->index;
+    if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
+        return PMAP_ESTART;
+    return 0;
+}
+
+/* The in-process worker leaves: its worker_exit. */
+void pmap__worker_stop_inline(void)
+{
+    if (self.setup.exit != NULL)
+        self.setup.exit(self.index, self.setup.arg);
+    fflush(NULL);
+}
+
+/*
+ * Serves the frames in frames[0, len) in this process and appends the
+ * answers to *answers.  Returns 0, or PMAP_ENOMEM if it could not (the
+ * frames' maps are then in an unknown state: the caller fails them).
+ */
+int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
+                              pmap__buf_t *answers)
+{
+    jmp_buf failed;
+    pmap__reader_t in = {{(unsigned char *)frames, len, len}, 0};
+    self.answers = answers;
+    self.broken = &failed;
+    int rc = 0;
+    if (setjmp(failed) == 0) {
+        pmap__header_t h;
+        const unsigned char *payload;
+        while (pmap__reader_next(&in, &h, &payload) > 0)
+            take_frame(&h, payload);
+    } else {
+        self.running = false;
+        pmap__outq_reset(&self.out);
+        rc = PMAP_ENOMEM;
+    }
+    self.answers = NULL;
+    self.broken = NULL;
+    return rc;
 }
 
 /*
@@ -446,7 +540,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 
 int pmap_worker_index(void)
 {
-    return pmap__in_worker ? self.index : -1;
+    return pmap__in_worker || self.answers != NULL ? self.index : -1;
 }
 
 void pmap_set_worker_state(void *state)
@@ -461,8 +555,8 @@ void *pmap_worker_state(void)
 
 int pmap_fail(int code, const char *format, ...)
 {
-    if (!pmap__in_worker || !self.running)
-        return PMAP_EINVAL;
+    if (!self.running)
+        return PMAP_EINVAL;     /* not in a callback */
     self.failed = true;
     self.fail_error = 0;
     self.fail_code = code;

@@ -13,7 +13,9 @@
  *
  * `runner --inline NAME` runs one test in the runner's own process, for
  * valgrind, which then sees the test as its main program; `runner --list`
- * lists the tests.
+ * lists the tests.  `runner --in-process [NAME...]` runs the tests of map
+ * semantics (map_*, stream_*, or those named) again with PMAP_START=inline:
+ * the same results with the callbacks run in the caller.
  */
 #include "test.h"
 
@@ -122,6 +124,13 @@ int test_children(void)
     return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD ? 0 : 1;
 }
 
+/* Whether pools start in process (PMAP_START=inline, runner --in-process). */
+int test_in_process(void)
+{
+    const char *v = getenv("PMAP_START");
+    return v != NULL && strcmp(v, "inline") == 0;
+}
+
 /* Runs test i and checks what it left behind; returns PASS or FAIL. */
 static int run_checked(int i)
 {
@@ -211,6 +220,8 @@ static int run_test(int i, char *why, size_t size)
 
 static int selected(int argc, char **argv, const char *name)
 {
+    if (argc < 2 && test_in_process())
+        return strncmp(name, "map_", 4) == 0 || strncmp(name, "stream_", 7) == 0;
     if (argc < 2)
         return 1;
     for (int i = 1; i < argc; i++) {
@@ -234,6 +245,12 @@ int main(int argc, char **argv)
         }
         fprintf(stderr, "no test named %s\n", argv[2]);
         return FAIL;
+    }
+    if (argc >= 2 && strcmp(argv[1], "--in-process") == 0) {
+        setenv("PMAP_START", "inline", 1);
+        argv[1] = argv[0];
+        argc--;
+        argv++;
     }
     int passed = 0, failed = 0, skipped = 0, number = 0;
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {

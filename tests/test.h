@@ -56,6 +56,15 @@ void test_skip(const char *why) __attribute__((noreturn));
 
 #define SKIP(why) test_skip(why)
 
+/* In a test of map semantics that needs worker processes (a crash, pids,
+ * several workers, finishing out of order): skips it in the in-process
+ * mode (runner --in-process). */
+#define NEEDS_PROCESSES(why)                                                  \
+    do {                                                                      \
+        if (test_in_process())                                                \
+            SKIP("needs worker processes: " why);                            \
+    } while (0)
+
 /* AddressSanitizer keeps freed memory aside: resident size means nothing
  * then, and LeakSanitizer checks each test instead (runner.c). */
 #if defined(__SANITIZE_ADDRESS__)
@@ -76,5 +85,6 @@ size_t test_scaled(size_t n);
 int test_run(const char *command, char *output, size_t size);
 int test_open_fds(void);
 int test_children(void);
+int test_in_process(void);
 
 #endif

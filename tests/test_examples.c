@@ -91,3 +91,28 @@ TEST(example_async_poll)
                   "45000000\n",
                   0);
 }
+
+TEST(example_prices_failure_stays_in_its_item)
+{
+    expect_output("prices", "",
+                  "tea=250 2.50\ncake=420 4.20\nscone=180 1.80\n"
+                  "jam    failed: ECRASH (signal 11)\nmilk=90 0.90\n", 0);
+}
+
+/* README, "Debugging callbacks": in process, gdb stops on the faulting
+ * line of the callback. */
+TEST(example_prices_under_gdb_in_process)
+{
+    if (test_run("command -v gdb >/dev/null", NULL, 0) != 0)
+        SKIP("no gdb (apt-get install gdb)");
+    char cmd[1024], out[65536];
+    snprintf(cmd, sizeof cmd,
+             "PMAP_START=inline gdb -nx -batch -ex run -ex bt "
+             "%s/examples/prices 2>&1", test_build_dir());
+    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+    if (strstr(out, "ptrace: Operation not permitted") != NULL)
+        SKIP("gdb may not trace here");
+    ASSERT(strstr(out, "SIGSEGV") != NULL);
+    ASSERT(strstr(out, "in cents (") != NULL);
+    ASSERT(strstr(out, "examples/prices.c:22") != NULL);
+}

@@ -333,6 +333,7 @@ PMAP_EXPORT(copy_bytes, pmap_bytes_t, pmap_bytes_t);
  * threshold, at it, exactly one slot, one byte more, several per slot. */
 TEST(map_large_items_through_shared_memory)
 {
+    NEEDS_PROCESSES("shared memory");
     size_t slot = 4u << 20, sizes[] = {1, 65535, 65536, 65537, slot - 1,
                                        slot, slot + 1, 1u << 20, 1u << 20,
                                        1u << 20, 3u << 20, 100000, 0};
@@ -425,6 +426,7 @@ PMAP_EXPORT(slow_first, struct stamp, int);
 
 TEST(map_results_in_input_order_when_workers_finish_out_of_order)
 {
+    NEEDS_PROCESSES("several workers finishing out of order");
     enum { N = 24 };
     int xs[N];
     struct stamp out[N];
@@ -452,6 +454,7 @@ PMAP_EXPORT(identity_pid, long, int);
 
 TEST(map_workers_persist_across_maps_and_functions)
 {
+    NEEDS_PROCESSES("worker pids");
     pool_t *pool = pool_create(2);
     int xs[64];
     long pids[64], again[64];
@@ -521,6 +524,7 @@ TEST(map_fixed_chunk_size)
 
 TEST(map_more_workers_than_items)
 {
+    NEEDS_PROCESSES("several workers");
     int xs[3] = {1, 2, 3}, out[3];
     pool_t *pool = pool_create(8);
     ASSERT_EQ(pool_size(pool), 8);

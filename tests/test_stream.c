@@ -93,6 +93,7 @@ TEST(stream_results_in_order_to_a_callback)
 
 TEST(stream_results_unordered_as_they_arrive)
 {
+    NEEDS_PROCESSES("several workers finishing out of order");
     enum { N = 500 };
     long xs[N], values[N];
     for (long i = 0; i < N; i++)
@@ -127,6 +128,7 @@ static int make_number(void *ctx, long *x)
 
 TEST(stream_items_from_a_producer_in_bounded_memory)
 {
+    NEEDS_PROCESSES("several workers finishing out of order");
     enum { WINDOW = 256 };
     const long N = (long)test_scaled(100000);
     for (int unordered = 0; unordered < 2; unordered++) {
@@ -234,6 +236,7 @@ TEST(stream_producer_error_stops_the_map)
 /* A crash, a failure on purpose: handed over as failures, in place. */
 TEST(stream_faults_are_isolated_in_streamed_and_callback_maps)
 {
+    NEEDS_PROCESSES("crashing items");
     enum { N = 400 };
     long xs[N], values[N];
     for (long i = 0; i < N; i++)
@@ -258,6 +261,7 @@ TEST(stream_faults_are_isolated_in_streamed_and_callback_maps)
 
 TEST(stream_single_call)
 {
+    NEEDS_PROCESSES("a crashing item");
     pool_t *pool = pool_create(2);
     long r = 0;
     ASSERT_OK(pool_call(pool, square, &r, 12));
@@ -317,6 +321,7 @@ TEST(stream_several_async_maps_on_one_pool)
 /* The caller's own poll loop: pool_fd tells when pool_poll has work. */
 TEST(stream_async_maps_in_the_callers_poll_loop)
 {
+    NEEDS_PROCESSES("a crashing item");
     enum { N = 60 };
     long xs[N], out[3][N];
     for (long i = 0; i < N; i++)
@@ -440,6 +445,7 @@ PMAP_EXPORT(forever, long, long);
 
 TEST(stream_cancel_kills_running_items_if_asked)
 {
+    NEEDS_PROCESSES("a callback that never returns, killed");
     long xs[4] = {0, 1, 2, 3}, out[4];
     pool_map_options_t o = {.kill_on_cancel = 1, .chunk = 1};
     pool_t *pool = pool_create(2);
@@ -525,6 +531,7 @@ PMAP_EXPORT(query, long, long);
 
 TEST(stream_worker_init_and_exit_hooks_once_per_worker)
 {
+    NEEDS_PROCESSES("three workers");
     ASSERT(pipe(hook_pipe) == 0);
     pool_options_t po = {.workers = 3, .worker_init = open_db,
                          .worker_exit = close_db,
@@ -564,6 +571,7 @@ static int refuse(int worker, void *arg)
 
 TEST(stream_worker_init_failure_fails_pool_create)
 {
+    NEEDS_PROCESSES("a second worker");
     pool_options_t po = {.workers = 2, .worker_init = refuse};
     pool_t *pool = (pool_t *)&po;
     ASSERT_EQ(pool_create_with(&pool, &po), PMAP_ESTART);
@@ -579,6 +587,7 @@ PMAP_EXPORT(whose, long, long);
 
 TEST(stream_workers_recycled_after_exactly_n_items)
 {
+    NEEDS_PROCESSES("recycled workers");
     enum { N = 200, MAX = 15 };
     ASSERT(pipe(hook_pipe) == 0);
     pool_options_t po = {.workers = 2, .max_items_per_worker = MAX,
@@ -654,6 +663,7 @@ TEST(stream_reduction_without_storing_results)
 
 TEST(stream_statistics_per_map_and_per_worker)
 {
+    NEEDS_PROCESSES("a crashing item, several workers");
     enum { N = 1000 };
     long xs[N], out[N];
     for (long i = 0; i < N; i++)
@@ -820,6 +830,7 @@ TEST(stream_job_freed_from_a_callback)
 /* Every worker reaches its quota at the very end of a map. */
 TEST(stream_recycled_workers_run_their_exit_hook)
 {
+    NEEDS_PROCESSES("recycled workers");
     ASSERT(pipe(hook_pipe) == 0);
     pool_options_t po = {.workers = 2, .max_items_per_worker = 15,
                          .worker_init = open_db, .worker_exit = close_db,
