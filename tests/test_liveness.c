@@ -1426,3 +1426,54 @@ TEST(liveness_window_bounds_items_alive)
     check_alive(2, 12, text);
     free(text);
 }
+
+/* ---- 8: cancel_grace: running items finish within it, or are killed ------ */
+
+static long nap_then_double(long ms)
+{
+    sleep_ms((int)ms);
+    return 2 * ms;
+}
+PMAP_EXPORT(nap_then_double, long, long);
+
+/* Item 0 naps `nap` ms, the others are quick; the map is cancelled while
+ * item 0 runs.  Returns item 0's failure code, or 0 if it finished. */
+static int cancel_during_nap(pool_t *pool, const pool_map_options_t *o,
+                             long nap)
+{
+    long xs[40] = {nap}, out[40];
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, o, &job, nap_then_double, 40, out, xs));
+    ASSERT_EQ(pmap_job_wait(job, 0.1), PMAP_ETIMEDOUT);
+    pmap_job_cancel(job);
+    ASSERT_EQ(pmap_job_wait(job, -1), PMAP_ECANCELED);
+    const pmap_failure_t *f;
+    size_t nf = pmap_job_failures(job, &f);
+    int error = nf > 0 && f[0].index == 0 ? f[0].error : 0;
+    if (error == 0)
+        ASSERT_EQ(out[0], 2 * nap);
+    for (size_t i = 0; i < nf; i++)
+        ASSERT_EQ(f[i].error, PMAP_ECANCELED);  /* never another cause */
+    pmap_job_free(job);
+    return error;
+}
+
+TEST(liveness_cancel_grace_lets_running_items_finish_or_kills_them)
+{
+    arm(30);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    pool_map_options_t o = {.chunk = 1};
+    ASSERT_EQ(cancel_during_nap(pool, &o, 3000), PMAP_ECANCELED);  /* 0.5 s */
+    o.cancel_grace = -1;
+    ASSERT_EQ(cancel_during_nap(pool, &o, 800), 0);     /* finishes */
+    o.cancel_grace = 2;
+    ASSERT_EQ(cancel_during_nap(pool, &o, 800), 0);     /* within 2 s */
+    pool_destroy(pool);
+    pool_options_t po = {.workers = 2, .cancel_grace = -1};
+    ASSERT_OK(pool_create_with(&pool, &po));
+    o.cancel_grace = 0;     /* the pool's: let them finish */
+    ASSERT_EQ(cancel_during_nap(pool, &o, 800), 0);
+    pool_destroy(pool);
+    alarm(0);
+}
