@@ -118,7 +118,9 @@ static pmap_config_t configure(const pool_options_t *o)
                           &c.start_from);
     c.workers = (int)choose(o->workers, env_count("PMAP_WORKERS",
                                                   PMAP_MAX_WORKERS),
-                            pmap__cpu_count(), &c.workers_from);
+                            0, &c.workers_from);
+    if (c.workers == 0)     /* looked up only when needed: it reads files */
+        c.workers = pmap__cpu_count();
     if (c.start == PMAP_START_INLINE) {
         c.workers = 1;      /* the caller itself */
         c.workers_from = c.start_from;
