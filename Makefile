@@ -3,9 +3,12 @@
 # `make demo` runs the examples, `make test` runs the tests.  Override any
 # variable on the command line (CC=clang, CFLAGS=..., PREFIX=...).
 
-VERSION_MAJOR = 0
-VERSION_MINOR = 1
-VERSION_PATCH = 0
+# The version is pmap.h's (PMAP_VERSION_*), read once here.
+version = $(shell sed -n 's/^.define PMAP_VERSION_$(1) \([0-9]*\)$$/\1/p' \
+                      include/pmap.h)
+VERSION_MAJOR := $(call version,MAJOR)
+VERSION_MINOR := $(call version,MINOR)
+VERSION_PATCH := $(call version,PATCH)
 VERSION = $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 
 PREFIX ?= /usr/local
@@ -26,7 +29,10 @@ B ?= build
 # everything in it is rebuilt (a check never reuses objects its tool
 # cannot read, whatever was built there before).
 FLAGS = $(B)/flags
-SONAME = libpmap.so.$(VERSION_MAJOR)
+# The soname names the ABI (README, "Versions"): libpmap.so.MAJOR, but
+# while MAJOR is 0 every minor version may change it: libpmap.so.0.MINOR.
+SOVERSION = $(if $(filter 0,$(VERSION_MAJOR)),0.$(VERSION_MINOR),$(VERSION_MAJOR))
+SONAME = libpmap.so.$(SOVERSION)
 LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
@@ -53,8 +59,10 @@ $(B)/libpmap.a: $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^
 
-$(B)/libpmap.so.$(VERSION): $(LIB_OBJ)
-	$(CC) -shared -Wl,-soname,$(SONAME) $(LDFLAGS) -o $@ $^ $(ALL_LDLIBS)
+$(B)/libpmap.so.$(VERSION): $(LIB_OBJ) src/libpmap.map
+	$(CC) -shared -Wl,-soname,$(SONAME) \
+	    -Wl,--version-script=src/libpmap.map $(LDFLAGS) -o $@ $(LIB_OBJ) \
+	    $(ALL_LDLIBS)
 
 $(B)/libpmap.so: $(B)/libpmap.so.$(VERSION)
 	ln -sf libpmap.so.$(VERSION) $(B)/$(SONAME)

@@ -35,9 +35,12 @@
 extern "C" {
 #endif
 
+/* The version this header belongs to (README, "Versions"). */
 #define PMAP_VERSION_MAJOR 0
-#define PMAP_VERSION_MINOR 1
+#define PMAP_VERSION_MINOR 2
 #define PMAP_VERSION_PATCH 0
+#define PMAP_VERSION                                                          \
+    (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
 
 #if defined(__GNUC__)
 #define PMAP_API __attribute__((visibility("default")))
@@ -86,6 +89,10 @@ enum {
     PMAP_ERROR_MAP(PMAP__ERROR_ENUM)
 #undef PMAP__ERROR_ENUM
 };
+
+/* The version of the library the program runs with, as PMAP_VERSION
+ * (which is the one it was compiled against). */
+PMAP_API int pmap_version(void);
 
 /* A static English description of code; never NULL. */
 PMAP_API const char *pmap_strerror(int code);

@@ -6,6 +6,8 @@
  */
 #include "test.h"
 
+#include "pmap.h"
+
 #include <unistd.h>
 
 TEST(install_and_link_with_pkg_config)
@@ -46,4 +48,34 @@ TEST(install_and_link_with_pkg_config)
 
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     test_run(cmd, NULL, 0);
+}
+
+/* The shared library exports the calls pmap.h declares (PMAP_API), and
+ * nothing else: the version script keeps the internals local. */
+TEST(install_shared_library_exports_exactly_the_header)
+{
+    if (test_run("command -v nm >/dev/null", NULL, 0) != 0)
+        SKIP("nm is not installed (binutils)");
+    char cmd[1024], exported[8192], declared[8192];
+    snprintf(cmd, sizeof cmd,
+             "nm -D --defined-only %s/libpmap.so | awk '$2 ~ /^[TDBRW]$/ "
+             "{ sub(/@.*/, \"\", $3); print $3 }' | sort",
+             test_build_dir());
+    ASSERT_EQ(test_run(cmd, exported, sizeof exported), 0);
+    ASSERT_EQ(test_run("grep -v '^#define PMAP_API' include/pmap.h | "
+                       "tr '\\n' ' ' | grep -o "
+                       "'PMAP_API[^(;]*(' | sed 's/.*[ *]\\([a-z_0-9]*\\) *(/\\1/' "
+                       "| sort",
+                       declared, sizeof declared),
+              0);
+    ASSERT(strlen(declared) > 200);     /* the header was read */
+    ASSERT_STR_EQ(exported, declared);
+}
+
+/* The version compiled against is the version run with. */
+TEST(install_version_at_run_time)
+{
+    ASSERT_EQ(pmap_version(), PMAP_VERSION);
+    ASSERT(PMAP_VERSION == PMAP_VERSION_MAJOR * 10000 +
+                               PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH);
 }
