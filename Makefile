@@ -15,6 +15,8 @@ PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+CMAKEDIR ?= $(LIBDIR)/cmake/pmap
+MANDIR ?= $(PREFIX)/share/man
 INSTALL ?= install
 
 CFLAGS ?= -O2 -g
@@ -172,25 +174,43 @@ valgrind-run: all $(B)/tests/runner
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
 	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" sh tests/valgrind.sh $(B)
 
+# Fills a template: the version, the soname and the install folders.
+SUBST = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+    -e 's|@VERSION_MAJOR@|$(VERSION_MAJOR)|' \
+    -e 's|@VERSION_MINOR@|$(VERSION_MINOR)|' -e 's|@SONAME@|$(SONAME)|' \
+    -e "s|@INCLUDE_FROM_LIB@|$$(realpath -m --relative-to=$(LIBDIR) \
+        $(INCLUDEDIR))|"
+MAN3 = $(wildcard man/*.3)
+MAN7 = $(wildcard man/*.7)
+
 install: $(B)/libpmap.a $(B)/libpmap.so
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
-	    $(DESTDIR)$(PKGCONFIGDIR)
+	    $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(CMAKEDIR) \
+	    $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man7
 	$(INSTALL) -m 644 include/pmap.h $(DESTDIR)$(INCLUDEDIR)/pmap.h
 	$(INSTALL) -m 644 $(B)/libpmap.a $(DESTDIR)$(LIBDIR)/libpmap.a
 	$(INSTALL) -m 755 $(B)/libpmap.so.$(VERSION) \
 	    $(DESTDIR)$(LIBDIR)/libpmap.so.$(VERSION)
 	ln -sf libpmap.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libpmap.so
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
-	    pmap.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
-	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+	$(SUBST) src/pmap.pc.in > $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+	$(SUBST) src/pmap-config.cmake.in > $(DESTDIR)$(CMAKEDIR)/pmap-config.cmake
+	$(SUBST) src/pmap-config-version.cmake.in \
+	    > $(DESTDIR)$(CMAKEDIR)/pmap-config-version.cmake
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc $(DESTDIR)$(CMAKEDIR)/*.cmake
+	$(if $(MAN3),$(INSTALL) -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3)
+	$(if $(MAN7),$(INSTALL) -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7)
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/pmap.h $(DESTDIR)$(LIBDIR)/libpmap.a \
 	    $(DESTDIR)$(LIBDIR)/libpmap.so.$(VERSION) \
 	    $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libpmap.so \
-	    $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc
+	    $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc \
+	    $(DESTDIR)$(CMAKEDIR)/pmap-config.cmake \
+	    $(DESTDIR)$(CMAKEDIR)/pmap-config-version.cmake \
+	    $(MAN3:man/%=$(DESTDIR)$(MANDIR)/man3/%) \
+	    $(MAN7:man/%=$(DESTDIR)$(MANDIR)/man7/%)
 
 clean:
 	rm -rf $(B)

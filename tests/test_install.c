@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_install.c - `make install` into a staging folder, then an example
- * built against the installed copy through pkg-config, as a user would,
- * with the shared library and with the static one.
+ * built against the installed copy as a user would, with the shared
+ * library and the static one: through pkg-config, CMake's find_package and
+ * Meson's dependency(); and the shared library's exports and version.
  */
 #include "test.h"
 
@@ -10,21 +11,39 @@
 
 #include <unistd.h>
 
-TEST(install_and_link_with_pkg_config)
+static const char want[] = "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]\n";
+
+/* Installs into a new staging folder dir (PREFIX=/usr under it), as a
+ * package build would; skips unless make test set the compiler. */
+static void stage(char dir[], const char **cc, const char **flags)
 {
-    if (test_run("command -v pkg-config >/dev/null", NULL, 0) != 0)
-        SKIP("pkg-config is not installed");
-    const char *cc = getenv("PMAP_CC");
-    const char *flags = getenv("PMAP_USER_FLAGS");  /* sanitizers, say */
-    if (cc == NULL || flags == NULL)
+    *cc = getenv("PMAP_CC");
+    *flags = getenv("PMAP_USER_FLAGS");     /* sanitizers, say */
+    if (*cc == NULL || *flags == NULL)
         SKIP("PMAP_CC and PMAP_USER_FLAGS are set by make test");
-    char dir[] = "/tmp/pmap-install-XXXXXX";
     ASSERT(mkdtemp(dir) != NULL);
-    char cmd[4096], out[256];
+    char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "make -s install B=%s DESTDIR=%s PREFIX=/usr >/dev/null 2>&1",
              test_build_dir(), dir);
     ASSERT_EQ(test_run(cmd, NULL, 0), 0);
+}
+
+static void unstage(const char *dir)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    test_run(cmd, NULL, 0);
+}
+
+TEST(install_and_link_with_pkg_config)
+{
+    if (test_run("command -v pkg-config >/dev/null", NULL, 0) != 0)
+        SKIP("pkg-config is not installed");
+    char dir[] = "/tmp/pmap-install-XXXXXX";
+    const char *cc, *flags;
+    stage(dir, &cc, &flags);
+    char cmd[4096], out[256];
 
     /* PKG_CONFIG_SYSROOT_DIR maps /usr in pmap.pc into the staging folder. */
     char pkg[512];
@@ -37,17 +56,92 @@ TEST(install_and_link_with_pkg_config)
              "pmap) && LD_LIBRARY_PATH=%s/usr/lib %s/add",
              cc, flags, dir, pkg, dir, dir);
     ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-    ASSERT_STR_EQ(out, "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]\n");
+    ASSERT_STR_EQ(out, want);
 
     snprintf(cmd, sizeof cmd,
              "%s %s -std=c11 -o %s/add_static examples/add.c $(%s --cflags "
              "pmap) %s/usr/lib/libpmap.a -pthread && %s/add_static",
              cc, flags, dir, pkg, dir, dir);
     ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-    ASSERT_STR_EQ(out, "[0, 2, 4, 6, 8, 10, 12, 14, 16, 18]\n");
+    ASSERT_STR_EQ(out, want);
+    unstage(dir);
+}
 
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    test_run(cmd, NULL, 0);
+/* find_package(pmap CONFIG) against the installed copy: pmap::pmap and
+ * pmap::pmap_static. */
+TEST(install_and_build_with_cmake)
+{
+    if (test_run("command -v cmake >/dev/null", NULL, 0) != 0)
+        SKIP("cmake is not installed (apt-get install cmake)");
+    char dir[] = "/tmp/pmap-cmake-XXXXXX";
+    const char *cc, *flags;
+    stage(dir, &cc, &flags);
+    char cmd[8192], out[256];
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/proj && cp examples/add.c %s/proj/ && "
+             "printf '%%s\\n' 'cmake_minimum_required(VERSION 3.13)' "
+             "'project(consumer C)' "
+             "'find_package(pmap %d.%d CONFIG REQUIRED)' "
+             "'add_executable(add_shared add.c)' "
+             "'target_link_libraries(add_shared PRIVATE pmap::pmap)' "
+             "'add_executable(add_static add.c)' "
+             "'target_link_libraries(add_static PRIVATE pmap::pmap_static)' "
+             "> %s/proj/CMakeLists.txt && "
+             "cmake -S %s/proj -B %s/proj/build -DCMAKE_PREFIX_PATH=%s/usr "
+             "-DCMAKE_C_COMPILER=%s -DCMAKE_C_FLAGS='%s' "
+             "-DCMAKE_EXE_LINKER_FLAGS='%s' >%s/log 2>&1 && "
+             "cmake --build %s/proj/build >>%s/log 2>&1",
+             dir, dir, PMAP_VERSION_MAJOR, PMAP_VERSION_MINOR, dir, dir, dir,
+             dir, cc, flags, flags, dir, dir, dir);
+    if (test_run(cmd, NULL, 0) != 0) {
+        snprintf(cmd, sizeof cmd, "tail -n 30 %s/log >&2", dir);
+        test_run(cmd, NULL, 0);
+        unstage(dir);
+        test_fail(__FILE__, __LINE__, "cmake could not build the consumer");
+    }
+    const char *programs[] = {"add_shared", "add_static"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "%s/proj/build/%s", dir, programs[i]);
+        ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+        ASSERT_STR_EQ(out, want);
+    }
+    unstage(dir);
+}
+
+/* dependency('pmap') in Meson, through pkg-config. */
+TEST(install_and_build_with_meson)
+{
+    if (test_run("command -v meson >/dev/null && command -v pkg-config "
+                 ">/dev/null",
+                 NULL, 0) != 0)
+        SKIP("meson or pkg-config is not installed (apt-get install meson "
+             "pkg-config)");
+    char dir[] = "/tmp/pmap-meson-XXXXXX";
+    const char *cc, *flags;
+    stage(dir, &cc, &flags);
+    char cmd[8192], out[256];
+    snprintf(cmd, sizeof cmd,
+             "mkdir -p %s/proj && cp examples/add.c %s/proj/ && "
+             "printf '%%s\\n' \"project('consumer', 'c', "
+             "default_options: ['c_std=c11'])\" "
+             "\"executable('add', 'add.c', dependencies: "
+             "dependency('pmap'))\" > %s/proj/meson.build && "
+             "cd %s/proj && PKG_CONFIG_PATH=%s/usr/lib/pkgconfig "
+             "PKG_CONFIG_SYSROOT_DIR=%s CC=%s CFLAGS='%s' LDFLAGS='%s' "
+             "meson setup build >%s/log 2>&1 && meson compile -C build "
+             ">>%s/log 2>&1",
+             dir, dir, dir, dir, dir, dir, cc, flags, flags, dir, dir);
+    if (test_run(cmd, NULL, 0) != 0) {
+        snprintf(cmd, sizeof cmd, "tail -n 30 %s/log >&2", dir);
+        test_run(cmd, NULL, 0);
+        unstage(dir);
+        test_fail(__FILE__, __LINE__, "meson could not build the consumer");
+    }
+    snprintf(cmd, sizeof cmd, "LD_LIBRARY_PATH=%s/usr/lib %s/proj/build/add",
+             dir, dir);
+    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+    ASSERT_STR_EQ(out, want);
+    unstage(dir);
 }
 
 /* The shared library exports the calls pmap.h declares (PMAP_API), and
