@@ -249,8 +249,7 @@ void pmap__proc_check(pool_t *pool, pmap__worker_t *w)
             r = waitpid(w->pid, &w->status, WNOHANG);
         while (r < 0 && errno == EINTR);
         w->reaped = r == w->pid;
-        if (r < 0)
-            w->reaped = false, w->gone = true;  /* reaped by someone else */
+        w->gone = r < 0;    /* reaped by someone else: its status is lost */
     }
     w->gone = w->gone || w->reaped;
 }
