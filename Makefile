@@ -41,7 +41,7 @@ EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
 TEST_SRC = $(filter-out tests/soak.c,$(wildcard tests/*.c))
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
-.PHONY: all demo test check check-asan check-inline check-tick \
+.PHONY: all demo test check check-asan check-inline check-man check-tick \
         check-valgrind valgrind-run \
         fuzz bench soak install uninstall clean FORCE
 .DELETE_ON_ERROR:
@@ -99,6 +99,11 @@ check-asan:
 	$(MAKE) --no-print-directory B=$(B)/asan \
 	    CFLAGS="-O1 -g -fno-omit-frame-pointer $(SANITIZE)" \
 	    LDFLAGS="$(SANITIZE)" test
+
+# Every man page's EXAMPLES program compiled and run, and the pages linted
+# (mandoc -Tlint) when mandoc is installed.
+check-man: $(B)/libpmap.a
+	@CC="$(CC)" sh tests/man_examples.sh $(B)
 
 # The tests of map semantics again with the callbacks run in process.
 check-inline: all $(B)/tests/runner
@@ -183,6 +188,9 @@ SUBST = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
         $(INCLUDEDIR))|"
 MAN3 = $(wildcard man/*.3)
 MAN7 = $(wildcard man/*.7)
+# The names a page documents (its NAME section's .Nm lines): each gets a
+# link to the page, so that `man pool_map_async` finds pool_map(3).
+MAN_NAMES = sed -n '/^\.Sh NAME/,/^\.Nd/s/^\.Nm \([A-Za-z_0-9]*\).*/\1/p'
 
 install: $(B)/libpmap.a $(B)/libpmap.so
 	$(INSTALL) -d $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR) \
@@ -199,8 +207,14 @@ install: $(B)/libpmap.a $(B)/libpmap.so
 	$(SUBST) src/pmap-config-version.cmake.in \
 	    > $(DESTDIR)$(CMAKEDIR)/pmap-config-version.cmake
 	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/pmap.pc $(DESTDIR)$(CMAKEDIR)/*.cmake
-	$(if $(MAN3),$(INSTALL) -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3)
-	$(if $(MAN7),$(INSTALL) -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7)
+	$(INSTALL) -m 644 $(MAN3) $(DESTDIR)$(MANDIR)/man3
+	$(INSTALL) -m 644 $(MAN7) $(DESTDIR)$(MANDIR)/man7
+	@for page in $(MAN3); do \
+	    for name in $$($(MAN_NAMES) $$page); do \
+	        [ "$$name.3" = "$${page##*/}" ] || \
+	        ln -sf $${page##*/} $(DESTDIR)$(MANDIR)/man3/$$name.3; \
+	    done; \
+	done
 
 uninstall:
 	rm -f $(DESTDIR)$(INCLUDEDIR)/pmap.h $(DESTDIR)$(LIBDIR)/libpmap.a \
@@ -210,7 +224,9 @@ uninstall:
 	    $(DESTDIR)$(CMAKEDIR)/pmap-config.cmake \
 	    $(DESTDIR)$(CMAKEDIR)/pmap-config-version.cmake \
 	    $(MAN3:man/%=$(DESTDIR)$(MANDIR)/man3/%) \
-	    $(MAN7:man/%=$(DESTDIR)$(MANDIR)/man7/%)
+	    $(MAN7:man/%=$(DESTDIR)$(MANDIR)/man7/%) \
+	    $(foreach page,$(MAN3),$(patsubst %,$(DESTDIR)$(MANDIR)/man3/%.3,\
+	        $(shell $(MAN_NAMES) $(page))))
 
 clean:
 	rm -rf $(B)

@@ -77,7 +77,7 @@ extern "C" {
     XX(EEXIT, -4003, "the worker exited during the call")                     \
     XX(ENOFUNC, -4004, "callback is not exported in the worker")              \
     XX(EAMBIGUOUS, -4005, "callback identifier is exported twice")            \
-    XX(EPROTO, -4006, "malformed message on a worker pipe")                   \
+    XX(EPROTO, -4006, "malformed message on a worker channel")                \
     XX(EFORKED, -4007, "pool belongs to another process")                     \
     XX(ENESTED, -4008, "pool used from inside one of its workers")            \
     XX(ESTART, -4009, "a worker failed to start")                             \
@@ -127,7 +127,7 @@ typedef struct pool_options {
     size_t chunk;   /* items per batch sent to a worker; 0: automatic */
     double timeout; /* seconds one item may run before its worker is
                        killed and the item fails with PMAP_ETIMEDOUT;
-                       0: no limit */
+                       0: no limit (negative: PMAP_EINVAL) */
     /* Run in each worker when it starts, before its first item (e.g. to
      * open a database once per worker; see pmap_set_worker_state).  A
      * nonzero return means the worker cannot serve: pool_create fails with
@@ -208,9 +208,13 @@ PMAP_API pool_t *pool_create(int workers);
 
 /*
  * pool_create with options (opts may be NULL).  Stores the pool in *poolp
- * and returns 0, or returns PMAP_EINVAL (workers < 0 or > PMAP_MAX_WORKERS),
- * PMAP_ENOMEM, PMAP_EMFILE/ENFILE (pipes), PMAP_EAGAIN (fork) or
- * PMAP_ESTART (a worker died before it was ready), leaving *poolp NULL.
+ * and returns 0, or returns PMAP_EINVAL (poolp NULL, workers < 0 or >
+ * PMAP_MAX_WORKERS, a negative or NaN timeout or start_timeout, a NaN
+ * cancel_grace, an unknown start, or PMAP_START_SERVER without pmap_init),
+ * PMAP_ENESTED (inside a worker), PMAP_ENOMEM, PMAP_EMFILE/ENFILE
+ * (channels), PMAP_EAGAIN (fork) or PMAP_ESTART (a worker died before it
+ * was ready, or worker_init refused), leaving *poolp NULL.  An in-process
+ * pool (PMAP_START_INLINE) has one worker, whatever workers says.
  */
 PMAP_API int pool_create_with(pool_t **poolp, const pool_options_t *opts);
 
@@ -271,7 +275,8 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * As the result type R the same kinds apply; a `char *` result is freed by
  * the worker after it is sent (return malloc'ed memory), a `const char *`
  * result is not.  String and byte results reach the caller as new memory
- * from malloc that the caller frees.
+ * from malloc that the caller frees (with a `const char *` result type,
+ * out is a `const char *` array: free((char *)out[i])).
  *
  * The worker finds fn by an identifier derived from (fn, file, line): two
  * static functions of the same name in different files never collide.
@@ -367,12 +372,14 @@ typedef struct pmap_job pmap_job_t;
  *
  * Returns 0 when all items succeeded; a positive count of failed items (their
  * out[i] are zeroed; pool_failures says which and why); or a negative code:
- * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX), PMAP_EBUSY
+ * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX, out given with
+ * on_result or neither, a NaN timeout or cancel_grace), PMAP_EBUSY
  * (another thread is using the pool), PMAP_EFORKED (called in a forked
- * child of the pool's owner), PMAP_ENESTED (called inside a worker), PMAP_ENOFUNC or
- * PMAP_EAMBIGUOUS (fn cannot be identified), PMAP_ECANCELED (the map was
- * cancelled: items not run are in pool_failures), PMAP_ENOMEM.  The pool
- * stays usable after every outcome.
+ * child of the pool's owner), PMAP_ENESTED (called inside a worker),
+ * PMAP_ENOFUNC or PMAP_EAMBIGUOUS (fn cannot be identified),
+ * PMAP_ECANCELED (the map was cancelled: items not run are in
+ * pool_failures), PMAP_ENOMEM.  The pool stays usable after every
+ * outcome.
  */
 #define pool_map(pool, fn, n, out, ...)                                       \
     pmap__map_##fn((pool), &(pmap__call_t){.count = (n)}, (out),             \
@@ -453,7 +460,8 @@ PMAP_API int pmap_job_wait(pmap_job_t *job, double timeout);
  */
 PMAP_API void pmap_job_cancel(pmap_job_t *job);
 
-/* The map's failed items so far, in input order once it has finished. */
+/* The map's failed items so far, in input order once it has finished; the
+ * array is the job's, valid until pmap_job_free. */
 PMAP_API size_t pmap_job_failures(const pmap_job_t *job,
                                   const pmap_failure_t **failures);
 

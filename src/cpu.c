@@ -3,8 +3,8 @@
  * cpu.c - how many CPUs this process may really use, the default number of
  * workers: the CPUs of its affinity mask (taskset, cpusets), capped by a
  * CPU quota on the way from its cgroup to the root: cgroup v2's cpu.max, or
- * v1's cpu.cfs_quota_us (the JVM and Go runtimes read both).  Counting online CPUs alone oversubscribes
- * containers (cpython #80235).
+ * v1's cpu.cfs_quota_us (the JVM and Go runtimes read both).  Counting
+ * online CPUs alone oversubscribes containers (cpython #80235).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE     /* sched_getaffinity, CPU_COUNT */

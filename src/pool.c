@@ -147,7 +147,8 @@ static int start_workers(pool_t *pool)
     for (int i = 0; i < pool->nworkers && rc == 0; i++)
         rc = pmap__proc_spawn(pool, &pool->workers[i]);
     if (rc == 0)
-        rc = pmap__loop_run(pool, NULL, pmap__now_ns() + pool->start_timeout_ns);
+        rc = pmap__loop_run(pool, NULL,
+                            pmap__now_ns() + pool->start_timeout_ns);
     return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
 }
 
