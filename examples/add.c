@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * add.c - the essay's Problem 1: a function of two arguments mapped over
- * two lists, with no zip() or tuple-unpacking wrapper.
+ * add.c - a function of two arguments mapped over two lists, as Python's
+ * pathos allows and multiprocessing does not: no zip() or tuple-unpacking
+ * wrapper.
  *
  *     pathos:   p.map(add, inX, inY)
  *     libpmap:  pool_map(pool, add, 10, out, xs, ys);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * method.c - the essay's Problem 2: mapping a method of an object.  In C a
+ * method.c - mapping a method of an object, which multiprocessing cannot
+ * ship to its workers and pathos can.  In C a
  * method is a function whose first parameter points to the object; the
  * object's state is shipped to the workers by value for the map, so state
  * set after the pool was created is seen.

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * partial.c - the essay's functools.partial workaround, without the
+ * partial.c - multiprocessing's functools.partial workaround, without the
  * workaround: y is fixed at 1 in the call itself, and sent to the workers
  * once for the whole map.
  *

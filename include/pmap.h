@@ -430,8 +430,8 @@ typedef struct pmap_job pmap_job_t;
 /*
  * int pool_call(pool, fn, R *out, a1, ..., ak);
  *
- * One call, fn(a1, ..., ak), run on a worker (values, not arrays): the
- * essay's `pipe`/`apply`.  Returns as pool_map with n = 1.
+ * One call, fn(a1, ..., ak), run on a worker (values, not arrays): pathos'
+ * `pipe`, multiprocessing's `apply`.  Returns as pool_map with n = 1.
  */
 #define pool_call(pool, fn, out, ...)                                         \
     pmap__map_##fn((pool), &(pmap__call_t){.count = 1}, (out),                \
