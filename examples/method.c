@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * method.c - mapping a method of an object, which multiprocessing cannot
- * ship to its workers and pathos can.  In C a
- * method is a function whose first parameter points to the object; the
- * object's state is shipped to the workers by value for the map, so state
- * set after the pool was created is seen.
+ * ship to its workers and pathos can.  In C a method is a function whose
+ * first parameter points to the object; the object's state is shipped to
+ * the workers by value for the map, so state set after the pool was
+ * created is seen.
  *
  *     pathos:   Pool().map(self.square, inList)
  *     libpmap:  pool_map(pool, square, 10, out, &obj, xs);
