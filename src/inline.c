@@ -15,8 +15,6 @@
  */
 #include "pmap_internal.h"
 
-#include <string.h>
-
 /* Makes the caller the pool's worker: its worker_init runs now. */
 int pmap__inline_open(pool_t *pool)
 {
@@ -55,24 +53,13 @@ void pmap__inline_close(pool_t *pool)
  */
 int pmap__inline_serve(pool_t *pool, pmap__worker_t *w)
 {
-    struct iovec iov[PMAP__IOV];
     pmap__buf_t *frames = &pool->frames;
     frames->len = 0;
-    int rc = w->out.error;
-    while (rc == 0 && !pmap__outq_empty(&w->out)) {
-        int n = pmap__outq_iov(&w->out, iov, PMAP__IOV);
-        size_t moved = 0;
-        for (int i = 0; i < n && rc == 0; i++) {
-            rc = pmap__buf_put(frames, iov[i].iov_base, iov[i].iov_len);
-            moved += iov[i].iov_len;
-        }
-        pmap__outq_advance(&w->out, moved);
-    }
-    pmap__outq_reset(&w->out);
+    int rc = pmap__outq_drain(&w->out, frames);
     w->stats.bytes_sent += frames->len;
     size_t before = w->in.buf.len;
     if (rc == 0)
         rc = pmap__worker_serve_inline(frames->data, frames->len, &w->in.buf);
     w->stats.bytes_received += w->in.buf.len - before;
-    return rc < 0 ? PMAP_ENOMEM : 0;
+    return rc;
 }

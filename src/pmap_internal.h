@@ -136,6 +136,7 @@ void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
 bool pmap__outq_empty(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);
+int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to);
 void pmap__outq_reset(pmap__outq_t *q);
 void pmap__outq_free(pmap__outq_t *q);
 

@@ -252,6 +252,25 @@ void pmap__outq_advance(pmap__outq_t *q, size_t n)
         pmap__outq_reset(q);
 }
 
+/* Appends everything queued to *to (a transport without a descriptor:
+ * inline.c) and resets the queue.  Returns 0 or PMAP_ENOMEM. */
+int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to)
+{
+    struct iovec iov[PMAP__IOV];
+    int rc = q->error;
+    while (rc == 0 && !pmap__outq_empty(q)) {
+        int n = pmap__outq_iov(q, iov, PMAP__IOV);
+        size_t moved = 0;
+        for (int i = 0; i < n && rc == 0; i++) {
+            rc = pmap__buf_put(to, iov[i].iov_base, iov[i].iov_len);
+            moved += iov[i].iov_len;
+        }
+        pmap__outq_advance(q, moved);
+    }
+    pmap__outq_reset(q);
+    return rc < 0 ? PMAP_ENOMEM : 0;
+}
+
 void pmap__outq_reset(pmap__outq_t *q)
 {
     q->scratch.len = 0;

@@ -105,31 +105,14 @@ static _Noreturn void broken(void)
     _exit(EXIT_BROKEN);
 }
 
-/* In-process: moves what is queued to the caller's buffer. */
-static void answer_inline(void)
-{
-    struct iovec iov[PMAP__IOV];
-    while (!pmap__outq_empty(&self.out)) {
-        int n = pmap__outq_iov(&self.out, iov, PMAP__IOV);
-        size_t moved = 0;
-        for (int i = 0; i < n; i++) {
-            if (pmap__buf_put(self.answers, iov[i].iov_base,
-                              iov[i].iov_len) < 0)
-                broken();
-            moved += iov[i].iov_len;
-        }
-        pmap__outq_advance(&self.out, moved);
-    }
-    pmap__outq_reset(&self.out);
-}
-
 /* Sends what is queued, blocking. */
 static void send_queued(void)
 {
     if (self.out.error != 0)
         broken();
-    if (self.answers != NULL) {
-        answer_inline();
+    if (self.answers != NULL) {     /* in-process: to the caller */
+        if (pmap__outq_drain(&self.out, self.answers) < 0)
+            broken();
         return;
     }
     struct iovec iov[PMAP__IOV];
