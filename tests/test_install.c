@@ -36,6 +36,19 @@ static void unstage(const char *dir)
     test_run(cmd, NULL, 0);
 }
 
+/* Runs the command that builds a consumer with tool, logging to dir/log;
+ * on failure shows the log's end and fails the test. */
+static void build_consumer(const char *cmd, const char *dir, const char *tool)
+{
+    if (test_run(cmd, NULL, 0) == 0)
+        return;
+    char tail[1024];
+    snprintf(tail, sizeof tail, "tail -n 30 %s/log >&2", dir);
+    test_run(tail, NULL, 0);
+    unstage(dir);
+    test_fail(__FILE__, __LINE__, "%s could not build the consumer", tool);
+}
+
 TEST(install_and_link_with_pkg_config)
 {
     if (test_run("command -v pkg-config >/dev/null", NULL, 0) != 0)
@@ -93,12 +106,7 @@ TEST(install_and_build_with_cmake)
              "cmake --build %s/proj/build >>%s/log 2>&1",
              dir, dir, PMAP_VERSION_MAJOR, PMAP_VERSION_MINOR, dir, dir, dir,
              dir, cc, flags, flags, dir, dir, dir);
-    if (test_run(cmd, NULL, 0) != 0) {
-        snprintf(cmd, sizeof cmd, "tail -n 30 %s/log >&2", dir);
-        test_run(cmd, NULL, 0);
-        unstage(dir);
-        test_fail(__FILE__, __LINE__, "cmake could not build the consumer");
-    }
+    build_consumer(cmd, dir, "cmake");
     const char *programs[] = {"add_shared", "add_static"};
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof cmd, "%s/proj/build/%s", dir, programs[i]);
@@ -131,12 +139,7 @@ TEST(install_and_build_with_meson)
              "meson setup build >%s/log 2>&1 && meson compile -C build "
              ">>%s/log 2>&1",
              dir, dir, dir, dir, dir, dir, cc, flags, flags, dir, dir);
-    if (test_run(cmd, NULL, 0) != 0) {
-        snprintf(cmd, sizeof cmd, "tail -n 30 %s/log >&2", dir);
-        test_run(cmd, NULL, 0);
-        unstage(dir);
-        test_fail(__FILE__, __LINE__, "meson could not build the consumer");
-    }
+    build_consumer(cmd, dir, "meson");
     snprintf(cmd, sizeof cmd, "LD_LIBRARY_PATH=%s/usr/lib %s/proj/build/add",
              dir, dir);
     ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
