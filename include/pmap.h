@@ -211,7 +211,7 @@ PMAP_API pool_t *pool_create(int workers);
  * and returns 0, or returns PMAP_EINVAL (poolp NULL, workers < 0 or >
  * PMAP_MAX_WORKERS, a negative or NaN timeout or start_timeout, a NaN
  * cancel_grace, an unknown start, or PMAP_START_SERVER without pmap_init),
- * PMAP_ENESTED (inside a worker), PMAP_ENOMEM, PMAP_EMFILE/ENFILE
+ * PMAP_ENESTED (inside a worker or a callback), PMAP_ENOMEM, PMAP_EMFILE/ENFILE
  * (channels), PMAP_EAGAIN (fork) or PMAP_ESTART (a worker died before it
  * was ready, or worker_init refused), leaving *poolp NULL.  An in-process
  * pool (PMAP_START_INLINE) has one worker, whatever workers says.
@@ -375,7 +375,8 @@ typedef struct pmap_job pmap_job_t;
  * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX, out given with
  * on_result or neither, a NaN timeout or cancel_grace), PMAP_EBUSY
  * (another thread is using the pool), PMAP_EFORKED (called in a forked
- * child of the pool's owner), PMAP_ENESTED (called inside a worker),
+ * child of the pool's owner), PMAP_ENESTED (called inside a worker, or a
+ * callback of an in-process pool),
  * PMAP_ENOFUNC or PMAP_EAMBIGUOUS (fn cannot be identified),
  * PMAP_ECANCELED (the map was cancelled: items not run are in
  * pool_failures), PMAP_ENOMEM.  The pool stays usable after every

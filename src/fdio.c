@@ -27,6 +27,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #ifdef __linux__
@@ -204,6 +205,26 @@ int pmap__pidfd_open(pid_t pid)
     (void)pid;
     return -ENOSYS;
 #endif
+}
+
+/*
+ * Kills process pid with SIGKILL, through its pidfd when there is one: a
+ * process another process reaps (the fork server's workers) may be gone
+ * and its pid reused by then, but a pidfd names that process only.
+ */
+void pmap__kill(pid_t pid, int pidfd)
+{
+#if defined(__linux__) && defined(SYS_pidfd_send_signal) && \
+    !defined(PMAP_NO_PIDFD)
+    if (pidfd >= 0 &&
+        syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) == 0)
+        return;
+    if (pidfd >= 0 && errno == ESRCH)
+        return;     /* it has ended */
+#else
+    (void)pidfd;
+#endif
+    kill(pid, SIGKILL);
 }
 
 /* Most iovecs one sendmsg may take here, up to PMAP__IOV (POSIX

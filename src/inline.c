@@ -55,6 +55,10 @@ int pmap__inline_serve(pool_t *pool, pmap__worker_t *w)
 {
     pmap__buf_t *frames = &pool->frames;
     frames->len = 0;
+    if (w->in.start > 0) {      /* the answers already taken */
+        pmap__buf_consume(&w->in.buf, w->in.start);
+        w->in.start = 0;
+    }
     int rc = pmap__outq_drain(&w->out, frames);
     w->stats.bytes_sent += frames->len;
     size_t before = w->in.buf.len;

@@ -214,7 +214,7 @@ static void job_retire(pool_t *pool, pmap_job_t *job)
 int pmap__map(pool_t *pool, const pmap__call_t *call, const pmap__fn_t *fn,
               void *out, int nargs, const pmap__arg_t *args)
 {
-    int rc = pmap__in_worker ? PMAP_ENESTED
+    int rc = pmap__nested() ? PMAP_ENESTED
                              : check_call(call, fn, out, nargs, args);
     if (rc == 0)
         rc = pmap__pool_enter(pool);

@@ -115,7 +115,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job)
         pmap__worker_t *w = &pool->workers[i];
         for (int b = 0; b < w->nbatch; b++) {
             if (w->batch[b].job == job) {
-                kill(w->pid, SIGKILL);
+                pmap__kill(w->pid, w->pidfd);
                 lose(pool, w, PMAP_ECANCELED);
                 break;
             }
@@ -339,7 +339,7 @@ static int64_t enforce_timeouts(pool_t *pool)
         if (deadline < 0)
             continue;
         if (deadline <= now) {
-            kill(w->pid, SIGKILL);
+            pmap__kill(w->pid, w->pidfd);
             lose_item(pool, w, PMAP_ETIMEDOUT, item);
         } else if (next < 0 || deadline < next) {
             next = deadline;
@@ -375,7 +375,7 @@ static int64_t check_workers(pool_t *pool)
             continue;
         int64_t deadline = w->born_ns + pool->start_timeout_ns;
         if (deadline <= now) {
-            kill(w->pid, SIGKILL);
+            pmap__kill(w->pid, w->pidfd);
             lose(pool, w, PMAP_ESTART);
         } else if (next < 0 || deadline < next) {
             next = deadline;

@@ -70,6 +70,7 @@ int pmap__send_all(int fd, const void *data, size_t n);
 int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
 int pmap__reap(pid_t pid, int *status);
 int pmap__pidfd_open(pid_t pid);
+void pmap__kill(pid_t pid, int pidfd);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
 
@@ -494,6 +495,7 @@ typedef struct pmap__worker_setup {
 
 /* worker.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */
+bool pmap__nested(void);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);

@@ -162,7 +162,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         !(o.start_timeout >= 0) || o.cancel_grace != o.cancel_grace ||
         o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE)
         return PMAP_EINVAL;
-    if (pmap__in_worker)
+    if (pmap__nested())
         return PMAP_ENESTED;
     if (o.start == PMAP_START_SERVER && !pmap__server_running())
         return PMAP_EINVAL;     /* pmap_init was not called */
@@ -277,7 +277,7 @@ int pmap__pool_enter(pool_t *pool)
 {
     if (pool == NULL)
         return PMAP_EINVAL;
-    if (pmap__in_worker)
+    if (pmap__nested())
         return PMAP_ENESTED;
     if (pool->owner != getpid())
         return PMAP_EFORKED;

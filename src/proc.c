@@ -260,13 +260,13 @@ void pmap__proc_check(pool_t *pool, pmap__worker_t *w)
  * (the caller's SIGCHLD handler took it, or the fork server is gone or
  * stopped).
  */
-static int reap_pid(bool server, pid_t pid, int *status)
+static int reap_pid(bool server, pid_t pid, int pidfd, int *status)
 {
     if (server) {
         int rc = pmap__server_reap(pid, status,
                                    pmap__now_ns() + PMAP__REPORT_NS);
         if (rc == PMAP_ETIMEDOUT) {
-            kill(pid, SIGKILL);
+            pmap__kill(pid, pidfd);
             rc = pmap__server_reap(pid, status,
                                    pmap__now_ns() + KILLED_REPORT_NS);
         }
@@ -280,7 +280,7 @@ static int reap_pid(bool server, pid_t pid, int *status)
         return 0;
     if (r < 0)
         return PMAP_ELOST;
-    kill(pid, SIGKILL);
+    pmap__kill(pid, pidfd);
     return pmap__reap(pid, status);
 }
 
@@ -294,10 +294,17 @@ static void drop_arena(pmap__worker_t *w)
     pthread_mutex_unlock(&pools_lock);
 }
 
+/* Closes a descriptor of the pool's, under the lock: a child forked
+ * meanwhile by another thread must not find its number in the list after
+ * it was closed, when it may already name that child's own channel. */
 static void close_watched(const pool_t *pool, int *fd)
 {
+    if (*fd < 0)
+        return;
+    pthread_mutex_lock(&pools_lock);
     pmap__epoll_del(pool, *fd);
     pmap__close(fd);
+    pthread_mutex_unlock(&pools_lock);
 }
 
 /*
@@ -314,7 +321,7 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
         *status = w->status;
         rc = 0;
     } else if (w->pid > 0) {
-        rc = reap_pid(pool->server, w->pid, status);
+        rc = reap_pid(pool->server, w->pid, w->pidfd, status);
     }
     close_watched(pool, &w->pidfd);
     drop_arena(w);
@@ -329,10 +336,14 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
  */
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
 {
+    /* Under the lock: its descriptors move from the slot to the list of
+     * retirees, both of which a child forked meanwhile must see whole. */
+    pthread_mutex_lock(&pools_lock);
     if (pool->nretirees == pool->retirees_cap) {
         size_t cap = pool->retirees_cap ? pool->retirees_cap * 2 : 8;
         pmap__retiree_t *r = realloc(pool->retirees, cap * sizeof *r);
         if (r == NULL) {
+            pthread_mutex_unlock(&pools_lock);
             int status;     /* no room to wait for it: kill it now */
             pmap__proc_reap(pool, w, &status);
             return;
@@ -341,14 +352,15 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
         pool->retirees_cap = cap;
     }
     shutdown(w->fd, SHUT_WR);
-    pmap__retiree_t *r = &pool->retirees[pool->nretirees++];
-    *r = (pmap__retiree_t){w->pid, w->fd, w->pidfd, deadline};
-    if (w->reaped)
-        r->pid = 0;     /* already waited for (pmap__proc_check) */
+    pool->retirees[pool->nretirees] =
+        (pmap__retiree_t){w->reaped ? 0 : w->pid, w->fd, w->pidfd, deadline};
+    pool->nretirees++;  /* 0: already waited for (pmap__proc_check) */
     w->fd = w->pidfd = -1;
     w->pid = 0;
     w->gone = w->reaped = false;
-    drop_arena(w);
+    pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+    w->arena = NULL;
+    pthread_mutex_unlock(&pools_lock);
 }
 
 /* Whether retiree r has ended: its pidfd, or a look without one (which
@@ -407,10 +419,14 @@ int64_t pmap__retirees_check(pool_t *pool)
             continue;
         }
         if (r->pid > 0)
-            reap_pid(pool->server, r->pid, &status);
-        close_watched(pool, &r->fd);
-        close_watched(pool, &r->pidfd);
+            reap_pid(pool->server, r->pid, r->pidfd, &status);
+        pthread_mutex_lock(&pools_lock);
+        pmap__epoll_del(pool, r->fd);
+        pmap__epoll_del(pool, r->pidfd);
+        pmap__close(&r->fd);
+        pmap__close(&r->pidfd);
         pool->retirees[i] = pool->retirees[--pool->nretirees];
+        pthread_mutex_unlock(&pools_lock);
     }
     return next;
 }

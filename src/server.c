@@ -83,7 +83,11 @@ static struct {
     uint64_t requests;  /* SPAWN requests sent */
     bool unanswered;    /* the last one was given up: the server is stuck */
     bool dead;          /* end of file on the control channel */
-} ctl = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, NULL, 0, 0, 0, false, false};
+    pid_t stale[8];     /* workers of requests given up: their DIED
+                           reports are nobody's */
+    unsigned nstale;
+} ctl = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, NULL, 0, 0, 0, false, false,
+         {0}, 0};
 
 /* Whether this process has a fork server (a forked child does not). */
 bool pmap__server_running(void)
@@ -358,8 +362,26 @@ void pmap__server_child_init(void)
 
 /* ---- the caller's side ------------------------------------------------- */
 
+/* Drops the DIED reports kept for pid: an old process's, since pid now
+ * names a new worker.  Locked. */
+static void forget_deaths(pid_t pid)
+{
+    for (size_t i = 0; i < ctl.ndeaths;) {
+        if (ctl.deaths[i].pid == pid)
+            ctl.deaths[i] = ctl.deaths[--ctl.ndeaths];
+        else
+            i++;
+    }
+}
+
 static int keep_death(const report_t *r)
 {
+    for (unsigned i = 0; i < ctl.nstale && i < 8; i++) {
+        if (ctl.stale[i] == (pid_t)r->pid) {
+            ctl.stale[i] = 0;   /* a worker nobody waits for */
+            return 0;
+        }
+    }
     if (ctl.ndeaths == ctl.cap) {
         size_t cap = ctl.cap ? ctl.cap * 2 : 16;
         report_t *d = realloc(ctl.deaths, cap * sizeof *d);
@@ -400,9 +422,11 @@ static int read_report(report_t *r, int64_t deadline)
     if (r->type == DIED)
         return keep_death(r);
     if (ctl.unanswered && r->number == ctl.requests) {
+        /* Its channel was closed when it was given up: the worker leaves
+         * at end of file, and its DIED report is dropped. */
         ctl.unanswered = false;
         if (r->type == SPAWNED)
-            kill((pid_t)r->pid, SIGKILL);
+            ctl.stale[ctl.nstale++ % 8] = (pid_t)r->pid;
         r->type = 0;    /* nothing the caller waits for */
     }
     return 0;
@@ -463,8 +487,10 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
         if (rc < 0 || (r.type != SPAWNED && r.type != FAILED) ||
             r.number != ctl.requests)
             continue;
-        if (r.type == SPAWNED)
+        if (r.type == SPAWNED) {
             *pid = (pid_t)r.pid;
+            forget_deaths(*pid);
+        }
         else
             rc = r.value < 0 ? r.value : PMAP_ESTART;
         break;

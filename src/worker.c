@@ -502,6 +502,9 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 {
     pmap__in_worker = true;
+    self.answers = NULL;    /* no in-process serving is going on here */
+    self.broken = NULL;
+    self.running = false;
     reset_signals();
 #ifdef __linux__
     /* Die with our parent even while busy in a callback: no orphans.  The
@@ -519,6 +522,13 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
         _exit(EXIT_INIT);
     send_ready();
     serve();
+}
+
+/* Whether a pool may not be used here: in a worker, or inside a callback
+ * run in process (its worker state is the one in use). */
+bool pmap__nested(void)
+{
+    return pmap__in_worker || self.answers != NULL;
 }
 
 int pmap_worker_index(void)

@@ -8,7 +8,7 @@
  */
 #include "test.h"
 
-#include "pmap.h"
+#include "pmap_internal.h"
 
 #include <stdbool.h>
 #include <unistd.h>
@@ -183,4 +183,72 @@ TEST(environment_runs_a_program_in_process)
     ASSERT(r / 100 != (long)getpid());
     pool_destroy(pool);
     unsetenv("PMAP_START");
+}
+
+static pool_t *other;
+
+/* Tries to use a pool from inside a callback run in process. */
+static long nest(long x)
+{
+    if (x == 0) {
+        pool_t *p;
+        return pool_create_with(&p, NULL);
+    }
+    long r;
+    return pool_call(other, where, &r, x);
+}
+PMAP_EXPORT(nest, long, long);
+
+/* Inside a callback run in process, the caller is a worker: pools are
+ * refused there as in any worker, instead of clobbering its state. */
+TEST(inline_callbacks_may_not_use_pools)
+{
+    pool_options_t po = {.start = PMAP_START_INLINE};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_OK(pool_create_with(&other, &po));
+    long xs[2] = {0, 1}, out[2];
+    ASSERT_OK(pool_map(pool, nest, 2, out, xs));
+    ASSERT_EQ(out[0], PMAP_ENESTED);
+    ASSERT_EQ(out[1], PMAP_ENESTED);
+    long r;
+    ASSERT_OK(pool_call(other, where, &r, 5));  /* both still usable */
+    ASSERT_OK(pool_map(pool, where, 2, out, xs));
+    pool_destroy(other);
+    pool_destroy(pool);
+}
+
+static char *megabyte(long x)
+{
+    char *s = malloc(1 << 20);
+    if (s != NULL) {
+        memset(s, 'a' + (int)(x % 26), (1 << 20) - 1);
+        s[(1 << 20) - 1] = '\0';
+    }
+    return s;
+}
+PMAP_EXPORT(megabyte, char *, long);
+
+/* The answers read back in process are dropped once taken: memory does
+ * not grow with the number of maps. */
+TEST(inline_memory_stays_flat_over_many_maps)
+{
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &(pool_options_t){
+                                          .start = PMAP_START_INLINE}));
+    long xs[4] = {0, 1, 2, 3};
+    char *out[4];
+    size_t first = 0;
+    for (int round = 0; round < 30; round++) {
+        ASSERT_OK(pool_map(pool, megabyte, 4, out, xs));
+        for (int i = 0; i < 4; i++) {
+            ASSERT_EQ(strlen(out[i]), (1 << 20) - 1);
+            free(out[i]);
+        }
+        size_t cap = pool->workers[0].in.buf.cap;
+        if (round == 0)
+            first = cap;
+        ASSERT(cap <= 2 * first);   /* 30 maps: 120 MiB if kept */
+    }
+    pool_destroy(pool);
 }
