@@ -289,6 +289,8 @@ typedef struct pmap__worker {
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
     unsigned char *arena;       /* this process's own (shm.c) */
+    int handoff[2];             /* being handed to the fork server: the
+                                   worker's channel end and arena file */
     int64_t born_ns;            /* when the process was started */
     int64_t waiting_ns;         /* when batch[0] became its next work */
     pmap_stats_t stats;         /* of this slot, all its processes */

@@ -188,6 +188,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     for (int i = 0; i < pool->nworkers && pool->workers != NULL; i++) {
         pool->workers[i].index = i;
         pool->workers[i].fd = pool->workers[i].pidfd = -1;
+        pool->workers[i].handoff[0] = pool->workers[i].handoff[1] = -1;
     }
     if (pool->workers == NULL) {
         free(pool);

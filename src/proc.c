@@ -122,6 +122,8 @@ void pmap__proc_child_init(const pmap__worker_t *keep)
             if (w == keep)
                 continue;
             pmap__close(&w->fd);
+            pmap__close(&w->handoff[0]);
+            pmap__close(&w->handoff[1]);
             pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
             w->arena = NULL;
         }
@@ -161,30 +163,48 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
     return pid < 0 ? -err : pid;
 }
 
-/* Makes the channel and the arena of w's next process and starts it;
- * pools_lock held.  Returns its pid, or a negative code. */
-static pid_t start(pool_t *pool, pmap__worker_t *w, int fds[2])
+/* Asks the fork server for w's process.  The descriptors it is handed are
+ * recorded in the slot (so that a child forked meanwhile closes them), and
+ * the pools lock is not held while the server answers: a stopped server
+ * must not stall the other pools of the process.  Returns its pid, or a
+ * negative code. */
+static pid_t ask_server(pool_t *pool, pmap__worker_t *w)
 {
-    int rc = pmap__channel(fds), arena_fd = -1;
+    pmap__worker_setup_t setup = {getpid(), 0, w->index, -1, NULL,
+                                  pool->opts.worker_init,
+                                  pool->opts.worker_exit,
+                                  pool->opts.worker_arg};
+    pid_t pid = -1;
+    pthread_mutex_unlock(&pools_lock);
+    int rc = pmap__server_spawn(&setup, w->handoff[0], w->handoff[1],
+                                pmap__now_ns() + pool->start_timeout_ns, &pid);
+    pthread_mutex_lock(&pools_lock);
+    return rc < 0 ? rc : pid;
+}
+
+/* Makes the channel and the arena of w's next process and starts it;
+ * pools_lock held (released while the server answers).  Our end of the
+ * channel is in w->fd from the start.  Returns its pid, or a negative
+ * code. */
+static pid_t start(pool_t *pool, pmap__worker_t *w)
+{
+    int fds[2];
+    int rc = pmap__channel(fds);
     if (rc < 0)
         return rc;
-    w->arena = pmap__shm_map(PMAP__ARENA_SIZE, pool->server ? &arena_fd : NULL);
+    w->fd = fds[0];
+    w->handoff[0] = fds[1];
+    w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
+                             pool->server ? &w->handoff[1] : NULL);
     pid_t pid = PMAP_ENOMEM;
-    if (w->arena != NULL && pool->server) {
-        pmap__worker_setup_t setup = {getpid(), 0, w->index, -1, NULL,
-                                      pool->opts.worker_init,
-                                      pool->opts.worker_exit,
-                                      pool->opts.worker_arg};
-        rc = pmap__server_spawn(&setup, fds[1], arena_fd,
-                                pmap__now_ns() + pool->start_timeout_ns, &pid);
-        pid = rc < 0 ? rc : pid;
-    } else if (w->arena != NULL) {
+    if (w->arena != NULL && pool->server)
+        pid = ask_server(pool, w);
+    else if (w->arena != NULL)
         pid = fork_worker(pool, w, fds);
-    }
-    pmap__close(&fds[1]);
-    pmap__close(&arena_fd);
+    pmap__close(&w->handoff[0]);
+    pmap__close(&w->handoff[1]);
     if (pid < 0) {
-        pmap__close(&fds[0]);
+        pmap__close(&w->fd);
         pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
         w->arena = NULL;
     }
@@ -197,13 +217,10 @@ static pid_t start(pool_t *pool, pmap__worker_t *w, int fds[2])
  */
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
 {
-    int fds[2];
     pthread_mutex_lock(&pools_lock);
-    pid_t pid = start(pool, w, fds);
-    if (pid > 0) {
+    pid_t pid = start(pool, w);
+    if (pid > 0)
         w->pid = pid;
-        w->fd = fds[0];
-    }
     pthread_mutex_unlock(&pools_lock);
     if (pid < 0)
         return (int)pid;

@@ -308,7 +308,7 @@ static int start_server(void)
     pid_t owner = getpid(), pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);
-        pmap__close(&ctl.fd);
+        pmap__server_child_init();      /* ctl.lock was held: usable again */
         pmap__proc_child_init(NULL);   /* no pool's memory or descriptor */
         server_main(fds[1], owner);
     }
@@ -347,6 +347,8 @@ int pmap_init(void)
 
 void pmap_exit(void)
 {
+    if (pmap__in_worker)
+        return;     /* the server is the program's, not a worker's */
     pthread_mutex_lock(&ctl.lock);
     if (ctl.fd >= 0)
         forget_server();

@@ -1477,3 +1477,63 @@ TEST(liveness_cancel_grace_lets_running_items_finish_or_kills_them)
     pool_destroy(pool);
     alarm(0);
 }
+
+/* ---- 6: a stopped fork server stalls none of the other pools ------------- */
+
+static pool_t *bystander;
+static double bystander_took;
+
+/* In another thread: a fork pool whose items hang under a 0.2 s timeout. */
+static void *bystander_map(void *arg)
+{
+    (void)arg;
+    /* By now the server pool has given up learning its dead worker's
+     * status (1.1 s) and waits for the stopped server to start another. */
+    sleep_ms(1500);
+    long xs[2] = {60000, 60000}, out[2];
+    pool_map_options_t o = {.timeout = 0.2};
+    double t0 = now_s();
+    int rc = pool_map_with(bystander, &o, nap_then_double, 2, out, xs);
+    bystander_took = now_s() - t0;
+    return rc == 2 ? NULL : (void *)1;
+}
+
+TEST(liveness_stopped_fork_server_stalls_no_other_pool)
+{
+    if (!have_proc())
+        SKIP("no /proc to find the fork server");
+    arm(30);
+    ASSERT_OK(pmap_init());
+    long server = find_child(NULL);
+    if (server == 0) {
+        pmap_exit();
+        SKIP("fork server not found among this process's children");
+    }
+    pool_options_t so = {.workers = 1, .start = PMAP_START_SERVER,
+                         .start_timeout = 5};
+    pool_t *sp;
+    ASSERT_OK(pool_create_with(&sp, &so));
+    pool_options_t fo = {.workers = 2, .start = PMAP_START_FORK};
+    ASSERT_OK(pool_create_with(&bystander, &fo));
+    long worker = worker_pid(sp, 0);
+    ASSERT(kill((pid_t)server, SIGSTOP) == 0);
+    wait_stopped(server);
+    kill((pid_t)worker, SIGKILL);   /* its replacement needs the server */
+    wait_dead(worker);
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, bystander_map, NULL) == 0);
+    long x = 1, r;
+    int rc = pool_call(sp, twice, &r, x);   /* waits on the server */
+    void *failed;
+    pthread_join(t, &failed);
+    kill((pid_t)server, SIGCONT);
+    pool_destroy(bystander);
+    pool_destroy(sp);
+    pmap_exit();
+    ASSERT(rc < 0);
+    ASSERT(failed == NULL);
+    if (bystander_took > 2 * slack())
+        test_fail(__FILE__, __LINE__, "the fork pool's 0.2 s timeouts took "
+                  "%.2f s while the server was stopped", bystander_took);
+    alarm(0);
+}
