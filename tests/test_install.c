@@ -36,6 +36,14 @@ static void unstage(const char *dir)
     test_run(cmd, NULL, 0);
 }
 
+/* Runs cmd, which runs the installed add example, and checks its output. */
+static void expect_add_output(const char *cmd)
+{
+    char out[256];
+    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
+    ASSERT_STR_EQ(out, want);
+}
+
 /* Runs the command that builds a consumer with tool, logging to dir/log;
  * on failure shows the log's end and fails the test. */
 static void build_consumer(const char *cmd, const char *dir, const char *tool)
@@ -56,7 +64,7 @@ TEST(install_and_link_with_pkg_config)
     char dir[] = "/tmp/pmap-install-XXXXXX";
     const char *cc, *flags;
     stage(dir, &cc, &flags);
-    char cmd[4096], out[256];
+    char cmd[4096];
 
     /* PKG_CONFIG_SYSROOT_DIR maps /usr in pmap.pc into the staging folder. */
     char pkg[512];
@@ -68,15 +76,13 @@ TEST(install_and_link_with_pkg_config)
              "%s %s -std=c11 -o %s/add examples/add.c $(%s --cflags --libs "
              "pmap) && LD_LIBRARY_PATH=%s/usr/lib %s/add",
              cc, flags, dir, pkg, dir, dir);
-    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-    ASSERT_STR_EQ(out, want);
+    expect_add_output(cmd);
 
     snprintf(cmd, sizeof cmd,
              "%s %s -std=c11 -o %s/add_static examples/add.c $(%s --cflags "
              "pmap) %s/usr/lib/libpmap.a -pthread && %s/add_static",
              cc, flags, dir, pkg, dir, dir);
-    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-    ASSERT_STR_EQ(out, want);
+    expect_add_output(cmd);
     unstage(dir);
 }
 
@@ -89,7 +95,7 @@ TEST(install_and_build_with_cmake)
     char dir[] = "/tmp/pmap-cmake-XXXXXX";
     const char *cc, *flags;
     stage(dir, &cc, &flags);
-    char cmd[8192], out[256];
+    char cmd[8192];
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s/proj && cp examples/add.c %s/proj/ && "
              "printf '%%s\\n' 'cmake_minimum_required(VERSION 3.13)' "
@@ -110,8 +116,7 @@ TEST(install_and_build_with_cmake)
     const char *programs[] = {"add_shared", "add_static"};
     for (int i = 0; i < 2; i++) {
         snprintf(cmd, sizeof cmd, "%s/proj/build/%s", dir, programs[i]);
-        ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-        ASSERT_STR_EQ(out, want);
+        expect_add_output(cmd);
     }
     unstage(dir);
 }
@@ -127,7 +132,7 @@ TEST(install_and_build_with_meson)
     char dir[] = "/tmp/pmap-meson-XXXXXX";
     const char *cc, *flags;
     stage(dir, &cc, &flags);
-    char cmd[8192], out[256];
+    char cmd[8192];
     snprintf(cmd, sizeof cmd,
              "mkdir -p %s/proj && cp examples/add.c %s/proj/ && "
              "printf '%%s\\n' \"project('consumer', 'c', "
@@ -142,8 +147,7 @@ TEST(install_and_build_with_meson)
     build_consumer(cmd, dir, "meson");
     snprintf(cmd, sizeof cmd, "LD_LIBRARY_PATH=%s/usr/lib %s/proj/build/add",
              dir, dir);
-    ASSERT_EQ(test_run(cmd, out, sizeof out), 0);
-    ASSERT_STR_EQ(out, want);
+    expect_add_output(cmd);
     unstage(dir);
 }
 

@@ -1537,3 +1537,52 @@ TEST(liveness_stopped_fork_server_stalls_no_other_pool)
                   "%.2f s while the server was stopped", bystander_took);
     alarm(0);
 }
+
+/* ---- 1, 3 and 14 together: a background map in the program's own poll
+ * loop learns of a crash through pool_fd, while a process the callback
+ * forked still holds the worker's channel ---------------------------------- */
+
+TEST(liveness_pool_fd_wakes_on_a_death_behind_a_held_channel)
+{
+#ifndef __linux__
+    SKIP("pool_fd needs epoll");
+#endif
+    arm(15);
+    ASSERT(pipe(grandchild_pipe) == 0);     /* before: workers inherit it */
+    pool_t *pool = pool_create(1);
+    ASSERT(pool != NULL);
+    int fd = pool_fd(pool);
+    ASSERT(fd >= 0);
+    long xs[4] = {0, 1, 0, 0}, out[4];
+    pmap_job_t *job;
+    pool_map_options_t o = {.chunk = 1};
+    double t0 = now_s();
+    ASSERT_OK(pool_map_async(pool, &o, &job, fork_then, 4, out, xs));
+    /* The program's loop: sleep on pool_fd alone, as long as it says. */
+    while (pmap_job_wait(job, 0) == PMAP_ETIMEDOUT) {
+        double wake;
+        ASSERT(pool_poll(pool, &wake) >= 0);
+        if (pmap_job_wait(job, 0) != PMAP_ETIMEDOUT)
+            break;
+        struct pollfd p = {fd, POLLIN, 0};
+        int ms = wake < 0 ? -1 : (int)(wake * 1000) + 1;
+        ASSERT(poll(&p, 1, ms) >= 0 || errno == EINTR);
+    }
+    double took = now_s() - t0;
+    long helper = read_helper();
+    ASSERT_EQ(pmap_job_wait(job, 0), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pmap_job_failures(job, &f), 1);
+    ASSERT_EQ(f[0].index, 1);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGABRT);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(out[i], i == 1 ? 0 : 10);
+    pmap_job_free(job);
+    pool_destroy(pool);
+    kill((pid_t)helper, SIGKILL);   /* not our child: the worker's */
+    close(grandchild_pipe[0]);
+    close(grandchild_pipe[1]);
+    ASSERT(took < 5 * slack());     /* the helper sleeps 30 s */
+    alarm(0);
+}
