@@ -74,6 +74,17 @@ static long dir_cpus(const char *dir, bool v2)
                : LONG_MAX;
 }
 
+/* Whether the comma-separated list names the cpu controller. */
+static bool lists_cpu(char *list)
+{
+    char *t;
+    for (char *c = strtok_r(list, ",", &t); c; c = strtok_r(NULL, ",", &t)) {
+        if (strcmp(c, "cpu") == 0)
+            return true;
+    }
+    return false;
+}
+
 /*
  * Where a hierarchy is mounted (v2: fstype cgroup2; v1: fstype cgroup with
  * the cpu controller among its options), and the cgroup path its root
@@ -95,14 +106,10 @@ static bool find_mount(bool v2, char *mount, char *root, size_t size)
             sscanf(line, "%*s %*s %*s %511s %511s", r, m) != 2 ||
             sscanf(dash, " - %63s %*s %255s", type, super) != 2)
             continue;
-        if (v2) {
-            found = strcmp(type, "cgroup2") == 0;
-        } else if (strcmp(type, "cgroup") == 0) {
-            for (char *t, *o = strtok_r(super, ",", &t); o && !found;
-                 o = strtok_r(NULL, ",", &t))
-                found = strcmp(o, "cpu") == 0;
-        }
-        if (found && strlen(m) < size && strlen(r) < size) {
+        found = v2 ? strcmp(type, "cgroup2") == 0
+                   : strcmp(type, "cgroup") == 0 && lists_cpu(super);
+        found = found && strlen(m) < size && strlen(r) < size;
+        if (found) {
             strcpy(mount, m);
             strcpy(root, r);
         }
@@ -126,14 +133,10 @@ static bool own_group(bool v2, char *group, size_t size)
         if (controllers == NULL || (path = strchr(++controllers, ':')) == NULL)
             continue;
         *path++ = '\0';
-        if (v2) {
-            found = strncmp(line, "0:", 2) == 0 && *controllers == '\0';
-        } else {
-            for (char *t, *c = strtok_r(controllers, ",", &t); c && !found;
-                 c = strtok_r(NULL, ",", &t))
-                found = strcmp(c, "cpu") == 0;
-        }
-        if (found && strlen(path) < size)
+        found = v2 ? strncmp(line, "0:", 2) == 0 && *controllers == '\0'
+                   : lists_cpu(controllers);
+        found = found && strlen(path) < size;
+        if (found)
             strcpy(group, path);
     }
     fclose(f);
