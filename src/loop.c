@@ -188,6 +188,7 @@ static void on_input(pool_t *pool, pmap__worker_t *w)
         lose(pool, w, 0);
 }
 
+
 /* Takes what w sent before its process ended, then buries it. */
 static void bury(pool_t *pool, pmap__worker_t *w)
 {
@@ -233,6 +234,26 @@ static void flush(pool_t *pool, pmap__worker_t *w)
         pmap__outq_advance(&w->out, (size_t)r);
         w->stats.bytes_sent += (uint64_t)r;
     }
+}
+
+/* Catches up with w before it is judged late: the caller may not have run
+ * the loop for a while (between maps, or a map in the background), so its
+ * answers may be waiting in the channel, or it may be waiting for the rest
+ * of a batch we had not written (that wait is ours: it starts again now).
+ * Returns whether anything moved (then w may have been lost meanwhile). */
+static bool caught_up(pool_t *pool, pmap__worker_t *w)
+{
+    short out = pmap__outq_empty(&w->out) ? 0 : POLLOUT;
+    struct pollfd p = {w->fd, POLLIN | out, 0};
+    if (pmap__poll(&p, 1, 0) <= 0)
+        return false;
+    if (p.revents & POLLOUT) {
+        flush(pool, w);
+        w->waiting_ns = pmap__now_ns();
+    }
+    if (w->pid > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)))
+        on_input(pool, w);
+    return true;
 }
 
 /* ---- pool_fd ----------------------------------------------------------- */
@@ -336,7 +357,9 @@ static int64_t enforce_timeouts(pool_t *pool)
             continue;
         uint64_t item;
         int64_t deadline = work_deadline(pool, w, &item);
-        if (deadline < 0)
+        if (deadline >= 0 && deadline <= now && caught_up(pool, w))
+            deadline = work_deadline(pool, w, &item);
+        if (deadline < 0 || w->pid == 0 || w->nbatch == 0)
             continue;
         if (deadline <= now) {
             pmap__kill(w->pid, w->pidfd);
@@ -374,6 +397,8 @@ static int64_t check_workers(pool_t *pool)
         if (w->ready)
             continue;
         int64_t deadline = w->born_ns + pool->start_timeout_ns;
+        if (deadline <= now && caught_up(pool, w) && (w->pid == 0 || w->ready))
+            continue;
         if (deadline <= now) {
             pmap__kill(w->pid, w->pidfd);
             lose(pool, w, PMAP_ESTART);

@@ -1586,3 +1586,54 @@ TEST(liveness_pool_fd_wakes_on_a_death_behind_a_held_channel)
     ASSERT(took < 5 * slack());     /* the helper sleeps 30 s */
     alarm(0);
 }
+
+/* ---- 17: the caller away longer than a deadline --------------------------- */
+
+/* A worker started as a map ends (replacing one that crashed) says READY
+ * while nobody runs the pool's loop: the next map, after longer than the
+ * start timeout, reads that before judging the worker late. */
+TEST(liveness_worker_started_between_maps_is_not_judged_late)
+{
+    arm(20);
+    pool_t *pool;
+    pool_options_t po = {.workers = 1, .start_timeout = 1};
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long xs[3] = {1, 2, -1}, out[3];
+    ASSERT_EQ(pool_map(pool, stage, 3, out, xs), 1);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT_EQ(total.restarts, 1);   /* the replacement started meanwhile */
+    sleep_ms(2000);                 /* twice its start timeout, away */
+    map_twice_ok(pool, 10);
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT_EQ(total.restarts, 1);   /* and it was not killed as late */
+    pool_destroy(pool);
+    alarm(0);
+}
+
+/* A timed map in the background whose results wait in the channels while
+ * the caller is away for longer than its timeout: they are taken, not
+ * charged as a timeout. */
+TEST(liveness_results_waiting_past_a_timeout_are_taken)
+{
+    arm(20);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    enum { N = 8 };
+    long xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_map_options_t o = {.timeout = 0.3};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &o, &job, stage, N, out, xs));
+    sleep_ms(1500);                 /* five timeouts, away */
+    ASSERT_EQ(pmap_job_wait(job, -1), 0);
+    for (int i = 0; i < N; i++)
+        ASSERT_EQ(out[i], 2 * i);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT_EQ(total.restarts, 0);   /* no worker was killed as late */
+    pmap_job_free(job);
+    pool_destroy(pool);
+    alarm(0);
+}
