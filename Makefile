@@ -37,7 +37,8 @@ SOVERSION = $(if $(filter 0,$(VERSION_MAJOR)),0.$(VERSION_MINOR),$(VERSION_MAJOR
 SONAME = libpmap.so.$(SOVERSION)
 LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
-EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c))
+EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c)) \
+    $(B)/examples/multi
 TEST_SRC = $(filter-out tests/soak.c,$(wildcard tests/*.c))
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
@@ -74,6 +75,12 @@ $(B)/examples/%: examples/%.c $(B)/libpmap.a $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -MMD -MP $(LDFLAGS) -o $@ $< $(B)/libpmap.a $(ALL_LDLIBS)
 
+# A program of several files: PMAP_DECLARE in a header, PMAP_EXPORT in one.
+$(B)/examples/multi: $(wildcard examples/multi/*) $(B)/libpmap.a $(FLAGS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/multi/main.c \
+	    examples/multi/stats.c $(B)/libpmap.a $(ALL_LDLIBS)
+
 $(B)/tests/%.o: tests/%.c $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Isrc -MMD -MP -c -o $@ $<
@@ -86,6 +93,7 @@ demo: all
 
 test: all $(B)/tests/runner
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
+	    PMAP_LIB="$(B)/libpmap.a $(ALL_LDLIBS)" \
 	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" $(B)/tests/runner $(TESTS)
 
 check: test

@@ -2,7 +2,7 @@
 # Runs every example, as `make demo` does: $1 is the folder of the builds.
 set -e
 bin=$1
-for example in add partial method; do
+for example in add partial method multi; do
     echo "\$ $example"
     "$bin/$example"
 done

@@ -281,7 +281,22 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * The worker finds fn by an identifier derived from (fn, file, line): two
  * static functions of the same name in different files never collide.
  */
-#define PMAP_EXPORT(fn, R, ...) PMAP__EXPORT(fn, R, 0, , __VA_ARGS__)
+#define PMAP_EXPORT(...)                                                      \
+    PMAP__CAT(PMAP__EXPORT_, PMAP__ONE(__VA_ARGS__))(0, , __VA_ARGS__)
+
+/*
+ * PMAP_DECLARE(fn, R, T1, ..., Tk);      in a header
+ * PMAP_EXPORT(fn);                       in exactly one .c file
+ *
+ * For programs of several files: fn is declared (with its C prototype) and
+ * PMAP_DECLAREd in a header, so that every file including it can pool_map
+ * fn, and exported by name in one .c file, as any C function is defined
+ * once.  The types are as for PMAP_EXPORT.  Forgetting the PMAP_EXPORT is
+ * a link error about `pmap_export__fn`; exporting it twice, a "multiple
+ * definition" of it.
+ */
+#define PMAP_DECLARE(fn, R, ...)                                              \
+    PMAP__DECLARE(fn, R, 0, , extern PMAP__HIDDEN, __VA_ARGS__)
 
 /*
  * PMAP_EXPORT_METHOD(fn, R, S, T1, ..., Tk);
@@ -292,7 +307,13 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * once per map, so state set after pool_create is seen.  Each worker calls
  * fn with a pointer to its own copy: changes it makes are not sent back.
  */
-#define PMAP_EXPORT_METHOD(fn, R, ...) PMAP__EXPORT(fn, R, 1, &, __VA_ARGS__)
+#define PMAP_EXPORT_METHOD(...)                                               \
+    PMAP__CAT(PMAP__EXPORT_, PMAP__ONE(__VA_ARGS__))(1, &, __VA_ARGS__)
+
+/* PMAP_DECLARE for a method: in a header, with PMAP_EXPORT(fn) (or
+ * PMAP_EXPORT_METHOD(fn)) in one .c file. */
+#define PMAP_DECLARE_METHOD(fn, R, ...)                                       \
+    PMAP__DECLARE(fn, R, 1, &, extern PMAP__HIDDEN, __VA_ARGS__)
 
 /*
  * PMAP_CONST(value)
@@ -383,13 +404,17 @@ typedef struct pmap_job pmap_job_t;
  * outcome.
  */
 #define pool_map(pool, fn, n, out, ...)                                       \
-    pmap__map_##fn((pool), &(pmap__call_t){.count = (n)}, (out),             \
-                   PMAP__INPUTS(fn, __VA_ARGS__))
+    PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
+              pmap__map_##fn((pool), &(pmap__call_t){.count = (n)},           \
+                             pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /* pool_map with options for this map (opts may be NULL). */
 #define pool_map_with(pool, opts, fn, n, out, ...)                            \
-    pmap__map_##fn((pool), &(pmap__call_t){.options = (opts), .count = (n)},  \
-                   (out), PMAP__INPUTS(fn, __VA_ARGS__))
+    PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
+              pmap__map_##fn((pool),                                          \
+                             &(pmap__call_t){.options = (opts),              \
+                                             .count = (n)},                  \
+                             pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /*
  * int pool_map_async(pool, opts, pmap_job_t **job, fn, n, out, args...);
@@ -402,9 +427,11 @@ typedef struct pmap_job pmap_job_t;
  * pool_poll).
  */
 #define pool_map_async(pool, opts, job, fn, n, out, ...)                      \
-    pmap__map_##fn((pool), &(pmap__call_t){.options = (opts),                 \
-                                           .handle = (job), .count = (n)},   \
-                   (out), PMAP__INPUTS(fn, __VA_ARGS__))
+    PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
+              pmap__map_##fn((pool),                                          \
+                             &(pmap__call_t){.options = (opts),              \
+                                             .handle = (job), .count = (n)}, \
+                             pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /*
  * int pool_map_stream(pool, opts, fn, producer, void *ctx);
@@ -419,14 +446,17 @@ typedef struct pmap_job pmap_job_t;
  * producer stores are copied before it is called again.
  */
 #define pool_map_stream(pool, opts, fn, producer, ctx)                        \
-    pmap__stream_##fn((pool), &(pmap__call_t){.options = (opts)}, (producer), \
-                      (ctx))
+    PMAP__RUN(fn, pmap__nparams_##fn, NULL,                                   \
+              pmap__stream_##fn((pool), &(pmap__call_t){.options = (opts)},  \
+                                (producer), (ctx)))
 
 /* pool_map_stream in the background, as pool_map_async. */
 #define pool_map_stream_async(pool, opts, job, fn, producer, ctx)             \
-    pmap__stream_##fn((pool),                                                 \
-                      &(pmap__call_t){.options = (opts), .handle = (job)},    \
-                      (producer), (ctx))
+    PMAP__RUN(fn, pmap__nparams_##fn, NULL,                                   \
+              pmap__stream_##fn((pool),                                       \
+                                &(pmap__call_t){.options = (opts),           \
+                                                .handle = (job)},            \
+                                (producer), (ctx)))
 
 /*
  * int pool_call(pool, fn, R *out, a1, ..., ak);
@@ -435,13 +465,16 @@ typedef struct pmap_job pmap_job_t;
  * `pipe`, multiprocessing's `apply`.  Returns as pool_map with n = 1.
  */
 #define pool_call(pool, fn, out, ...)                                         \
-    pmap__map_##fn((pool), &(pmap__call_t){.count = 1}, (out),                \
-                   PMAP__VALUES(fn, __VA_ARGS__))
+    PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
+              pmap__map_##fn((pool), &(pmap__call_t){.count = 1}, pmap__out,  \
+                             PMAP__VALUES(fn, __VA_ARGS__)))
 
 /* pool_call in the background, as pool_map_async. */
 #define pool_call_async(pool, job, fn, out, ...)                              \
-    pmap__map_##fn((pool), &(pmap__call_t){.handle = (job), .count = 1},      \
-                   (out), PMAP__VALUES(fn, __VA_ARGS__))
+    PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
+              pmap__map_##fn((pool),                                          \
+                             &(pmap__call_t){.handle = (job), .count = 1},   \
+                             pmap__out, PMAP__VALUES(fn, __VA_ARGS__)))
 
 /*
  * Waits until the map has finished, at most timeout seconds (< 0: no limit,
@@ -715,34 +748,60 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
 #define PMAP__DEREF(fn, k, T) *(pmap__t_##fn##_##k *)argv[k]
 #define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T)}
 
-#define PMAP__EXPORT(fn, R, method, ref0, ...)                                \
+/*
+ * PMAP_EXPORT with its types declares and defines at once, all static (two
+ * files may export static functions of the same name); with the name alone
+ * it defines what a header's PMAP_DECLARE declared.  PMAP__ONE tells the two
+ * apart by the number of arguments.
+ */
+#define PMAP__ONE(...)                                                        \
+    PMAP__ONE_(__VA_ARGS__, N, N, N, N, N, N, N, N, N, N, N, N, N, N, N, N,   \
+               N, N, 1, ~)
+#define PMAP__ONE_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,   \
+                   a14, a15, a16, a17, a18, a19, n, ...) n
+#define PMAP__EXPORT_1(method, ref0, fn) PMAP__DEFINE(fn, )
+#define PMAP__EXPORT_N(method, ref0, fn, R, ...)                              \
+    PMAP__DECLARE(fn, R, method, ref0, static, __VA_ARGS__);                  \
+    PMAP__DEFINE(fn, static)
+#define PMAP__HIDDEN __attribute__((visibility("hidden")))
+
+/*
+ * Everything a file needs to map fn: its types, its descriptor's
+ * declaration (pmap_export__fn, defined by PMAP__DEFINE), the code that
+ * calls it in a worker, and the typed entry points the pool_map macros
+ * call.  Its first line makes a full PMAP_EXPORT after a PMAP_DECLARE of
+ * the same function in one file fail first with a name saying why.
+ */
+#define PMAP__DECLARE(fn, R, method, ref0, storage, ...)                      \
+    enum { fn##_was_PMAP_DECLAREd__export_it_by_name_alone = 1 };             \
+    enum { pmap__nparams_##fn = PMAP__NARGS(__VA_ARGS__) };                   \
+    typedef char fn##_is_not_exported__use_PMAP_EXPORT;                       \
     PMAP__EACH(PMAP__PARAM_TYPES, fn, PMAP__NOTHING, __VA_ARGS__)             \
     typedef R pmap__r_##fn;                                                   \
     typedef int (*pmap__producer_##fn)(                                       \
         void *, PMAP__EACH(PMAP__SLOT_TYPE, fn, PMAP__COMMA, __VA_ARGS__));   \
-    static void pmap__call_##fn(void *result, void *const *argv)              \
+    storage pmap__fn_t pmap_export__##fn;                                     \
+    __attribute__((unused)) static void pmap__call_##fn(void *result,         \
+                                                        void *const *argv)   \
     {                                                                         \
         *(R *)result =                                                        \
             fn(ref0 PMAP__EACH(PMAP__DEREF, fn, PMAP__COMMA, __VA_ARGS__));   \
     }                                                                         \
-    static int pmap__pull_##fn(void (*producer)(void), void *ctx,             \
-                               void *const *slot)                             \
+    __attribute__((unused)) static int pmap__pull_##fn(                       \
+        void (*producer)(void), void *ctx, void *const *slot)                 \
     {                                                                         \
         return ((pmap__producer_##fn)producer)(                               \
             ctx, PMAP__EACH(PMAP__SLOT, fn, PMAP__COMMA, __VA_ARGS__));       \
     }                                                                         \
-    static pmap__fn_t pmap__fn_##fn = {                                       \
-        #fn, __FILE__, __LINE__, PMAP__NARGS(__VA_ARGS__), method,            \
-        {PMAP__KIND(R), sizeof(R)},                                           \
-        {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},          \
-        pmap__call_##fn, pmap__pull_##fn, 0, 0};                              \
-    __attribute__((constructor)) static void pmap__load_##fn(void)            \
+    __attribute__((unused)) static void pmap__describe_##fn(                  \
+        pmap__fn_t *f, const char *file, int line)                            \
     {                                                                         \
-        pmap__register(&pmap__fn_##fn);                                       \
-    }                                                                         \
-    __attribute__((destructor)) static void pmap__unload_##fn(void)           \
-    {                                                                         \
-        pmap__unregister(&pmap__fn_##fn);                                     \
+        const pmap__fn_t d = {                                                \
+            #fn, file, line, PMAP__NARGS(__VA_ARGS__), method,                \
+            {PMAP__KIND(R), sizeof(R)},                                       \
+            {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},      \
+            pmap__call_##fn, pmap__pull_##fn, 0, 0};                          \
+        *f = d;                                                               \
     }                                                                         \
     __attribute__((unused)) static inline int pmap__map_##fn(                 \
         pool_t *pool, const pmap__call_t *call, pmap__r_##fn *out,            \
@@ -750,7 +809,7 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
     {                                                                         \
         const pmap__arg_t args[] = {                                          \
             PMAP__EACH(PMAP__ARG_FROM_INPUT, fn, PMAP__COMMA, __VA_ARGS__)};  \
-        return pmap__map(pool, call, &pmap__fn_##fn, out,                     \
+        return pmap__map(pool, call, &pmap_export__##fn, out,                 \
                          PMAP__NARGS(__VA_ARGS__), args);                     \
     }                                                                         \
     __attribute__((unused)) static inline int pmap__stream_##fn(              \
@@ -760,9 +819,48 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
         pmap__call_t c = *call;                                               \
         c.producer = (void (*)(void))producer;                                \
         c.producer_ctx = ctx;                                                 \
-        return pmap__map(pool, &c, &pmap__fn_##fn, NULL, 0, NULL);            \
+        return pmap__map(pool, &c, &pmap_export__##fn, NULL, 0, NULL);        \
+    }                                                                         \
+    typedef int pmap__declared_##fn /* swallows the caller's ';' */
+
+/* The descriptor itself, registered while the program loads (file and line
+ * are the export's: with the name, they identify fn to the workers). */
+#define PMAP__DEFINE(fn, storage)                                             \
+    storage pmap__fn_t pmap_export__##fn;                                     \
+    __attribute__((constructor)) static void pmap__load_##fn(void)            \
+    {                                                                         \
+        pmap__describe_##fn(&pmap_export__##fn, __FILE__, __LINE__);          \
+        pmap__register(&pmap_export__##fn);                                   \
+    }                                                                         \
+    __attribute__((destructor)) static void pmap__unload_##fn(void)           \
+    {                                                                         \
+        pmap__unregister(&pmap_export__##fn);                                 \
     }                                                                         \
     typedef int pmap__exported_##fn /* swallows the caller's ';' */
+
+/*
+ * The body of every pool_map macro: a name the compiler complains about
+ * first when fn cannot be mapped here, the count of arguments (nargs)
+ * checked, then out and the call (which takes out as pmap__out), with
+ * mismatched array, output and argument types made errors (as gcc 14 does
+ * by default, whatever the caller's flags: a wrong type is a misread of
+ * memory).
+ */
+#define PMAP__RUN(fn, nargs, out, call)                                       \
+    __extension__({                                                           \
+        (void)sizeof(fn##_is_not_exported__use_PMAP_EXPORT);                  \
+        _Static_assert((nargs) == pmap__nparams_##fn,                         \
+                       "pool_map(" #fn ", ...): wrong number of arguments");  \
+        _Pragma("GCC diagnostic push")                                        \
+        _Pragma("GCC diagnostic error \"-Wincompatible-pointer-types\"")     \
+        _Pragma("GCC diagnostic error \"-Wint-conversion\"")                 \
+        _Pragma("GCC diagnostic error \"-Wimplicit-function-declaration\"")  \
+        pmap__r_##fn *pmap__out = (out);                                      \
+        (void)pmap__out;                                                      \
+        int pmap__rc = call;                                                  \
+        _Pragma("GCC diagnostic pop")                                         \
+        pmap__rc;                                                             \
+    })
 
 #ifdef __cplusplus
 }

@@ -3,11 +3,17 @@
  * test_types.c - calls whose arrays do not match the exported function are
  * rejected by the compiler: wrong element type, wrong output type, too few
  * or too many arguments, a function that was not exported.  Each snippet is
- * compiled with the project's compiler and flags; a correct one must
- * compile, so that the failures are not for some unrelated reason.
+ * compiled with the project's compiler and flags, and again with the
+ * compiler's defaults (no -Werror: gcc 12 only warns about a mismatched
+ * pointer) by gcc and clang where they are installed, whose first error
+ * must name the mistake; a correct one must compile, so that the failures
+ * are not for some unrelated reason.  Programs of several files
+ * (PMAP_DECLARE in a header, PMAP_EXPORT in one file) link and run.
  */
 #include "test.h"
 
+#include <stdbool.h>
+#include <string.h>
 #include <unistd.h>
 
 static const char prelude[] =
@@ -44,6 +50,61 @@ static int compile(const char *name, const char *body)
     return test_run(cmd, NULL, 0);
 }
 
+/* Compiles prelude + body + "}" with cc's default flags; returns its exit
+ * status and stores its first line that says "error" in first. */
+static int compile_plain(const char *cc, const char *name, const char *body,
+                         char *first, size_t size)
+{
+    char path[256], cmd[2048], out[8192];
+    snprintf(path, sizeof path, "%s/tests/plain_%s_%s.c", test_build_dir(),
+             cc, name);
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fprintf(f, "%s%s\n}\n", prelude, body);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s -Iinclude -fsyntax-only %s 2>&1", cc, path);
+    int rc = test_run(cmd, out, sizeof out);
+    first[0] = 0;
+    for (char *line = strtok(out, "\n"); line != NULL;
+         line = strtok(NULL, "\n")) {
+        if (strstr(line, "error") != NULL) {
+            snprintf(first, size, "%s", line);
+            break;
+        }
+    }
+    return rc;
+}
+
+static bool have(const char *tool)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "command -v %s >/dev/null 2>&1", tool);
+    return test_run(cmd, NULL, 0) == 0;
+}
+
+/* A mistake must fail with gcc's and clang's defaults, and the first error
+ * must mention `want`. */
+static void expect_error(const char *name, const char *body, const char *want)
+{
+    static const char *const compilers[] = {"gcc", "clang"};
+    int tried = 0;
+    for (size_t i = 0; i < 2; i++) {
+        if (!have(compilers[i]))
+            continue;
+        tried++;
+        char first[1024];
+        if (compile_plain(compilers[i], name, body, first, sizeof first) == 0)
+            test_fail(__FILE__, __LINE__, "%s compiles %s with its defaults",
+                      compilers[i], name);
+        else if (strstr(first, want) == NULL)
+            test_fail(__FILE__, __LINE__,
+                      "%s: first error of %s does not say \"%s\": %s",
+                      compilers[i], name, want, first);
+    }
+    if (tried == 0)
+        SKIP("neither gcc nor clang is installed");
+}
+
 TEST(types_correct_calls_compile)
 {
     ASSERT_EQ(compile("good",
@@ -77,4 +138,70 @@ TEST(types_unexported_function_is_a_compile_error)
 {
     ASSERT(compile("unexported", "return pool_map(p, other, 4, out, xs);")
            != 0);
+}
+
+TEST(types_mistakes_are_errors_with_default_flags)
+{
+    char first[1024];
+    if (have("gcc"))
+        ASSERT_EQ(compile_plain("gcc", "good",
+                                "return pool_map(p, add, 4, out, xs, xs)\n"
+                                "     + pool_map(p, len, 4, out, strs);",
+                                first, sizeof first), 0);
+    /* Each names the argument's type and the one expected. */
+    expect_error("array", "return pool_map(p, add, 4, out, xs, ds);",
+                 "incompatible pointer type");
+    expect_error("scalar", "return pool_map(p, add, 4, out, xs, 5);",
+                 "int");
+    expect_error("out", "return pool_map(p, add, 4, ls, xs, xs);",
+                 "incompatible pointer type");
+    expect_error("few", "return pool_map(p, add, 4, out, xs);",
+                 "wrong number of arguments");
+    expect_error("many", "return pool_map(p, add, 4, out, xs, xs, xs);",
+                 "wrong number of arguments");
+}
+
+TEST(types_common_slips_name_their_fix)
+{
+    expect_error("unexported", "return pool_map(p, other, 4, out, xs);",
+                 "other_is_not_exported__use_PMAP_EXPORT");
+    expect_error("pointer",
+                 "int (*fp)(int, int) = add;\n"
+                 "return pool_map(p, fp, 4, out, xs, xs);",
+                 "fp_is_not_exported__use_PMAP_EXPORT");
+    expect_error("export_after_declare",
+                 "return 0; }\n"
+                 "static long twice(long x) { return 2 * x; }\n"
+                 "PMAP_DECLARE(twice, long, long);\n"
+                 "PMAP_EXPORT(twice, long, long);\n"
+                 "static void nothing(void) {",
+                 "twice_was_PMAP_DECLAREd__export_it_by_name_alone");
+}
+
+/* The example of three files (examples/multi: a header with PMAP_DECLARE,
+ * the functions' file with PMAP_EXPORT(fn), main's file) runs; linked
+ * without the file that exports, it fails to link, naming what is
+ * missing. */
+TEST(types_program_of_several_files)
+{
+    char path[256], out[4096];
+    snprintf(path, sizeof path, "%s/examples/multi 2>&1", test_build_dir());
+    ASSERT_EQ(test_run(path, out, sizeof out), 0);
+    ASSERT(strstr(out, "sum of squares of 1..1000: 333833500") != NULL);
+    ASSERT(strstr(out, "mean of 1..1000: 500.5") != NULL);
+}
+
+TEST(types_declared_but_not_exported_fails_to_link)
+{
+    const char *cc = getenv("PMAP_CC"), *flags = getenv("PMAP_CFLAGS");
+    const char *lib = getenv("PMAP_LIB");
+    if (cc == NULL || flags == NULL || lib == NULL)
+        SKIP("PMAP_CC, PMAP_CFLAGS and PMAP_LIB are set by make test");
+    char cmd[4096], out[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s %s -Iinclude -Iexamples/multi -o %s/tests/multi_unlinked "
+             "examples/multi/main.c %s 2>&1",
+             cc, flags, test_build_dir(), lib);
+    ASSERT(test_run(cmd, out, sizeof out) != 0);
+    ASSERT(strstr(out, "pmap_export__scaled") != NULL);
 }
