@@ -27,6 +27,10 @@ ALL_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) -Iinclude -pthread \
 ALL_LDLIBS = -pthread $(LDLIBS)
 
 B ?= build
+
+# C++ programs use the same header (C++17); built where a C++ compiler is.
+CXXWARN = -Wall -Wextra -Wpedantic -Werror
+HAVE_CXX := $(shell command -v $(CXX) >/dev/null 2>&1 && echo yes)
 # The compiler and flags a build folder was made with: when they change,
 # everything in it is rebuilt (a check never reuses objects its tool
 # cannot read, whatever was built there before).
@@ -38,7 +42,7 @@ SONAME = libpmap.so.$(SOVERSION)
 LIB_SRC = $(wildcard src/*.c)
 LIB_OBJ = $(LIB_SRC:src/%.c=$(B)/obj/%.o)
 EXAMPLES = $(patsubst examples/%.c,$(B)/examples/%,$(wildcard examples/*.c)) \
-    $(B)/examples/multi
+    $(B)/examples/multi $(if $(HAVE_CXX),$(B)/examples/pathos_cpp)
 TEST_SRC = $(filter-out tests/soak.c,$(wildcard tests/*.c))
 TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
@@ -51,8 +55,8 @@ all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
 
 $(FLAGS): FORCE
 	@mkdir -p $(@D)
-	@printf '%s\n' '$(CC) $(ALL_CFLAGS) $(LDFLAGS)' | cmp -s - $@ || \
-	    printf '%s\n' '$(CC) $(ALL_CFLAGS) $(LDFLAGS)' > $@
+	@printf '%s\n' '$(CC) $(CXX) $(ALL_CFLAGS) $(LDFLAGS)' | cmp -s - $@ || \
+	    printf '%s\n' '$(CC) $(CXX) $(ALL_CFLAGS) $(LDFLAGS)' > $@
 
 $(B)/obj/%.o: src/%.c $(FLAGS)
 	@mkdir -p $(@D)
@@ -81,6 +85,11 @@ $(B)/examples/multi: $(wildcard examples/multi/*) $(B)/libpmap.a $(FLAGS)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ examples/multi/main.c \
 	    examples/multi/stats.c $(B)/libpmap.a $(ALL_LDLIBS)
 
+$(B)/examples/pathos_cpp: examples/cpp/pathos.cc $(B)/libpmap.a $(FLAGS)
+	@mkdir -p $(@D)
+	$(CXX) -std=c++17 $(CXXWARN) -Iinclude $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) \
+	    -o $@ $< $(B)/libpmap.a $(ALL_LDLIBS)
+
 $(B)/tests/%.o: tests/%.c $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Isrc -MMD -MP -c -o $@ $<
@@ -94,6 +103,7 @@ demo: all
 test: all $(B)/tests/runner
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
 	    PMAP_LIB="$(B)/libpmap.a $(ALL_LDLIBS)" \
+	    PMAP_CXX="$(if $(HAVE_CXX),$(CXX))" \
 	    PMAP_USER_FLAGS="$(CFLAGS) $(LDFLAGS)" $(B)/tests/runner $(TESTS)
 
 check: test

@@ -14,5 +14,9 @@ echo "\$ mandelbrot 640 480 $bin/mandelbrot.pgm"
 "$bin/mandelbrot" 640 480 "$bin/mandelbrot.pgm"
 echo "\$ async_poll"
 "$bin/async_poll"
+if [ -x "$bin/pathos_cpp" ]; then     # built where a C++ compiler is
+    echo "\$ pathos_cpp"
+    "$bin/pathos_cpp"
+fi
 echo "\$ prices"
 "$bin/prices"

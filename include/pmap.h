@@ -321,7 +321,11 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * In a pool_map argument list, passes the same value to every item in place
  * of an array.  The value is sent once per map, not per item.
  */
+#ifdef __cplusplus
+#define PMAP_CONST(v) pmap__constant(v)
+#else
 #define PMAP_CONST(v) .value = (v)
+#endif
 
 /* One failed item. */
 typedef struct pmap_failure {
@@ -405,15 +409,13 @@ typedef struct pmap_job pmap_job_t;
  */
 #define pool_map(pool, fn, n, out, ...)                                       \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool), &(pmap__call_t){.count = (n)},           \
-                             pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
+              pmap__map_##fn((pool), PMAP__CALL(NULL, NULL, (n)), pmap__out,  \
+                             PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /* pool_map with options for this map (opts may be NULL). */
 #define pool_map_with(pool, opts, fn, n, out, ...)                            \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool),                                          \
-                             &(pmap__call_t){.options = (opts),              \
-                                             .count = (n)},                  \
+              pmap__map_##fn((pool), PMAP__CALL((opts), NULL, (n)),          \
                              pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /*
@@ -428,9 +430,7 @@ typedef struct pmap_job pmap_job_t;
  */
 #define pool_map_async(pool, opts, job, fn, n, out, ...)                      \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool),                                          \
-                             &(pmap__call_t){.options = (opts),              \
-                                             .handle = (job), .count = (n)}, \
+              pmap__map_##fn((pool), PMAP__CALL((opts), (job), (n)),         \
                              pmap__out, PMAP__INPUTS(fn, __VA_ARGS__)))
 
 /*
@@ -447,15 +447,13 @@ typedef struct pmap_job pmap_job_t;
  */
 #define pool_map_stream(pool, opts, fn, producer, ctx)                        \
     PMAP__RUN(fn, pmap__nparams_##fn, NULL,                                   \
-              pmap__stream_##fn((pool), &(pmap__call_t){.options = (opts)},  \
+              pmap__stream_##fn((pool), PMAP__CALL((opts), NULL, 0),         \
                                 (producer), (ctx)))
 
 /* pool_map_stream in the background, as pool_map_async. */
 #define pool_map_stream_async(pool, opts, job, fn, producer, ctx)             \
     PMAP__RUN(fn, pmap__nparams_##fn, NULL,                                   \
-              pmap__stream_##fn((pool),                                       \
-                                &(pmap__call_t){.options = (opts),           \
-                                                .handle = (job)},            \
+              pmap__stream_##fn((pool), PMAP__CALL((opts), (job), 0),        \
                                 (producer), (ctx)))
 
 /*
@@ -466,15 +464,14 @@ typedef struct pmap_job pmap_job_t;
  */
 #define pool_call(pool, fn, out, ...)                                         \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool), &(pmap__call_t){.count = 1}, pmap__out,  \
+              pmap__map_##fn((pool), PMAP__CALL(NULL, NULL, 1), pmap__out,   \
                              PMAP__VALUES(fn, __VA_ARGS__)))
 
 /* pool_call in the background, as pool_map_async. */
 #define pool_call_async(pool, job, fn, out, ...)                              \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool),                                          \
-                             &(pmap__call_t){.handle = (job), .count = 1},   \
-                             pmap__out, PMAP__VALUES(fn, __VA_ARGS__)))
+              pmap__map_##fn((pool), PMAP__CALL(NULL, (job), 1), pmap__out,  \
+                             PMAP__VALUES(fn, __VA_ARGS__)))
 
 /*
  * Waits until the map has finished, at most timeout seconds (< 0: no limit,
@@ -664,11 +661,56 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
 #define PMAP__COMMA() ,
 #define PMAP__NOTHING()
 
+#ifndef __cplusplus
 #define PMAP__KIND(T)                                                         \
     _Generic(*(T *)0, char *: PMAP__STRING_OWNED,                             \
              const char *: PMAP__STRING,                                      \
              pmap_bytes_t: PMAP__BYTES,                                       \
              default: PMAP__VALUE)
+#define PMAP__CALL(opts, job, n)                                              \
+    (&(pmap__call_t){.options = (opts), .handle = (job), .count = (n)})
+#else
+/* C++: templates where C has _Generic, compound literals and designated
+ * initializers. */
+}   /* extern "C" */
+template <class T> struct pmap__kind_of {
+    static const unsigned char value = PMAP__VALUE;
+};
+template <> struct pmap__kind_of<char *> {
+    static const unsigned char value = PMAP__STRING_OWNED;
+};
+template <> struct pmap__kind_of<const char *> {
+    static const unsigned char value = PMAP__STRING;
+};
+template <> struct pmap__kind_of<pmap_bytes_t> {
+    static const unsigned char value = PMAP__BYTES;
+};
+/* PMAP_CONST(v): by value, so that an array (a string literal) decays. */
+template <class V> struct pmap__const {
+    V value;
+};
+template <class V> inline pmap__const<V> pmap__constant(V v)
+{
+    pmap__const<V> c = {v};
+    return c;
+}
+inline pmap__call_t pmap__call_of(const pool_map_options_t *options,
+                                  pmap_job_t **handle, size_t count)
+{
+    pmap__call_t c = {options, handle, count, nullptr, nullptr};
+    return c;
+}
+/* The address of a temporary, alive until the end of the full expression
+ * (the call it is passed to). */
+inline const pmap__call_t *pmap__call_ptr(const pmap__call_t &call)
+{
+    return &call;
+}
+extern "C" {
+#define PMAP__KIND(T) pmap__kind_of<T>::value
+#define PMAP__CALL(opts, job, n)                                              \
+    pmap__call_ptr(pmap__call_of((opts), (job), (n)))
+#endif
 
 /*
  * PMAP__EACH(m, c, sep, a0, a1, ...) expands to
@@ -722,8 +764,10 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
  * initializes.  `array` takes a bare array; PMAP_CONST's `.value =` takes a
  * constant.  The leading designator keeps -Wmissing-field-initializers quiet
  * and the trailing 1 lands in is_array or is_const, whichever follows the
- * member that was set, so the two forms can be told apart.
+ * member that was set, so the two forms can be told apart.  In C++, two
+ * constructors tell them apart.
  */
+#ifndef __cplusplus
 #define PMAP__PARAM_TYPES(fn, k, T)                                           \
     typedef T pmap__t_##fn##_##k;                                             \
     typedef struct {                                                          \
@@ -734,10 +778,33 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
         char is_const;                                                        \
     } pmap__in_##fn##_##k;
 #define PMAP__INPUT(fn, k, a) (pmap__in_##fn##_##k){.pad = 0, a, 1}
-#define PMAP__INPUTS(fn, ...)                                                 \
-    PMAP__EACH(PMAP__INPUT, fn, PMAP__COMMA, __VA_ARGS__)
 #define PMAP__VALUE_INPUT(fn, k, a)                                           \
     (pmap__in_##fn##_##k){.pad = 0, .value = (a), 1}
+#else
+#define PMAP__PARAM_TYPES(fn, k, T)                                           \
+    typedef T pmap__t_##fn##_##k;                                             \
+    extern "C++" {                                                            \
+    struct pmap__in_##fn##_##k {                                              \
+        const pmap__t_##fn##_##k *array;                                      \
+        pmap__t_##fn##_##k value;                                             \
+        char is_array;                                                        \
+        char is_const;                                                        \
+        pmap__in_##fn##_##k(const pmap__t_##fn##_##k *a)                      \
+            : array(a), value(), is_array(1), is_const(0)                     \
+        {                                                                     \
+        }                                                                     \
+        template <class V>                                                    \
+        pmap__in_##fn##_##k(const pmap__const<V> &c)                          \
+            : array(nullptr), value(c.value), is_array(0), is_const(1)        \
+        {                                                                     \
+        }                                                                     \
+    };                                                                        \
+    }
+#define PMAP__INPUT(fn, k, a) pmap__in_##fn##_##k(a)
+#define PMAP__VALUE_INPUT(fn, k, a) pmap__in_##fn##_##k(pmap__constant(a))
+#endif
+#define PMAP__INPUTS(fn, ...)                                                 \
+    PMAP__EACH(PMAP__INPUT, fn, PMAP__COMMA, __VA_ARGS__)
 #define PMAP__VALUES(fn, ...)                                                 \
     PMAP__EACH(PMAP__VALUE_INPUT, fn, PMAP__COMMA, __VA_ARGS__)
 #define PMAP__SLOT_TYPE(fn, k, T) pmap__t_##fn##_##k *
@@ -759,15 +826,17 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
                N, N, 1, ~)
 #define PMAP__ONE_(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,   \
                    a14, a15, a16, a17, a18, a19, n, ...) n
-#define PMAP__EXPORT_1(method, ref0, fn) PMAP__DEFINE(fn, )
+#define PMAP__EXPORT_1(method, ref0, fn)                                      \
+    pmap__fn_t pmap_export__##fn;                                             \
+    PMAP__REGISTER(fn)
 #define PMAP__EXPORT_N(method, ref0, fn, R, ...)                              \
     PMAP__DECLARE(fn, R, method, ref0, static, __VA_ARGS__);                  \
-    PMAP__DEFINE(fn, static)
+    PMAP__REGISTER(fn)
 #define PMAP__HIDDEN __attribute__((visibility("hidden")))
 
 /*
  * Everything a file needs to map fn: its types, its descriptor's
- * declaration (pmap_export__fn, defined by PMAP__DEFINE), the code that
+ * declaration (pmap_export__fn, static or defined by PMAP_EXPORT(fn)), the code that
  * calls it in a worker, and the typed entry points the pool_map macros
  * call.  Its first line makes a full PMAP_EXPORT after a PMAP_DECLARE of
  * the same function in one file fail first with a name saying why.
@@ -823,10 +892,9 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
     }                                                                         \
     typedef int pmap__declared_##fn /* swallows the caller's ';' */
 
-/* The descriptor itself, registered while the program loads (file and line
- * are the export's: with the name, they identify fn to the workers). */
-#define PMAP__DEFINE(fn, storage)                                             \
-    storage pmap__fn_t pmap_export__##fn;                                     \
+/* Fills and registers the descriptor while the program loads (file and
+ * line are the export's: with the name, they identify fn to the workers). */
+#define PMAP__REGISTER(fn)                                                    \
     __attribute__((constructor)) static void pmap__load_##fn(void)            \
     {                                                                         \
         pmap__describe_##fn(&pmap_export__##fn, __FILE__, __LINE__);          \
@@ -846,6 +914,7 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
  * by default, whatever the caller's flags: a wrong type is a misread of
  * memory).
  */
+#ifndef __cplusplus
 #define PMAP__RUN(fn, nargs, out, call)                                       \
     __extension__({                                                           \
         (void)sizeof(fn##_is_not_exported__use_PMAP_EXPORT);                  \
@@ -861,6 +930,17 @@ PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
         _Pragma("GCC diagnostic pop")                                         \
         pmap__rc;                                                             \
     })
+#else
+#define PMAP__RUN(fn, nargs, out, call)                                       \
+    (static_cast<void>(sizeof(fn##_is_not_exported__use_PMAP_EXPORT)),        \
+     [&]() -> int {                                                           \
+         static_assert((nargs) == pmap__nparams_##fn,                         \
+                       "pool_map(" #fn ", ...): wrong number of arguments");  \
+         pmap__r_##fn *pmap__out = (out);                                     \
+         (void)pmap__out;                                                     \
+         return call;                                                         \
+     }())
+#endif
 
 #ifdef __cplusplus
 }

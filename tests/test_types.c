@@ -205,3 +205,107 @@ TEST(types_declared_but_not_exported_fails_to_link)
     ASSERT(test_run(cmd, out, sizeof out) != 0);
     ASSERT(strstr(out, "pmap_export__scaled") != NULL);
 }
+
+/* ---- C++ ---------------------------------------------------------------- */
+
+static const char cxx_prelude[] =
+    "#include <pmap.h>\n"
+    "#include <vector>\n"
+    "static int add(int x, int y) { return x + y; }\n"
+    "PMAP_EXPORT(add, int, int, int);\n"
+    "static int other(int x) { return x; }\n"
+    "int f(pool_t *p);\n"
+    "int f(pool_t *p) {\n"
+    "    std::vector<int> xs(4), out(4); double ds[4] = {0}; long ls[4];\n"
+    "    (void)ds; (void)ls; (void)other;\n";
+
+/* Compiles cxx_prelude + body + "}" as C++17 with cxx's defaults; returns
+ * its exit status and its first line that says "error" in first. */
+static int compile_cxx(const char *cxx, const char *name, const char *body,
+                       char *first, size_t size)
+{
+    char path[256], cmd[2048], out[16384];
+    snprintf(path, sizeof path, "%s/tests/cxx_%s_%s.cc", test_build_dir(),
+             cxx, name);
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fprintf(f, "%s%s\n}\n", cxx_prelude, body);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s -std=c++17 -Iinclude -fsyntax-only %s 2>&1",
+             cxx, path);
+    int rc = test_run(cmd, out, sizeof out);
+    first[0] = 0;
+    for (char *line = strtok(out, "\n"); line != NULL;
+         line = strtok(NULL, "\n")) {
+        if (strstr(line, "error") != NULL) {
+            snprintf(first, size, "%s", line);
+            break;
+        }
+    }
+    return rc;
+}
+
+/* The same macros in C++17, with g++ and clang++ where installed: a
+ * correct call compiles, each mistake fails and its first error says what
+ * it is. */
+TEST(types_cpp_checks_as_c_does)
+{
+    static const char *const compilers[] = {"g++", "clang++"};
+    static const struct {
+        const char *name, *body, *want;
+    } mistakes[] = {
+        {"array", "return pool_map(p, add, 4, out.data(), xs.data(), ds);",
+         "double"},
+        {"out", "return pool_map(p, add, 4, ls, xs.data(), xs.data());",
+         "long"},
+        {"count", "return pool_map(p, add, 4, out.data(), xs.data());",
+         "wrong number of arguments"},
+        {"unexported", "return pool_map(p, other, 4, out.data(), xs.data());",
+         "other_is_not_exported__use_PMAP_EXPORT"},
+    };
+    int tried = 0;
+    for (size_t c = 0; c < 2; c++) {
+        if (!have(compilers[c]))
+            continue;
+        tried++;
+        char first[1024];
+        ASSERT_EQ(compile_cxx(compilers[c], "good",
+                              "return pool_map(p, add, 4, out.data(), "
+                              "xs.data(), PMAP_CONST(2))\n"
+                              "     + pool_call(p, add, &out[0], 1, 2);",
+                              first, sizeof first),
+                  0);
+        for (size_t i = 0; i < sizeof mistakes / sizeof mistakes[0]; i++) {
+            int rc = compile_cxx(compilers[c], mistakes[i].name,
+                                 mistakes[i].body, first, sizeof first);
+            if (rc == 0)
+                test_fail(__FILE__, __LINE__, "%s compiles %s", compilers[c],
+                          mistakes[i].name);
+            else if (strstr(first, mistakes[i].want) == NULL)
+                test_fail(__FILE__, __LINE__,
+                          "%s: first error of %s does not say \"%s\": %s",
+                          compilers[c], mistakes[i].name, mistakes[i].want,
+                          first);
+        }
+    }
+    if (tried == 0)
+        SKIP("neither g++ nor clang++ is installed");
+}
+
+/* The C++ example (examples/cpp/pathos.cc), built by make where a C++
+ * compiler is, runs the essay's maps with the right results. */
+TEST(types_cpp_example_runs)
+{
+    const char *cxx = getenv("PMAP_CXX");
+    if (cxx == NULL || cxx[0] == 0)
+        SKIP("no C++ compiler: make did not build the C++ example");
+    char path[256], out[4096];
+    snprintf(path, sizeof path, "%s/examples/pathos_cpp 2>&1",
+             test_build_dir());
+    ASSERT_EQ(test_run(path, out, sizeof out), 0);
+    ASSERT(strstr(out, "add:     11 22 33 44") != NULL);
+    ASSERT(strstr(out, "scale:   0.5 1 1.5") != NULL);
+    ASSERT(strstr(out, "const:   101 102 103 104") != NULL);
+    ASSERT(strstr(out, "length:  7 5 2 3") != NULL);
+    ASSERT(strstr(out, "call:    42") != NULL);
+}

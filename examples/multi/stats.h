@@ -10,6 +10,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus  /* usable from C++ files too */
+extern "C" {
+#endif
+
 long square(long x);
 PMAP_DECLARE(square, long, long);
 
@@ -18,5 +22,9 @@ PMAP_DECLARE(scaled, double, double, double);
 
 /* The sum of xs[i] squared, computed on pool. */
 long sum_of_squares(pool_t *pool, const long *xs, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
