@@ -18,9 +18,15 @@
  *  - pool_map returns 0 when every item succeeded, the number of failed items
  *    when some failed (see pool_failures), or a negative code when the map
  *    could not run at all.  A failed item never fails the others.
- *  - A pool belongs to the process (and, at one time, the thread) that uses
- *    it: calls from a forked child of that process, from inside a worker, or
- *    from two threads at once are refused with a distinct code.
+ *  - A pool belongs to the process that created it: calls from a forked
+ *    child of that process, or from inside a worker, are refused with a
+ *    distinct code.  Several threads may use one pool at once (README,
+ *    "Threads"): their maps share the workers, and each thread's outcomes
+ *    (codes, pool_failures, pool_stats' last map) are its own.  One thread
+ *    at a time runs the pool's loop for all of them, so the callbacks of a
+ *    map (on_result, on_progress, a stream's producer) run on whichever
+ *    thread is using the pool then, never two at once; a callback calling
+ *    back into its own pool gets PMAP_EBUSY.
  *  - The library never prints, never exits, never installs signal handlers
  *    and never waits for a child it did not fork.
  */
@@ -225,7 +231,9 @@ PMAP_API int pool_create_with(pool_t **poolp, const pool_options_t *opts);
  * background are abandoned and their handles freed: do not pass them to
  * pmap_job_free afterwards.  NULL is allowed.  Called in a forked child of
  * the pool's owner, it only frees the child's copy and leaves the workers
- * to their owner.  Not to be called from a callback of the pool.
+ * to their owner.  Not to be called from a callback of the pool (it then
+ * does nothing), nor before every other thread's last call on it has
+ * returned; it waits for the pool's loop to be free.
  */
 PMAP_API void pool_destroy(pool_t *pool);
 
@@ -399,7 +407,7 @@ typedef struct pmap_job pmap_job_t;
  * out[i] are zeroed; pool_failures says which and why); or a negative code:
  * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX, out given with
  * on_result or neither, a NaN timeout or cancel_grace), PMAP_EBUSY
- * (another thread is using the pool), PMAP_EFORKED (called in a forked
+ * (called from a callback of this pool), PMAP_EFORKED (called in a forked
  * child of the pool's owner), PMAP_ENESTED (called inside a worker, or a
  * callback of an in-process pool),
  * PMAP_ENOFUNC or PMAP_EAMBIGUOUS (fn cannot be identified),
@@ -501,12 +509,13 @@ PMAP_API size_t pmap_job_failures(const pmap_job_t *job,
  * this returns, even when called from another map's callback (the map is
  * then freed by the pool once it has stopped) or from its own while
  * pmap_job_wait waits for it (that wait then returns, and frees it).
- * NULL is allowed. */
+ * NULL is allowed.  A handle is used by one thread at a time: never free
+ * one that another thread waits for. */
 PMAP_API void pmap_job_free(pmap_job_t *job);
 
 /*
- * Cancels every map running on the pool at this moment, as
- * pmap_job_cancel; maps started later are not affected (a Ctrl-C that
+ * Cancels every map running on the pool at this moment, those of every
+ * thread, as pmap_job_cancel; maps started later are not affected (a Ctrl-C that
  * lands between two maps cancels neither).  Safe in a signal handler
  * (e.g. SIGINT's, to get control back from a long pool_map: it returns
  * within about cancel_grace, whatever its callbacks do).
@@ -519,7 +528,9 @@ PMAP_API void pool_cancel(pool_t *pool);
  * callbacks.  Stores in *wake (if not NULL) the seconds after which it should
  * be called again even if pool_fd stays quiet (timeouts, progress), or -1.
  * Returns the number of maps that finished during this call, or a negative
- * code.
+ * code.  While another thread runs the pool's loop (in a map or a wait),
+ * it returns 0 at once with *wake -1: that thread moves the background maps
+ * meanwhile, and pool_fd becomes readable when it stops.
  */
 PMAP_API int pool_poll(pool_t *pool, double *wake);
 
@@ -543,10 +554,10 @@ PMAP_API int pmap_fail(int code, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 
 /*
- * The failed items of the pool's last pool_map (or pool_call, or
- * pool_map_stream), in input order: stores the array in *failures (owned
- * by the pool, valid until its next such call or pool_destroy) and returns
- * their number.
+ * The failed items of the calling thread's last pool_map (or pool_call, or
+ * pool_map_stream) on this pool, in input order: stores the array in
+ * *failures (owned by the pool, valid until that thread's next such call
+ * or pool_destroy) and returns their number.
  */
 PMAP_API size_t pool_failures(const pool_t *pool,
                               const pmap_failure_t **failures);
@@ -565,9 +576,10 @@ typedef struct pmap_stats {
 } pmap_stats_t;
 
 /*
- * Stores the counters of the pool's last map waited for in a call
- * (pool_map, pool_call, pool_map_stream: not background maps, which have
- * pmap_job_stats) in *last, and those of every map since its creation in
+ * Stores the counters of the calling thread's last map waited for in a
+ * call on this pool (pool_map, pool_call, pool_map_stream: not background
+ * maps, which have pmap_job_stats; before the thread's first, zeroes or
+ * those of an ended thread that had its pthread_t) in *last, and those of every map since its creation in
  * *total (either may be NULL).  Returns 0 or PMAP_EINVAL.
  */
 PMAP_API int pool_stats(const pool_t *pool, pmap_stats_t *last,

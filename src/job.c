@@ -197,18 +197,59 @@ bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
     return true;
 }
 
-/* Makes job the pool's "last map" (pool_failures, pool_stats) and frees
- * it. */
-static void job_retire(pool_t *pool, pmap_job_t *job)
+/* ---- each thread's last map (pool_failures, pool_stats) ---------------- */
+
+/* The calling thread's entry in the pool's list, or NULL. */
+static pmap__last_t *my_last(const pool_t *pool)
+{
+    pthread_t self = pthread_self();
+    for (pmap__last_t *l = pool->lasts; l != NULL; l = l->next) {
+        if (pthread_equal(l->thread, self))
+            return l;
+    }
+    return NULL;
+}
+
+/* The calling thread's entry, made if it has none; NULL without memory.
+ * Made before the map starts, so that its outcome always has a place. */
+static pmap__last_t *my_last_made(pool_t *pool)
+{
+    pmap__last_t *l = my_last(pool);
+    if (l == NULL && (l = calloc(1, sizeof *l)) != NULL) {
+        l->thread = pthread_self();
+        l->next = pool->lasts;
+        pool->lasts = l;
+    }
+    return l;
+}
+
+/* Makes job the calling thread's "last map" and frees it. */
+static void job_retire(pool_t *pool, pmap_job_t *job, pmap__last_t *last)
 {
     unlink_job(pool, job);
-    pmap__failures_free(pool->failures, pool->nfailures);
-    pool->failures = job->failures;
-    pool->nfailures = job->nfailures;
+    pmap__failures_free(last->failures, last->nfailures);
+    last->failures = job->failures;
+    last->nfailures = job->nfailures;
     job->failures = NULL;
     job->nfailures = 0;
-    pool->last = job->stats;
+    last->stats = job->stats;
     job_free(job);
+}
+
+/* Runs job, started by this call, to its end; returns its code. */
+static int job_run(pool_t *pool, pmap_job_t *job)
+{
+    int rc = pmap__loop_run(pool, job, -1);
+    if (rc < 0 && !job->finished) {
+        /* The loop itself failed (and this thread drove it: it holds the
+         * lock, nobody drives now): give the map up. */
+        if (job->error == 0)
+            job->error = rc;
+        pmap__loop_kill_job(pool, job);
+        job->inflight = 0;
+        pmap__job_settle(pool, job);
+    }
+    return job->rc;
 }
 
 int pmap__map(pool_t *pool, const pmap__call_t *call, const pmap__fn_t *fn,
@@ -221,28 +262,19 @@ int pmap__map(pool_t *pool, const pmap__call_t *call, const pmap__fn_t *fn,
     if (rc < 0)
         return rc;
     pmap_job_t *job = NULL;
+    pmap__last_t *last = NULL;
     rc = pmap__registry_check(fn);
+    if (rc == 0 && call->handle == NULL && (last = my_last_made(pool)) == NULL)
+        rc = PMAP_ENOMEM;
     if (rc == 0)
         rc = job_start(pool, call, fn, out, args, &job);
     if (rc == 0 && call->handle != NULL) {
         job->background = true;
         *call->handle = job;
-        pmap__loop_once(pool);  /* start sending work now */
-        pmap__pool_leave(pool);
-        return 0;
-    }
-    if (rc == 0) {
-        rc = pmap__loop_run(pool, job, -1);
-        if (rc < 0 && !job->finished) {
-            /* The loop itself failed: give the map up. */
-            if (job->error == 0)
-                job->error = rc;
-            pmap__loop_kill_job(pool, job);
-            job->inflight = 0;
-            pmap__job_settle(pool, job);
-        }
-        rc = job->rc;
-        job_retire(pool, job);
+        pmap__loop_nudge(pool);     /* start sending work now */
+    } else if (rc == 0) {
+        rc = job_run(pool, job);
+        job_retire(pool, job, last);
     }
     pmap__pool_leave(pool);
     return rc;
@@ -252,12 +284,10 @@ int pmap_job_wait(pmap_job_t *job, double timeout)
 {
     if (job == NULL || timeout != timeout)
         return PMAP_EINVAL;
-    if (job->finished)
-        return job->rc;
     pool_t *pool = job->pool;
     int rc = pmap__pool_enter(pool);
-    if (rc < 0)
-        return rc;
+    if (rc < 0)     /* PMAP_EBUSY: in a callback, which holds the lock */
+        return job->finished ? job->rc : rc;
     int64_t deadline = -1;
     if (timeout >= 0)
         deadline = pmap__now_ns() + (timeout < 1e9 ? (int64_t)(timeout * 1e9)
@@ -295,20 +325,30 @@ void pool_cancel(pool_t *pool)
 size_t pmap_job_failures(const pmap_job_t *job,
                          const pmap_failure_t **failures)
 {
+    if (job == NULL) {
+        if (failures != NULL)
+            *failures = NULL;
+        return 0;
+    }
+    bool locked = pmap__pool_lock(job->pool);
     if (failures != NULL)
-        *failures = job ? job->failures : NULL;
-    return job ? job->nfailures : 0;
+        *failures = job->failures;
+    size_t n = job->nfailures;
+    pmap__pool_unlock(job->pool, locked);
+    return n;
 }
 
 int pmap_job_stats(const pmap_job_t *job, pmap_stats_t *stats)
 {
     if (job == NULL || stats == NULL)
         return PMAP_EINVAL;
+    bool locked = pmap__pool_lock(job->pool);
     *stats = job->stats;
     stats->items = job->done;
     stats->failed = job->failed;
     if (!job->finished)
         stats->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
+    pmap__pool_unlock(job->pool, locked);
     return 0;
 }
 
@@ -317,23 +357,24 @@ void pmap_job_free(pmap_job_t *job)
     if (job == NULL)
         return;
     pool_t *pool = job->pool;
-    int rc = job->finished ? 0 : pmap__pool_enter(pool);
-    if (rc == PMAP_EBUSY) {
-        /* Inside a callback of this pool, or another thread is in it: the
-         * loop frees the map when it has finished. */
+    int rc = pmap__pool_enter(pool);
+    if (rc == PMAP_EBUSY && !job->finished) {
+        /* Inside a callback of this pool: the loop frees the map when it
+         * has finished. */
         job->opts.kill_on_cancel = 1;
         job->released = true;
         pmap_job_cancel(job);
         return;
     }
-    if (!job->finished && rc == 0) {
+    if (rc == 0 && !job->finished) {
         job->opts.kill_on_cancel = 1;
         job->cancel = 1;
-        pmap__loop_run(pool, job, -1);
-        pmap__pool_leave(pool);
+        pmap__loop_run(pool, job, -1);  /* wakes another thread driving */
     }
     unlink_job(pool, job);
     job_free(job);
+    if (rc == 0)
+        pmap__pool_leave(pool);
 }
 
 /* Frees the maps released while running, once they have finished. */
@@ -358,25 +399,39 @@ void pmap__jobs_free(pool_t *pool)
         pool->jobs = job->later;
         job_free(job);
     }
-    pmap__failures_free(pool->failures, pool->nfailures);
-    pool->failures = NULL;
-    pool->nfailures = 0;
+    while (pool->lasts != NULL) {
+        pmap__last_t *l = pool->lasts;
+        pool->lasts = l->next;
+        pmap__failures_free(l->failures, l->nfailures);
+        free(l);
+    }
 }
 
+/* The calling thread's last map: its entry is written by this thread
+ * alone, but the list may grow meanwhile. */
 size_t pool_failures(const pool_t *pool, const pmap_failure_t **failures)
 {
+    const pmap__last_t *l = NULL;
+    if (pool != NULL) {
+        bool locked = pmap__pool_lock(pool);
+        l = my_last(pool);
+        pmap__pool_unlock(pool, locked);
+    }
     if (failures != NULL)
-        *failures = pool ? pool->failures : NULL;
-    return pool ? pool->nfailures : 0;
+        *failures = l ? l->failures : NULL;
+    return l ? l->nfailures : 0;
 }
 
 int pool_stats(const pool_t *pool, pmap_stats_t *last, pmap_stats_t *total)
 {
     if (pool == NULL)
         return PMAP_EINVAL;
+    bool locked = pmap__pool_lock(pool);
+    const pmap__last_t *l = my_last(pool);
     if (last != NULL)
-        *last = pool->last;
+        *last = l ? l->stats : (pmap_stats_t){0};
     if (total != NULL)
         *total = pool->total;
+    pmap__pool_unlock(pool, locked);
     return 0;
 }

@@ -29,10 +29,12 @@
  */
 #include "pmap_internal.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #ifdef __linux__
 #include <sys/epoll.h>
 #endif
@@ -485,11 +487,16 @@ static int64_t cancel(pool_t *pool)
  * the maps released meanwhile. */
 static void settle(pool_t *pool)
 {
+    bool settled = false;
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
-        if (!pmap__job_settle(pool, job) && !job->finished)
+        if (pmap__job_settle(pool, job))
+            settled = true;
+        else if (!job->finished)
             pmap__progress(pool, job, false);
     }
     pmap__jobs_reap(pool);
+    if (settled)    /* other threads may be waiting for these maps */
+        pthread_cond_broadcast(&pool->turn);
 }
 
 static int64_t earliest(int64_t a, int64_t b)
@@ -581,7 +588,11 @@ static int wait_events(pool_t *pool, int64_t wake)
         alarm[2 + 2 * i] =
             (struct pollfd){pool->retirees[i].pidfd, POLLIN, 0};
     }
+    /* The only wait: other threads may start, cancel and free maps
+     * meanwhile (struct pool says what they may touch), and wake us. */
+    pthread_mutex_unlock(&pool->lock);
     int ready = pmap__poll(pfd, n, wake);
+    pthread_mutex_lock(&pool->lock);
     if (ready > 0 && alarm->revents) {  /* a cancellation: see cancel() */
         char sink[64];
         while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
@@ -610,13 +621,46 @@ static bool all_ready(const pool_t *pool)
     return true;
 }
 
+/* ---- who drives -------------------------------------------------------- */
+
 /*
- * Runs the pool until job has finished (or, with job NULL, while a pool
- * starts, until every worker is ready), or until deadline_ns if not
- * negative.  Returns 0, PMAP_ETIMEDOUT at the deadline, PMAP_ESTART if a
- * starting worker died, or another negative code if poll fails.
+ * One thread at a time runs the loop for every thread's maps: the driver.
+ * The others wait on pool->turn until their map has finished (settle) or
+ * the driver stops, and then one of them drives.  The lock is held
+ * throughout, except in poll and while waiting here.
  */
-int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns)
+static void drive_begin(pool_t *pool)
+{
+    pool->driving = true;
+}
+
+static void drive_end(pool_t *pool)
+{
+    pool->driving = false;
+    pthread_cond_broadcast(&pool->turn);
+    if (pool->poll_missed) {
+        /* A program's own loop was told to wait for pool_fd meanwhile:
+         * its maps are its own to drive now. */
+        pool->poll_missed = false;
+        pmap__pool_wake(pool);
+    }
+}
+
+/* Waits for the driver to finish a map or to stop, until deadline_ns if
+ * not negative. */
+static void wait_turn(pool_t *pool, int64_t deadline_ns)
+{
+    if (deadline_ns < 0) {
+        pthread_cond_wait(&pool->turn, &pool->lock);
+        return;
+    }
+    struct timespec ts = {(time_t)(deadline_ns / 1000000000),
+                          (long)(deadline_ns % 1000000000)};
+    pthread_cond_timedwait(&pool->turn, &pool->lock, &ts);
+}
+
+/* The loop, in the driver. */
+static int run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns)
 {
     int64_t wake = job != NULL ? step(pool) : -1;
     for (;;) {
@@ -637,29 +681,75 @@ int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns)
     }
 }
 
-/* One round without waiting; returns when to wake at the latest, or -1. */
-int64_t pmap__loop_once(pool_t *pool)
+/*
+ * Runs the pool until job has finished (or, with job NULL, while a pool
+ * starts, until every worker is ready), or until deadline_ns if not
+ * negative: drives it, or waits while another thread does.  The lock is
+ * held.  Returns 0, PMAP_ETIMEDOUT at the deadline, PMAP_ESTART if a
+ * starting worker died, or another negative code if poll fails.
+ */
+int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns)
 {
-    step(pool);
-    wait_events(pool, 0);
-    return step(pool);
+    if (pool->driving)
+        pmap__pool_wake(pool);  /* to take up a new map, or a cancel */
+    while (pool->driving) {
+        if (job != NULL && job->finished)
+            return 0;
+        if (deadline_ns >= 0 && pmap__now_ns() >= deadline_ns)
+            return PMAP_ETIMEDOUT;
+        wait_turn(pool, deadline_ns);
+    }
+    drive_begin(pool);
+    int rc = run(pool, job, deadline_ns);
+    drive_end(pool);
+    return rc;
 }
 
+/* One round without waiting, as the driver; returns when to wake at the
+ * latest, or -1.  Nobody else drives. */
+int64_t pmap__loop_once(pool_t *pool)
+{
+    drive_begin(pool);
+    step(pool);
+    wait_events(pool, 0);
+    int64_t next = step(pool);
+    drive_end(pool);
+    return next;
+}
+
+/* Has the maps just started sent to the workers: one round now, or, when
+ * another thread drives, a nudge to its poll. */
+void pmap__loop_nudge(pool_t *pool)
+{
+    if (pool->driving)
+        pmap__pool_wake(pool);
+    else
+        pmap__loop_once(pool);
+}
+
+/* pool_poll: one round, unless another thread drives (then the program's
+ * loop is woken through pool_fd when it stops: drive_end). */
 int pool_poll(pool_t *pool, double *wake)
 {
     int rc = pmap__pool_enter(pool);
     if (rc < 0)
         return rc;
-    int before = 0, after = 0;
-    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
-        before += job->finished;
+    if (pool->driving) {
+        pool->poll_missed = true;
+        if (wake != NULL)
+            *wake = -1.0;
+        pmap__pool_leave(pool);
+        return 0;
+    }
+    /* Maps that finish are counted there (pmap__job_settle); others'
+     * may be freed meanwhile. */
+    uint64_t before = pool->total.maps;
     int64_t next = pmap__loop_once(pool);
-    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
-        after += job->finished;
+    uint64_t finished = pool->total.maps - before;
     if (wake != NULL) {
         int64_t left = next < 0 ? -1 : next - pmap__now_ns();
         *wake = next < 0 ? -1.0 : left > 0 ? (double)left / 1e9 : 0.0;
     }
     pmap__pool_leave(pool);
-    return after - before;
+    return finished > INT_MAX ? INT_MAX : (int)finished;
 }

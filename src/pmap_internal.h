@@ -36,6 +36,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -312,9 +313,34 @@ typedef struct pmap__retiree {
  * end, or the answer to a request given up on (server.c). */
 #define PMAP__REPORT_NS 100000000LL
 
+/* One thread's last map waited for in a call (pool_failures, pool_stats);
+ * a pool keeps one per thread that has used it, until pool_destroy. */
+typedef struct pmap__last {
+    pthread_t thread;
+    pmap_failure_t *failures;
+    size_t nfailures;
+    pmap_stats_t stats;
+    struct pmap__last *next;
+} pmap__last_t;
+
+/*
+ * A pool is used by several threads at once (README, "Threads"): every
+ * call holds `lock` (an error-checking mutex: a callback calling back into
+ * its pool finds it held by its own thread, PMAP_EBUSY), and one thread at
+ * a time, the driver, runs the loop; the others wait on `turn` for their
+ * map to finish or for the loop to be free.  The driver lets go of the lock
+ * only in poll (loop.c, wait_events); meanwhile the others may only append
+ * maps, flag them cancelled or released, free finished ones and write the
+ * wake pipe: workers, their queues, retirees and the poll array are the
+ * driver's.  Only cancels and wake are used without the lock.
+ */
 struct pool {
     pid_t owner;                /* process that created the pool */
-    atomic_flag busy;           /* a call is using the pool */
+    pthread_mutex_t lock;       /* everything but cancels and wake */
+    pthread_cond_t turn;        /* a map finished, or the loop is free */
+    bool driving;               /* a thread runs the loop */
+    bool poll_missed;           /* pool_poll found it driven: wake pool_fd
+                                   when the driver stops */
     atomic_uint cancels;        /* pool_cancel calls: a map started before
                                    the last one is cancelled */
     int wake[2];                /* a byte here wakes the loop (cancels) */
@@ -338,10 +364,8 @@ struct pool {
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
     pmap_job_t *jobs;           /* maps not yet released, oldest first */
-    pmap_failure_t *failures;   /* of the last map waited for in a call */
-    size_t nfailures;
-    pmap_stats_t last;          /* counters of that map... */
-    pmap_stats_t total;         /* ...and of all maps */
+    pmap__last_t *lasts;        /* each thread's last map waited for */
+    pmap_stats_t total;         /* counters of all maps */
     struct pool *next;          /* every live pool of the process */
 };
 
@@ -442,12 +466,15 @@ void pmap__epoll_del(const pool_t *pool, int fd);
 /* pool.c */
 int pmap__pool_enter(pool_t *pool);
 void pmap__pool_leave(pool_t *pool);
+bool pmap__pool_lock(const pool_t *pool);
+void pmap__pool_unlock(const pool_t *pool, bool locked);
 void pmap__pool_wake(pool_t *pool);
 
 /* loop.c */
 int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns);
 struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n);
 int64_t pmap__loop_once(pool_t *pool);
+void pmap__loop_nudge(pool_t *pool);
 void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
 /* job.c */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/epoll.h>
@@ -138,7 +139,47 @@ int pool_config(const pool_t *pool, pmap_config_t *config)
     return 0;
 }
 
-/* Starts the pool's workers and waits until they are ready. */
+/*
+ * The pool's lock and condition (struct pool says what they guard): an
+ * error-checking mutex, so that a callback calling back into its own pool
+ * is told PMAP_EBUSY instead of deadlocking, and a condition on the clock
+ * of every deadline here.
+ */
+static int sync_init(pool_t *pool)
+{
+    pthread_mutexattr_t ma;
+    pthread_condattr_t ca;
+    int rc = pthread_mutexattr_init(&ma);
+    if (rc == 0) {
+        rc = pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ERRORCHECK);
+        if (rc == 0)
+            rc = pthread_mutex_init(&pool->lock, &ma);
+        pthread_mutexattr_destroy(&ma);
+    }
+    if (rc != 0)
+        return PMAP_ENOMEM;
+    rc = pthread_condattr_init(&ca);
+    if (rc == 0) {
+        rc = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        if (rc == 0)
+            rc = pthread_cond_init(&pool->turn, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    if (rc != 0) {
+        pthread_mutex_destroy(&pool->lock);
+        return PMAP_ENOMEM;
+    }
+    return 0;
+}
+
+static void sync_destroy(pool_t *pool)
+{
+    pthread_cond_destroy(&pool->turn);
+    pthread_mutex_destroy(&pool->lock);
+}
+
+/* Starts the pool's workers and waits until they are ready.  No other
+ * thread knows the pool yet, but the loop runs with the lock held. */
 static int start_workers(pool_t *pool)
 {
     if (pool->in_process)
@@ -146,9 +187,12 @@ static int start_workers(pool_t *pool)
     int rc = 0;
     for (int i = 0; i < pool->nworkers && rc == 0; i++)
         rc = pmap__proc_spawn(pool, &pool->workers[i]);
-    if (rc == 0)
+    if (rc == 0) {
+        pthread_mutex_lock(&pool->lock);
         rc = pmap__loop_run(pool, NULL,
                             pmap__now_ns() + pool->start_timeout_ns);
+        pthread_mutex_unlock(&pool->lock);
+    }
     return rc == PMAP_ETIMEDOUT ? PMAP_ESTART : rc;
 }
 
@@ -170,7 +214,10 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool_t *pool = calloc(1, sizeof *pool);
     if (pool == NULL)
         return PMAP_ENOMEM;
-    atomic_flag_clear(&pool->busy);
+    if (sync_init(pool) < 0) {
+        free(pool);
+        return PMAP_ENOMEM;
+    }
     pool->owner = getpid();
     pool->epfd = pool->wake[0] = pool->wake[1] = -1;
     pool->config = configure(&o);
@@ -191,6 +238,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         pool->workers[i].handoff[0] = pool->workers[i].handoff[1] = -1;
     }
     if (pool->workers == NULL) {
+        sync_destroy(pool);
         free(pool);
         return PMAP_ENOMEM;
     }
@@ -218,9 +266,26 @@ static void stop_workers(pool_t *pool)
     pmap__retirees_wait(pool);
 }
 
+/* Waits until no thread runs the pool's loop.  Returns false, doing
+ * nothing, when called from a callback of the pool. */
+static bool wait_idle(pool_t *pool)
+{
+    if (pthread_mutex_lock(&pool->lock) != 0)
+        return false;
+    while (pool->driving)
+        pthread_cond_wait(&pool->turn, &pool->lock);
+    pthread_mutex_unlock(&pool->lock);
+    return true;
+}
+
 void pool_destroy(pool_t *pool)
 {
     if (pool == NULL)
+        return;
+    /* A forked copy never touches the lock: another thread of the parent
+     * may have held it at the fork. */
+    bool owner = pool->owner == getpid();
+    if (owner && !wait_idle(pool))
         return;
     pmap__pools_remove(pool);
     if (pool->in_process) {
@@ -250,6 +315,8 @@ void pool_destroy(pool_t *pool)
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);
     free(pool->workers);
+    if (owner)
+        sync_destroy(pool);
     free(pool);
 }
 
@@ -265,14 +332,19 @@ int pool_worker_stats(const pool_t *pool, int worker,
         worker >= pool->nworkers)
         return PMAP_EINVAL;
     const pmap__worker_t *w = &pool->workers[worker];
+    bool locked = pmap__pool_lock(pool);
     stats->pid = (long)w->pid;
     stats->work = w->stats;
+    pmap__pool_unlock(pool, locked);
     return 0;
 }
 
 /*
- * Checks that the calling process and thread may use pool now, and marks it
- * busy.  Returns 0, or PMAP_EINVAL, PMAP_ENESTED, PMAP_EFORKED, PMAP_EBUSY.
+ * Checks that the calling process may use pool now, and takes its lock,
+ * waiting for the other threads' calls to let go of it (a driver lets go
+ * while it polls: loop.c).  Returns 0, or PMAP_EINVAL, PMAP_ENESTED,
+ * PMAP_EFORKED, or PMAP_EBUSY when this thread holds the lock already: a
+ * callback of the pool calling back into it.
  */
 int pmap__pool_enter(pool_t *pool)
 {
@@ -282,14 +354,29 @@ int pmap__pool_enter(pool_t *pool)
         return PMAP_ENESTED;
     if (pool->owner != getpid())
         return PMAP_EFORKED;
-    if (atomic_flag_test_and_set(&pool->busy))
-        return PMAP_EBUSY;
+    if (pthread_mutex_lock(&pool->lock) != 0)
+        return PMAP_EBUSY;      /* EDEADLK: ours already */
     return 0;
 }
 
 void pmap__pool_leave(pool_t *pool)
 {
-    atomic_flag_clear(&pool->busy);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+/* For the calls that only read the pool (counters, failures): takes its
+ * lock unless this thread holds it already (in a callback) or the pool is
+ * a forked copy.  Returns whether it did, for pmap__pool_unlock. */
+bool pmap__pool_lock(const pool_t *pool)
+{
+    pool_t *p = (pool_t *)pool;     /* the lock is not part of its value */
+    return p->owner == getpid() && pthread_mutex_lock(&p->lock) == 0;
+}
+
+void pmap__pool_unlock(const pool_t *pool, bool locked)
+{
+    if (locked)
+        pthread_mutex_unlock(&((pool_t *)pool)->lock);
 }
 
 /* Wakes the loop if it waits in poll; async-signal-safe (a cancellation

@@ -2,13 +2,12 @@
 /*
  * test_errors.c - bad input and misuse get a clear code and leave the pool
  * usable: NULL pool, output or arrays, no items, absurd worker counts,
- * callbacks that cannot be identified, two threads, a forked child, a call
+ * callbacks that cannot be identified, a forked child, a call
  * from inside a worker.
  */
 #include "test.h"
 
 #include <pmap.h>
-#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -164,52 +163,6 @@ TEST(error_pool_map_in_a_forked_child)
     ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     assert_usable(pool);    /* the child did not stop our workers */
     pool_destroy(pool);
-}
-
-/* The second thread calls pool_map while the first is inside one; the
- * callback tells it when, through a pipe the workers inherited. */
-static int started[2];
-
-static int announce_and_wait(int x)
-{
-    char c = 'x';
-    if (x == 0 && write(started[1], &c, 1) != 1)
-        return -1;
-    struct timespec d = {0, 200000000};
-    nanosleep(&d, NULL);
-    return x;
-}
-PMAP_EXPORT(announce_and_wait, int, int);
-
-struct busy_call {
-    pool_t *pool;
-    int rc;
-};
-
-static void *long_map(void *arg)
-{
-    struct busy_call *c = arg;
-    int xs[4] = {0, 1, 2, 3}, out[4];
-    c->rc = pool_map(c->pool, announce_and_wait, 4, out, xs);
-    return NULL;
-}
-
-TEST(error_two_threads_on_one_pool)
-{
-    ASSERT(pipe(started) == 0);
-    struct busy_call call = {pool_create(2), -1};
-    pthread_t t;
-    ASSERT(pthread_create(&t, NULL, long_map, &call) == 0);
-    char c;
-    ASSERT(read(started[0], &c, 1) == 1);
-    int xs[1] = {1}, out[1];
-    ASSERT_EQ(pool_map(call.pool, twice, 1, out, xs), PMAP_EBUSY);
-    pthread_join(t, NULL);
-    ASSERT_OK(call.rc);
-    assert_usable(call.pool);
-    pool_destroy(call.pool);
-    close(started[0]);
-    close(started[1]);
 }
 
 TEST(error_strings_for_every_code)
