@@ -7,7 +7,8 @@
  */
 #include "test.h"
 
-#include <pmap.h>
+#include "pmap_internal.h"
+
 #include <math.h>
 #include <unistd.h>
 
@@ -458,6 +459,37 @@ TEST(map_job_next_of_a_cancelled_map)
     rc = pmap_job_wait(job, -1);
     ASSERT(rc == PMAP_ECANCELED || rc == 0);
     pmap_job_free(job);
+    pool_destroy(pool);
+}
+
+static void copy_int(void *result, void *const *argv)
+{
+    *(int *)result = *(int *)argv[0];
+}
+
+/* A map that cannot run at all: pmap_job_next says why, every time. */
+TEST(error_job_next_of_a_map_that_cannot_run)
+{
+    NEEDS_PROCESSES("a function the workers do not know");
+    pool_t *pool = make_pool(2, PMAP_START_AUTO);
+    /* Registered after the workers were forked: unknown to them. */
+    pmap__fn_t late = {.name = "late", .file = __FILE__, .line = __LINE__,
+                       .nparams = 1, .result = {PMAP__VALUE, sizeof(int)},
+                       .params = {{PMAP__VALUE, sizeof(int)}},
+                       .call = copy_int};
+    pmap__register(&late);
+    int xs[40] = {0}, out[40];
+    pmap__arg_t arg = {xs, NULL, 1, 0};
+    pmap_job_t *job = NULL;
+    ASSERT_OK(pmap__map(pool, &(pmap__call_t){.count = 40, .handle = &job},
+                        &late, out, 1, &arg));
+    size_t i;
+    const pmap_failure_t *f;
+    ASSERT_EQ(pmap_job_next(job, &i, &f, -1), PMAP_ENOFUNC);
+    ASSERT_EQ(pmap_job_next(job, &i, &f, 0), PMAP_ENOFUNC);
+    ASSERT_EQ(pmap_job_wait(job, -1), PMAP_ENOFUNC);
+    pmap_job_free(job);
+    pmap__unregister(&late);
     pool_destroy(pool);
 }
 
