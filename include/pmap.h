@@ -403,10 +403,13 @@ typedef struct pmap_job pmap_job_t;
  * exported type, PMAP_CONST(value), or, for a method's object, &object.
  * Array types, argument count and out's type are checked at compile time.
  *
+ * A map of n == 0 items is a map: it returns 0 and runs nothing (out and
+ * the arrays may be NULL; on_progress gets its final call, 0 of 0).
+ *
  * Returns 0 when all items succeeded; a positive count of failed items (their
  * out[i] are zeroed; pool_failures says which and why); or a negative code:
- * PMAP_EINVAL (NULL pool, out or array, n == 0 or SIZE_MAX, out given with
- * on_result or neither, a NaN timeout or cancel_grace), PMAP_EBUSY
+ * PMAP_EINVAL (NULL pool, out or array with n > 0, n == SIZE_MAX, out
+ * given with on_result or neither, a NaN timeout or cancel_grace), PMAP_EBUSY
  * (called from a callback of this pool), PMAP_EFORKED (called in a forked
  * child of the pool's owner), PMAP_ENESTED (called inside a worker, or a
  * callback of an in-process pool),
@@ -475,10 +478,16 @@ typedef struct pmap_job pmap_job_t;
               pmap__map_##fn((pool), PMAP__CALL(NULL, NULL, 1), pmap__out,   \
                              PMAP__VALUES(fn, __VA_ARGS__)))
 
-/* pool_call in the background, as pool_map_async. */
-#define pool_call_async(pool, job, fn, out, ...)                              \
+/*
+ * int pool_call_async(pool, opts, pmap_job_t **job, fn, R *out, a1, ...);
+ *
+ * pool_call in the background, as pool_map_async: options for this call
+ * (opts may be NULL: timeout, on_result, on_progress... apply as to a map
+ * of one item).
+ */
+#define pool_call_async(pool, opts, job, fn, out, ...)                        \
     PMAP__RUN(fn, PMAP__NARGS(__VA_ARGS__), (out),                            \
-              pmap__map_##fn((pool), PMAP__CALL(NULL, (job), 1), pmap__out,  \
+              pmap__map_##fn((pool), PMAP__CALL((opts), (job), 1), pmap__out, \
                              PMAP__VALUES(fn, __VA_ARGS__)))
 
 /*
@@ -488,6 +497,34 @@ typedef struct pmap_job pmap_job_t;
  * pool progress meanwhile.
  */
 PMAP_API int pmap_job_wait(pmap_job_t *job, double timeout);
+
+/*
+ * The next finished item of a map of arrays started in the background
+ * (pool_map_async, pool_call_async), for a loop over its results as they
+ * come (Python's imap, imap_unordered, as_completed):
+ *
+ *     size_t i;
+ *     const pmap_failure_t *f;
+ *     while (pmap_job_next(job, &i, &f, -1) > 0)
+ *         if (f == NULL) use(out[i]); else report(f);
+ *
+ * Waits at most timeout seconds (< 0: no limit, 0: just look) for an item,
+ * in input order, or in the order they finish with opts->unordered.
+ * Returns 1 and stores its index in *index (its result is in out[*index])
+ * and in *failure (may be NULL) NULL if it succeeded, or its failure
+ * record, valid until the next call or pmap_job_free.  Each item is handed
+ * out once; the map keeps two bits an item for this, whatever the order.
+ * Returns 0 when every item has been handed out; PMAP_ETIMEDOUT; the map's
+ * negative code (as pmap_job_wait) when it stopped with items that never
+ * finished (the others are handed out first); PMAP_EINVAL for a NULL job
+ * or index, a NaN timeout, or a map whose results go to on_result (a
+ * stream, too); PMAP_ECANCELED if the map was released meanwhile
+ * (pmap_job_free from a callback); PMAP_EBUSY, PMAP_EFORKED,
+ * PMAP_ENESTED as pool_map.  Other maps of the pool progress meanwhile.
+ * Since 0.3.
+ */
+PMAP_API int pmap_job_next(pmap_job_t *job, size_t *index,
+                           const pmap_failure_t **failure, double timeout);
 
 /*
  * Asks the map to stop: items not yet started fail with PMAP_ECANCELED;
@@ -607,6 +644,13 @@ PMAP_API int pool_worker_stats(const pool_t *pool, int worker,
 /* The calling worker's index in its pool (0 <= index < pool_size), or -1
  * outside a worker. */
 PMAP_API int pmap_worker_index(void);
+
+/* Inside a callback: the input index of the item it is running (the index
+ * pool_failures and on_result give that item; 0 in pool_call), whichever
+ * worker runs it and however often it was sent.  -1 outside a callback
+ * (in worker_init or worker_exit, in the caller).  Since 0.3; an index
+ * above LONG_MAX reads as LONG_MAX. */
+PMAP_API long pmap_item_index(void);
 
 /* A pointer of the caller's, kept by the worker for its whole life (set it
  * in worker_init: a database handle, a cache), for its callbacks. */

@@ -67,8 +67,8 @@ static size_t record(pmap_job_t *job, const pmap_failure_t *f,
 int pmap__window_init(pool_t *pool, pmap_job_t *job)
 {
     pmap__window_t *w = &job->window;
-    if (job->producer == NULL && job->out != NULL)
-        return 0;
+    if ((job->producer == NULL && job->out != NULL) || job->n == 0)
+        return 0;   /* arrays in and out, or an empty map: nothing held */
     size_t size = job->opts.window ? job->opts.window : DEFAULT_WINDOW;
     size_t least = 2 * PMAP__DEPTH * (size_t)pool->nworkers;
     if (size < least)
@@ -301,6 +301,7 @@ void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
 {
     (void)pool;
     job->done += count;
+    pmap__iter_mark(job, first, count, false);
     if (job->window.size == 0)
         return;
     for (size_t i = first; i < first + count; i++) {
@@ -322,6 +323,7 @@ void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
     size_t at = record(job, &f, msg, msglen);
     unsigned char *out = pmap__output(job, index);
     memset(out, 0, job->fn->result.size);
+    pmap__iter_mark(job, index, 1, true);
     if (job->window.size == 0)
         return;
     size_t place = index % job->window.size;

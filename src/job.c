@@ -32,14 +32,18 @@ static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
     if (call->producer != NULL)
         return to_callback && out == NULL && nargs == 0 ? 0 : PMAP_EINVAL;
     size_t n = call->count;     /* SIZE_MAX: no array is that long */
-    if (to_callback == (out != NULL) || n == 0 || n == SIZE_MAX ||
-        args == NULL ||
+    /* An empty map is a map: its arrays and out may be NULL, as an empty
+     * array's pointer may well be in C. */
+    bool empty = n == 0;
+    if ((to_callback && out != NULL) || (!to_callback && out == NULL &&
+                                         !empty) ||
+        n == SIZE_MAX || args == NULL ||
         nargs != fn->nparams || nargs < 1 || nargs > PMAP_MAX_ARGS ||
         n > SIZE_MAX / fn->result.size)
         return PMAP_EINVAL;
     for (int k = 0; k < nargs; k++) {
         if (args[k].is_array == args[k].is_const ||
-            (args[k].is_array && args[k].array == NULL) ||
+            (args[k].is_array && args[k].array == NULL && !empty) ||
             n > SIZE_MAX / fn->params[k].size)
             return PMAP_EINVAL;
     }
@@ -73,6 +77,7 @@ static void encode_setup(pmap_job_t *job)
 static void job_free(pmap_job_t *job)
 {
     pmap__window_free(job);
+    pmap__iter_free(job);
     pmap__outq_free(&job->setup);
     pmap__buf_free(&job->scratch);
     free(job->retry);
@@ -133,6 +138,8 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     int rc = job->setup.error;
     if (rc == 0)
         rc = pmap__window_init(pool, job);
+    if (rc == 0 && call->handle != NULL)
+        rc = pmap__iter_init(job);
     if (rc < 0) {
         job_free(job);
         return rc;

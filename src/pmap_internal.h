@@ -12,6 +12,7 @@
  *   batch.c     a map's items through the workers: batches and results
  *   deliver.c   where items come from and results go: arrays, producer,
  *               callbacks in order or not; failures; progress
+ *   iter.c      pmap_job_next: a background map's results pulled one by one
  *   worker.c    the worker process: its setup after fork and task loop
  *   wire.c      the frame format, encoding and decoding (no I/O)
  *   registry.c  PMAP_EXPORT'ed functions, found by identifier
@@ -396,6 +397,23 @@ typedef struct pmap__window {
                                    (SIZE_MAX: none) */
 } pmap__window_t;
 
+/*
+ * What pmap_job_next needs of a background map of arrays (iter.c): which
+ * items have finished and not yet been handed out, one bit an item (the
+ * results themselves are in the caller's out).
+ */
+typedef struct pmap__iter {
+    bool on;                    /* the map may be iterated */
+    uint64_t *ready;            /* bit i: item i finished, not handed out */
+    uint64_t *failed;           /* bit i: item i failed */
+    size_t pending;             /* bits set in ready */
+    size_t handed;              /* items handed out */
+    size_t low;                 /* in order: the next item to hand out */
+    size_t cursor;              /* unordered: where the search starts */
+    size_t hint;                /* where the failure record search starts */
+    pmap_failure_t current;     /* the failure last handed out */
+} pmap__iter_t;
+
 /* A map, from pmap__map to pmap_job_free. */
 struct pmap_job {
     pool_t *pool;
@@ -445,6 +463,7 @@ struct pmap_job {
                                    frees it when it has finished */
     bool finished;              /* rc is final */
     int rc;
+    pmap__iter_t iter;          /* pmap_job_next */
 };
 
 /* proc.c */
@@ -509,6 +528,12 @@ void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
 void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);
 int64_t pmap__progress_due(const pmap_job_t *job);
 void pmap__failures_free(pmap_failure_t *f, size_t n);
+
+/* iter.c */
+int pmap__iter_init(pmap_job_t *job);
+void pmap__iter_mark(pmap_job_t *job, size_t first, size_t count,
+                     bool failed);
+void pmap__iter_free(pmap_job_t *job);
 
 /* What a new worker needs to know; pool.c or server.c fills it. */
 typedef struct pmap__worker_setup {

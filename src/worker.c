@@ -22,6 +22,7 @@
  */
 #include "pmap_internal.h"
 
+#include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -534,6 +535,18 @@ bool pmap__nested(void)
 int pmap_worker_index(void)
 {
     return pmap__in_worker || self.answers != NULL ? self.index : -1;
+}
+
+long pmap_item_index(void)
+{
+    if (!self.running)
+        return -1;      /* not in a callback: worker_init, the caller... */
+    /* The slot holds index + 1 from just before the call (call_items). */
+    uint64_t item = atomic_load_explicit(&self.slot->item,
+                                         memory_order_relaxed);
+    if (item == 0)
+        return -1;
+    return item - 1 > (uint64_t)LONG_MAX ? LONG_MAX : (long)(item - 1);
 }
 
 void pmap_set_worker_state(void *state)

@@ -269,7 +269,7 @@ TEST(stream_single_call)
     ASSERT_EQ(pool_call(pool, square, &r, -1), 1);  /* it crashed */
     ASSERT_EQ(r, 0);
     pmap_job_t *job;
-    ASSERT_OK(pool_call_async(pool, &job, square, &r, 9));
+    ASSERT_OK(pool_call_async(pool, NULL, &job, square, &r, 9));
     ASSERT_OK(pmap_job_wait(job, -1));
     ASSERT_EQ(r, 81);
     pmap_job_free(job);
@@ -762,7 +762,7 @@ static pmap_job_t *call_with_a_local_string(pool_t *pool, size_t *out,
     text[sizeof text - 1] = '\0';
     *want = checksum(text);
     pmap_job_t *job;
-    if (pool_call_async(pool, &job, checksum, out, text) != 0)
+    if (pool_call_async(pool, NULL, &job, checksum, out, text) != 0)
         return NULL;
     return job;
 }
