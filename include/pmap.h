@@ -88,7 +88,8 @@ extern "C" {
     XX(ENESTED, -4008, "pool used from inside one of its workers")            \
     XX(ESTART, -4009, "a worker failed to start")                             \
     XX(ELOST, -4010, "the worker vanished (exit status unknown)")             \
-    XX(ESYSTEM, -4011, "unexpected system error")
+    XX(ESYSTEM, -4011, "unexpected system error")                           \
+    XX(ECODEC, -4012, "a value could not be encoded or decoded")
 
 enum {
 #define PMAP__ERROR_ENUM(name, value, text) PMAP_##name = (value),
@@ -275,8 +276,10 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * own parameters must accept them (C's usual conversions apply).  A type is
  * one of:
  *  - a value: any arithmetic type, or a struct copied by value (its pointers,
- *    if any, are copied as they are and mean nothing in the worker unless
- *    the memory existed when the pool was created);
+ *    if any, are copied as they are and NOT followed: they mean nothing in
+ *    the worker unless the memory existed when the pool was created);
+ *  - a type given an encoder and a decoder by PMAP_EXPORT_TYPE: deep-copied,
+ *    whatever it points to, any size;
  *  - a string: `const char *` or `char *`, NUL-terminated, any length, NULL
  *    allowed;
  *  - pmap_bytes_t: a byte buffer of any size.
@@ -291,6 +294,49 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  */
 #define PMAP_EXPORT(...)                                                      \
     PMAP__CAT(PMAP__EXPORT_, PMAP__ONE(__VA_ARGS__))(0, , __VA_ARGS__)
+
+/*
+ * PMAP_EXPORT_TYPE(T, encode, decode, release);
+ *
+ * Makes values of type T travel deep-copied, through the program's own
+ * encoder and decoder, as arguments (array elements), constants
+ * (PMAP_CONST), method objects (PMAP_EXPORT_METHOD's S, passed as &obj) and
+ * results of every exported function that names T.  At file scope, once in
+ * the whole program (in any one .c file), with
+ *
+ *     size_t encode(const T *value, void *buf, size_t size);
+ *         Writes the value's bytes to buf, at most size of them (buf may be
+ *         NULL when size is 0), and returns the number it needs, as
+ *         snprintf does: when that is more than size, encode is called
+ *         again with a buffer of that size.  PMAP_ENCODE_ERROR: it cannot.
+ *     int decode(T *value, const void *data, size_t size);
+ *         Rebuilds *value from the size bytes at data (not aligned: read
+ *         them with memcpy), allocating what it points to.  Returns 0, or
+ *         -1 after freeing whatever it allocated.
+ *     void release(T *value);
+ *         Frees what decode allocated (NULL: there is nothing to free).
+ *
+ * In a worker, an argument is decoded before its call and released after
+ * it; a constant or method object is decoded once per map and released at
+ * the map's end; a result is encoded and released after its call, then
+ * decoded in the caller into out[i] (or handed to on_result): the caller
+ * owns it and frees it with release.  A value that fails to encode or
+ * decode fails its item with PMAP_ECODEC (pool_failures' message says
+ * which), or, for a constant or method object, the whole map.
+ *
+ * T is recognized by its spelling: PMAP_EXPORT and PMAP_EXPORT_TYPE must
+ * name it the same way (`struct model` in both, or the same typedef name:
+ * a typedef's other names are not matched, and the value then travels by
+ * value again); whitespace does not matter.  A type exported twice makes
+ * the maps using it fail with PMAP_EAMBIGUOUS.  Strings and pmap_bytes_t
+ * keep their own handling.  A producer's values (pool_map_stream) are
+ * deep-copied by encoding and decoding them.
+ */
+#define PMAP_EXPORT_TYPE(T, encode, decode, release)                          \
+    PMAP__EXPORT_TYPE(T, encode, decode, release, __LINE__)
+
+/* What an encoder returns when it cannot encode a value. */
+#define PMAP_ENCODE_ERROR ((size_t)-1)
 
 /*
  * PMAP_DECLARE(fn, R, T1, ..., Tk);      in a header
@@ -312,8 +358,9 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  * Exports a "method": a function whose first parameter points to an object
  * of struct type S, `R fn(const S *self, T1, ..., Tk)`.  In pool_map the
  * object is given by address (`&obj`); its bytes are shipped to the workers
- * once per map, so state set after pool_create is seen.  Each worker calls
- * fn with a pointer to its own copy: changes it makes are not sent back.
+ * once per map, so state set after pool_create is seen (what its pointers
+ * point to only if S has a PMAP_EXPORT_TYPE).  Each worker calls fn with a
+ * pointer to its own copy: changes it makes are not sent back.
  */
 #define PMAP_EXPORT_METHOD(...)                                               \
     PMAP__CAT(PMAP__EXPORT_, PMAP__ONE(__VA_ARGS__))(1, &, __VA_ARGS__)
@@ -665,12 +712,26 @@ enum pmap__kind {
     PMAP__VALUE = 1,        /* sizeof(T) bytes copied as they are */
     PMAP__STRING,           /* const char *: NUL-terminated, borrowed */
     PMAP__STRING_OWNED,     /* char *: as a result, freed by the worker */
-    PMAP__BYTES             /* pmap_bytes_t */
+    PMAP__BYTES,            /* pmap_bytes_t */
+    PMAP__CODEC             /* a value with a PMAP_EXPORT_TYPE (registry.c
+                               turns PMAP__VALUE into it) */
 };
+
+/* One PMAP_EXPORT_TYPE: built by the macro, linked at load time. */
+typedef struct pmap__codec {
+    const char *name;       /* the type's spelling */
+    size_t size;            /* sizeof the type */
+    size_t (*encode)(const void *value, void *buf, size_t size);
+    int (*decode)(void *value, const void *data, size_t size);
+    void (*release)(void *value);
+    struct pmap__codec *next;   /* registry list */
+} pmap__codec_t;
 
 typedef struct pmap__type {
     unsigned char kind;     /* enum pmap__kind */
     size_t size;            /* sizeof the C type */
+    const char *name;       /* its spelling, #T: how a codec finds it */
+    const pmap__codec_t *codec; /* PMAP__CODEC: set by the registry */
 } pmap__type_t;
 
 /* One exported function: built by PMAP_EXPORT, linked at load time. */
@@ -708,6 +769,8 @@ typedef struct pmap__call {
 
 PMAP_API void pmap__register(pmap__fn_t *fn);
 PMAP_API void pmap__unregister(pmap__fn_t *fn);
+PMAP_API void pmap__register_type(pmap__codec_t *codec);
+PMAP_API void pmap__unregister_type(pmap__codec_t *codec);
 PMAP_API int pmap__map(pool_t *pool, const pmap__call_t *call,
                        const pmap__fn_t *fn, void *out, int nargs,
                        const pmap__arg_t *args);
@@ -869,7 +932,7 @@ extern "C" {
     {in##k.array, &in##k.value, in##k.is_array, in##k.is_const}
 #define PMAP__INPUT_PARAM(fn, k, T) pmap__in_##fn##_##k in##k
 #define PMAP__DEREF(fn, k, T) *(pmap__t_##fn##_##k *)argv[k]
-#define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T)}
+#define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T), #T, 0}
 
 /*
  * PMAP_EXPORT with its types declares and defines at once, all static (two
@@ -923,7 +986,7 @@ extern "C" {
     {                                                                         \
         const pmap__fn_t d = {                                                \
             #fn, file, line, PMAP__NARGS(__VA_ARGS__), method,                \
-            {PMAP__KIND(R), sizeof(R)},                                       \
+            PMAP__TYPE_DESC(fn, r, R),                                        \
             {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},      \
             pmap__call_##fn, pmap__pull_##fn, 0, 0};                          \
         *f = d;                                                               \
@@ -961,6 +1024,45 @@ extern "C" {
         pmap__unregister(&pmap_export__##fn);                                 \
     }                                                                         \
     typedef int pmap__exported_##fn /* swallows the caller's ';' */
+
+/*
+ * PMAP_EXPORT_TYPE's codec: the user's functions called through wrappers of
+ * one type (their own types are checked here, and no call goes through a
+ * pointer of another type), registered while the program loads.  Names are
+ * made unique in the file by the line; T is spelled after expansion, as in
+ * PMAP__TYPE_DESC.
+ */
+#define PMAP__EXPORT_TYPE(T, encode, decode, release, line)                   \
+    PMAP__EXPORT_TYPE_(T, encode, decode, release, line)
+#define PMAP__EXPORT_TYPE_(T, encode, decode, release, line)                  \
+    static size_t pmap__encode_##line(const void *v, void *buf, size_t size)  \
+    {                                                                         \
+        size_t (*f)(const T *, void *, size_t) = encode;                      \
+        return f((const T *)v, buf, size);                                    \
+    }                                                                         \
+    static int pmap__decode_##line(void *v, const void *data, size_t size)    \
+    {                                                                         \
+        int (*f)(T *, const void *, size_t) = decode;                         \
+        return f((T *)v, data, size);                                         \
+    }                                                                         \
+    static void pmap__release_##line(void *v)                                 \
+    {                                                                         \
+        void (*f)(T *) = release;                                             \
+        if (f != 0)                                                           \
+            f((T *)v);                                                        \
+    }                                                                         \
+    static pmap__codec_t pmap__codec_##line = {                               \
+        #T, sizeof(T), pmap__encode_##line, pmap__decode_##line,              \
+        pmap__release_##line, 0};                                             \
+    __attribute__((constructor)) static void pmap__load_codec_##line(void)   \
+    {                                                                         \
+        pmap__register_type(&pmap__codec_##line);                             \
+    }                                                                         \
+    __attribute__((destructor)) static void pmap__unload_codec_##line(void)  \
+    {                                                                         \
+        pmap__unregister_type(&pmap__codec_##line);                           \
+    }                                                                         \
+    typedef int pmap__codec_exported_##line /* swallows the caller's ';' */
 
 /*
  * The body of every pool_map macro: a name the compiler complains about

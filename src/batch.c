@@ -204,7 +204,8 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
             pmap_bytes_t b;
             memcpy(&b, item, sizeof b);
             bytes += b.size;
-        } else if (fn->params[k].kind != PMAP__VALUE) {
+        } else if (fn->params[k].kind == PMAP__STRING ||
+                   fn->params[k].kind == PMAP__STRING_OWNED) {
             const char *str;
             memcpy(&str, item, sizeof str);
             bytes += str ? strlen(str) : 0;
@@ -348,30 +349,50 @@ static void pop_batch(pmap__worker_t *w)
         w->waiting_ns = pmap__now_ns();
 }
 
-/* Copies variable result j (a string or buffer in the frame or in shared
- * memory) into memory the caller will own; false without memory.  Lengths
- * come from the frame: shared bytes may change under us, not the frame. */
-static bool store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
-                           size_t j, unsigned char *dst)
+/* Decodes encoded result j (PMAP_EXPORT_TYPE) into dst, which the caller
+ * will own: 0, or PMAP_ECODEC if the decoder refused it. */
+static int store_decoded(const pmap__fn_t *fn, const pmap__column_t *col,
+                         size_t j, unsigned char *dst)
 {
+    pmap_bytes_t b;
+    memcpy(&b, col->base + j * col->stride, sizeof b);
+    memset(dst, 0, fn->result.size);
+    if (b.data == NULL ||
+        fn->result.codec->decode(dst, b.data,
+                                 pmap__column_length(col, j)) != 0) {
+        memset(dst, 0, fn->result.size);
+        return PMAP_ECODEC;
+    }
+    return 0;
+}
+
+/* Copies variable result j (a string or buffer in the frame or in shared
+ * memory) into memory the caller will own: 0, PMAP_ENOMEM or PMAP_ECODEC.
+ * Lengths come from the frame: shared bytes may change under us, not the
+ * frame. */
+static int store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
+                          size_t j, unsigned char *dst)
+{
+    if (fn->result.kind == PMAP__CODEC)
+        return store_decoded(fn, col, j, dst);
     const unsigned char *v = col->base + j * col->stride;
     const void *data;
     memcpy(&data, v, sizeof data);  /* both kinds begin with the pointer */
     if (data == NULL) {
         memset(dst, 0, fn->result.size);
-        return true;
+        return 0;
     }
     size_t len = pmap__column_length(col, j);
     unsigned char *copy = malloc(len + 1);
     if (copy == NULL)
-        return false;
+        return PMAP_ENOMEM;
     memcpy(copy, data, len);
     copy[len] = '\0';
     if (fn->result.kind == PMAP__BYTES)
         memcpy(dst, &(pmap_bytes_t){copy, len}, sizeof(pmap_bytes_t));
     else
         memcpy(dst, &copy, sizeof copy);
-    return true;
+    return 0;
 }
 
 /*
@@ -412,15 +433,19 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         int error = 0;
         if (i == f.index)
             error = f.error ? f.error : PMAP_EFAIL;
-        else if (!store_variable(fn, &res->column, i - first,
-                                 pmap__output(job, i)))
-            error = PMAP_ENOMEM;
+        else
+            error = store_variable(fn, &res->column, i - first,
+                                   pmap__output(job, i));
         if (error == 0)
             continue;
         pmap__stored(pool, job, run, i - run);
         run = i + 1;
-        if (i != f.index) {     /* no memory for the copy */
-            pmap__fail_item(pool, job, i, error, 0, w->pid, NULL, 0);
+        if (i != f.index) {     /* no memory for the copy, or no decoding */
+            static const char undecoded[] = "the result could not be decoded";
+            bool codec = error == PMAP_ECODEC;
+            pmap__fail_item(pool, job, i, error, 0, w->pid,
+                            codec ? undecoded : NULL,
+                            codec ? sizeof undecoded - 1 : 0);
             continue;
         }
         pmap__fail_item(pool, job, i, error, f.code, w->pid, f.message,

@@ -95,7 +95,9 @@ static void free_value(pmap__type_t type, unsigned char *value)
 {
     void *p;
     memcpy(&p, value, sizeof p);    /* both kinds begin with the pointer */
-    if (type.kind != PMAP__VALUE)
+    if (type.kind == PMAP__CODEC)
+        type.codec->release(value);
+    else if (type.kind != PMAP__VALUE)
         free(p);
     memset(value, 0, type.size);
 }
@@ -147,9 +149,32 @@ size_t pmap__window_room(const pmap_job_t *job, size_t first)
     return room < wrap ? room : wrap;
 }
 
-/* Copies a produced string or buffer, which the producer may reuse. */
+/* Replaces a produced value of a codec by a deep copy of it (encoded,
+ * then decoded in its place): 0, PMAP_ENOMEM or PMAP_ECODEC. */
+static int own_encoded(pmap__type_t type, unsigned char *value)
+{
+    const pmap__codec_t *c = type.codec;
+    size_t n = c->encode(value, NULL, 0);
+    if (n == PMAP_ENCODE_ERROR)
+        return PMAP_ECODEC;
+    unsigned char *data = malloc(n ? n : 1);
+    if (data == NULL)
+        return PMAP_ENOMEM;
+    int rc = c->encode(value, data, n) == n ? 0 : PMAP_ECODEC;
+    if (rc == 0) {
+        memset(value, 0, type.size);
+        rc = c->decode(value, data, n) == 0 ? 0 : PMAP_ECODEC;
+    }
+    free(data);
+    return rc;
+}
+
+/* Copies a produced string, buffer or encoded value, which the producer
+ * may reuse. */
 static int own_value(pmap__type_t type, unsigned char *value)
 {
+    if (type.kind == PMAP__CODEC)
+        return own_encoded(type, value);
     if (type.kind == PMAP__BYTES) {
         pmap_bytes_t b;
         memcpy(&b, value, sizeof b);
@@ -194,8 +219,9 @@ size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto)
         int rc = fn->pull(job->producer, job->producer_ctx, slot);
         int owned = 0;  /* values copied: the others are the producer's */
         for (; owned < fn->nparams && rc > 0; owned++) {
-            if (own_value(fn->params[owned], slot[owned]) < 0)
-                rc = PMAP_ENOMEM;
+            int copied = own_value(fn->params[owned], slot[owned]);
+            if (copied < 0)
+                rc = copied;
         }
         if (rc <= 0) {
             for (int k = 0; k < fn->nparams; k++) {

@@ -28,6 +28,23 @@ int pmap__inline_open(pool_t *pool)
     return rc;
 }
 
+/* Of the frames queued for w, keeps the END frames only: the maps they
+ * end are forgotten (what they hold released), the work is not done. */
+static void keep_ends(pool_t *pool, pmap__worker_t *w)
+{
+    pmap__buf_t *frames = &pool->frames;
+    frames->len = 0;
+    int rc = pmap__outq_drain(&w->out, frames);
+    pmap__reader_t queued = {{frames->data, frames->len, frames->len}, 0};
+    pmap__header_t h;
+    const unsigned char *payload;
+    while (rc == 0 && pmap__reader_next(&queued, &h, &payload) > 0) {
+        if (h.type == PMAP__END)
+            pmap__outq_end(&w->out,
+                           pmap__outq_begin(&w->out, PMAP__END, h.map));
+    }
+}
+
 /* The worker leaves: the maps still set up in it are forgotten (as the
  * END frames would have told it), then its worker_exit runs. */
 void pmap__inline_close(pool_t *pool)
@@ -35,7 +52,7 @@ void pmap__inline_close(pool_t *pool)
     pmap__worker_t *w = &pool->workers[0];
     if (!w->ready)
         return;
-    pmap__outq_reset(&w->out);
+    keep_ends(pool, w);
     for (size_t i = 0; i < w->nsetup; i++) {
         size_t frame = pmap__outq_begin(&w->out, PMAP__END, w->setup[i]);
         pmap__outq_end(&w->out, frame);

@@ -53,8 +53,10 @@ static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
 /*
  * Builds the map's SETUP frame: u64 function id | u64 signature | u64
  * constants mask | u64 flags | one column of one value per constant.
+ * Returns 0, or PMAP_ECODEC if a constant's encoder failed (the map cannot
+ * run without it).
  */
-static void encode_setup(pmap_job_t *job)
+static int encode_setup(pmap_job_t *job)
 {
     pmap__outq_t *q = &job->setup;
     const pmap__fn_t *fn = job->fn;
@@ -63,15 +65,17 @@ static void encode_setup(pmap_job_t *job)
     pmap__outq_u64(q, pmap__signature(fn));
     pmap__outq_u64(q, job->constants);
     pmap__outq_u64(q, job->timeout_ns > 0);     /* flags: bit 0, timed */
+    size_t unencoded = 0;
     for (int k = 0; k < fn->nparams; k++) {
         if (!(job->constants >> k & 1))
             continue;
         pmap__type_t t = fn->params[k];
         const void *v = job->args[k].is_const ? job->args[k].value
                                               : job->args[k].array;
-        pmap__column_encode(q, t, v, 0, 1, NULL);
+        unencoded += pmap__column_encode(q, t, v, 0, 1, NULL);
     }
     pmap__outq_end(q, frame);
+    return unencoded > 0 ? PMAP_ECODEC : 0;
 }
 
 static void job_free(pmap_job_t *job)
@@ -134,8 +138,9 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     /* Copied, not referenced: the caller's constants may be gone before a
      * worker (a replacement, say) is sent this frame. */
     job->setup.owns = true;
-    encode_setup(job);
-    int rc = job->setup.error;
+    int rc = encode_setup(job);
+    if (job->setup.error != 0)
+        rc = job->setup.error;
     if (rc == 0)
         rc = pmap__window_init(pool, job);
     if (rc == 0 && call->handle != NULL)

@@ -133,6 +133,7 @@ void pmap__outq_end(pmap__outq_t *q, size_t frame);
 void *pmap__outq_alloc(pmap__outq_t *q, size_t n);
 void pmap__outq_copy(pmap__outq_t *q, const void *data, size_t n);
 void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n);
+void pmap__outq_trim(pmap__outq_t *q, size_t n);
 void pmap__outq_u64(pmap__outq_t *q, uint64_t v);
 void pmap__outq_pad(pmap__outq_t *q);
 void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
@@ -160,9 +161,9 @@ typedef struct pmap__region {
 #define PMAP__SHARED_FLAG ((uint64_t)1 << 62) /* length: data is shared */
 #define PMAP__SHARED_MIN (64u << 10)    /* smallest item put there */
 
-void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
-                         const unsigned char *base, size_t stride,
-                         size_t count, pmap__region_t *shared);
+size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
+                           const unsigned char *base, size_t stride,
+                           size_t count, pmap__region_t *shared);
 int pmap__column_decode(const unsigned char *p, size_t avail,
                         pmap__type_t type, size_t count, void *scratch,
                         pmap__column_t *col, size_t *used,

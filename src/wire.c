@@ -23,6 +23,8 @@
  *             string with its NUL, each padded to 16
  *   bytes     count u64 sizes (PMAP__NULL_LENGTH for NULL data), then each
  *             buffer padded to 16
+ *   codec     as bytes: each value as its encoder wrote it
+ *             (PMAP__NULL_LENGTH: it could not be encoded)
  *
  * and is itself padded to 16, so that every value is aligned in the
  * receiver's buffer and can be passed to the callback in place.  A string
@@ -163,6 +165,19 @@ void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n)
     }
 }
 
+/* Gives back the last n bytes pmap__outq_alloc handed out. */
+void pmap__outq_trim(pmap__outq_t *q, size_t n)
+{
+    if (q->error != 0 || n == 0)
+        return;
+    pmap__segment_t *last = &q->segs[q->nsegs - 1];
+    last->len -= n;
+    if (last->len == 0)
+        q->nsegs--;
+    q->scratch.len -= n;
+    q->total -= n;
+}
+
 void pmap__outq_u64(pmap__outq_t *q, uint64_t v)
 {
     pmap__outq_copy(q, &v, sizeof v);
@@ -291,7 +306,14 @@ void pmap__outq_free(pmap__outq_t *q)
 static bool kind_is_variable(int kind)
 {
     return kind == PMAP__STRING || kind == PMAP__STRING_OWNED ||
-           kind == PMAP__BYTES;
+           kind == PMAP__BYTES || kind == PMAP__CODEC;
+}
+
+/* Whether the items of kind travel as buffers (no NUL; decoded into
+ * pmap_bytes_t). */
+static bool kind_is_buffer(int kind)
+{
+    return kind == PMAP__BYTES || kind == PMAP__CODEC;
 }
 
 /* The bytes of a string or buffer item, NULL for a NULL one; its length
@@ -320,18 +342,109 @@ static bool goes_shared(const pmap__region_t *shared, uint64_t span)
            span <= shared->size - shared->used;
 }
 
+/* ---- encoded values (PMAP_EXPORT_TYPE) -------------------------------- */
+
+/* Bytes tried first for a value that does not go to shared memory: most
+ * fit, and what is not used is given back. */
+#define ENCODE_GUESS 4096
+
+/* Whether an encoder's answer is a size the wire can carry. */
+static bool encoded_size_ok(size_t n)
+{
+    return n != PMAP_ENCODE_ERROR && (uint64_t)n < PMAP__SHARED_FLAG;
+}
+
+/* Encodes value into the queue, trying `guess` bytes first; returns its
+ * length word (PMAP__NULL_LENGTH if it could not be encoded). */
+static uint64_t encode_queued(pmap__outq_t *q, const pmap__codec_t *c,
+                              const void *value, size_t guess)
+{
+    unsigned char *p = pmap__outq_alloc(q, guess);
+    if (p == NULL)
+        return PMAP__NULL_LENGTH;
+    size_t n = c->encode(value, p, guess);
+    if (encoded_size_ok(n) && n > guess) {   /* snprintf-style: again */
+        pmap__outq_trim(q, guess);
+        guess = n;
+        p = pmap__outq_alloc(q, guess);
+        if (p == NULL)
+            return PMAP__NULL_LENGTH;
+        if (c->encode(value, p, guess) != n)
+            n = PMAP_ENCODE_ERROR;      /* it changed its mind */
+    }
+    if (!encoded_size_ok(n)) {
+        pmap__outq_trim(q, guess);
+        return PMAP__NULL_LENGTH;
+    }
+    pmap__outq_trim(q, guess - n);
+    pmap__outq_pad(q);
+    return n;
+}
+
+/*
+ * Encodes value: straight into the shared region when it has room for a
+ * large one (the frame then carries its offset, as for buffers), else into
+ * the queue.  Returns its length word.
+ */
+static uint64_t encode_value(pmap__outq_t *q, const pmap__codec_t *c,
+                             const void *value, pmap__region_t *shared)
+{
+    size_t room = shared ? shared->size - shared->used : 0;
+    if (room < PMAP__SHARED_MIN)
+        return encode_queued(q, c, value, ENCODE_GUESS);
+    unsigned char *at = shared->base + shared->used;
+    size_t n = c->encode(value, at, room);
+    if (!encoded_size_ok(n))
+        return PMAP__NULL_LENGTH;
+    if (n > room)
+        return encode_queued(q, c, value, n);
+    if (n < PMAP__SHARED_MIN) {     /* small: it travels in the frame */
+        pmap__outq_copy(q, at, n);
+        pmap__outq_pad(q);
+        return n;
+    }
+    pmap__outq_u64(q, shared->used);
+    pmap__outq_u64(q, 0);
+    shared->used += pmap__pad(n);
+    return n | PMAP__SHARED_FLAG;
+}
+
+/* A codec column: the length table, then each value as it is encoded
+ * (the table is filled in as they are).  Returns the values that could
+ * not be encoded. */
+static size_t encode_codec_column(pmap__outq_t *q, pmap__type_t type,
+                                  const unsigned char *base, size_t stride,
+                                  size_t count, pmap__region_t *shared)
+{
+    size_t lengths = q->scratch.len, failed = 0;
+    if (pmap__outq_alloc(q, count * sizeof(uint64_t)) == NULL)
+        return 0;
+    pmap__outq_pad(q);
+    for (size_t i = 0; i < count && q->error == 0; i++) {
+        uint64_t len = encode_value(q, type.codec, base + i * stride, shared);
+        failed += len == PMAP__NULL_LENGTH;
+        if (q->error == 0)
+            memcpy(q->scratch.data + lengths + i * sizeof len, &len,
+                   sizeof len);
+    }
+    return failed;
+}
+
 /*
  * Queues count values of type read from base + i * stride.  Large values
  * are referenced, not copied: they must outlive the queue's writing.  With
  * a shared region, strings and buffers of PMAP__SHARED_MIN bytes or more
  * are copied there instead while it has room, and the frame carries their
  * offset (length flagged PMAP__SHARED_FLAG, data replaced by a 16-byte
- * record: u64 offset | u64 0).
+ * record: u64 offset | u64 0).  Values of a codec are encoded on the way.
+ * Returns how many of them could not be (0 for other kinds).
  */
-void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
-                         const unsigned char *base, size_t stride,
-                         size_t count, pmap__region_t *shared)
+size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
+                           const unsigned char *base, size_t stride,
+                           size_t count, pmap__region_t *shared)
 {
+    if (type.kind == PMAP__CODEC)
+        return encode_codec_column(q, type, base, stride, count, shared);
     if (!kind_is_variable(type.kind)) {
         if (stride == type.size) {
             pmap__outq_add(q, base, count * type.size);
@@ -340,7 +453,7 @@ void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                 pmap__outq_copy(q, base + i * stride, type.size);
         }
         pmap__outq_pad(q);
-        return;
+        return 0;
     }
     /* The lengths go first; keep their offset, scratch may move. */
     size_t lengths = q->scratch.len;
@@ -348,7 +461,7 @@ void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
     /* Scratch need not be aligned here: the table is written by memcpy. */
     unsigned char *table = pmap__outq_alloc(q, count * sizeof(uint64_t));
     if (table == NULL)
-        return;
+        return 0;
     bool nul = type.kind != PMAP__BYTES;    /* strings travel with it */
     for (size_t i = 0; i < count; i++) {
         uint64_t len;
@@ -375,6 +488,7 @@ void pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
         pmap__outq_add(q, data, (size_t)n + nul);
         pmap__outq_pad(q);
     }
+    return 0;
 }
 
 /* Bytes of scratch pmap__column_decode needs for count values of type. */
@@ -382,8 +496,8 @@ size_t pmap__column_scratch(pmap__type_t type, size_t count)
 {
     if (!kind_is_variable(type.kind))
         return 0;
-    return count * (type.kind == PMAP__BYTES ? sizeof(pmap_bytes_t)
-                                             : sizeof(char *));
+    return count * (kind_is_buffer(type.kind) ? sizeof(pmap_bytes_t)
+                                              : sizeof(char *));
 }
 
 /* Finds the data of variable item with length word raw at p + *off, in the
@@ -422,7 +536,7 @@ static int decode_items(const unsigned char *p, size_t avail,
     size_t off = pmap__pad(count * sizeof(uint64_t));
     if (count > avail / sizeof(uint64_t) || off > avail)
         return PMAP_EPROTO;
-    bool bad = false, nul = type.kind != PMAP__BYTES;
+    bool bad = false, nul = !kind_is_buffer(type.kind);
     for (size_t i = 0; i < count; i++) {
         uint64_t raw = pmap__get_u64(p + i * sizeof(uint64_t));
         const unsigned char *data = NULL;
@@ -431,7 +545,7 @@ static int decode_items(const unsigned char *p, size_t avail,
             if (bad)
                 return PMAP_EPROTO;
         }
-        if (type.kind == PMAP__BYTES) {
+        if (kind_is_buffer(type.kind)) {
             size_t size = data ? (size_t)(raw & ~PMAP__SHARED_FLAG) : 0;
             pmap_bytes_t b = {(void *)data, size};
             memcpy((pmap_bytes_t *)scratch + i, &b, sizeof b);
@@ -476,8 +590,8 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
     if (rc < 0)
         return rc;
     *col = (pmap__column_t){scratch,
-                            type.kind == PMAP__BYTES ? sizeof(pmap_bytes_t)
-                                                     : sizeof(char *),
+                            kind_is_buffer(type.kind) ? sizeof(pmap_bytes_t)
+                                                      : sizeof(char *),
                             p};
     return 0;
 }

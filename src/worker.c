@@ -50,6 +50,8 @@ typedef struct worker_map {
     pmap__column_t column[PMAP_MAX_ARGS];   /* the constants */
     unsigned char *setup;       /* copy of the SETUP payload they live in */
     pmap_bytes_t scratch[PMAP_MAX_ARGS];    /* decoded constant strings */
+    void *objects[PMAP_MAX_ARGS];   /* decoded constants of a codec's type
+                                       (PMAP_EXPORT_TYPE), released at END */
     bool timed;                 /* stamp each item's start in the slot */
     struct worker_map *next;
 } worker_map_t;
@@ -67,6 +69,10 @@ static struct {
     pmap__buf_t results;        /* one batch's results */
     pmap__buf_t scratch;        /* one batch's decoded variable arguments */
     pmap__buf_t failures;       /* one batch's failure records */
+    pmap__buf_t values;         /* one item's decoded arguments (codecs) */
+    pmap__buf_t encoded;        /* one batch's encoded results (codec)... */
+    pmap__buf_t blobs;          /* ...as a pmap_bytes_t per item (offsets
+                                   until the batch is done) */
     bool running;               /* inside a callback */
     pmap__buf_t *answers;       /* in-process: where frames go, else NULL */
     jmp_buf *broken;            /* in-process: where a failure returns */
@@ -151,7 +157,28 @@ static worker_map_t *find_map(uint32_t id)
     return NULL;
 }
 
-/* Decodes a map's constants from its SETUP payload; 0 or PMAP_EPROTO. */
+/* Decodes constant k of a codec's type into memory of the map's own,
+ * once: 0, PMAP_ENOMEM or PMAP_ECODEC. */
+static int decode_object(worker_map_t *m, int k)
+{
+    pmap__type_t t = m->fn->params[k];
+    pmap_bytes_t b = m->scratch[k];
+    if (b.data == NULL)
+        return PMAP_ECODEC;     /* the caller could not encode it */
+    void *object = calloc(1, t.size);
+    if (object == NULL)
+        return PMAP_ENOMEM;
+    if (t.codec->decode(object, b.data, b.size) != 0) {
+        free(object);
+        return PMAP_ECODEC;
+    }
+    m->objects[k] = object;
+    m->column[k].base = object;
+    return 0;
+}
+
+/* Decodes a map's constants from its SETUP payload; 0 or a code (PMAP_EPROTO,
+ * PMAP_ECODEC...). */
 static int decode_constants(worker_map_t *m, size_t len)
 {
     size_t off = 4 * sizeof(uint64_t);
@@ -166,6 +193,9 @@ static int decode_constants(worker_map_t *m, size_t len)
             return rc;
         m->column[k].stride = 0;
         off += used;
+        if (m->fn->params[k].kind == PMAP__CODEC &&
+            (rc = decode_object(m, k)) < 0)
+            return rc;
     }
     return 0;
 }
@@ -176,6 +206,12 @@ static void map_end(uint32_t id)
         worker_map_t *m = *p;
         if (m->id == id) {
             *p = m->next;
+            for (int k = 0; k < PMAP_MAX_ARGS; k++) {
+                if (m->objects[k] == NULL)
+                    continue;
+                m->fn->params[k].codec->release(m->objects[k]);
+                free(m->objects[k]);
+            }
             free(m->setup);
             free(m);
             return;
@@ -303,6 +339,171 @@ static void free_results(const pmap__fn_t *fn, size_t count)
     }
 }
 
+/* ---- values of a codec's type (PMAP_EXPORT_TYPE) ------------------------ */
+
+/* Fails the running item with PMAP_ECODEC and a message saying which
+ * value (argument k, or the result for k < 0) and why. */
+static void codec_failure(int k, const char *why)
+{
+    self.failed = true;
+    self.fail_error = PMAP_ECODEC;
+    self.fail_code = 0;
+    if (k < 0)
+        snprintf(self.fail_message, sizeof self.fail_message,
+                 "the result %s", why);
+    else
+        snprintf(self.fail_message, sizeof self.fail_message,
+                 "argument %d %s", k + 1, why);
+}
+
+/* Whether parameter k is decoded item by item (not a constant). */
+static bool decoded_per_item(const worker_map_t *m, int k)
+{
+    return m->fn->params[k].kind == PMAP__CODEC && !(m->constants >> k & 1);
+}
+
+/*
+ * Makes room for one item's decoded arguments and points their argv at it;
+ * returns whether the function has any such parameter.
+ */
+static bool codec_arguments(const worker_map_t *m, unsigned char **argv)
+{
+    const pmap__fn_t *fn = m->fn;
+    size_t need = 0;
+    for (int k = 0; k < fn->nparams; k++) {
+        if (decoded_per_item(m, k))
+            need += pmap__pad(fn->params[k].size);
+    }
+    if (need == 0)
+        return false;
+    self.values.len = 0;
+    unsigned char *p = pmap__buf_append(&self.values, need);
+    if (p == NULL)
+        broken();
+    for (int k = 0; k < fn->nparams; k++) {
+        if (decoded_per_item(m, k)) {
+            argv[k] = p;
+            p += pmap__pad(fn->params[k].size);
+        }
+    }
+    return true;
+}
+
+/* Releases item arguments [0, upto) decoded into argv. */
+static void release_arguments(const worker_map_t *m, unsigned char **argv,
+                              int upto)
+{
+    for (int k = 0; k < upto; k++) {
+        if (decoded_per_item(m, k))
+            m->fn->params[k].codec->release(argv[k]);
+    }
+}
+
+/* Decodes item j's arguments of a codec's type into argv; false (the item
+ * failed, nothing left to release) if one cannot be. */
+static bool decode_arguments_of(const worker_map_t *m, size_t j,
+                                const pmap__column_t *col, unsigned char **argv)
+{
+    const pmap__fn_t *fn = m->fn;
+    for (int k = 0; k < fn->nparams; k++) {
+        if (!decoded_per_item(m, k))
+            continue;
+        pmap_bytes_t b;
+        memcpy(&b, col[k].base + j * col[k].stride, sizeof b);
+        memset(argv[k], 0, fn->params[k].size);
+        const char *why = NULL;
+        if (b.data == NULL)
+            why = "could not be encoded by the caller";
+        else if (fn->params[k].codec->decode(argv[k], b.data,
+                                             pmap__column_length(&col[k], j)))
+            why = "could not be decoded";
+        if (why != NULL) {
+            release_arguments(m, argv, k);
+            codec_failure(k, why);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Encodes result j (the item succeeded) at the end of self.encoded; its
+ * place there goes in self.blobs, as offset + 1 for now (0: no blob). */
+static void encode_result(const pmap__codec_t *c, const void *result,
+                          size_t j)
+{
+    pmap__buf_t *e = &self.encoded;
+    if (pmap__buf_reserve(e, 4096) < 0)
+        broken();
+    size_t room = e->cap - e->len;
+    size_t n = c->encode(result, e->data + e->len, room);
+    if (n != PMAP_ENCODE_ERROR && n > room) {   /* snprintf-style: again */
+        if (pmap__buf_reserve(e, n) < 0)
+            broken();
+        if (c->encode(result, e->data + e->len, n) != n)
+            n = PMAP_ENCODE_ERROR;
+    }
+    if (n == PMAP_ENCODE_ERROR || (uint64_t)n >= PMAP__SHARED_FLAG) {
+        codec_failure(-1, "could not be encoded");
+        return;
+    }
+    pmap_bytes_t b = {(void *)(uintptr_t)(e->len + 1), n};
+    memcpy(self.blobs.data + j * sizeof b, &b, sizeof b);
+    e->len += pmap__pad(n);
+}
+
+/* After item j's call: its result of a codec's type is encoded (unless it
+ * failed) and released, in the worker that made it. */
+static void finish_result(const pmap__fn_t *fn, unsigned char *result,
+                          size_t j)
+{
+    if (!self.failed)
+        encode_result(fn->result.codec, result, j);
+    fn->result.codec->release(result);
+    memset(result, 0, fn->result.size);
+}
+
+/* The blobs of a batch's encoded results, from offsets to pointers. */
+static void locate_blobs(size_t count)
+{
+    for (size_t j = 0; j < count; j++) {
+        pmap_bytes_t b;
+        memcpy(&b, self.blobs.data + j * sizeof b, sizeof b);
+        if (b.data == NULL)
+            continue;   /* failed: no blob */
+        b.data = self.encoded.data + ((uintptr_t)b.data - 1);
+        memcpy(self.blobs.data + j * sizeof b, &b, sizeof b);
+    }
+}
+
+/* Empties the batch's encoded results: a zeroed pmap_bytes_t per item. */
+static int prepare_blobs(size_t count)
+{
+    self.encoded.len = 0;
+    self.blobs.len = 0;
+    if (count > SIZE_MAX / sizeof(pmap_bytes_t))
+        return PMAP_ENOMEM;
+    void *p = pmap__buf_append(&self.blobs, count * sizeof(pmap_bytes_t));
+    if (p == NULL)
+        return PMAP_ENOMEM;
+    memset(p, 0, count * sizeof(pmap_bytes_t));
+    return 0;
+}
+
+/* Calls the function on one item whose arguments include values of a
+ * codec's type (or whose result is one). */
+static void call_decoded(const worker_map_t *m, size_t j,
+                         const pmap__column_t *col, unsigned char **argv,
+                         unsigned char *result)
+{
+    const pmap__fn_t *fn = m->fn;
+    if (!decode_arguments_of(m, j, col, argv))
+        return;
+    fn->call(result, (void *const *)argv);
+    release_arguments(m, argv, fn->nparams);
+    if (fn->result.kind == PMAP__CODEC)
+        finish_result(fn, result, j);
+}
+
 /* Calls the function on count items; returns how many failed. */
 static uint64_t call_items(const worker_map_t *m, uint64_t first,
                            size_t count, const pmap__column_t *col)
@@ -312,8 +513,16 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
     int nparams = fn->nparams;
     size_t result_size = fn->result.size;
     unsigned char *argv[PMAP_MAX_ARGS], *result = self.results.data;
-    for (int k = 0; k < nparams; k++)
+    size_t stride[PMAP_MAX_ARGS];
+    for (int k = 0; k < nparams; k++) {
         argv[k] = (unsigned char *)col[k].base;
+        stride[k] = col[k].stride;
+    }
+    bool decoded = codec_arguments(m, argv) || fn->result.kind == PMAP__CODEC;
+    for (int k = 0; k < nparams; k++) {
+        if (decoded_per_item(m, k))
+            stride[k] = 0;  /* argv[k] is the one item's decoded value */
+    }
     uint64_t nfailed = 0;
     self.failures.len = 0;
     self.failed = false;
@@ -326,7 +535,10 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
                                   memory_order_relaxed);
         atomic_store_explicit(&self.slot->item, first + j + 1,
                               memory_order_release);
-        call(result, (void *const *)argv);
+        if (decoded)
+            call_decoded(m, j, col, argv, result);
+        else
+            call(result, (void *const *)argv);
         check_result(fn, result);
         if (self.failed) {
             record_failure(fn, first + j, result);
@@ -334,7 +546,7 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
             nfailed++;
         }
         for (int k = 0; k < nparams; k++)
-            argv[k] += col[k].stride;
+            argv[k] += stride[k];
         result += result_size;
     }
     self.running = false;
@@ -378,18 +590,29 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     if (results == NULL)
         broken();
     memset(results, 0, (size_t)count * fn->result.size);
+    bool encoded = fn->result.kind == PMAP__CODEC;
+    if (encoded && prepare_blobs((size_t)count) < 0)
+        broken();
 
     int64_t start = pmap__now_ns();
     uint64_t nfailed = call_items(m, first, (size_t)count, col);
     uint64_t busy = (uint64_t)(pmap__now_ns() - start);
     fflush(NULL);
+    /* Encoded results travel as buffers (the same column on the wire). */
+    pmap__type_t result_type = fn->result;
+    if (encoded) {
+        locate_blobs((size_t)count);
+        results = self.blobs.data;
+        result_type = (pmap__type_t){PMAP__BYTES, sizeof(pmap_bytes_t),
+                                     NULL, NULL};
+    }
 
     size_t frame = pmap__outq_begin(&self.out, PMAP__RESULT, id);
     pmap__outq_u64(&self.out, first);
     pmap__outq_u64(&self.out, count);
     pmap__outq_u64(&self.out, busy);
     pmap__outq_u64(&self.out, nfailed);
-    pmap__column_encode(&self.out, fn->result, results, fn->result.size,
+    pmap__column_encode(&self.out, result_type, results, result_type.size,
                         (size_t)count, &results_area);
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
     pmap__outq_end(&self.out, frame);

@@ -62,10 +62,10 @@ static void fake_call(void *result, void *const *argv)
 static pmap__fn_t describe(const char *name, int line,
                            void (*call)(void *, void *const *))
 {
+    const pmap__type_t integer = {.kind = PMAP__VALUE, .size = sizeof(int)};
     return (pmap__fn_t){.name = name, .file = __FILE__, .line = line,
-                        .nparams = 1, .result = {PMAP__VALUE, sizeof(int)},
-                        .params = {{PMAP__VALUE, sizeof(int)}},
-                        .call = call};
+                        .nparams = 1, .result = integer,
+                        .params = {integer}, .call = call};
 }
 
 /* A descriptor that no constructor registered. */

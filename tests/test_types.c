@@ -307,5 +307,6 @@ TEST(types_cpp_example_runs)
     ASSERT(strstr(out, "scale:   0.5 1 1.5") != NULL);
     ASSERT(strstr(out, "const:   101 102 103 104") != NULL);
     ASSERT(strstr(out, "length:  7 5 2 3") != NULL);
+    ASSERT(strstr(out, "total:   6 500") != NULL);
     ASSERT(strstr(out, "call:    42") != NULL);
 }

@@ -63,7 +63,7 @@ static size_t flatten(pmap__outq_t *q, unsigned char *out, size_t size)
 TEST(wire_string_column_round_trip)
 {
     const char *in[4] = {"alpha", "", NULL, "a longer string here"};
-    pmap__type_t t = {PMAP__STRING, sizeof(char *)};
+    pmap__type_t t = {.kind = PMAP__STRING, .size = sizeof(char *)};
     pmap__outq_t q = {0};
     pmap__column_encode(&q, t, (const unsigned char *)in, sizeof in[0], 4,
                         NULL);
@@ -102,7 +102,7 @@ TEST(wire_string_column_round_trip)
 TEST(wire_value_column_limits)
 {
     static unsigned char buf[64] __attribute__((aligned(16)));
-    pmap__type_t t = {PMAP__VALUE, 8};
+    pmap__type_t t = {.kind = PMAP__VALUE, .size = 8};
     pmap__column_t col;
     size_t used;
     ASSERT_OK(pmap__column_decode(buf, 64, t, 8, NULL, &col, &used, NULL));
@@ -150,7 +150,7 @@ TEST(wire_reader_takes_frames_split_anywhere)
  * refused: each item fails at most once. */
 TEST(wire_result_failures_must_be_in_order)
 {
-    pmap__type_t t = {PMAP__VALUE, sizeof(int)};
+    pmap__type_t t = {.kind = PMAP__VALUE, .size = sizeof(int)};
     int values[4] = {0};
     for (int order = 0; order < 2; order++) {
         pmap__outq_t q = {0};

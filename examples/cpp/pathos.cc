@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 //
 // pathos.cc - the essay's pathos examples in C++17: a function of two
-// arguments mapped over two arrays, a method of an object, a constant, and
-// strings, with the same macros as in C.
+// arguments mapped over two arrays, a method of an object, a constant,
+// strings, and objects holding pointers (deep-copied), with the same macros
+// as in C.
 #include <pmap.h>
 
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,49 @@ static size_t length(const char *s)
     return std::string(s).size();
 }
 PMAP_EXPORT(length, size_t, const char *);
+
+// An object holding a pointer: it travels with an encoder and a decoder.
+struct series {
+    size_t n;
+    double *v;
+};
+
+static size_t series_encode(const series *s, void *buf, size_t size)
+{
+    size_t need = sizeof s->n + s->n * sizeof *s->v;
+    if (need <= size) {
+        std::memcpy(buf, &s->n, sizeof s->n);
+        std::memcpy(static_cast<char *>(buf) + sizeof s->n, s->v,
+                    s->n * sizeof *s->v);
+    }
+    return need;
+}
+
+static int series_decode(series *s, const void *data, size_t size)
+{
+    std::memcpy(&s->n, data, sizeof s->n);
+    if (size != sizeof s->n + s->n * sizeof *s->v)
+        return -1;
+    s->v = new double[s->n];
+    std::memcpy(s->v, static_cast<const char *>(data) + sizeof s->n,
+                s->n * sizeof *s->v);
+    return 0;
+}
+
+static void series_release(series *s)
+{
+    delete[] s->v;
+}
+PMAP_EXPORT_TYPE(series, series_encode, series_decode, series_release);
+
+static double total(series s)
+{
+    double sum = 0;
+    for (size_t i = 0; i < s.n; i++)
+        sum += s.v[i];
+    return sum;
+}
+PMAP_EXPORT(total, double, series);
 
 int main()
 {
@@ -63,6 +108,12 @@ int main()
     std::printf("\nlength: ");
     for (size_t n : lengths)
         std::printf(" %zu", n);
+
+    std::vector<double> a = {1, 2, 3}, b(1000, 0.5);   // made after the pool
+    series ss[2] = {{a.size(), a.data()}, {b.size(), b.data()}};
+    double totals[2];
+    rc |= pool_map(pool, total, 2, totals, ss);
+    std::printf("\ntotal:   %g %g", totals[0], totals[1]);
 
     long one = 0;
     rc |= pool_call(pool, add, &one, 2, 40);

@@ -13,8 +13,9 @@
 #include <string.h>
 
 static const pmap__type_t types[] = {
-    {PMAP__VALUE, 4}, {PMAP__VALUE, 24}, {PMAP__STRING, sizeof(char *)},
-    {PMAP__BYTES, sizeof(pmap_bytes_t)}};
+    {PMAP__VALUE, 4, NULL, NULL}, {PMAP__VALUE, 24, NULL, NULL},
+    {PMAP__STRING, sizeof(char *), NULL, NULL},
+    {PMAP__BYTES, sizeof(pmap_bytes_t), NULL, NULL}};
 
 static volatile size_t sink;
 

@@ -45,14 +45,18 @@ int main(int argc, char **argv)
         return 2;
     pmap__outq_t q = {0};
     int ints[3] = {1, 2, 3};
-    result(&q, (pmap__type_t){PMAP__VALUE, sizeof(int)}, ints);
+    result(&q, (pmap__type_t){.kind = PMAP__VALUE, .size = sizeof(int)},
+           ints);
     int bad = save(argv[1], "result-int", &q);
     const char *strs[3] = {"a", NULL, "longer string"};
-    result(&q, (pmap__type_t){PMAP__STRING, sizeof(char *)}, strs);
+    result(&q, (pmap__type_t){.kind = PMAP__STRING, .size = sizeof(char *)},
+           strs);
     bad |= save(argv[1], "result-string", &q);
     char xyz[] = "xyz", empty[] = "";
     pmap_bytes_t bytes[3] = {{xyz, 3}, {NULL, 0}, {empty, 0}};
-    result(&q, (pmap__type_t){PMAP__BYTES, sizeof(pmap_bytes_t)}, bytes);
+    result(&q,
+           (pmap__type_t){.kind = PMAP__BYTES, .size = sizeof(pmap_bytes_t)},
+           bytes);
     bad |= save(argv[1], "result-bytes", &q);
     return bad;
 }
