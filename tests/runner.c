@@ -80,6 +80,28 @@ int test_under_valgrind(void)
     return getenv("PMAP_TEST_VALGRIND") != NULL;
 }
 
+/* How much slower than usual this run may be: valgrind, sanitizers, or
+ * the runner's PMAP_TEST_TIMEOUT_MULTIPLIER.  Scales hang detectors and
+ * generous bounds, never the work. */
+double test_slack(void)
+{
+    const char *m = getenv("PMAP_TEST_TIMEOUT_MULTIPLIER");
+    double f = m != NULL && atof(m) > 1 ? atof(m) : 1;
+    if (TEST_ASAN)
+        f *= 2;
+    if (test_under_valgrind())
+        f *= 20;
+    return f;
+}
+
+/* Ends the test (SIGALRM's default action) if it is still running after
+ * `seconds` (times test_slack): a hang is reported long before the
+ * runner's own timeout. */
+void test_arm(unsigned seconds)
+{
+    alarm((unsigned)((double)seconds * test_slack()));
+}
+
 /* A work size for a test: n, or a twentieth of it under valgrind.  The
  * checks stay the same; only the amount of work shrinks. */
 size_t test_scaled(size_t n)

@@ -81,6 +81,8 @@ void test_skip(const char *why) __attribute__((noreturn));
 /* Helpers shared by tests (runner.c). */
 const char *test_build_dir(void);
 int test_under_valgrind(void);
+double test_slack(void);
+void test_arm(unsigned seconds);
 size_t test_scaled(size_t n);
 int test_run(const char *command, char *output, size_t size);
 int test_open_fds(void);

@@ -30,26 +30,6 @@
 
 /* ---- helpers ----------------------------------------------------------- */
 
-/* How much slower than usual this run may be: valgrind, sanitizers, or
- * the runner's PMAP_TEST_TIMEOUT_MULTIPLIER.  Scales hang detectors and
- * the generous bounds below, never the work. */
-static double slack(void)
-{
-    const char *m = getenv("PMAP_TEST_TIMEOUT_MULTIPLIER");
-    double f = m != NULL && atof(m) > 1 ? atof(m) : 1;
-    if (TEST_ASAN)
-        f *= 2;
-    if (test_under_valgrind())
-        f *= 20;
-    return f;
-}
-
-/* Ends the test (SIGALRM's default action) if it is still running after
- * `seconds`: a hang is reported long before the runner's timeout. */
-static void arm(unsigned seconds)
-{
-    alarm((unsigned)((double)seconds * slack()));
-}
 
 static void sleep_ms(int ms)
 {
@@ -225,7 +205,7 @@ PMAP_EXPORT(stage, long, long);
 
 TEST(liveness_idle_sole_worker_killed)
 {
-    arm(15);
+    test_arm(15);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     map_twice_ok(pool, 10);
@@ -239,7 +219,7 @@ TEST(liveness_idle_sole_worker_killed)
 
 TEST(liveness_idle_server_workers_killed)
 {
-    arm(15);
+    test_arm(15);
     ASSERT_OK(pmap_init());
     pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
     pool_t *pool;
@@ -277,7 +257,7 @@ static void *make_pool(void *arg)
  * it exits: the pool's workers are gone while it is idle. */
 TEST(liveness_pool_created_by_exited_thread)
 {
-    arm(15);
+    test_arm(15);
     struct made m = {NULL, {0, 0}};
     pthread_t t;
     ASSERT(pthread_create(&t, NULL, make_pool, &m) == 0);
@@ -305,7 +285,7 @@ PMAP_EXPORT(alarm_then_twice, long, long);
 
 TEST(liveness_worker_dies_of_its_own_alarm_while_idle)
 {
-    arm(15);
+    test_arm(15);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     long x = 0, y = -1;
@@ -322,7 +302,7 @@ TEST(liveness_fork_server_killed_between_maps)
 {
     if (!have_proc())
         SKIP("no /proc to find the fork server");
-    arm(20);
+    test_arm(20);
     ASSERT_OK(pmap_init());
     pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
     pool_t *pool;
@@ -347,7 +327,7 @@ TEST(liveness_fork_server_killed_between_maps)
     double t0 = now_s();
     int rc = pool_map(pool, twice, 20, out, xs);
     double took = now_s() - t0;
-    ASSERT(took < 10 * slack());
+    ASSERT(took < 10 * test_slack());
     ASSERT(rc <= 0);
     for (int i = 0; rc == 0 && i < 20; i++)
         ASSERT_EQ(out[i], 2 * i);
@@ -386,7 +366,7 @@ static int slow_first_result(void *ctx, size_t index, void *result,
 
 TEST(liveness_crash_during_slow_result_callback)
 {
-    arm(20);
+    test_arm(20);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     long xs[6] = {0, -1, 2, 3, 4, 5};
@@ -416,7 +396,7 @@ TEST(liveness_crash_during_slow_result_callback)
 
 TEST(liveness_cancel_on_idle_pool_is_not_kept)
 {
-    arm(10);
+    test_arm(10);
     pool_t *pool = pool_create(2);
     ASSERT(pool != NULL);
     map_twice_ok(pool, 10);
@@ -460,7 +440,7 @@ static long read_helper(void)
 
 static void crash_with_grandchild(double timeout)
 {
-    arm(15);
+    test_arm(15);
     ASSERT(pipe(grandchild_pipe) == 0);     /* before: workers inherit it */
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
@@ -476,7 +456,7 @@ static void crash_with_grandchild(double timeout)
     ASSERT_EQ(f[0].index, 1);
     ASSERT_STR_EQ(pmap_err_name(f[0].error), "ECRASH");
     ASSERT_EQ(f[0].code, SIGABRT);
-    ASSERT(took < 5 * slack());
+    ASSERT(took < 5 * test_slack());
     for (int i = 0; i < 4; i++)
         ASSERT_EQ(out[i], i == 1 ? 0 : 10);
     map_twice_ok(pool, 10);
@@ -486,7 +466,7 @@ static void crash_with_grandchild(double timeout)
     kill((pid_t)helper, SIGKILL);   /* not our child: the worker's */
     close(grandchild_pipe[0]);
     close(grandchild_pipe[1]);
-    ASSERT(took < 1.5 * slack());
+    ASSERT(took < 1.5 * test_slack());
     alarm(0);
 }
 
@@ -504,7 +484,7 @@ TEST(liveness_crash_with_grandchild_under_timeout)
  * pool_destroy does not wait out its grace period for an EOF. */
 TEST(liveness_destroy_with_grandchild_holding_channel)
 {
-    arm(15);
+    test_arm(15);
     ASSERT(pipe(grandchild_pipe) == 0);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
@@ -518,7 +498,7 @@ TEST(liveness_destroy_with_grandchild_holding_channel)
     kill((pid_t)helper, SIGKILL);
     close(grandchild_pipe[0]);
     close(grandchild_pipe[1]);
-    ASSERT(took < 1.5 * slack());
+    ASSERT(took < 1.5 * test_slack());
     alarm(0);
 }
 
@@ -549,7 +529,7 @@ TEST(liveness_worker_sees_only_its_own_shared_memory)
 {
     if (access("/proc/self/maps", R_OK) != 0)
         SKIP("no /proc/self/maps");
-    arm(15);
+    test_arm(15);
     pool_t *a = pool_create(3), *b = pool_create(3);
     ASSERT(a != NULL && b != NULL);
     long xs[12] = {0}, out[12];
@@ -611,7 +591,7 @@ TEST(liveness_worker_scribbling_shared_memory_harms_no_other)
 {
     if (access("/proc/self/maps", R_OK) != 0)
         SKIP("no /proc/self/maps");
-    arm(30);
+    test_arm(30);
     enum { N = 8, LEN = 100 * 1024 };
     char *big = malloc(LEN + 1);
     ASSERT(big != NULL);
@@ -655,7 +635,7 @@ TEST(liveness_worker_scribbling_shared_memory_harms_no_other)
 
 TEST(liveness_stopped_idle_worker_under_timeout)
 {
-    arm(15);
+    test_arm(15);
     pool_t *pool = pool_create(2);
     ASSERT(pool != NULL);
     map_twice_ok(pool, 10);
@@ -681,7 +661,7 @@ TEST(liveness_stopped_fork_server_fails_pool_create)
 {
     if (!have_proc())
         SKIP("no /proc to find the fork server");
-    arm(20);
+    test_arm(20);
     ASSERT_OK(pmap_init());
     long server = find_child(NULL);
     if (server == 0) {
@@ -701,7 +681,7 @@ TEST(liveness_stopped_fork_server_fails_pool_create)
         pool_destroy(pool);
     pmap_exit();
     ASSERT(rc < 0);
-    ASSERT(took < 6 * slack());
+    ASSERT(took < 6 * test_slack());
     alarm(0);
 }
 
@@ -725,7 +705,7 @@ static int count_then_stop(void *ctx, size_t index, void *result,
 
 TEST(liveness_map_of_size_max_items_refused)
 {
-    arm(10);
+    test_arm(10);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     int calls = 0;
@@ -752,7 +732,7 @@ PMAP_EXPORT(bytes_or_huge, pmap_bytes_t, int);
 
 TEST(liveness_bytes_result_of_size_max_fails)
 {
-    arm(10);
+    test_arm(10);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     int xs[3] = {0, 1, 2};
@@ -794,7 +774,7 @@ static void *interrupt_main(void *arg)
 
 TEST(liveness_sigint_cancel_of_endless_items)
 {
-    arm(15);
+    test_arm(15);
     sigint_pool = pool_create(2);
     ASSERT(sigint_pool != NULL);
     struct sigaction sa, old;
@@ -811,7 +791,7 @@ TEST(liveness_sigint_cancel_of_endless_items)
     pthread_join(t, NULL);
     sigaction(SIGINT, &old, NULL);
     ASSERT_EQ(rc, PMAP_ECANCELED);
-    ASSERT(took < 10 * slack());
+    ASSERT(took < 10 * test_slack());
     pool_destroy(sigint_pool);
     alarm(0);
 }
@@ -864,7 +844,7 @@ static void expect_50_lines(const char *text)
 
 TEST(liveness_worker_stdout_to_pipe_is_flushed)
 {
-    arm(15);
+    test_arm(15);
     int p[2];
     ASSERT(pipe(p) == 0);
     int rc = print_50_lines_to(p[1]);
@@ -884,7 +864,7 @@ TEST(liveness_worker_stdout_to_pipe_is_flushed)
 
 TEST(liveness_worker_stdout_to_file_is_flushed)
 {
-    arm(15);
+    test_arm(15);
     char path[] = "/tmp/pmap-liveness-stdout-XXXXXX";
     int fd = mkstemp(path);
     ASSERT(fd >= 0);
@@ -919,7 +899,7 @@ static void *cancel_pool_later(void *arg)
  * or the timeout; the others are cancelled (or done right). */
 static void cancel_then(long bad, double timeout)
 {
-    arm(15);
+    test_arm(15);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     long xs[8] = {100, bad, 2, 3, 4, 5, 6, 7}, out[8];
@@ -997,26 +977,26 @@ static void recycle_with_hook(int start, void (*hook)(int, void *))
     if (start == PMAP_START_SERVER)
         pmap_exit();
     if (hook == exit_slowly)
-        ASSERT(took < 6 * slack());       /* not 3 s per recycle, in series */
+        ASSERT(took < 6 * test_slack());       /* not 3 s per recycle, in series */
 }
 
 TEST(liveness_endless_exit_hook_does_not_stall_recycling_fork)
 {
-    arm(15);
+    test_arm(15);
     recycle_with_hook(PMAP_START_FORK, exit_forever);
     alarm(0);
 }
 
 TEST(liveness_endless_exit_hook_does_not_stall_recycling_server)
 {
-    arm(15);
+    test_arm(15);
     recycle_with_hook(PMAP_START_SERVER, exit_forever);
     alarm(0);
 }
 
 TEST(liveness_slow_exit_hook_does_not_stall_recycling)
 {
-    arm(25);
+    test_arm(25);
     recycle_with_hook(PMAP_START_FORK, exit_slowly);
     alarm(0);
 }
@@ -1047,7 +1027,7 @@ static void init_recovers(int start)
     close(fd);
     unlink(init_flag);      /* absent: workers start */
     signal(SIGALRM, remove_flag_then_die);
-    arm(40);
+    test_arm(40);
     if (start == PMAP_START_SERVER)
         ASSERT_OK(pmap_init());     /* after the name is set: it sees it */
     pool_options_t po = {.workers = 2, .worker_init = init_unless_flag,
@@ -1082,7 +1062,7 @@ static void init_recovers(int start)
     unlink(init_flag);      /* they may start again */
     rc = -1;
     double t0 = now_s();
-    while (now_s() - t0 < 10 * slack()) {
+    while (now_s() - t0 < 10 * test_slack()) {
         rc = pool_map(pool, twice, 10, out, xs);
         if (rc == 0)
             break;
@@ -1126,7 +1106,7 @@ static void *cancel_job_later(void *arg)
 
 TEST(liveness_job_cancel_wakes_pool_fd)
 {
-    arm(10);
+    test_arm(10);
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
     int fd = pool_fd(pool);
@@ -1155,7 +1135,7 @@ TEST(liveness_job_cancel_wakes_pool_fd)
     double done = now_s();
     pthread_join(t, NULL);
     ASSERT(c.at > 0);
-    ASSERT(done - c.at < 2.5 * slack());
+    ASSERT(done - c.at < 2.5 * test_slack());
     ASSERT_EQ(pmap_job_wait(job, 0), PMAP_ECANCELED);
     pmap_job_free(job);
     pool_destroy(pool);
@@ -1217,7 +1197,7 @@ static int free_other_at_five(void *ctx, size_t index, void *result,
 
 TEST(liveness_freed_job_gets_no_more_callbacks)
 {
-    arm(15);
+    test_arm(15);
     enum { NA = 40, NB = 8 };
     long as[NA], bs[NB];
     for (int i = 0; i < NA; i++)
@@ -1272,7 +1252,7 @@ static int free_self_at_three(void *ctx, size_t index, void *result,
  * wait shows; elsewhere this checks that the wait returns. */
 TEST(liveness_job_freed_by_its_own_callback_during_wait)
 {
-    arm(15);
+    test_arm(15);
     long xs[20];
     for (int i = 0; i < 20; i++)
         xs[i] = 5;
@@ -1295,7 +1275,7 @@ TEST(liveness_job_freed_by_its_own_callback_during_wait)
 
 TEST(liveness_running_job_stats)
 {
-    arm(15);
+    test_arm(15);
     enum { N = 40 };
     long xs[N], out[N];
     for (int i = 0; i < N; i++)
@@ -1313,7 +1293,7 @@ TEST(liveness_running_job_stats)
         ASSERT_OK(pmap_job_stats(job, &st));
         if (st.items > 0)
             break;
-        ASSERT(now_s() - t0 < 5 * slack());
+        ASSERT(now_s() - t0 < 5 * test_slack());
         sleep_ms(2);
     }
     ASSERT(st.items < N);   /* still running */
@@ -1329,7 +1309,7 @@ TEST(liveness_running_job_stats)
 
 TEST(liveness_pmap_init_in_forked_child)
 {
-    arm(20);
+    test_arm(20);
     ASSERT_OK(pmap_init());
     fflush(NULL);
     pid_t child = fork();
@@ -1460,7 +1440,7 @@ static int cancel_during_nap(pool_t *pool, const pool_map_options_t *o,
 
 TEST(liveness_cancel_grace_lets_running_items_finish_or_kills_them)
 {
-    arm(30);
+    test_arm(30);
     pool_t *pool = pool_create(2);
     ASSERT(pool != NULL);
     pool_map_options_t o = {.chunk = 1};
@@ -1502,7 +1482,7 @@ TEST(liveness_stopped_fork_server_stalls_no_other_pool)
 {
     if (!have_proc())
         SKIP("no /proc to find the fork server");
-    arm(30);
+    test_arm(30);
     ASSERT_OK(pmap_init());
     long server = find_child(NULL);
     if (server == 0) {
@@ -1532,7 +1512,7 @@ TEST(liveness_stopped_fork_server_stalls_no_other_pool)
     pmap_exit();
     ASSERT(rc < 0);
     ASSERT(failed == NULL);
-    if (bystander_took > 2 * slack())
+    if (bystander_took > 2 * test_slack())
         test_fail(__FILE__, __LINE__, "the fork pool's 0.2 s timeouts took "
                   "%.2f s while the server was stopped", bystander_took);
     alarm(0);
@@ -1547,7 +1527,7 @@ TEST(liveness_pool_fd_wakes_on_a_death_behind_a_held_channel)
 #ifndef __linux__
     SKIP("pool_fd needs epoll");
 #endif
-    arm(15);
+    test_arm(15);
     ASSERT(pipe(grandchild_pipe) == 0);     /* before: workers inherit it */
     pool_t *pool = pool_create(1);
     ASSERT(pool != NULL);
@@ -1583,7 +1563,7 @@ TEST(liveness_pool_fd_wakes_on_a_death_behind_a_held_channel)
     kill((pid_t)helper, SIGKILL);   /* not our child: the worker's */
     close(grandchild_pipe[0]);
     close(grandchild_pipe[1]);
-    ASSERT(took < 5 * slack());     /* the helper sleeps 30 s */
+    ASSERT(took < 5 * test_slack());     /* the helper sleeps 30 s */
     alarm(0);
 }
 
@@ -1594,7 +1574,7 @@ TEST(liveness_pool_fd_wakes_on_a_death_behind_a_held_channel)
  * start timeout, reads that before judging the worker late. */
 TEST(liveness_worker_started_between_maps_is_not_judged_late)
 {
-    arm(20);
+    test_arm(20);
     pool_t *pool;
     pool_options_t po = {.workers = 1, .start_timeout = 1};
     ASSERT_OK(pool_create_with(&pool, &po));
@@ -1616,7 +1596,7 @@ TEST(liveness_worker_started_between_maps_is_not_judged_late)
  * charged as a timeout. */
 TEST(liveness_results_waiting_past_a_timeout_are_taken)
 {
-    arm(20);
+    test_arm(20);
     pool_t *pool = pool_create(2);
     ASSERT(pool != NULL);
     enum { N = 8 };

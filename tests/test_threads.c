@@ -19,22 +19,6 @@
 #include <stdbool.h>
 #include <unistd.h>
 
-static double slack(void)
-{
-    const char *m = getenv("PMAP_TEST_TIMEOUT_MULTIPLIER");
-    double f = m != NULL && atof(m) > 1 ? atof(m) : 1;
-    if (TEST_ASAN)
-        f *= 2;
-    if (test_under_valgrind())
-        f *= 20;
-    return f;
-}
-
-/* Ends the test (SIGALRM's default action) if it hangs. */
-static void arm(unsigned seconds)
-{
-    alarm((unsigned)((double)seconds * slack()));
-}
 
 /* ---- the mapped function and what each input must give ----------------- */
 
@@ -292,7 +276,7 @@ static void *run_maps(void *arg)
 TEST(threads_many_maps_of_every_form_on_one_pool)
 {
     NEEDS_PROCESSES("callbacks of other threads' maps");
-    arm(50);
+    test_arm(50);
     pool_t *pool = pool_create(3);
     ASSERT(pool != NULL);
     pthread_barrier_t done;
@@ -343,7 +327,7 @@ static void *hold_a_worker(void *arg)
 TEST(threads_second_thread_maps_while_a_long_map_runs)
 {
     NEEDS_PROCESSES("one worker held while another serves");
-    arm(20);
+    test_arm(20);
     ASSERT(pipe(started) == 0 && pipe(release_) == 0);
     struct held_call call = {pool_create(2), -1, 0};
     ASSERT(call.pool != NULL);
@@ -396,7 +380,7 @@ static int nested_on_result(void *ctx, size_t index, void *result,
 
 TEST(threads_callback_into_its_own_pool_is_busy)
 {
-    arm(20);
+    test_arm(20);
     struct delivery d = {.pool = pool_create(2), .n = 3};
     ASSERT(d.pool != NULL);
     pool_map_options_t o = {.on_result = nested_on_result, .ctx = &d};

@@ -50,19 +50,11 @@ static int compile(const char *name, const char *body)
     return test_run(cmd, NULL, 0);
 }
 
-/* Compiles prelude + body + "}" with cc's default flags; returns its exit
- * status and stores its first line that says "error" in first. */
-static int compile_plain(const char *cc, const char *name, const char *body,
-                         char *first, size_t size)
+/* Runs a compiler's command line; returns its exit status and stores its
+ * first line that says "error" in first. */
+static int run_compiler(const char *cmd, char *first, size_t size)
 {
-    char path[256], cmd[2048], out[8192];
-    snprintf(path, sizeof path, "%s/tests/plain_%s_%s.c", test_build_dir(),
-             cc, name);
-    FILE *f = fopen(path, "w");
-    ASSERT(f != NULL);
-    fprintf(f, "%s%s\n}\n", prelude, body);
-    fclose(f);
-    snprintf(cmd, sizeof cmd, "%s -Iinclude -fsyntax-only %s 2>&1", cc, path);
+    char out[16384];
     int rc = test_run(cmd, out, sizeof out);
     first[0] = 0;
     for (char *line = strtok(out, "\n"); line != NULL;
@@ -73,6 +65,22 @@ static int compile_plain(const char *cc, const char *name, const char *body,
         }
     }
     return rc;
+}
+
+/* Compiles prelude + body + "}" with cc's default flags; returns its exit
+ * status and stores its first line that says "error" in first. */
+static int compile_plain(const char *cc, const char *name, const char *body,
+                         char *first, size_t size)
+{
+    char path[256], cmd[2048];
+    snprintf(path, sizeof path, "%s/tests/plain_%s_%s.c", test_build_dir(),
+             cc, name);
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fprintf(f, "%s%s\n}\n", prelude, body);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s -Iinclude -fsyntax-only %s 2>&1", cc, path);
+    return run_compiler(cmd, first, size);
 }
 
 static bool have(const char *tool)
@@ -224,7 +232,7 @@ static const char cxx_prelude[] =
 static int compile_cxx(const char *cxx, const char *name, const char *body,
                        char *first, size_t size)
 {
-    char path[256], cmd[2048], out[16384];
+    char path[256], cmd[2048];
     snprintf(path, sizeof path, "%s/tests/cxx_%s_%s.cc", test_build_dir(),
              cxx, name);
     FILE *f = fopen(path, "w");
@@ -233,16 +241,7 @@ static int compile_cxx(const char *cxx, const char *name, const char *body,
     fclose(f);
     snprintf(cmd, sizeof cmd, "%s -std=c++17 -Iinclude -fsyntax-only %s 2>&1",
              cxx, path);
-    int rc = test_run(cmd, out, sizeof out);
-    first[0] = 0;
-    for (char *line = strtok(out, "\n"); line != NULL;
-         line = strtok(NULL, "\n")) {
-        if (strstr(line, "error") != NULL) {
-            snprintf(first, size, "%s", line);
-            break;
-        }
-    }
-    return rc;
+    return run_compiler(cmd, first, size);
 }
 
 /* The same macros in C++17, with g++ and clang++ where installed: a
