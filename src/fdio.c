@@ -31,6 +31,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #ifdef __linux__
+#include <sys/prctl.h>
+#endif
+#ifdef __linux__
 #include <sys/syscall.h>
 #endif
 #include <time.h>
@@ -233,4 +236,42 @@ int pmap__iov_max(void)
 {
     long v = sysconf(_SC_IOV_MAX);
     return v >= PMAP__IOV ? PMAP__IOV : v >= 16 ? (int)v : 16;
+}
+
+/* ---- a child's parent ---------------------------------------------------- */
+
+static pid_t watched_parent;
+static int orphan_status;
+
+#ifdef __linux__
+/* Linux sends the parent-death signal when the *thread* that forked us
+ * ends: the process may live on in its other threads, one of which is our
+ * parent now (the signal comes again when that one ends). */
+static void on_parent_death(int sig)
+{
+    (void)sig;
+    if (getppid() != watched_parent)
+        _exit(orphan_status);
+}
+#endif
+
+/*
+ * In a child just forked (a worker, the fork server): makes it end with
+ * `status` when its parent process ends, even while busy in a callback, so
+ * that none is left behind; where the system cannot say, it ends at the end
+ * of file on its channel.  Returns false if the parent has ended already.
+ */
+bool pmap__die_with_parent(pid_t parent, int status)
+{
+    watched_parent = parent;
+    orphan_status = status;
+#ifdef __linux__
+    struct sigaction sa = {0};
+    sa.sa_handler = on_parent_death;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(PMAP__PARENT_DEATH_SIGNAL, &sa, NULL);
+    prctl(PR_SET_PDEATHSIG, PMAP__PARENT_DEATH_SIGNAL);
+#endif
+    return getppid() == parent;
 }

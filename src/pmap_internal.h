@@ -73,6 +73,11 @@ int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
 int pmap__reap(pid_t pid, int *status);
 int pmap__pidfd_open(pid_t pid);
 void pmap__kill(pid_t pid, int pidfd);
+/* The signal a worker or the server gets when the thread that forked it
+ * ends; it ends too if its parent process is gone (a user's callback is
+ * unlikely to use it, and its default action ends the process anyway). */
+#define PMAP__PARENT_DEATH_SIGNAL SIGHUP
+bool pmap__die_with_parent(pid_t parent, int status);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
 

@@ -41,9 +41,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 #define MAGIC 0x50534d50u   /* "PMSP" */
 
@@ -231,10 +228,7 @@ static _Noreturn void server_main(int control, pid_t owner)
     sa.sa_handler = on_child;
     sa.sa_flags = SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
-#ifdef __linux__
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-    if (getppid() != owner)
+    if (!pmap__die_with_parent(owner, 0))
         _exit(0);
     sigset_t none;
     sigemptyset(&none);

@@ -30,9 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
 /* Statuses of a worker that leaves on its own. */
 #define EXIT_DONE 0         /* the caller closed the channel, or is gone */
@@ -730,12 +727,8 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.broken = NULL;
     self.running = false;
     reset_signals();
-#ifdef __linux__
-    /* Die with our parent even while busy in a callback: no orphans.  The
-     * parent is the caller, or the fork server, which dies with it. */
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-#endif
-    if (getppid() != setup->parent)
+    /* The parent is the caller, or the fork server, which dies with it. */
+    if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
         _exit(EXIT_DONE);   /* the parent died before we got here */
     self.setup = *setup;
     self.fd = setup->fd;
