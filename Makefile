@@ -48,7 +48,7 @@ TEST_OBJ = $(TEST_SRC:tests/%.c=$(B)/tests/%.o)
 
 .PHONY: all demo test check check-asan check-inline check-man check-tick \
         check-valgrind valgrind-run \
-        fuzz bench soak install uninstall clean FORCE
+        fuzz bench bench-scale soak install uninstall clean FORCE
 .DELETE_ON_ERROR:
 
 all: $(B)/libpmap.a $(B)/libpmap.so $(EXAMPLES)
@@ -157,23 +157,41 @@ fuzz:
 	    grep -h '^Done' $(B)/fuzz/log; \
 	fi
 
-# W1-W6 for libpmap and its peers (README, "Performance").  BENCH_REPS runs
-# of each figure; OpenMP peers need -fopenmp, Python's need python3.
+# W1-W6 for libpmap and its peers (README, "Performance"), then the cost by
+# the number of workers.  BENCH_REPS runs of each figure; OpenMP peers need
+# -fopenmp, Python's need python3.  The output is written to BENCH_OUT with
+# a header (date, CPU, kernel, compiler) and shown in README.md between its
+# bench:begin and bench:end markers (tests/bench/report.sh).
 # OpenMP threads must not spin between regions: they would take the CPUs
 # from the worker processes measured next.
 BENCH_REPS ?= 5
-bench: $(B)/libpmap.a
-	@mkdir -p $(B)/bench
+BENCH_OUT ?= bench/RESULTS.md
+BENCH_SCALE_OUT ?= bench/SCALE.md
+BENCH_SRC = tests/bench/bench.c tests/bench/omp.c tests/bench/workloads.h
+$(B)/bench/bench: $(BENCH_SRC) $(B)/libpmap.a $(FLAGS)
+	@mkdir -p $(@D)
 	@if echo 'int main(void) { return 0; }' | \
 	    $(CC) -fopenmp -x c -o /dev/null - >/dev/null 2>&1; then \
 	    omp=-fopenmp; \
 	else \
 	    omp=-Wno-unknown-pragmas; echo "bench: $(CC) has no OpenMP"; \
 	fi; \
+	echo "$(CC) ... -o $@ tests/bench/bench.c tests/bench/omp.c $$omp"; \
 	$(CC) $(ALL_CFLAGS) $$omp -c -o $(B)/bench/omp.o tests/bench/omp.c && \
-	$(CC) $(ALL_CFLAGS) -o $(B)/bench/bench tests/bench/bench.c \
-	    $(B)/bench/omp.o $(B)/libpmap.a $$omp $(ALL_LDLIBS) && \
-	OMP_WAIT_POLICY=passive $(B)/bench/bench $(BENCH_REPS)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ tests/bench/bench.c \
+	    $(B)/bench/omp.o $(B)/libpmap.a $$omp $(ALL_LDLIBS)
+
+BENCH_RUN = OMP_WAIT_POLICY=passive CC="$(CC)" PMAP_VERSION=$(VERSION) \
+    sh tests/bench/report.sh
+bench: $(B)/bench/bench
+	@$(BENCH_RUN) $(BENCH_OUT) bench $(B)/bench/bench $(BENCH_REPS)
+
+# W2, W3 and W6a at 1, 2, 4, ... nproc workers next to OpenMP at as many
+# threads, written to BENCH_SCALE_OUT and shown in README.md between its
+# scale:begin and scale:end markers.
+bench-scale: $(B)/bench/bench
+	@$(BENCH_RUN) $(BENCH_SCALE_OUT) scale $(B)/bench/bench $(BENCH_REPS) \
+	    scale
 
 # Random maps of every form under random faults for SOAK_SECONDS; a run is
 # replayed with SOAK_SEED=N (printed first), SOAK_FAULTS=0 runs it clean.

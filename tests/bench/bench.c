@@ -3,14 +3,20 @@
  * bench.c - `make bench`: the workloads W1-W6 of WORKLOADS.md for libpmap
  * and its peers (serial C, OpenMP threads, a process per item, Python's
  * multiprocessing.Pool when python3 exists), in one run, plus the machine's
- * own limits, printed as one table of medians, min-max and ratios.
+ * own limits, printed as one table of medians, min-max and ratios; then
+ * the caller's cost by the number of workers (2 to 512).  `bench REPS
+ * scale` (`make bench-scale`) prints W2, W3 and W6a at 1, 2, 4, ... nproc
+ * workers next to OpenMP at as many threads instead.
  * Timing decides nothing here: it is a report.
  *
- *     usage: bench [REPS [w5-heap]]   (5 runs of each figure; w5-heap: only
- *                                     W5 by start method)
+ *     usage: bench [REPS [w5-heap | workers | scale]]
+ *         REPS: runs of each figure (5); w5-heap: only W5 by start method;
+ *         workers: only the cost by the number of workers; scale: only the
+ *         scaling table
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE     /* F_SETPIPE_SZ (the 1 MiB pipe), MADV_NOHUGEPAGE */
+#define _GNU_SOURCE     /* F_SETPIPE_SZ (the 1 MiB pipe), MADV_NOHUGEPAGE,
+                           sched_getaffinity */
 #endif
 
 #include "workloads.h"
@@ -18,6 +24,7 @@
 #include <pmap.h>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -905,6 +912,277 @@ static void bench_balance(pool_t *pool, inputs_t *in)
         "(no schedule that starts items in order beats 1.09x here)");
 }
 
+static void prepare(inputs_t *in);
+
+/* ---- cost by the number of workers ------------------------------------ */
+
+#define SCALE_ITEMS 20000       /* trivial items per map */
+#define SCALE_CHUNK 16          /* items per batch */
+
+static double thread_cpu(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static long mem_available_kib(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "MemAvailable: %ld", &kib) == 1)
+            break;
+    }
+    if (f)
+        fclose(f);
+    return kib;
+}
+
+/* Why a pool of `workers` would not fit this machine's limits, or NULL.
+ * The soft limit on open files is raised to the hard one first: the
+ * caller holds a few descriptors per worker. */
+static const char *too_many(int workers)
+{
+    struct rlimit r;
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+        r.rlim_cur = r.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &r);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY &&
+        r.rlim_cur < (rlim_t)workers * 4 + 64)
+        return "RLIMIT_NOFILE";
+    if (getrlimit(RLIMIT_NPROC, &r) == 0 && r.rlim_cur != RLIM_INFINITY &&
+        r.rlim_cur < (rlim_t)workers + 64)
+        return "RLIMIT_NPROC";
+    long kib = mem_available_kib();
+    if (kib >= 0 && kib / 4 < (long)workers * 4096)    /* 4 MiB each */
+        return "memory";
+    return NULL;
+}
+
+/* The caller's CPU time per batch of a map of SCALE_ITEMS trivial items in
+ * batches of SCALE_CHUNK, and pool_create's and pool_destroy's wall time per
+ * worker, at 2 to 512 workers forked from a small caller (this process
+ * does nothing else): each should stay flat as the pool grows.  Best of
+ * `reps` pools of each size. */
+static void bench_workers(void)
+{
+    static const int sizes[] = {2, 8, 32, 128, 512};
+    enum { NSIZES = sizeof sizes / sizeof *sizes };
+    sample_t cpu[NSIZES], wall[NSIZES], create[NSIZES], destroy[NSIZES];
+    const char *skipped[NSIZES] = {NULL};
+    int *xs = malloc(SCALE_ITEMS * sizeof *xs);
+    int *out = malloc(SCALE_ITEMS * sizeof *out);
+    double batches = (SCALE_ITEMS + SCALE_CHUNK - 1) / SCALE_CHUNK;
+    pool_map_options_t mo = {.chunk = SCALE_CHUNK};
+    int largest = -1;
+    for (size_t i = 0; i < SCALE_ITEMS; i++)
+        xs[i] = (int)i;
+    for (int k = 0; k < NSIZES; k++) {
+        cpu[k].n = wall[k].n = create[k].n = destroy[k].n = 0;
+        skipped[k] = k > 0 && skipped[k - 1] ? "smaller pool failed"
+                                             : too_many(sizes[k]);
+        for (int r = 0; r < reps && skipped[k] == NULL; r++) {
+            pool_options_t po = {.workers = sizes[k],
+                                 .start = PMAP_START_FORK};
+            pool_t *pool = NULL;
+            double t = now();
+            int rc = pool_create_with(&pool, &po);
+            if (rc != 0) {
+                skipped[k] = pmap_strerror(rc);
+                break;
+            }
+            add_value(&create[k], (now() - t) * 1e6 / sizes[k]);
+            /* the first map warms the workers up; the second is measured */
+            for (int pass = 0; pass < 2 && rc == 0; pass++) {
+                double c = thread_cpu();
+                t = now();
+                rc = pool_map_with(pool, &mo, add1, SCALE_ITEMS, out, xs);
+                if (pass == 1) {
+                    add_value(&cpu[k], (thread_cpu() - c) * 1e6 / batches);
+                    add_value(&wall[k], (now() - t) * 1e6 / batches);
+                }
+            }
+            if (rc != 0 || out[SCALE_ITEMS - 1] != SCALE_ITEMS) {
+                fprintf(stderr, "bench: the map at %d workers failed\n",
+                        sizes[k]);
+                exit(1);
+            }
+            t = now();
+            pool_destroy(pool);
+            add_value(&destroy[k], (now() - t) * 1e6 / sizes[k]);
+        }
+        if (skipped[k] == NULL)
+            largest = k;
+    }
+    free(xs);
+    free(out);
+
+    char title[256];
+    snprintf(title, sizeof title,
+             "Cost by the number of workers, forked from a small caller, best "
+             "of %d pools:\nthe caller's CPU time and the wall time per batch "
+             "of a map of 20,000 add1(x)\nin batches of %d; pool_create and "
+             "pool_destroy per worker", reps, SCALE_CHUNK);
+    heading(title);
+    printf("  %-30s", "workers");
+    for (int k = 0; k < NSIZES; k++)
+        printf(" %9d", sizes[k]);
+    if (largest > 0)
+        printf("   %d/%d", sizes[largest], sizes[0]);
+    printf("\n");
+    const struct {
+        const char *label;
+        sample_t *s;
+    } rows[] = {
+        {"caller CPU per batch", cpu},
+        {"map wall time per batch", wall},
+        {"pool_create per worker", create},
+        {"pool_destroy per worker", destroy},
+    };
+    for (size_t j = 0; j < sizeof rows / sizeof *rows; j++) {
+        char v[32];
+        printf("  %-30s", rows[j].label);
+        for (int k = 0; k < NSIZES; k++) {
+            if (rows[j].s[k].n)
+                show(lowest(&rows[j].s[k]), "us", v, sizeof v);
+            else
+                snprintf(v, sizeof v, "-");
+            printf(" %9s", v);
+        }
+        if (largest > 0)
+            printf("   %.2fx", lowest(&rows[j].s[largest]) /
+                                   lowest(&rows[j].s[0]));
+        printf("\n");
+    }
+    for (int k = 0; k < NSIZES; k++) {
+        if (skipped[k] != NULL)
+            printf("  (%d workers: skipped: %s)\n", sizes[k], skipped[k]);
+    }
+}
+
+/* ---- scaling: W2, W3 and W6a at 1, 2, 4, ... nproc workers ------------- */
+
+static int cpus_usable(void)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* Speedup over serial C [efficiency] of one figure, as a table cell. */
+static void scale_cell(const sample_t *s, double serial, int workers,
+                       bool rate)
+{
+    char cell[32];
+    if (s->n == 0) {
+        printf(" %15s", "-");
+        return;
+    }
+    double speedup = rate ? median(s) / serial : serial / median(s);
+    snprintf(cell, sizeof cell, "%.2f [%3.0f%%]", speedup,
+             100 * speedup / workers);
+    printf(" %15s", cell);
+}
+
+static void bench_scale(void)
+{
+    enum { W2, W3, W6A, NW };
+    int ncpu = cpus_usable(), counts[32], ncounts = 0;
+    for (int t = 1; t < ncpu && ncounts < 31; t *= 2)
+        counts[ncounts++] = t;
+    counts[ncounts++] = ncpu;
+    inputs_t in;
+    prepare(&in);
+    sample_t serial[NW] = {{{0}, 0}};
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        for (size_t i = 0; i < W2_N; i++)
+            in.w2_out[i] = w_spin(in.keys[i], W2_ITERATIONS);
+        add_value(&serial[W2], now() - t);
+        t = now();
+        for (size_t i = 0; i < W3_N; i++)
+            in.w3_out[i] = w_fnv1a(in.raw[i], W3_SIZE);
+        add_value(&serial[W3], (double)W3_N * W3_SIZE / (now() - t) / 1e6);
+        t = now();
+        for (size_t i = 0; i < W6_N; i++)
+            in.w2_out[i] = w_spin(in.keys[i], W6_ITERATIONS);
+        add_value(&serial[W6A], now() - t);
+    }
+    char title[256];
+    snprintf(title, sizeof title,
+             "Scaling, %d CPUs: speedup over serial C [efficiency = speedup "
+             "/ workers],\nmedian of %d runs; OpenMP with as many threads "
+             "(dynamic schedule)", ncpu, reps);
+    heading(title);
+    printf("  serial C: W2 %.3f s, W3 %.0f MB/s, W6a %.3f s\n",
+           median(&serial[W2]), median(&serial[W3]), median(&serial[W6A]));
+    printf("  %-7s %15s %15s %15s %15s %15s %15s\n", "workers",
+           "W2 libpmap", "W2 OpenMP", "W3 libpmap", "W3 OpenMP",
+           "W6a libpmap", "W6a OpenMP");
+    for (int c = 0; c < ncounts; c++) {
+        int workers = counts[c];
+        pool_options_t po = {.workers = workers, .start = PMAP_START_SERVER};
+        pool_t *pool;
+        int rc = pool_create_with(&pool, &po);
+        if (rc != 0) {
+            printf("  %-7d (pool_create: %s)\n", workers, pmap_strerror(rc));
+            continue;
+        }
+        /* warm up: the workers' first pages, OpenMP's threads */
+        pool_w1(pool, in.xs, in.w1_out, W1_N);
+        omp_w2_threads(in.keys, in.w2_out, 64, 1000, 1, workers);
+        sample_t lib[NW] = {{{0}, 0}}, omp[NW] = {{{0}, 0}};
+        for (int r = 0; r < reps; r++) {
+            add_value(&lib[W2], pool_w2(pool, &in, W2_N, W2_ITERATIONS));
+            double t = now();
+            if (omp_w2_threads(in.keys, in.w2_out, W2_N, W2_ITERATIONS, 1,
+                               workers) == 0)
+                add_value(&omp[W2], now() - t);
+            add_value(&lib[W3], pool_w3(pool, &in, true));
+            t = now();
+            if (omp_w3_threads(in.raw, in.w3_out, W3_N, W3_SIZE,
+                               workers) == 0)
+                add_value(&omp[W3],
+                          (double)W3_N * W3_SIZE / (now() - t) / 1e6);
+            add_value(&lib[W6A], pool_w2(pool, &in, W6_N, W6_ITERATIONS));
+            t = now();
+            if (omp_w2_threads(in.keys, in.w2_out, W6_N, W6_ITERATIONS, 1,
+                               workers) == 0)
+                add_value(&omp[W6A], now() - t);
+        }
+        pool_destroy(pool);
+        printf("  %-7d", workers);
+        for (int w = 0; w < NW; w++) {
+            scale_cell(&lib[w], median(&serial[w]), workers, w == W3);
+            scale_cell(&omp[w], median(&serial[w]), workers, w == W3);
+        }
+        printf("\n");
+    }
+}
+
+/* Runs this program again with `arg` as its mode, in a fresh small
+ * process; its output goes to ours.  Returns its exit status. */
+static int run_self(const char *arg)
+{
+    char count[16];
+    snprintf(count, sizeof count, "%d", reps);
+    char *argv[] = {(char *)self_path, count, (char *)arg, NULL};
+    pid_t pid;
+    int status;
+    fflush(stdout);
+    if (posix_spawn(&pid, self_path, NULL, NULL, argv, environ) != 0 ||
+        waitpid(pid, &status, 0) != pid)
+        return 1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+}
+
 static void prepare(inputs_t *in)
 {
     size_t n = W6_N > W1_N ? W6_N : W1_N;
@@ -941,6 +1219,17 @@ int main(int argc, char **argv)
         if (pmap_init() != 0)
             return 1;
         bench_w5_heap();    /* this section alone */
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "workers") == 0) {
+        bench_workers();    /* this section alone, in a small process */
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "scale") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        if (pmap_init() != 0)   /* pools started while the process is small */
+            return 1;
+        bench_scale();
         return 0;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -986,5 +1275,5 @@ int main(int argc, char **argv)
     bench_w6(pool, &in);
     bench_balance(pool, &in);
     pool_destroy(pool);
-    return 0;
+    return run_self("workers");
 }

@@ -45,11 +45,16 @@ static inline uint64_t w_fnv1a(const unsigned char *p, size_t n)
     return h;
 }
 
-/* OpenMP peers (omp.c); each returns 0, or -1 without OpenMP. */
+/* OpenMP peers (omp.c), on 2 threads or on `threads`; each returns 0, or
+ * -1 without OpenMP. */
 int omp_w1(const int *xs, const int *ys, int *out, size_t n);
 int omp_w2(const uint64_t *xs, uint64_t *out, size_t n, long iterations,
            int dynamic);
 int omp_w3(unsigned char *const *bufs, uint64_t *out, size_t n, size_t size);
+int omp_w2_threads(const uint64_t *xs, uint64_t *out, size_t n,
+                   long iterations, int dynamic, int threads);
+int omp_w3_threads(unsigned char *const *bufs, uint64_t *out, size_t n,
+                   size_t size, int threads);
 int omp_costs(const uint64_t *xs, uint64_t *out, size_t n, const long *cost);
 
 #endif
