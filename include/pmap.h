@@ -291,6 +291,8 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
  *
  * The worker finds fn by an identifier derived from (fn, file, line): two
  * static functions of the same name in different files never collide.
+ * PMAP_EXPORT(fn) with the name alone exports a function a header
+ * declared with PMAP_DECLARE (below).
  */
 #define PMAP_EXPORT(...)                                                      \
     PMAP__CAT(PMAP__EXPORT_, PMAP__ONE(__VA_ARGS__))(0, , __VA_ARGS__)
