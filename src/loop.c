@@ -53,18 +53,21 @@
 /* ---- losing a worker --------------------------------------------------- */
 
 /* A crashed worker's report (capture.c), copied out of its arena before it
- * is unmapped; its length, or 0 if it wrote none. */
-static size_t take_report(const pmap__worker_t *w, char *text, size_t size,
-                          bool *out_of_memory)
+ * is unmapped: malloc'ed, its length in *length; NULL if it wrote none
+ * (or without memory: the item fails all the same). */
+static char *take_report(const pmap__worker_t *w, size_t *length,
+                         bool *out_of_memory)
 {
     const pmap__report_t *r =
         (const pmap__report_t *)(const void *)(w->arena + PMAP__REPORT_AT);
     size_t n = atomic_load_explicit(&r->length, memory_order_acquire);
-    if (n > size)
-        n = size;
-    memcpy(text, r->text, n);
+    size_t most = PMAP__ARENA_HEAD - PMAP__REPORT_AT - sizeof *r;
+    char *text = n > 0 ? malloc(n < most ? n : most) : NULL;
+    *length = text != NULL ? (n < most ? n : most) : 0;
+    if (text != NULL)
+        memcpy(text, r->text, *length);
     *out_of_memory = r->out_of_memory != 0;
-    return n;
+    return text;
 }
 
 /*
@@ -91,9 +94,9 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     if (item == 0)
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
-    static char report[PMAP__ARENA_HEAD];   /* the driver's alone */
     bool out_of_memory = false;
-    size_t reported = take_report(w, report, sizeof report, &out_of_memory);
+    size_t reported = 0;
+    char *report = take_report(w, &reported, &out_of_memory);
     int status = 0;
     int rc = pmap__proc_reap(pool, w, &status);
     if (error != 0) {
@@ -121,6 +124,7 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     }
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         pmap__job_lost(pool, job, w, &death);
+    free(report);
     pool->lost = true;
     w->nbatch = 0;
     w->nsetup = 0;
