@@ -155,7 +155,41 @@ typedef struct pool_options {
                                cancellation before their workers are
                                killed (and replaced); 0: 0.5; < 0: let
                                them finish */
+    /* Per-item output, crash reports and memory caps (README, "Policies",
+     * "Per-item output" and "Memory caps"): defaults of every map. */
+    int output;             /* enum pmap_output; 0: PMAP_OUTPUT_PASS */
+    size_t output_cap;      /* bytes of output kept per item and stream
+                               (the tail) when grouped or captured; 0:
+                               1 MiB */
+    size_t max_worker_memory;   /* soft cap: a worker whose resident
+                                   memory passes it after a batch is
+                                   recycled; 0: none */
+    size_t worker_memory_limit; /* hard cap: each worker's address space
+                                   (RLIMIT_AS, set when it starts); an item
+                                   allocating past it fails with
+                                   PMAP_ENOMEM; 0: none */
 } pool_options_t;
+
+/*
+ * What becomes of what a map's callbacks write to their stdout and stderr
+ * (file descriptors 1 and 2: stdio, write(2), child processes they run;
+ * README, "Per-item output"):
+ *  - PMAP_OUTPUT_PASS: it goes where the caller's goes, stdio flushed after
+ *    every item (the default);
+ *  - PMAP_OUTPUT_GROUP: held per item and written by the caller to its own
+ *    fds 1 and 2, item after item in input order (parallel --group
+ *    --keep-order);
+ *  - PMAP_OUTPUT_CAPTURE: held per item and handed over: to on_result
+ *    (pmap_item_output) and in the failure record of a failed item.
+ * Grouped and captured output keeps the last output_cap bytes of each
+ * stream of each item.  In-process pools always pass output through.
+ */
+enum pmap_output {
+    PMAP_OUTPUT_AUTO,       /* a map's 0: the pool's setting */
+    PMAP_OUTPUT_PASS,
+    PMAP_OUTPUT_GROUP,
+    PMAP_OUTPUT_CAPTURE
+};
 
 /*
  * How a pool's workers are made (README, "Start methods"):
@@ -392,7 +426,15 @@ typedef struct pmap_failure {
     int code;               /* EFAIL: callback's code; ECRASH: signal;
                                EEXIT: exit status; else 0 */
     long pid;               /* worker that ran it (0 if none did) */
-    const char *message;    /* EFAIL: the callback's message, else "" */
+    const char *message;    /* EFAIL: the callback's message; ECRASH
+                               (or ENOMEM under worker_memory_limit): the
+                               crash report; else "" */
+    /* With PMAP_OUTPUT_CAPTURE: what the item wrote to fds 1 and 2 (the
+     * last output_cap bytes of each, NUL-terminated), or NULL. */
+    const char *captured_stdout;
+    size_t captured_stdout_size;
+    const char *captured_stderr;
+    size_t captured_stderr_size;
 } pmap_failure_t;
 
 /* Where a map stands, for a progress callback. */
@@ -438,6 +480,12 @@ typedef struct pool_map_options {
      * before their workers are killed; 0: the pool's cancel_grace; < 0:
      * let them finish. */
     double cancel_grace;
+    /* Per-item output and memory caps (README, "Policies"); 0: the
+     * pool's setting. */
+    int output;             /* enum pmap_output */
+    size_t output_cap;      /* bytes kept per item and stream */
+    size_t max_worker_memory;   /* soft cap, checked after each batch of
+                                   this map */
 } pool_map_options_t;
 
 /* A map running in the background (pool_map_async and friends). */
@@ -700,6 +748,14 @@ PMAP_API int pmap_worker_index(void);
  * (in worker_init or worker_exit, in the caller).  Since 0.3; an index
  * above LONG_MAX reads as LONG_MAX. */
 PMAP_API long pmap_item_index(void);
+
+/*
+ * In on_result of a map with PMAP_OUTPUT_CAPTURE: what the item being
+ * handed over wrote to fd (1: stdout, 2: stderr), NUL-terminated, with its
+ * size in *size (may be NULL); valid until on_result returns.  NULL (size
+ * 0) if it wrote nothing there, or outside such a callback.  Since 0.3.
+ */
+PMAP_API const char *pmap_item_output(int fd, size_t *size);
 
 /* A pointer of the caller's, kept by the worker for its whole life (set it
  * in worker_init: a database handle, a cache), for its callbacks. */

@@ -36,6 +36,8 @@ bool pmap__job_finished(const pmap_job_t *job)
 static size_t quota(const pool_t *pool, const pmap__worker_t *w)
 {
     size_t max = pool->opts.max_items_per_worker;
+    if (w->over_memory)
+        return 0;   /* to be recycled as soon as it is idle (loop.c) */
     return max == 0 ? SIZE_MAX : max > w->used ? max - w->used : 0;
 }
 
@@ -116,7 +118,7 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
             continue;
         }
         pmap__fail_item(pool, job, culprit, death->error, death->code,
-                        death->pid, NULL, 0);
+                        death->pid, death->message, death->length);
         retry_push(pool, job,
                    (pmap__range_t){r.first, culprit - r.first, r.attempts},
                    death);
@@ -154,7 +156,7 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
         job->error = PMAP_ECANCELED;
     if (job->n == SIZE_MAX)
         job->n = job->produced;
-    static const pmap__death_t cancelled = {PMAP_ECANCELED, 0, 0, 0, 0};
+    static const pmap__death_t cancelled = {.error = PMAP_ECANCELED};
     pmap__range_t rest = {job->next, job->n - job->next, 0};
     job->next = job->n;
     if (job->window.size != 0 && job->producer == NULL && rest.count > 0) {

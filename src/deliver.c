@@ -34,6 +34,8 @@ void pmap__failures_free(pmap_failure_t *f, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (f[i].message != no_message)
             free((char *)f[i].message);
+        free((char *)f[i].captured_stdout);
+        free((char *)f[i].captured_stderr);
     }
     free(f);
 }
@@ -46,8 +48,11 @@ static size_t record(pmap_job_t *job, const pmap_failure_t *f,
     if (job->nfailures == job->failures_cap) {
         size_t cap = job->failures_cap ? job->failures_cap * 2 : 16;
         pmap_failure_t *p = realloc(job->failures, cap * sizeof *p);
-        if (p == NULL)
+        if (p == NULL) {
+            free((char *)f->captured_stdout);
+            free((char *)f->captured_stderr);
             return SIZE_MAX;
+        }
         job->failures = p;
         job->failures_cap = cap;
     }
@@ -264,8 +269,8 @@ static void hand_over(pmap_job_t *job, size_t index)
 {
     pmap__window_t *w = &job->window;
     size_t place = index % w->size;
-    static const pmap_failure_t unrecorded = {0, PMAP_ENOMEM, 0, 0,
-                                              no_message};
+    static const pmap_failure_t unrecorded = {.error = PMAP_ENOMEM,
+                                              .message = no_message};
     const pmap_failure_t *f = NULL;
     if (w->state[place] == FAILED)
         f = w->failure[place] < job->nfailures ? &job->failures[w->failure[place]]
@@ -276,9 +281,12 @@ static void hand_over(pmap_job_t *job, size_t index)
          * and what the result owns is nobody else's to free. */
         if (result != NULL)
             free_value(job->fn->result, result);
-    } else if (job->opts.on_result(job->opts.ctx, index, result, f) != 0) {
-        job->cancel = 1;
+    } else {
+        pmap__output_handing(job, index, f);
+        if (job->opts.on_result(job->opts.ctx, index, result, f) != 0)
+            job->cancel = 1;
     }
+    pmap__output_handed(job, index);
     free_inputs(job, place);
     w->state[place] = HANDED;
 }
@@ -289,7 +297,8 @@ static void hand_over_tail(pmap_job_t *job)
 {
     pmap__window_t *w = &job->window;
     for (size_t i = w->tail; i < job->n; i++) {
-        pmap_failure_t f = {i, PMAP_ECANCELED, 0, 0, no_message};
+        pmap_failure_t f = {.index = i, .error = PMAP_ECANCELED,
+                            .message = no_message};
         job->failed++;
         job->done++;
         if (!job->released)
@@ -327,6 +336,7 @@ void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
 {
     (void)pool;
     job->done += count;
+    pmap__output_stored(job, first, count);
     pmap__iter_mark(job, first, count, false);
     if (job->window.size == 0)
         return;
@@ -345,7 +355,9 @@ void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
     (void)pool;
     job->failed++;
     job->done++;
-    pmap_failure_t f = {index, error, code, pid, NULL};
+    pmap_failure_t f = {.index = index, .error = error, .code = code,
+                        .pid = pid};
+    pmap__output_failed(job, &f);
     size_t at = record(job, &f, msg, msglen);
     unsigned char *out = pmap__output(job, index);
     memset(out, 0, job->fn->result.size);

@@ -64,7 +64,13 @@ static int encode_setup(pmap_job_t *job)
     pmap__outq_u64(q, fn->id);
     pmap__outq_u64(q, pmap__signature(fn));
     pmap__outq_u64(q, job->constants);
-    pmap__outq_u64(q, job->timeout_ns > 0);     /* flags: bit 0, timed */
+    /* flags: bit 0, timed; bit 1, memory measured; bits 2-3, output
+     * mode; bits 32-63, output cap (worker.c) */
+    uint64_t flags = (uint64_t)(job->timeout_ns > 0) |
+                     (uint64_t)(job->memory_cap > 0) << 1 |
+                     (uint64_t)(job->output.mode & 3) << 2 |
+                     (uint64_t)job->output.cap << 32;
+    pmap__outq_u64(q, flags);
     size_t unencoded = 0;
     for (int k = 0; k < fn->nparams; k++) {
         if (!(job->constants >> k & 1))
@@ -82,6 +88,7 @@ static void job_free(pmap_job_t *job)
 {
     pmap__window_free(job);
     pmap__iter_free(job);
+    pmap__output_free(job);
     pmap__outq_free(&job->setup);
     pmap__buf_free(&job->scratch);
     free(job->retry);
@@ -135,6 +142,16 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     job->start_ns = job->progress_ns = pmap__now_ns();
     job->cancels = atomic_load(&pool->cancels);
     job->kill_ns = -1;
+    job->memory_cap = job->opts.max_worker_memory
+                          ? job->opts.max_worker_memory
+                          : pool->opts.max_worker_memory;
+    if (pool->in_process)
+        job->memory_cap = 0;    /* the caller's memory is not ours */
+    int invalid = pmap__output_init(pool, job);
+    if (invalid < 0) {
+        job_free(job);
+        return invalid;
+    }
     /* Copied, not referenced: the caller's constants may be gone before a
      * worker (a replacement, say) is sent this frame. */
     job->setup.owns = true;
@@ -174,6 +191,7 @@ bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
     if (job->finished || !pmap__job_finished(job))
         return false;
     pmap__progress(pool, job, true);
+    pmap__output_finish(job);
     job->finished = true;
     if (job->nfailures > 1)
         qsort(job->failures, job->nfailures, sizeof *job->failures,

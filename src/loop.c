@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -51,6 +52,24 @@
 
 /* ---- losing a worker --------------------------------------------------- */
 
+/* A crashed worker's report (capture.c), copied out of its arena before it
+ * is unmapped: malloc'ed, its length in *length; NULL if it wrote none
+ * (or without memory: the item fails all the same). */
+static char *take_report(const pmap__worker_t *w, size_t *length,
+                         bool *out_of_memory)
+{
+    const pmap__report_t *r =
+        (const pmap__report_t *)(const void *)(w->arena + PMAP__REPORT_AT);
+    size_t n = atomic_load_explicit(&r->length, memory_order_acquire);
+    size_t most = PMAP__ARENA_HEAD - PMAP__REPORT_AT - sizeof *r;
+    char *text = n > 0 ? malloc(n < most ? n : most) : NULL;
+    *length = text != NULL ? (n < most ? n : most) : 0;
+    if (text != NULL)
+        memcpy(text, r->text, *length);
+    *out_of_memory = r->out_of_memory != 0;
+    return text;
+}
+
 /*
  * Reaps w and reports its items to every map.  error, if not 0, overrides
  * the cause read from the wait status (we killed the worker for it); item,
@@ -63,7 +82,7 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     if (pool->in_process) {
         /* No process to bury: its batches fail, and its maps are set up
          * anew (inline.c). */
-        pmap__death_t death = {error ? error : PMAP_ENOMEM, 0, 0, 0, 0};
+        pmap__death_t death = {.error = error ? error : PMAP_ENOMEM};
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
             pmap__job_lost(pool, job, w, &death);
         w->nbatch = 0;
@@ -71,10 +90,13 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         return;
     }
     pmap__slot_t *slot = pmap__arena_state(w->arena);
-    pmap__death_t death = {0, 0, (long)w->pid, 0, item};
+    pmap__death_t death = {.pid = (long)w->pid, .item = item};
     if (item == 0)
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
+    bool out_of_memory = false;
+    size_t reported = 0;
+    char *report = take_report(w, &reported, &out_of_memory);
     int status = 0;
     int rc = pmap__proc_reap(pool, w, &status);
     if (error != 0) {
@@ -82,8 +104,12 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     } else if (rc < 0) {
         death.error = PMAP_ELOST;
     } else if (WIFSIGNALED(status)) {
-        death.error = PMAP_ECRASH;
+        /* An allocation failed under the hard memory limit, then the
+         * item crashed: the limit is its cause. */
+        death.error = out_of_memory && reported ? PMAP_ENOMEM : PMAP_ECRASH;
         death.code = WTERMSIG(status);
+        death.message = reported ? report : NULL;
+        death.length = reported;
     } else {
         death.error = PMAP_EEXIT;
         death.code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
@@ -98,6 +124,7 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     }
     for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
         pmap__job_lost(pool, job, w, &death);
+    free(report);
     pool->lost = true;
     w->nbatch = 0;
     w->nsetup = 0;
@@ -136,6 +163,18 @@ static pmap_job_t *find_job(const pool_t *pool, uint32_t id)
     return NULL;
 }
 
+/* After a batch of a map with a soft memory cap: a worker past it gets
+ * no more work, and is recycled once idle (recycle). */
+static void check_memory(const pmap_job_t *job, pmap__worker_t *w)
+{
+    if (job->memory_cap == 0 || w->arena == NULL)
+        return;
+    pmap__slot_t *slot = pmap__arena_state(w->arena);
+    if (atomic_load_explicit(&slot->rss, memory_order_relaxed) >
+        job->memory_cap)
+        w->over_memory = true;
+}
+
 /* Handles the complete frames read from w; a negative code if one is
  * malformed or unexpected. */
 static int take_frames(pool_t *pool, pmap__worker_t *w)
@@ -155,9 +194,16 @@ static int take_frames(pool_t *pool, pmap__worker_t *w)
             break;
         case PMAP__RESULT:
             rc = job ? pmap__job_result(pool, job, w, p, len) : PMAP_EPROTO;
+            if (rc == 0)
+                check_memory(job, w);
             break;
         case PMAP__MAP_ERROR:
             rc = job ? pmap__job_map_error(pool, job, w, p, len) : PMAP_EPROTO;
+            break;
+        case PMAP__OUTPUT:
+            rc = job && w->nbatch > 0 && w->batch[0].job == job
+                     ? pmap__output_frame(job, &w->batch[0].items, p, len)
+                     : PMAP_EPROTO;
             break;
         default:
             rc = PMAP_EPROTO;
@@ -310,15 +356,17 @@ static int keep_workers(pool_t *pool)
     return alive > 0 ? 0 : rc < 0 ? rc : PMAP_ESTART;
 }
 
-/* Lets the workers that have run their quota of items, and hold no batch,
- * leave (max_items_per_worker): their slots are refilled at once, and each
+/* Lets the workers that have run their quota of items or passed a soft
+ * memory cap, and hold no batch, leave (max_items_per_worker,
+ * max_worker_memory): their slots are refilled at once, and each
  * has RETIRE_GRACE_NS for its worker_exit before it is killed. */
 static void recycle(pool_t *pool)
 {
     size_t max = pool->opts.max_items_per_worker;
-    for (int i = 0; i < pool->nworkers && max > 0; i++) {
+    for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        if (w->pid > 0 && w->ready && !w->gone && w->used >= max &&
+        bool spent = (max > 0 && w->used >= max) || w->over_memory;
+        if (w->pid > 0 && w->ready && !w->gone && spent &&
             w->nbatch == 0 && pmap__outq_empty(&w->out))
             pmap__proc_retire(pool, w, pmap__now_ns() + RETIRE_GRACE_NS);
     }

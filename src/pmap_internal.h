@@ -21,6 +21,8 @@
  *   inline.c    the in-process start method: the caller is the worker
  *   shm.c       the memory shared with the workers
  *   cpu.c       the CPUs this process may use (the default pool size)
+ *   capture.c   in the worker: per-item output, crash reports, memory
+ *   output.c    in the caller: per-item output grouped or captured
  *   buf.c       growable byte buffers
  *   error.c     error names and messages
  *
@@ -97,7 +99,9 @@ enum pmap__frame_type {
     PMAP__TASK,         /* caller -> worker: a batch of argument tuples */
     PMAP__RESULT,       /* worker -> caller: a batch's results */
     PMAP__END,          /* caller -> worker: forget a map */
-    PMAP__MAP_ERROR     /* worker -> caller: a map cannot run here */
+    PMAP__MAP_ERROR,    /* worker -> caller: a map cannot run here */
+    PMAP__OUTPUT        /* worker -> caller: a batch's items' output,
+                           just before its RESULT (capture.c) */
 };
 
 typedef struct pmap__header {
@@ -235,7 +239,25 @@ typedef struct pmap__slot {
     _Atomic uint32_t map;       /* the map that item belongs to */
     _Atomic int64_t started_ns; /* timed maps: when the item started, or
                                    when the batch's last item ended */
+    uint64_t memory_limit;      /* written by the caller before the worker
+                                   starts: its RLIMIT_AS, or 0 */
+    _Atomic uint64_t rss;       /* the worker's resident bytes after its
+                                   last batch (maps with a soft cap) */
 } pmap__slot_t;
+
+/*
+ * A crashed worker's report, written by its signal handler (capture.c) at
+ * PMAP__REPORT_AT in its arena, read by the caller before the arena is
+ * unmapped (loop.c).  length is stored last.
+ */
+typedef struct pmap__report {
+    _Atomic uint32_t length;    /* bytes of text; 0: no report */
+    uint32_t out_of_memory;     /* an allocation had failed under the
+                                   worker's memory limit */
+    char text[];
+} pmap__report_t;
+
+#define PMAP__REPORT_AT 256u
 
 /*
  * Each worker process's arena, made for it alone and unmapped when it is
@@ -244,7 +266,7 @@ typedef struct pmap__slot {
  * in its TASK and is used again only after the batch's RESULT has been
  * read, so the two sides never write the same bytes at once.
  */
-#define PMAP__ARENA_HEAD 4096u
+#define PMAP__ARENA_HEAD 16384u     /* slot, crash report */
 #define PMAP__SLOT_SIZE (4u << 20)
 #define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
 
@@ -301,6 +323,7 @@ typedef struct pmap__worker {
                                    worker's channel end and arena file */
     int64_t born_ns;            /* when the process was started */
     int64_t waiting_ns;         /* when batch[0] became its next work */
+    bool over_memory;           /* passed a soft memory cap: recycle it */
     pmap_stats_t stats;         /* of this slot, all its processes */
 } pmap__worker_t;
 
@@ -383,6 +406,8 @@ typedef struct pmap__death {
     long pid;
     uint32_t map;               /* the item it was running, from its slot */
     uint64_t item;              /* index + 1, or 0: none */
+    const char *message;        /* its crash report, or NULL */
+    size_t length;
 } pmap__death_t;
 
 /*
@@ -419,6 +444,23 @@ typedef struct pmap__iter {
     size_t hint;                /* where the failure record search starts */
     pmap_failure_t current;     /* the failure last handed out */
 } pmap__iter_t;
+
+/* Output of items grouped or captured, held by the caller (output.c). */
+typedef struct pmap__captured {
+    size_t index;
+    char *text[2];              /* what it wrote to fds 1 and 2, or NULL */
+    size_t len[2];
+} pmap__captured_t;
+
+typedef struct pmap__output {
+    int mode;                   /* enum pmap_output, never AUTO */
+    size_t cap;                 /* bytes kept per item and stream */
+    pmap__captured_t *held;     /* arrived, not yet handed over */
+    size_t nheld, held_cap;
+    uint64_t *done;             /* GROUP: bit i, item i has finished */
+    size_t done_words;
+    size_t printed;             /* GROUP: items [0, printed) written */
+} pmap__output_t;
 
 /* A map, from pmap__map to pmap_job_free. */
 struct pmap_job {
@@ -470,6 +512,8 @@ struct pmap_job {
     bool finished;              /* rc is final */
     int rc;
     pmap__iter_t iter;          /* pmap_job_next */
+    pmap__output_t output;      /* per-item output (output.c) */
+    size_t memory_cap;          /* soft cap on its workers, or 0 */
 };
 
 /* proc.c */
@@ -535,6 +579,18 @@ void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);
 int64_t pmap__progress_due(const pmap_job_t *job);
 void pmap__failures_free(pmap_failure_t *f, size_t n);
 
+/* output.c */
+int pmap__output_init(pool_t *pool, pmap_job_t *job);
+int pmap__output_frame(pmap_job_t *job, const pmap__range_t *batch,
+                       const unsigned char *p, size_t len);
+void pmap__output_stored(pmap_job_t *job, size_t first, size_t count);
+void pmap__output_failed(pmap_job_t *job, pmap_failure_t *f);
+void pmap__output_handing(pmap_job_t *job, size_t index,
+                          const pmap_failure_t *f);
+void pmap__output_handed(pmap_job_t *job, size_t index);
+void pmap__output_finish(pmap_job_t *job);
+void pmap__output_free(pmap_job_t *job);
+
 /* iter.c */
 int pmap__iter_init(pmap_job_t *job);
 void pmap__iter_mark(pmap_job_t *job, size_t first, size_t count,
@@ -561,6 +617,16 @@ int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);
 int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
                               pmap__buf_t *answers);
+
+/* capture.c: the worker's side of per-item output, crash reports and
+ * memory caps */
+void pmap__crash_arm(unsigned char *arena);
+void pmap__memory_limit_apply(const unsigned char *arena);
+void pmap__memory_note(unsigned char *arena);
+void pmap__flush_item(void);
+int pmap__capture_begin(void);
+int pmap__capture_take(size_t cap, uint64_t index, pmap__buf_t *into);
+void pmap__capture_end(void);
 
 /* inline.c */
 int pmap__inline_open(pool_t *pool);

@@ -196,6 +196,9 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
     w->handoff[0] = fds[1];
     w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
                              pool->server ? &w->handoff[1] : NULL);
+    if (w->arena != NULL)   /* read by the worker as it starts */
+        pmap__arena_state(w->arena)->memory_limit =
+            pool->opts.worker_memory_limit;
     pid_t pid = PMAP_ENOMEM;
     if (w->arena != NULL && pool->server)
         pid = ask_server(pool, w);
@@ -229,6 +232,7 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
     w->nsetup = 0;
     w->nbatch = 0;
     w->used = 0;
+    w->over_memory = false;
     w->next_slot = 0;
     pmap__outq_reset(&w->out);
     w->in.buf.len = w->in.start = 0;

@@ -87,7 +87,7 @@ int pmap__header_decode(const unsigned char *in, pmap__header_t *h)
     h->type = in[4];
     h->map = get_u32(in + 8);
     h->length = pmap__get_u64(in + 16);
-    if (h->type < PMAP__READY || h->type > PMAP__MAP_ERROR ||
+    if (h->type < PMAP__READY || h->type > PMAP__OUTPUT ||
         h->length % PMAP__ALIGN != 0 || h->length > FRAME_MAX)
         return PMAP_EPROTO;
     return 0;

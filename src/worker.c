@@ -50,6 +50,9 @@ typedef struct worker_map {
     void *objects[PMAP_MAX_ARGS];   /* decoded constants of a codec's type
                                        (PMAP_EXPORT_TYPE), released at END */
     bool timed;                 /* stamp each item's start in the slot */
+    bool measured;              /* note the resident size after a batch */
+    int output;                 /* enum pmap_output */
+    size_t output_cap;          /* bytes kept per item and stream */
     struct worker_map *next;
 } worker_map_t;
 
@@ -71,6 +74,8 @@ static struct {
     pmap__buf_t blobs;          /* ...as a pmap_bytes_t per item (offsets
                                    until the batch is done) */
     bool running;               /* inside a callback */
+    bool capturing;             /* fds 1 and 2 go to capture.c's files */
+    pmap__buf_t outputs;        /* one batch's OUTPUT records */
     pmap__buf_t *answers;       /* in-process: where frames go, else NULL */
     jmp_buf *broken;            /* in-process: where a failure returns */
     bool failed;                /* pmap_fail was called for this item */
@@ -218,7 +223,8 @@ static void map_end(uint32_t id)
 
 /*
  * SETUP payload: u64 function id | u64 signature | u64 constants mask |
- * u64 flags (bit 0: timed) | one column of 1 value per constant.
+ * u64 flags (bit 0: timed; bit 1: measure memory; bits 2-3: output mode;
+ * bits 32-63: output cap in bytes) | one column of 1 value per constant.
  */
 static void map_setup(uint32_t id, const unsigned char *p, size_t len)
 {
@@ -229,7 +235,11 @@ static void map_setup(uint32_t id, const unsigned char *p, size_t len)
         broken();
     m->id = id;
     m->constants = pmap__get_u64(p + 16);
-    m->timed = pmap__get_u64(p + 24) & 1;
+    uint64_t flags = pmap__get_u64(p + 24);
+    m->timed = flags & 1;
+    m->measured = flags >> 1 & 1;
+    m->output = (int)(flags >> 2 & 3);
+    m->output_cap = (size_t)(flags >> 32);
     m->setup = malloc(len);
     if (m->setup == NULL)
         broken();
@@ -501,6 +511,18 @@ static void call_decoded(const worker_map_t *m, size_t j,
         finish_result(fn, result, j);
 }
 
+/* After an item's call: its output, grouped or captured, taken; or its
+ * stdio flushed. */
+static void after_item(const worker_map_t *m, uint64_t index)
+{
+    if (!self.capturing) {
+        pmap__flush_item();
+        return;
+    }
+    if (pmap__capture_take(m->output_cap, index, &self.outputs) < 0)
+        broken();
+}
+
 /* Calls the function on count items; returns how many failed. */
 static uint64_t call_items(const worker_map_t *m, uint64_t first,
                            size_t count, const pmap__column_t *col)
@@ -536,6 +558,7 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
             call_decoded(m, j, col, argv, result);
         else
             call(result, (void *const *)argv);
+        after_item(m, first + j);
         check_result(fn, result);
         if (self.failed) {
             record_failure(fn, first + j, result);
@@ -552,6 +575,24 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
                               memory_order_relaxed);
     atomic_store_explicit(&self.slot->item, 0, memory_order_release);
     return nfailed;
+}
+
+/* OUTPUT payload, before a batch's RESULT, if an item wrote anything:
+ * u64 records | records (capture.c's pmap__capture_take). */
+static void send_outputs(uint32_t id)
+{
+    if (self.outputs.len == 0)
+        return;
+    uint64_t records = 0;
+    for (size_t at = 0; at < self.outputs.len; records++) {
+        const unsigned char *r = self.outputs.data + at;
+        at += 3 * sizeof(uint64_t) + pmap__pad(pmap__get_u64(r + 8)) +
+              pmap__pad(pmap__get_u64(r + 16));
+    }
+    size_t frame = pmap__outq_begin(&self.out, PMAP__OUTPUT, id);
+    pmap__outq_u64(&self.out, records);
+    pmap__outq_add(&self.out, self.outputs.data, self.outputs.len);
+    pmap__outq_end(&self.out, frame);
 }
 
 /*
@@ -592,9 +633,19 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
         broken();
 
     int64_t start = pmap__now_ns();
+    self.outputs.len = 0;
+    self.capturing = self.answers == NULL &&
+                     m->output >= PMAP_OUTPUT_GROUP &&
+                     pmap__capture_begin() == 0;
     uint64_t nfailed = call_items(m, first, (size_t)count, col);
     uint64_t busy = (uint64_t)(pmap__now_ns() - start);
+    if (self.capturing)
+        pmap__capture_end();
+    self.capturing = false;
+    if (m->measured && self.answers == NULL)
+        pmap__memory_note(self.arena);
     fflush(NULL);
+    send_outputs(id);
     /* Encoded results travel as buffers (the same column on the wire). */
     pmap__type_t result_type = fn->result;
     if (encoded) {
@@ -727,6 +778,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.broken = NULL;
     self.running = false;
     reset_signals();
+    pmap__crash_arm(setup->arena);
     /* The parent is the caller, or the fork server, which dies with it. */
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
         _exit(EXIT_DONE);   /* the parent died before we got here */
@@ -735,6 +787,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.slot = pmap__arena_state(setup->arena);
     self.arena = setup->arena;
     self.index = setup->index;
+    pmap__memory_limit_apply(setup->arena);
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);
     send_ready();

@@ -1,0 +1,504 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_output.c - per-item output, crash reports and memory caps (README,
+ * "Policies"): output written with stdio, write(2) and by child processes
+ * is grouped in input order or captured per item, in every form of map and
+ * with both start methods; a crashed item's message names its signal, the
+ * faulting address, a backtrace and its stderr; a leaky worker is recycled
+ * under a soft memory cap, and an item allocating past the hard cap fails
+ * alone with PMAP_ENOMEM.
+ */
+#include "test.h"
+
+#include "pmap.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Writes to stdout with stdio, to stderr with write(2), and, for every
+ * third item, to stdout from a child process (the shell's echo). */
+static int talk(int x)
+{
+    printf("out %d\n", x);
+    char line[32];
+    int n = snprintf(line, sizeof line, "err %d\n", x);
+    if (write(2, line, (size_t)n) != n)
+        return -1;
+    if (x % 3 == 0) {
+        char cmd[32];
+        snprintf(cmd, sizeof cmd, "echo child %d", x);
+        fflush(stdout);
+        if (system(cmd) != 0)
+            return -1;
+    }
+    if (x % 5 == 4)
+        pmap_fail(x, "four mod five");
+    return x * 2;
+}
+PMAP_EXPORT(talk, int, int);
+
+/* What talk(x) writes to fd 1 and to fd 2. */
+static void expected(int x, char *out, size_t size, char *err, size_t esize)
+{
+    int n = snprintf(out, size, "out %d\n", x);
+    if (x % 3 == 0)
+        snprintf(out + n, size - (size_t)n, "child %d\n", x);
+    snprintf(err, esize, "err %d\n", x);
+}
+
+#define ITEMS 40
+
+typedef struct seen {
+    int handed;
+    int failed;
+} seen_t;
+
+/* on_result: each item's captured output is what it wrote. */
+static int check_captured(void *ctx, size_t index, void *result,
+                          const pmap_failure_t *f)
+{
+    seen_t *s = ctx;
+    char out[64], err[64];
+    expected((int)index, out, sizeof out, err, sizeof err);
+    size_t n1, n2;
+    const char *o = pmap_item_output(1, &n1), *e = pmap_item_output(2, &n2);
+    ASSERT_STR_EQ(o, out);
+    ASSERT_EQ(n1, strlen(out));
+    ASSERT_STR_EQ(e, err);
+    ASSERT_EQ(n2, strlen(err));
+    if (f != NULL) {
+        ASSERT_EQ(index % 5, 4);
+        ASSERT_STR_EQ(f->captured_stdout, out);
+        ASSERT_STR_EQ(f->captured_stderr, err);
+        s->failed++;
+    } else {
+        ASSERT_EQ(*(int *)result, (int)index * 2);
+    }
+    s->handed++;
+    return 0;
+}
+
+static int next_x(void *ctx, int *x)
+{
+    int *i = ctx;
+    if (*i >= ITEMS)
+        return 0;
+    *x = (*i)++;
+    return 1;
+}
+
+/* Destroys a pool, and the fork server if it used one. */
+static void done_with(pool_t *pool, int start)
+{
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+}
+
+static pool_t *make_pool(int start, int output)
+{
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .start = start, .output = output};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    return pool;
+}
+
+/* Captured output in a map of arrays (failure records), to a callback, of
+ * a stream, in the background and of a single call. */
+static void capture_every_form(int start)
+{
+    pool_t *pool = make_pool(start, 0);
+    int xs[ITEMS], out[ITEMS];
+    for (int i = 0; i < ITEMS; i++)
+        xs[i] = i;
+    pool_map_options_t mo = {.chunk = 3, .output = PMAP_OUTPUT_CAPTURE};
+    ASSERT_EQ(pool_map_with(pool, &mo, talk, ITEMS, out, xs), ITEMS / 5);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), ITEMS / 5);
+    for (int i = 0; i < ITEMS / 5; i++) {
+        char o[64], e[64];
+        expected((int)f[i].index, o, sizeof o, e, sizeof e);
+        ASSERT_EQ(f[i].error, PMAP_EFAIL);
+        ASSERT_STR_EQ(f[i].captured_stdout, o);
+        ASSERT_EQ(f[i].captured_stdout_size, strlen(o));
+        ASSERT_STR_EQ(f[i].captured_stderr, e);
+    }
+
+    seen_t s = {0, 0};
+    mo.on_result = check_captured;
+    mo.ctx = &s;
+    ASSERT_EQ(pool_map_with(pool, &mo, talk, ITEMS, NULL, xs), ITEMS / 5);
+    ASSERT_EQ(s.handed, ITEMS);
+    ASSERT_EQ(s.failed, ITEMS / 5);
+
+    s = (seen_t){0, 0};
+    mo.unordered = 1;
+    int i = 0;
+    ASSERT_EQ(pool_map_stream(pool, &mo, talk, next_x, &i), ITEMS / 5);
+    ASSERT_EQ(s.handed, ITEMS);
+
+    s = (seen_t){0, 0};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &mo, &job, talk, ITEMS, NULL, xs));
+    ASSERT_EQ(pmap_job_wait(job, -1), ITEMS / 5);
+    pmap_job_free(job);
+    ASSERT_EQ(s.handed, ITEMS);
+
+    /* A single call: item 0 of a map of one, given x = 3. */
+    pool_map_options_t one = {.output = PMAP_OUTPUT_CAPTURE};
+    int r = 0;
+    ASSERT_OK(pool_call_async(pool, &one, &job, talk, &r, 4));
+    ASSERT_EQ(pmap_job_wait(job, -1), 1);
+    ASSERT_EQ(pmap_job_failures(job, &f), 1);
+    ASSERT_STR_EQ(f[0].captured_stdout, "out 4\n");
+    ASSERT_STR_EQ(f[0].captured_stderr, "err 4\n");
+    pmap_job_free(job);
+
+    /* Passed through again: nothing captured. */
+    xs[0] = 4;
+    ASSERT_EQ(pool_map(pool, talk, 1, out, xs), 1);
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT(f[0].captured_stdout == NULL && f[0].captured_stderr == NULL);
+    done_with(pool, start);
+}
+
+TEST(output_captured_per_item_in_every_form_fork)
+{
+    NEEDS_PROCESSES("output is redirected in worker processes");
+    fflush(stdout);
+    capture_every_form(PMAP_START_FORK);
+}
+
+TEST(output_captured_per_item_in_every_form_server)
+{
+    NEEDS_PROCESSES("output is redirected in worker processes");
+    fflush(stdout);
+    capture_every_form(PMAP_START_SERVER);
+}
+
+static int shout(int n)
+{
+    for (int i = 0; i < n; i++)
+        putchar('a' + i % 26);
+    return n;
+}
+PMAP_EXPORT(shout, int, int);
+
+/* on_result: the item wrote n letters; the last 10 are kept. */
+static int check_tail(void *ctx, size_t index, void *result,
+                      const pmap_failure_t *f)
+{
+    (void)index;
+    ASSERT(f == NULL);
+    int n = *(int *)result;
+    char want[11];
+    for (int i = 0; i < 10; i++)
+        want[i] = (char)('a' + (n - 10 + i) % 26);
+    want[10] = '\0';
+    size_t size;
+    ASSERT_STR_EQ(pmap_item_output(1, &size), want);
+    ASSERT_EQ(size, 10);
+    ASSERT(pmap_item_output(2, &size) == NULL && size == 0);
+    ++*(int *)ctx;
+    return 0;
+}
+
+/* The tail of each item's output is kept, output_cap bytes. */
+TEST(output_capture_keeps_the_tail)
+{
+    NEEDS_PROCESSES("output is redirected in worker processes");
+    pool_t *pool = pool_create(1);
+    int calls = 0;
+    pool_map_options_t mo = {.output = PMAP_OUTPUT_CAPTURE, .output_cap = 10,
+                             .on_result = check_tail, .ctx = &calls};
+    pmap_job_t *job;
+    ASSERT_OK(pool_call_async(pool, &mo, &job, shout, NULL, 100));
+    ASSERT_OK(pmap_job_wait(job, -1));
+    pmap_job_free(job);
+    int ns[3] = {30, 1000000, 11};
+    ASSERT_OK(pool_map_with(pool, &mo, shout, 3, NULL, ns));
+    ASSERT_EQ(calls, 4);
+    pool_destroy(pool);
+}
+
+static int slow_talk(int x)
+{
+    /* Items of high x (sent first) take longer, so they finish after
+     * later ones; the order written never depends on it. */
+    struct timespec ts = {0, (long)x * 200000};
+    nanosleep(&ts, NULL);
+    return talk(x);
+}
+PMAP_EXPORT(slow_talk, int, int);
+
+/* Runs map(pool) with the caller's fds 1 and 2 sent to two files, and
+ * returns what landed in each (malloc'ed). */
+static void grouped(pool_t *pool, int form, char **out, char **err)
+{
+    char path[2][32] = {"/tmp/pmap-group-1-XXXXXX", "/tmp/pmap-group-2-XXXXXX"};
+    int files[2], saved[2];
+    fflush(stdout);
+    fflush(stderr);
+    for (int i = 0; i < 2; i++) {
+        files[i] = mkstemp(path[i]);
+        ASSERT(files[i] >= 0);
+        unlink(path[i]);
+        saved[i] = dup(i + 1);
+        dup2(files[i], i + 1);
+    }
+    int xs[ITEMS], res[ITEMS];
+    for (int i = 0; i < ITEMS; i++)
+        xs[i] = ITEMS - 1 - i;  /* the slow ones first: they finish late */
+    pool_map_options_t mo = {.chunk = 2, .output = PMAP_OUTPUT_GROUP};
+    int rc;
+    if (form == 0) {
+        rc = pool_map_with(pool, &mo, slow_talk, ITEMS, res, xs);
+    } else {
+        pmap_job_t *job = NULL;
+        rc = pool_map_async(pool, &mo, &job, slow_talk, ITEMS, res, xs);
+        if (rc == 0)
+            rc = pmap_job_wait(job, -1);
+        pmap_job_free(job);
+    }
+    for (int i = 0; i < 2; i++) {
+        dup2(saved[i], i + 1);
+        close(saved[i]);
+        off_t size = lseek(files[i], 0, SEEK_END);
+        char *text = calloc(1, (size_t)size + 1);
+        ASSERT(pread(files[i], text, (size_t)size, 0) == size);
+        close(files[i]);
+        *(i == 0 ? out : err) = text;
+    }
+    if (rc != ITEMS / 5) {
+        const pmap_failure_t *f;
+        size_t nf = pool_failures(pool, &f);
+        test_fail(__FILE__, __LINE__, "%d failed: %zu: %s (%d) %s", rc,
+                  nf ? f[0].index : 0, nf ? pmap_err_name(f[0].error) : "",
+                  nf ? f[0].code : 0, nf ? f[0].message : "");
+    }
+}
+
+
+/* Grouped output: each item's output whole, in input order, on the
+ * caller's own fds 1 and 2. */
+static void group_in_order(int start)
+{
+    pool_t *pool = make_pool(start, PMAP_OUTPUT_GROUP);
+    for (int form = 0; form < 2; form++) {
+        char *out = NULL, *err = NULL;
+        grouped(pool, form, &out, &err);
+        char want_out[64 * ITEMS] = "", want_err[64 * ITEMS] = "";
+        for (int i = 0; i < ITEMS; i++) {
+            char o[64], e[64];
+            expected(ITEMS - 1 - i, o, sizeof o, e, sizeof e);
+            strcat(want_out, o);
+            strcat(want_err, e);
+        }
+        ASSERT_STR_EQ(out, want_out);
+        ASSERT_STR_EQ(err, want_err);
+        free(out);
+        free(err);
+    }
+    done_with(pool, start);
+}
+
+TEST(output_grouped_in_input_order_fork)
+{
+    NEEDS_PROCESSES("output is redirected in worker processes");
+    group_in_order(PMAP_START_FORK);
+}
+
+TEST(output_grouped_in_input_order_server)
+{
+    NEEDS_PROCESSES("output is redirected in worker processes");
+    group_in_order(PMAP_START_SERVER);
+}
+
+/* ---- crash reports ------------------------------------------------------ */
+
+__attribute__((no_sanitize("undefined"))) static void poke(uintptr_t at)
+{
+    int *volatile p = (int *)at;    /* volatile: the compiler may not see */
+    *p = 1;
+}
+
+static int crash_at(int x)
+{
+    if (x == 7) {
+        fprintf(stderr, "about to fall over\n");
+        poke(0x10);
+    }
+    return x;
+}
+PMAP_EXPORT(crash_at, int, int);
+
+static void crash_report(int start)
+{
+    pool_t *pool = make_pool(start, PMAP_OUTPUT_CAPTURE);
+    int xs[20], out[20];
+    for (int i = 0; i < 20; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, crash_at, 20, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 7);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGSEGV);
+    const char *m = f[0].message;
+    if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
+                  "address 0x10\n") == NULL ||
+        strstr(m, "about to fall over\n") == NULL)
+        test_fail(__FILE__, __LINE__, "crash report: %s", m);
+#if defined(__GLIBC__)
+    if (strstr(m, "backtrace:\n") == NULL)
+        test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
+#endif
+    for (int i = 0; i < 20; i++)
+        ASSERT_EQ(out[i], i == 7 ? 0 : i);
+    /* Without capture: the report, without stderr. */
+    pool_map_options_t mo = {.output = PMAP_OUTPUT_PASS};
+    ASSERT_EQ(pool_map_with(pool, &mo, crash_at, 20, out, xs), 1);
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT(strstr(f[0].message, "at address 0x10") != NULL);
+    ASSERT(strstr(f[0].message, "about to fall over") == NULL);
+    done_with(pool, start);
+}
+
+TEST(output_crash_report_names_signal_address_backtrace_stderr_fork)
+{
+    NEEDS_PROCESSES("a crash");
+    crash_report(PMAP_START_FORK);
+}
+
+TEST(output_crash_report_names_signal_address_backtrace_stderr_server)
+{
+    NEEDS_PROCESSES("a crash");
+    crash_report(PMAP_START_SERVER);
+}
+
+/* ---- memory caps -------------------------------------------------------- */
+
+#define MiB ((size_t)1 << 20)
+
+/* Leaks 8 MiB an item, touched (kept where the compiler cannot drop
+ * it). */
+static char *volatile leaked;
+
+static int leak(int x)
+{
+    char *p = malloc(8 * MiB);
+    if (p == NULL)
+        return -1;
+    memset(p, x, 8 * MiB);
+    leaked = p;
+    return x + 1;
+}
+PMAP_EXPORT(leak, int, int);
+
+static void soft_cap(int start)
+{
+    pool_t *pool = make_pool(start, 0);
+    enum { M = 32 };
+    int xs[M], out[M];
+    for (int i = 0; i < M; i++)
+        xs[i] = i;
+    pool_map_options_t mo = {.chunk = 2, .max_worker_memory = 64 * MiB};
+    ASSERT_OK(pool_map_with(pool, &mo, leak, M, out, xs));
+    for (int i = 0; i < M; i++)
+        ASSERT_EQ(out[i], i + 1);
+    pmap_stats_t last;
+    ASSERT_OK(pool_stats(pool, &last, NULL));
+    /* 256 MiB leaked in all by 2 workers: each passed 64 MiB at least
+     * once. */
+    ASSERT(last.restarts >= 2);
+    ASSERT_EQ(pool_size(pool), 2);
+    done_with(pool, start);
+}
+
+TEST(output_soft_memory_cap_recycles_a_leaky_worker_fork)
+{
+    NEEDS_PROCESSES("worker processes to recycle");
+    soft_cap(PMAP_START_FORK);
+}
+
+TEST(output_soft_memory_cap_recycles_a_leaky_worker_server)
+{
+    NEEDS_PROCESSES("worker processes to recycle");
+    soft_cap(PMAP_START_SERVER);
+}
+
+/* Item 3 allocates 1 GiB and touches it. */
+static int hog(int x)
+{
+    size_t n = x == 3 ? 1024 * MiB : MiB;
+    char *volatile p = malloc(n);
+    memset(p, 1, n);    /* NULL past the limit: the item crashes */
+    int r = p[n - 1] + x;
+    free(p);
+    return r;
+}
+PMAP_EXPORT(hog, int, int);
+
+static void hard_cap(int start)
+{
+    if (TEST_ASAN)
+        SKIP("AddressSanitizer reserves terabytes of address space");
+    if (test_under_valgrind())
+        SKIP("valgrind's own address space is in the limit");
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .start = start,
+                         .worker_memory_limit = 256 * MiB};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    int xs[8], out[8];
+    for (int i = 0; i < 8; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, hog, 8, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 3);
+    ASSERT_EQ(f[0].error, PMAP_ENOMEM);
+    ASSERT_EQ(f[0].code, SIGSEGV);
+    if (strstr(f[0].message, "memory limit of 268435456 bytes reached") ==
+        NULL)
+        test_fail(__FILE__, __LINE__, "message: %s", f[0].message);
+    for (int i = 0; i < 8; i++)
+        ASSERT_EQ(out[i], i == 3 ? 0 : i + 1);
+    /* The pool goes on. */
+    xs[3] = 4;
+    ASSERT_OK(pool_map(pool, hog, 8, out, xs));
+    done_with(pool, start);
+}
+
+TEST(output_hard_memory_limit_fails_the_item_fork)
+{
+    NEEDS_PROCESSES("a worker's own memory limit");
+    hard_cap(PMAP_START_FORK);
+}
+
+TEST(output_hard_memory_limit_fails_the_item_server)
+{
+    NEEDS_PROCESSES("a worker's own memory limit");
+    hard_cap(PMAP_START_SERVER);
+}
+
+/* Options out of range are refused. */
+TEST(output_invalid_modes_are_refused)
+{
+    pool_options_t po = {.workers = 1, .output = 9};
+    pool_t *pool;
+    ASSERT_EQ(pool_create_with(&pool, &po), PMAP_EINVAL);
+    pool = pool_create(1);
+    pool_map_options_t mo = {.output = -1};
+    int xs[1] = {1}, out[1];
+    ASSERT_EQ(pool_map_with(pool, &mo, leak, 1, out, xs), PMAP_EINVAL);
+    ASSERT(pmap_item_output(1, NULL) == NULL);
+    pool_destroy(pool);
+}
