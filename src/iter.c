@@ -119,7 +119,7 @@ static const pmap_failure_t *failure_of(pmap_job_t *job, size_t index)
             return &it->current;
         }
     }
-    it->current = (pmap_failure_t){index, PMAP_ENOMEM, 0, 0, ""};
+    it->current = (pmap_failure_t){index, PMAP_ENOMEM, 0, 0, "", 0, {{0, 0}}};
     return &it->current;
 }
 

@@ -63,7 +63,8 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     if (pool->in_process) {
         /* No process to bury: its batches fail, and its maps are set up
          * anew (inline.c). */
-        pmap__death_t death = {error ? error : PMAP_ENOMEM, 0, 0, 0, 0};
+        pmap__death_t death = {error ? error : PMAP_ENOMEM, 0, 0, 0, 0,
+                               w->index, 0};
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
             pmap__job_lost(pool, job, w, &death);
         w->nbatch = 0;
@@ -71,10 +72,12 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         return;
     }
     pmap__slot_t *slot = pmap__arena_state(w->arena);
-    pmap__death_t death = {0, 0, (long)w->pid, 0, item};
+    pmap__death_t death = {0, 0, (long)w->pid, 0, item, w->index, 0};
     if (item == 0)
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
+    death.started_ns = atomic_load_explicit(&slot->started_ns,
+                                            memory_order_relaxed);
     int status = 0;
     int rc = pmap__proc_reap(pool, w, &status);
     if (error != 0) {
@@ -542,8 +545,10 @@ static int64_t step(pool_t *pool)
     pool->lost = false;
     feed(pool);
     settle(pool);
-    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
         wake = earliest(wake, pmap__progress_due(job));
+        wake = earliest(wake, pmap__job_retry_due(job));
+    }
     /* A worker lost while feeding (its channel broke) left a slot empty
      * after the refill, or the in-process worker has more to do: step
      * again without waiting. */

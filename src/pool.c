@@ -204,7 +204,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool_options_t o = opts ? *opts : (pool_options_t){0};
     if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0) ||
         !(o.start_timeout >= 0) || o.cancel_grace != o.cancel_grace ||
-        o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE)
+        o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE ||
+        !(o.retry_delay >= 0))
         return PMAP_EINVAL;
     if (pmap__nested())
         return PMAP_ENESTED;
