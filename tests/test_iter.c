@@ -474,8 +474,9 @@ TEST(error_job_next_of_a_map_that_cannot_run)
     pool_t *pool = make_pool(2, PMAP_START_AUTO);
     /* Registered after the workers were forked: unknown to them. */
     pmap__fn_t late = {.name = "late", .file = __FILE__, .line = __LINE__,
-                       .nparams = 1, .result = {PMAP__VALUE, sizeof(int)},
-                       .params = {{PMAP__VALUE, sizeof(int)}},
+                       .nparams = 1,
+                       .result = {PMAP__VALUE, sizeof(int), "int", 0},
+                       .params = {{PMAP__VALUE, sizeof(int), "int", 0}},
                        .call = copy_int};
     pmap__register(&late);
     int xs[40] = {0}, out[40];
