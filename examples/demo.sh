@@ -20,3 +20,5 @@ if [ -x "$bin/pathos_cpp" ]; then     # built where a C++ compiler is
 fi
 echo "\$ prices"
 "$bin/prices"
+echo "\$ policies"
+"$bin/policies"

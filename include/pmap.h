@@ -89,7 +89,8 @@ extern "C" {
     XX(ESTART, -4009, "a worker failed to start")                             \
     XX(ELOST, -4010, "the worker vanished (exit status unknown)")             \
     XX(ESYSTEM, -4011, "unexpected system error")                           \
-    XX(ECODEC, -4012, "a value could not be encoded or decoded")
+    XX(ECODEC, -4012, "a value could not be encoded or decoded")             \
+    XX(EHALTED, -4013, "the map was halted by its halt policy")
 
 enum {
 #define PMAP__ERROR_ENUM(name, value, text) PMAP_##name = (value),
@@ -168,6 +169,12 @@ typedef struct pool_options {
                                    (RLIMIT_AS, set when it starts); an item
                                    allocating past it fails with
                                    PMAP_ENOMEM; 0: none */
+    /* ---- Policies (README, "Policies"): defaults of every map's own
+     * retries, retry_delay and retry_failed (pool_map_options_t).  Since
+     * 0.3. */
+    int retries;
+    double retry_delay;
+    int retry_failed;
 } pool_options_t;
 
 /*
@@ -418,11 +425,21 @@ PMAP_API int pool_config(const pool_t *pool, pmap_config_t *config);
 #define PMAP_CONST(v) .value = (v)
 #endif
 
+/* Attempts of one item a failure record keeps the causes of. */
+#define PMAP_CAUSES_MAX 8
+
+/* How one attempt at an item ended (pmap_failure_t.causes). */
+typedef struct pmap_cause {
+    int error;              /* as pmap_failure_t.error */
+    int code;               /* as pmap_failure_t.code */
+} pmap_cause_t;
+
 /* One failed item. */
 typedef struct pmap_failure {
     size_t index;           /* the item's input index */
     int error;              /* PMAP_EFAIL, PMAP_ECRASH, PMAP_EEXIT,
-                               PMAP_ETIMEDOUT, PMAP_ECANCELED, ... */
+                               PMAP_ETIMEDOUT, PMAP_ECANCELED,
+                               PMAP_EHALTED (never run: the map halted) */
     int code;               /* EFAIL: callback's code; ECRASH: signal;
                                EEXIT: exit status; else 0 */
     long pid;               /* worker that ran it (0 if none did) */
@@ -435,6 +452,14 @@ typedef struct pmap_failure {
     size_t captured_stdout_size;
     const char *captured_stderr;
     size_t captured_stderr_size;
+    /* Since 0.3 (retries, README "Policies"): the times the item ran (0:
+     * never), and how each of the first PMAP_CAUSES_MAX runs ended, oldest
+     * first: causes[attempts - 1] is error and code when the last run
+     * failed the item; an item retried then cancelled or halted before it
+     * ran again has error PMAP_ECANCELED or PMAP_EHALTED and its runs'
+     * causes. */
+    int attempts;
+    pmap_cause_t causes[PMAP_CAUSES_MAX];
 } pmap_failure_t;
 
 /* Where a map stands, for a progress callback. */
@@ -457,6 +482,34 @@ typedef int (*pmap_result_fn)(void *ctx, size_t index, void *result,
 /* Called at most every progress_interval seconds, and once at the end.
  * Return 0 to go on, nonzero to cancel the map. */
 typedef int (*pmap_progress_fn)(void *ctx, const pmap_progress_t *progress);
+
+/* When a map stops for its failures (pool_map_options_t.halt). */
+enum pmap_halt {
+    PMAP_HALT_NEVER,        /* 0: every item runs, whatever fails */
+    PMAP_HALT_SOON,         /* no batch is sent after the halt; items
+                               already sent to a worker finish */
+    PMAP_HALT_NOW           /* the running items are killed too: they
+                               fail with PMAP_ECANCELED */
+};
+
+/* One row of a map's job log (on_log, joblog_fd): an item's outcome. */
+typedef struct pmap_log {
+    size_t index;           /* the item's input index */
+    int worker;             /* index of the worker that ran it last; -1:
+                               none did */
+    long pid;               /* its process (0: none) */
+    int attempts;           /* times the item ran (retries + 1; 0: never) */
+    double start;           /* seconds from the map's start to its last
+                               run's start (0 if it never ran) */
+    double duration;        /* seconds its last run took */
+    int error;              /* 0: success, else pmap_failure_t.error */
+    int code;               /* pmap_failure_t.code */
+} pmap_log_t;
+
+/* Called once for each item of a map as it finishes, with its log row,
+ * before the item's on_result call if it has one then (in input order, its
+ * on_result may come later).  Return 0 to go on, nonzero to cancel. */
+typedef int (*pmap_log_fn)(void *ctx, const pmap_log_t *row);
 
 /* Options of one map; a zeroed struct means the pool's defaults. */
 typedef struct pool_map_options {
@@ -486,6 +539,35 @@ typedef struct pool_map_options {
     size_t output_cap;      /* bytes kept per item and stream */
     size_t max_worker_memory;   /* soft cap, checked after each batch of
                                    this map */
+    /* ---- Policies (README, "Policies").  Since 0.3. ---- */
+    /* Times an item whose worker crashed, exited, timed out or vanished
+     * is run again, each time on another process (the one it ran on is
+     * gone); 0: the pool's retries; < 0: never. */
+    int retries;
+    /* Seconds before each such run; 0: the pool's retry_delay. */
+    double retry_delay;
+    /* Nonzero: an item failed by pmap_fail is retried too (0: the pool's
+     * retry_failed). */
+    int retry_failed;
+    /* Stops the map (enum pmap_halt) at halt_failures failed items, or
+     * when halt_fraction (0 < f <= 1) of the items finished so far have
+     * failed once at least halt_min have finished; with neither set, at
+     * the first failure.  Counted are items failed for good (after their
+     * retries), not cancelled ones.  The map then returns PMAP_EHALTED;
+     * items never run fail with PMAP_EHALTED; a halt at the map's last
+     * item is no halt. */
+    int halt;
+    size_t halt_failures;
+    double halt_fraction;
+    size_t halt_min;        /* 0: 10 */
+    /* The job log: on_log is called with each item's row (ctx is its
+     * first argument); joblog_fd, if nonzero, is a file descriptor plus
+     * one (0, the default, means none: pass 1 + fd, e.g. 1 +
+     * STDOUT_FILENO), where the rows are written as tab-separated lines
+     * under a header line (README, "Policies"), blocking.  The library
+     * writes nothing anywhere else. */
+    pmap_log_fn on_log;
+    int joblog_fd;
 } pool_map_options_t;
 
 /* A map running in the background (pool_map_async and friends). */
@@ -707,6 +789,8 @@ typedef struct pmap_stats {
     uint64_t busy_ns;       /* time workers spent running items */
     uint64_t wall_ns;       /* from the start to the end of each map */
     uint64_t restarts;      /* workers replaced (died or recycled) */
+    uint64_t retries;       /* runs of items again after they failed
+                               (retries); since 0.3 */
 } pmap_stats_t;
 
 /*

@@ -8,6 +8,8 @@
  * the map is over when none is left in the first three:
  *   not yet sent   [job->next, n)  (made by the producer, or not yet)
  *   to send again  job->retry      (ranges whose worker died)
+ *   to run again   job->again      (items whose run failed, and which
+ *                                   have retries left: once due)
  *   in flight      a batch of some worker (job->inflight counts batches)
  *   done           its result stored, or its failure recorded (deliver.c)
  */
@@ -42,12 +44,40 @@ static size_t quota(const pool_t *pool, const pmap__worker_t *w)
 }
 
 /* Whether job has items to send to worker w now. */
+/* The first item of job->again due now, or SIZE_MAX. */
+static size_t again_due(const pmap_job_t *job)
+{
+    if (job->nagain == 0)
+        return SIZE_MAX;
+    int64_t now = pmap__now_ns();
+    for (size_t i = 0; i < job->nagain; i++) {
+        if (job->again[i].due_ns <= now)
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+/* When the next item of job->again that is not due yet will be, or -1:
+ * those due now are sent as soon as a worker is ready (an event). */
+int64_t pmap__job_retry_due(const pmap_job_t *job)
+{
+    if (job->nagain == 0 || job->finished || job->error != 0)
+        return -1;
+    int64_t now = pmap__now_ns(), next = -1;
+    for (size_t i = 0; i < job->nagain; i++) {
+        int64_t due = job->again[i].due_ns;
+        if (due > now && (next < 0 || due < next))
+            next = due;
+    }
+    return next;
+}
+
 bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
                         const pmap__worker_t *w)
 {
     if (job->error != 0 || job->finished || quota(pool, w) == 0)
         return false;
-    if (job->nretry > 0)
+    if (job->nretry > 0 || again_due(job) != SIZE_MAX)
         return true;
     if (job->n != SIZE_MAX && job->next >= job->n)
         return false;
@@ -67,13 +97,14 @@ static void retry_push(pool_t *pool, pmap_job_t *job, pmap__range_t r,
         return;
     if (job->error != 0) {
         for (size_t i = 0; i < r.count; i++)
-            pmap__fail_item(pool, job, r.first + i, job->error, 0, 0, NULL, 0);
+            pmap__fail_item(pool, job, r.first + i, job->error, 0, NULL,
+                            NULL, 0);
         return;
     }
     if (r.attempts > MAX_ATTEMPTS) {
         for (size_t i = 0; i < r.count; i++)
             pmap__fail_item(pool, job, r.first + i, death->error, death->code,
-                            death->pid, NULL, 0);
+                            NULL, NULL, 0);
         return;
     }
     if (job->nretry == job->retry_cap) {
@@ -90,9 +121,133 @@ static void retry_push(pool_t *pool, pmap_job_t *job, pmap__range_t r,
     job->retry[job->nretry++] = r;
 }
 
+/* ---- policies: retries and halt (README, "Policies") -------------------- */
+
+/* Whether a run that ended with error may be retried under job's policy:
+ * its process died (crashed, exited, timed out, vanished), or, when asked,
+ * it called pmap_fail. */
+static bool retryable(const pmap_job_t *job, int error)
+{
+    switch (error) {
+    case PMAP_ECRASH:
+    case PMAP_EEXIT:
+    case PMAP_ETIMEDOUT:
+    case PMAP_ELOST:
+        return true;
+    case PMAP_EFAIL:
+        return job->retry_failed;
+    default:
+        return false;
+    }
+}
+
+/* Queues item index to run again, after the map's retry delay, if it has
+ * retries left; returns whether it did (its failed run is then noted). */
+static bool again_push(pmap_job_t *job, size_t index, int error, int code)
+{
+    if (job->nagain == job->again_cap) {
+        size_t cap = job->again_cap ? job->again_cap * 2 : 8;
+        pmap__again_t *p = realloc(job->again, cap * sizeof *p);
+        if (p == NULL)
+            return false;   /* it fails now rather than not at all */
+        job->again = p;
+        job->again_cap = cap;
+    }
+    if (pmap__tried(job, index, error, code, job->retries) <= 0)
+        return false;
+    int64_t due = pmap__now_ns() + job->retry_delay_ns;
+    job->again[job->nagain++] = (pmap__again_t){index, due};
+    job->stats.retries++;
+    return true;
+}
+
+/* Item index's run failed (ran says where): it runs again if the policy
+ * allows, else it fails for good. */
+static void charge(pool_t *pool, pmap_job_t *job, size_t index, int error,
+                   int code, const pmap__ran_t *ran, const char *msg,
+                   size_t msglen)
+{
+    if (job->error == 0 && job->retries > 0 && retryable(job, error) &&
+        again_push(job, index, error, code))
+        return;
+    pmap__fail_item(pool, job, index, error, code, ran, msg, msglen);
+}
+
+/* Takes the item of job->again at i. */
+static size_t again_take(pmap_job_t *job, size_t i)
+{
+    size_t index = job->again[i].index;
+    memmove(&job->again[i], &job->again[i + 1],
+            (job->nagain - i - 1) * sizeof *job->again);
+    job->nagain--;
+    return index;
+}
+
+/*
+ * Stops job with error (PMAP_ECANCELED, PMAP_EHALTED): items not sent fail
+ * with it (a producer is not called again), as do items waiting to run
+ * again; items in flight are left to the caller.
+ */
+static void stop(pool_t *pool, pmap_job_t *job, int error)
+{
+    job->cancelled = true;
+    if (job->error == 0)
+        job->error = error;
+    if (job->n == SIZE_MAX)
+        job->n = job->produced;
+    static const pmap__death_t stopped = {.error = PMAP_ECANCELED};
+    pmap__range_t rest = {job->next, job->n - job->next, 0};
+    job->next = job->n;
+    if (job->window.size != 0 && job->producer == NULL && rest.count > 0) {
+        /* Arrays to a callback: those items have no place in the window;
+         * deliver.c hands them over after the earlier ones. */
+        job->window.tail = rest.first;
+        rest.count = 0;
+    }
+    retry_push(pool, job, rest, &stopped);
+    while (job->nretry > 0)
+        retry_push(pool, job, job->retry[--job->nretry], &stopped);
+    while (job->nagain > 0)
+        pmap__fail_item(pool, job, again_take(job, job->nagain - 1),
+                        job->error, 0, NULL, NULL, 0);
+    pmap__deliver(job);     /* the tail, if nothing comes before it */
+}
+
+/* Whether job's failures so far call for its halt policy: see
+ * pool_map_options_t.halt. */
+static bool halt_due(const pmap_job_t *job)
+{
+    const pool_map_options_t *o = &job->opts;
+    if (o->halt == PMAP_HALT_NEVER || job->error != 0 ||
+        job->halt_failed == 0 || job->finished)
+        return false;
+    if (job->n != SIZE_MAX && job->done >= job->n)
+        return false;   /* nothing is left to stop */
+    bool fraction = o->halt_fraction > 0;
+    if (o->halt_failures == 0 && !fraction)
+        return true;    /* the first failure */
+    if (o->halt_failures > 0 && job->halt_failed >= o->halt_failures)
+        return true;
+    size_t least = o->halt_min ? o->halt_min : 10;
+    return fraction && job->done >= least &&
+           (double)job->halt_failed >= o->halt_fraction * (double)job->done;
+}
+
+/* Halts job if its policy says so: nothing more is sent, and with
+ * PMAP_HALT_NOW its running items are killed by the loop's next step
+ * (loop.c, cancel: not here, where a worker's frames are being read). */
+static void halt_if_due(pool_t *pool, pmap_job_t *job)
+{
+    if (!halt_due(job))
+        return;
+    stop(pool, job, PMAP_EHALTED);
+    job->kill_ns = job->opts.halt == PMAP_HALT_NOW ? pmap__now_ns() : -1;
+}
+
 /*
  * The items of job that a dead worker held.  The item it was running (from
- * its slot) failed with the death's cause; the others did nothing wrong
+ * its slot) failed with the death's cause (or runs again: retries); the
+ * others did nothing wrong
  * and are sent again.  A batch that died with no item running is sent
  * again at most MAX_ATTEMPTS times.  When the worker was killed to cancel
  * another map, none of this map's items is to blame.
@@ -117,8 +272,10 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
             retry_push(pool, job, r, death);
             continue;
         }
-        pmap__fail_item(pool, job, culprit, death->error, death->code,
-                        death->pid, death->message, death->length);
+        pmap__ran_t ran = {death->pid, death->worker, culprit, NULL,
+                           death->started_ns, pmap__now_ns()};
+        charge(pool, job, culprit, death->error, death->code, &ran,
+               death->message, death->length);
         retry_push(pool, job,
                    (pmap__range_t){r.first, culprit - r.first, r.attempts},
                    death);
@@ -127,6 +284,7 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                                    r.attempts},
                    death);
     }
+    halt_if_due(pool, job);
 }
 
 /* The time running items of job have after a cancellation: -1 for as
@@ -151,24 +309,7 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
 {
     if (job->cancelled || job->finished)
         return;
-    job->cancelled = true;
-    if (job->error == 0)
-        job->error = PMAP_ECANCELED;
-    if (job->n == SIZE_MAX)
-        job->n = job->produced;
-    static const pmap__death_t cancelled = {.error = PMAP_ECANCELED};
-    pmap__range_t rest = {job->next, job->n - job->next, 0};
-    job->next = job->n;
-    if (job->window.size != 0 && job->producer == NULL && rest.count > 0) {
-        /* Arrays to a callback: those items have no place in the window;
-         * deliver.c hands them over after the earlier ones. */
-        job->window.tail = rest.first;
-        rest.count = 0;
-    }
-    retry_push(pool, job, rest, &cancelled);
-    while (job->nretry > 0)
-        retry_push(pool, job, job->retry[--job->nretry], &cancelled);
-    pmap__deliver(job);     /* the tail, if nothing comes before it */
+    stop(pool, job, PMAP_ECANCELED);
     int64_t grace = cancel_grace(pool, job);
     if (grace == 0)
         pmap__loop_kill_job(pool, job);
@@ -252,6 +393,9 @@ static pmap__range_t next_range(pool_t *pool, pmap_job_t *job,
                                 const pmap__worker_t *w)
 {
     size_t most = quota(pool, w);
+    size_t due = job->nretry == 0 ? again_due(job) : SIZE_MAX;
+    if (due != SIZE_MAX && most > 0)    /* a retried item runs alone */
+        return (pmap__range_t){again_take(job, due), 1, 0};
     if (job->nretry > 0) {
         pmap__range_t *r = &job->retry[job->nretry - 1];
         pmap__range_t take = *r;
@@ -401,8 +545,9 @@ static int store_variable(const pmap__fn_t *fn, const pmap__column_t *col,
  * Stores items [first, first + count) of a checked RESULT, in runs between
  * the failed items, which the worker lists in item order.
  */
-static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
-                          size_t first, size_t count, const pmap__result_t *res)
+static void store_results(pool_t *pool, pmap_job_t *job, size_t first,
+                          size_t count, const pmap__result_t *res,
+                          const pmap__ran_t *ran)
 {
     const pmap__fn_t *fn = job->fn;
     size_t size = fn->result.size, run = first, end = first + count;
@@ -417,10 +562,9 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         /* One copy, then only the failed items are visited. */
         memcpy(pmap__output(job, first), res->column.base, count * size);
         while (f.index != SIZE_MAX) {
-            pmap__stored(pool, job, run, (size_t)f.index - run);
-            pmap__fail_item(pool, job, (size_t)f.index,
-                            f.error ? f.error : PMAP_EFAIL, f.code, w->pid,
-                            f.message, f.length);
+            pmap__stored(pool, job, run, (size_t)f.index - run, ran);
+            charge(pool, job, (size_t)f.index, f.error ? f.error : PMAP_EFAIL,
+                   f.code, ran, f.message, f.length);
             run = (size_t)f.index + 1;
             f.index = SIZE_MAX;
             if (taken < res->nfailed) {
@@ -428,7 +572,7 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                 taken++;
             }
         }
-        pmap__stored(pool, job, run, end - run);
+        pmap__stored(pool, job, run, end - run, ran);
         return;
     }
     for (size_t i = first; i < end; i++) {
@@ -440,25 +584,24 @@ static void store_results(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                                    pmap__output(job, i));
         if (error == 0)
             continue;
-        pmap__stored(pool, job, run, i - run);
+        pmap__stored(pool, job, run, i - run, ran);
         run = i + 1;
         if (i != f.index) {     /* no memory for the copy, or no decoding */
             static const char undecoded[] = "the result could not be decoded";
             bool codec = error == PMAP_ECODEC;
-            pmap__fail_item(pool, job, i, error, 0, w->pid,
+            pmap__fail_item(pool, job, i, error, 0, ran,
                             codec ? undecoded : NULL,
                             codec ? sizeof undecoded - 1 : 0);
             continue;
         }
-        pmap__fail_item(pool, job, i, error, f.code, w->pid, f.message,
-                        f.length);
+        charge(pool, job, i, error, f.code, ran, f.message, f.length);
         f.index = SIZE_MAX;
         if (taken < res->nfailed) {
             record = pmap__failure_next(record, &f);
             taken++;
         }
     }
-    pmap__stored(pool, job, run, end - run);
+    pmap__stored(pool, job, run, end - run, ran);
 }
 
 /*
@@ -480,7 +623,7 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     pmap__result_t res;
     pmap__region_t shared = pmap__arena_slot(w->arena, w->batch[0].slot, true);
     int rc = pmap__result_decode(p, len, fn->result, r.first, r.count,
-                                 scratch, &res, &shared);
+                                 job->logged, scratch, &res, &shared);
     if (rc < 0)
         return rc;
     pop_batch(w);
@@ -490,7 +633,9 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     job->stats.busy_ns += res.busy_ns;
     w->stats.busy_ns += res.busy_ns;
     w->stats.items += r.count;
-    store_results(pool, job, w, r.first, r.count, &res);
+    pmap__ran_t ran = {w->pid, w->index, r.first, res.timing, 0, 0};
+    store_results(pool, job, r.first, r.count, &res, &ran);
+    halt_if_due(pool, job);
     return 0;
 }
 

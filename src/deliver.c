@@ -11,11 +11,13 @@
  * of items; in order, a result that arrives early waits in its place until
  * every earlier one has been handed over.
  *
- * This file also keeps a map's failure records and calls its progress
+ * This file also keeps a map's failure records (with the failed runs of
+ * items being retried), writes its job log and calls its progress
  * callback: everything the caller sees of a map while it runs.
  */
 #include "pmap_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -64,6 +66,117 @@ static size_t record(pmap_job_t *job, const pmap_failure_t *f,
     job->failures[job->nfailures] = *f;
     job->failures[job->nfailures].message = text ? text : no_message;
     return job->nfailures++;
+}
+
+/* ---- failed runs of items retried (batch.c decides the retries) -------- */
+
+static pmap__tries_t *find_tries(const pmap_job_t *job, size_t index)
+{
+    for (size_t i = 0; i < job->ntries; i++) {
+        if (job->tries[i].index == index)
+            return &job->tries[i];
+    }
+    return NULL;
+}
+
+/*
+ * Item index's run ended with error and code: if it has had fewer than
+ * `most` failed runs before, notes this one (it runs again) and returns
+ * the failed runs it has had; else returns 0 (it fails for good), or
+ * PMAP_ENOMEM (then too).
+ */
+int pmap__tried(pmap_job_t *job, size_t index, int error, int code, int most)
+{
+    pmap__tries_t *t = find_tries(job, index);
+    if (t != NULL && t->attempts >= most)
+        return 0;
+    if (t == NULL) {
+        if (job->ntries == job->tries_cap) {
+            size_t cap = job->tries_cap ? job->tries_cap * 2 : 8;
+            pmap__tries_t *p = realloc(job->tries, cap * sizeof *p);
+            if (p == NULL)
+                return PMAP_ENOMEM;
+            job->tries = p;
+            job->tries_cap = cap;
+        }
+        t = &job->tries[job->ntries++];
+        memset(t, 0, sizeof *t);
+        t->index = index;
+    }
+    if (t->attempts < PMAP_CAUSES_MAX)
+        t->causes[t->attempts] = (pmap_cause_t){error, code};
+    return ++t->attempts;
+}
+
+/* Takes item index's failed runs out of the table (none: zeroes). */
+static void take_tries(pmap_job_t *job, size_t index, pmap__tries_t *out)
+{
+    memset(out, 0, sizeof *out);
+    pmap__tries_t *t = job->ntries > 0 ? find_tries(job, index) : NULL;
+    if (t == NULL)
+        return;
+    *out = *t;
+    *t = job->tries[--job->ntries];
+}
+
+void pmap__tries_free(pmap_job_t *job)
+{
+    free(job->tries);
+    job->tries = NULL;
+    job->ntries = job->tries_cap = 0;
+}
+
+/* ---- the job log -------------------------------------------------------- */
+
+/* The header line of a job log written to joblog_fd.  Write errors (a
+ * closed pipe...) are the caller's to see there: the map goes on. */
+void pmap__log_header(pmap_job_t *job)
+{
+    static const char header[] =
+        "index\tworker\tpid\tattempts\tstart\tduration\tstatus\tcode\n";
+    if (job->opts.joblog_fd > 0)
+        (void)pmap__write_all(job->opts.joblog_fd - 1, header,
+                              sizeof header - 1);
+}
+
+/* Seconds from the map's start to t (0 if t is unknown). */
+static double since_start(const pmap_job_t *job, int64_t t)
+{
+    return t > job->start_ns ? (double)(t - job->start_ns) / 1e9 : 0.0;
+}
+
+/* Item index's log row: to on_log, and to joblog_fd. */
+static void log_item(pmap_job_t *job, size_t index, int attempts,
+                     const pmap__ran_t *ran, int error, int code)
+{
+    pmap_log_t row = {index, -1, 0, attempts, 0.0, 0.0, error, code};
+    if (ran != NULL) {
+        int64_t start = ran->start_ns, end = ran->end_ns;
+        if (ran->timing != NULL) {
+            const unsigned char *t = ran->timing + 16 * (index - ran->first);
+            start = (int64_t)pmap__get_u64(t);
+            end = (int64_t)pmap__get_u64(t + 8);
+        }
+        row.worker = ran->worker;
+        row.pid = ran->pid;
+        if (start > 0) {
+            row.start = since_start(job, start);
+            row.duration = end > start ? (double)(end - start) / 1e9 : 0.0;
+        }
+    }
+    if (job->opts.on_log != NULL && !job->released &&
+        job->opts.on_log(job->opts.ctx, &row) != 0)
+        job->cancel = 1;
+    if (job->opts.joblog_fd > 0) {
+        char line[256];
+        int n = snprintf(line, sizeof line,
+                         "%zu\t%d\t%ld\t%d\t%.6f\t%.6f\t%s\t%d\n", row.index,
+                         row.worker, row.pid, row.attempts, row.start,
+                         row.duration, error ? pmap_err_name(error) : "ok",
+                         row.code);
+        if (n > 0 && (size_t)n < sizeof line)
+            (void)pmap__write_all(job->opts.joblog_fd - 1, line, (size_t)n);
+    }
 }
 
 /* ---- the window -------------------------------------------------------- */
@@ -296,11 +409,14 @@ static void hand_over(pmap_job_t *job, size_t index)
 static void hand_over_tail(pmap_job_t *job)
 {
     pmap__window_t *w = &job->window;
+    int error = job->error ? job->error : PMAP_ECANCELED;
     for (size_t i = w->tail; i < job->n; i++) {
-        pmap_failure_t f = {.index = i, .error = PMAP_ECANCELED,
+        pmap_failure_t f = {.index = i, .error = error,
                             .message = no_message};
         job->failed++;
         job->done++;
+        if (job->logged)
+            log_item(job, i, 0, NULL, error, 0);
         if (!job->released)
             job->opts.on_result(job->opts.ctx, i, NULL, &f);
     }
@@ -331,10 +447,19 @@ void pmap__deliver(pmap_job_t *job)
         hand_over_tail(job);
 }
 
-/* Items [first, first + count) have their results stored. */
-void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
+/* Items [first, first + count) have their results stored; ran says who
+ * ran them (for the job log). */
+void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count,
+                  const pmap__ran_t *ran)
 {
     (void)pool;
+    for (size_t i = first; (job->ntries > 0 || job->logged) &&
+                           i < first + count; i++) {
+        pmap__tries_t t;
+        take_tries(job, i, &t);
+        if (job->logged)
+            log_item(job, i, t.attempts + 1, ran, 0, 0);
+    }
     job->done += count;
     pmap__output_stored(job, first, count);
     pmap__iter_mark(job, first, count, false);
@@ -348,16 +473,31 @@ void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count)
     pmap__deliver(job);
 }
 
-/* Item index failed: records why, zeroes its output, hands it over. */
+/* Item index failed for good: records why (with its earlier runs, if it
+ * was retried; ran is NULL if it did not run this time), zeroes its
+ * output, hands it over. */
 void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
-                     int code, long pid, const char *msg, size_t msglen)
+                     int code, const pmap__ran_t *ran, const char *msg,
+                     size_t msglen)
 {
     (void)pool;
     job->failed++;
     job->done++;
+    if (error != PMAP_ECANCELED && error != PMAP_EHALTED)
+        job->halt_failed++;
+    pmap__tries_t t;
+    take_tries(job, index, &t);
+    if (ran != NULL) {
+        if (t.attempts < PMAP_CAUSES_MAX)
+            t.causes[t.attempts] = (pmap_cause_t){error, code};
+        t.attempts++;
+    }
     pmap_failure_t f = {.index = index, .error = error, .code = code,
-                        .pid = pid};
+                        .pid = ran ? ran->pid : 0, .attempts = t.attempts};
+    memcpy(f.causes, t.causes, sizeof f.causes);
     pmap__output_failed(job, &f);
+    if (job->logged)
+        log_item(job, index, t.attempts, ran, error, code);
     size_t at = record(job, &f, msg, msglen);
     unsigned char *out = pmap__output(job, index);
     memset(out, 0, job->fn->result.size);

@@ -144,6 +144,23 @@ int pmap__send_all(int fd, const void *data, size_t n)
     return 0;
 }
 
+/* Writes all of data to a descriptor of the caller's (a job log), which
+ * may be a file or a pipe: 0 or a negative errno. */
+int pmap__write_all(int fd, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    while (n > 0) {
+        ssize_t r = write(fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return r < 0 ? -errno : PMAP_ESYSTEM;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
 int64_t pmap__now_ns(void)
 {
     struct timespec ts;

@@ -15,12 +15,21 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The policy options (README, "Policies") make sense. */
+static bool policies_valid(const pool_map_options_t *o)
+{
+    return o->retry_delay >= 0 && o->halt >= PMAP_HALT_NEVER &&
+           o->halt <= PMAP_HALT_NOW && o->halt_fraction >= 0 &&
+           o->halt_fraction <= 1 && o->joblog_fd >= 0;
+}
+
 static int check_call(const pmap__call_t *call, const pmap__fn_t *fn,
                       const void *out, int nargs, const pmap__arg_t *args)
 {
     const pool_map_options_t *o = call->options;
     if (fn == NULL || (o != NULL && (o->timeout != o->timeout ||   /* NaN */
-                                      o->cancel_grace != o->cancel_grace)))
+                                      o->cancel_grace != o->cancel_grace ||
+                                      !policies_valid(o))))
         return PMAP_EINVAL;
     bool to_callback = o != NULL && o->on_result != NULL;
     for (int k = 0; k < fn->nparams && k < PMAP_MAX_ARGS; k++) {
@@ -65,10 +74,12 @@ static int encode_setup(pmap_job_t *job)
     pmap__outq_u64(q, pmap__signature(fn));
     pmap__outq_u64(q, job->constants);
     /* flags: bit 0, timed; bit 1, memory measured; bits 2-3, output
-     * mode; bits 32-63, output cap (worker.c) */
+     * mode; bit 4, logged (per-item times come back); bits 32-63, output
+     * cap (worker.c) */
     uint64_t flags = (uint64_t)(job->timeout_ns > 0) |
                      (uint64_t)(job->memory_cap > 0) << 1 |
                      (uint64_t)(job->output.mode & 3) << 2 |
+                     (uint64_t)job->logged << 4 |
                      (uint64_t)job->output.cap << 32;
     pmap__outq_u64(q, flags);
     size_t unencoded = 0;
@@ -92,6 +103,8 @@ static void job_free(pmap_job_t *job)
     pmap__outq_free(&job->setup);
     pmap__buf_free(&job->scratch);
     free(job->retry);
+    free(job->again);
+    pmap__tries_free(job);
     pmap__failures_free(job->failures, job->nfailures);
     free(job);
 }
@@ -104,6 +117,20 @@ static void unlink_job(pool_t *pool, pmap_job_t *job)
             return;
         }
     }
+}
+
+/* The map's retries (its own, else the pool's) and job log. */
+static void set_policies(const pool_t *pool, pmap_job_t *job)
+{
+    const pool_map_options_t *o = &job->opts;
+    int retries = o->retries ? o->retries : pool->opts.retries;
+    job->retries = retries > 0 ? retries : 0;
+    double delay = o->retry_delay ? o->retry_delay : pool->opts.retry_delay;
+    job->retry_delay_ns = delay > 0 ? (delay < 1e6 ? (int64_t)(delay * 1e9)
+                                                   : (int64_t)1e15)
+                                    : 0;
+    job->retry_failed = o->retry_failed || pool->opts.retry_failed;
+    job->logged = o->on_log != NULL || o->joblog_fd > 0;
 }
 
 static int job_start(pool_t *pool, const pmap__call_t *call,
@@ -139,6 +166,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     if (timeout > 0)    /* at least 1 ns, at most about 290 years */
         job->timeout_ns = timeout < 9e9 ? (int64_t)(timeout * 1e9) + 1
                                         : INT64_MAX / 2;
+    set_policies(pool, job);
     job->start_ns = job->progress_ns = pmap__now_ns();
     job->cancels = atomic_load(&pool->cancels);
     job->kill_ns = -1;
@@ -166,6 +194,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job_free(job);
         return rc;
     }
+    pmap__log_header(job);
     pmap_job_t **tail = &pool->jobs;
     while (*tail != NULL)
         tail = &(*tail)->later;
@@ -222,6 +251,7 @@ bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
     t->bytes_received += s->bytes_received;
     t->busy_ns += s->busy_ns;
     t->wall_ns += s->wall_ns;
+    t->retries += s->retries;
     pmap__window_free(job);
     pmap__outq_free(&job->setup);
     return true;

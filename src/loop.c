@@ -82,7 +82,8 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
     if (pool->in_process) {
         /* No process to bury: its batches fail, and its maps are set up
          * anew (inline.c). */
-        pmap__death_t death = {.error = error ? error : PMAP_ENOMEM};
+        pmap__death_t death = {.error = error ? error : PMAP_ENOMEM,
+                               .worker = w->index};
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
             pmap__job_lost(pool, job, w, &death);
         w->nbatch = 0;
@@ -90,10 +91,13 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         return;
     }
     pmap__slot_t *slot = pmap__arena_state(w->arena);
-    pmap__death_t death = {.pid = (long)w->pid, .item = item};
+    pmap__death_t death = {.pid = (long)w->pid, .item = item,
+                           .worker = w->index};
     if (item == 0)
         death.item = atomic_load_explicit(&slot->item, memory_order_acquire);
     death.map = atomic_load_explicit(&slot->map, memory_order_relaxed);
+    death.started_ns = atomic_load_explicit(&slot->started_ns,
+                                            memory_order_relaxed);
     bool out_of_memory = false;
     size_t reported = 0;
     char *report = take_report(w, &reported, &out_of_memory);
@@ -590,8 +594,10 @@ static int64_t step(pool_t *pool)
     pool->lost = false;
     feed(pool);
     settle(pool);
-    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
         wake = earliest(wake, pmap__progress_due(job));
+        wake = earliest(wake, pmap__job_retry_due(job));
+    }
     /* A worker lost while feeding (its channel broke) left a slot empty
      * after the refill, or the in-process worker has more to do: step
      * again without waiting. */

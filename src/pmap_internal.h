@@ -71,6 +71,7 @@ void pmap__close(int *fd);
 ssize_t pmap__read(int fd, void *data, size_t n);
 ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt);
 int pmap__send_all(int fd, const void *data, size_t n);
+int pmap__write_all(int fd, const void *data, size_t n);
 int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
 int pmap__reap(pid_t pid, int *status);
 int pmap__pidfd_open(pid_t pid);
@@ -183,6 +184,9 @@ size_t pmap__column_length(const pmap__column_t *col, size_t i);
 /* A RESULT payload, checked whole against the batch it answers. */
 typedef struct pmap__result {
     uint64_t busy_ns;           /* the worker's time in the callback */
+    const unsigned char *timing;    /* logged maps: u64 start ns, u64 end
+                                       ns per item, after the failures;
+                                       else NULL */
     uint64_t nfailed;           /* failure records... */
     const unsigned char *failures;  /* ...starting here */
     pmap__column_t column;      /* the results */
@@ -199,7 +203,7 @@ typedef struct pmap__failure_record {
 
 int pmap__result_decode(const unsigned char *p, size_t len,
                         pmap__type_t type, uint64_t first, uint64_t count,
-                        void *scratch, pmap__result_t *r,
+                        bool timed, void *scratch, pmap__result_t *r,
                         const pmap__region_t *shared);
 const unsigned char *pmap__failure_next(const unsigned char *p,
                                         pmap__failure_record_t *f);
@@ -237,8 +241,9 @@ uint64_t pmap__signature(const pmap__fn_t *fn);
 typedef struct pmap__slot {
     _Atomic uint64_t item;      /* index + 1 of the running item; 0: none */
     _Atomic uint32_t map;       /* the map that item belongs to */
-    _Atomic int64_t started_ns; /* timed maps: when the item started, or
-                                   when the batch's last item ended */
+    _Atomic int64_t started_ns; /* timed or logged maps: when the item
+                                   started, or when the batch's last item
+                                   ended */
     uint64_t memory_limit;      /* written by the caller before the worker
                                    starts: its RLIMIT_AS, or 0 */
     _Atomic uint64_t rss;       /* the worker's resident bytes after its
@@ -408,7 +413,37 @@ typedef struct pmap__death {
     uint64_t item;              /* index + 1, or 0: none */
     const char *message;        /* its crash report, or NULL */
     size_t length;
+    int worker;                 /* its index in the pool */
+    int64_t started_ns;         /* when that item started (timed or logged
+                                   maps), or 0 */
 } pmap__death_t;
+
+/*
+ * Who ran items and when, for failure records and the job log: the worker
+ * that answered a batch, or the one that died running an item.  NULL
+ * where an item never ran (cancelled, halted).
+ */
+typedef struct pmap__ran {
+    long pid;
+    int worker;
+    size_t first;               /* the batch's first item */
+    const unsigned char *timing;    /* logged: pmap__result_t.timing */
+    int64_t start_ns, end_ns;   /* without timing: the one item's, or 0 */
+} pmap__ran_t;
+
+/* An item that failed and runs again (retries), once due. */
+typedef struct pmap__again {
+    size_t index;
+    int64_t due_ns;
+} pmap__again_t;
+
+/* The runs an item has had that failed, while it is retried (deliver.c
+ * keeps them until its outcome is recorded). */
+typedef struct pmap__tries {
+    size_t index;
+    int attempts;
+    pmap_cause_t causes[PMAP_CAUSES_MAX];
+} pmap__tries_t;
 
 /*
  * The items of a map alive between their making and their handing over
@@ -485,6 +520,16 @@ struct pmap_job {
     size_t inflight;            /* batches sent and not answered */
     pmap__range_t *retry;       /* items to send again */
     size_t nretry, retry_cap;
+    /* Policies (README, "Policies"): retries, halt, job log. */
+    int retries;                /* runs more an item may have; 0: none */
+    int64_t retry_delay_ns;
+    bool retry_failed;          /* pmap_fail'ed items are retried too */
+    pmap__again_t *again;       /* items failed, to run again when due */
+    size_t nagain, again_cap;
+    pmap__tries_t *tries;       /* their failed runs so far */
+    size_t ntries, tries_cap;
+    size_t halt_failed;         /* items failed for good, not cancelled */
+    bool logged;                /* on_log or joblog_fd: rows per item */
     unsigned char *out;         /* the caller's array, or NULL: window */
     pmap__window_t window;
     /* Counters (items and failed are done and failed above), and the
@@ -563,6 +608,7 @@ int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
 void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                     const pmap__death_t *death);
 void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job);
+int64_t pmap__job_retry_due(const pmap_job_t *job);
 
 /* deliver.c */
 int pmap__window_init(pool_t *pool, pmap_job_t *job);
@@ -571,10 +617,16 @@ size_t pmap__window_room(const pmap_job_t *job, size_t first);
 size_t pmap__produce(pool_t *pool, pmap_job_t *job, size_t upto);
 const unsigned char *pmap__input(const pmap_job_t *job, int k, size_t index);
 unsigned char *pmap__output(const pmap_job_t *job, size_t index);
-void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count);
+void pmap__stored(pool_t *pool, pmap_job_t *job, size_t first, size_t count,
+                  const pmap__ran_t *ran);
 void pmap__deliver(pmap_job_t *job);
 void pmap__fail_item(pool_t *pool, pmap_job_t *job, size_t index, int error,
-                     int code, long pid, const char *msg, size_t msglen);
+                     int code, const pmap__ran_t *ran, const char *msg,
+                     size_t msglen);
+int pmap__tried(pmap_job_t *job, size_t index, int error, int code,
+                int most);
+void pmap__tries_free(pmap_job_t *job);
+void pmap__log_header(pmap_job_t *job);
 void pmap__progress(pool_t *pool, pmap_job_t *job, bool final);
 int64_t pmap__progress_due(const pmap_job_t *job);
 void pmap__failures_free(pmap_failure_t *f, size_t n);

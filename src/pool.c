@@ -205,7 +205,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0) ||
         !(o.start_timeout >= 0) || o.cancel_grace != o.cancel_grace ||
         o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE ||
-        o.output < PMAP_OUTPUT_AUTO || o.output > PMAP_OUTPUT_CAPTURE)
+        o.output < PMAP_OUTPUT_AUTO || o.output > PMAP_OUTPUT_CAPTURE ||
+        !(o.retry_delay >= 0))
         return PMAP_EINVAL;
     if (pmap__nested())
         return PMAP_ENESTED;

@@ -608,13 +608,14 @@ static size_t record_size(uint64_t msglen)
  * Decodes a RESULT payload that must answer items [first, first + count):
  *   u64 first | u64 count | u64 busy ns | u64 failures | result column |
  *   failure records (for items of the batch, in increasing order, text <=
- *   512 bytes).
+ *   512 bytes) | for a logged map (timed), u64 start ns, u64 end ns per
+ *   item.
  * scratch holds pmap__column_scratch(type, count) bytes.  Returns 0, or
  * PMAP_EPROTO if any part is inconsistent or runs past len.
  */
 int pmap__result_decode(const unsigned char *p, size_t len,
                         pmap__type_t type, uint64_t first, uint64_t count,
-                        void *scratch, pmap__result_t *r,
+                        bool timed, void *scratch, pmap__result_t *r,
                         const pmap__region_t *shared)
 {
     size_t off = 4 * sizeof(uint64_t), used;
@@ -640,6 +641,12 @@ int pmap__result_decode(const unsigned char *p, size_t len,
             return PMAP_EPROTO;
         least = index + 1;
         off += record_size(msglen);
+    }
+    r->timing = NULL;
+    if (timed) {    /* a logged map's per-item times follow */
+        if ((len - off) / (2 * sizeof(uint64_t)) < count)
+            return PMAP_EPROTO;
+        r->timing = p + off;
     }
     return 0;
 }
@@ -738,7 +745,7 @@ uint64_t pmap__result_bound(pmap__type_t type, uint64_t count)
     if (type.kind != PMAP__VALUE || count > SIZE_MAX / 1024 / type.size)
         return UINT64_MAX;
     return 4 * sizeof(uint64_t) + pmap__pad((size_t)count * type.size) +
-           count * record_size(PMAP__MESSAGE_MAX);
+           count * (record_size(PMAP__MESSAGE_MAX) + 2 * sizeof(uint64_t));
 }
 
 void pmap__reader_free(pmap__reader_t *r)

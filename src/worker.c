@@ -53,6 +53,8 @@ typedef struct worker_map {
     bool measured;              /* note the resident size after a batch */
     int output;                 /* enum pmap_output */
     size_t output_cap;          /* bytes kept per item and stream */
+    bool logged;                /* ...and report each item's times (the
+                                   job log: RESULT's timing) */
     struct worker_map *next;
 } worker_map_t;
 
@@ -69,6 +71,7 @@ static struct {
     pmap__buf_t results;        /* one batch's results */
     pmap__buf_t scratch;        /* one batch's decoded variable arguments */
     pmap__buf_t failures;       /* one batch's failure records */
+    pmap__buf_t timing;         /* logged maps: a batch's item times */
     pmap__buf_t values;         /* one item's decoded arguments (codecs) */
     pmap__buf_t encoded;        /* one batch's encoded results (codec)... */
     pmap__buf_t blobs;          /* ...as a pmap_bytes_t per item (offsets
@@ -224,7 +227,8 @@ static void map_end(uint32_t id)
 /*
  * SETUP payload: u64 function id | u64 signature | u64 constants mask |
  * u64 flags (bit 0: timed; bit 1: measure memory; bits 2-3: output mode;
- * bits 32-63: output cap in bytes) | one column of 1 value per constant.
+ * bit 4: logged; bits 32-63: output cap in bytes) | one column of 1 value
+ * per constant.
  */
 static void map_setup(uint32_t id, const unsigned char *p, size_t len)
 {
@@ -236,7 +240,8 @@ static void map_setup(uint32_t id, const unsigned char *p, size_t len)
     m->id = id;
     m->constants = pmap__get_u64(p + 16);
     uint64_t flags = pmap__get_u64(p + 24);
-    m->timed = flags & 1;
+    m->logged = flags >> 4 & 1;
+    m->timed = (flags & 1) || m->logged;
     m->measured = flags >> 1 & 1;
     m->output = (int)(flags >> 2 & 3);
     m->output_cap = (size_t)(flags >> 32);
@@ -544,14 +549,24 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
     }
     uint64_t nfailed = 0;
     self.failures.len = 0;
+    self.timing.len = 0;
+    uint64_t *times = NULL;
+    if (m->logged && (count > SIZE_MAX / 16 ||
+                      (times = pmap__buf_append(&self.timing, count * 16)) ==
+                          NULL))
+        broken();
     self.failed = false;
     self.running = true;
     atomic_store_explicit(&self.slot->map, m->id, memory_order_relaxed);
     /* The hot loop: one slot store, one indirect call per item. */
     for (size_t j = 0; j < count; j++) {
-        if (m->timed)
-            atomic_store_explicit(&self.slot->started_ns, pmap__now_ns(),
+        if (m->timed) {
+            int64_t now = pmap__now_ns();
+            atomic_store_explicit(&self.slot->started_ns, now,
                                   memory_order_relaxed);
+            if (times != NULL)
+                times[2 * j] = (uint64_t)now;
+        }
         atomic_store_explicit(&self.slot->item, first + j + 1,
                               memory_order_release);
         if (decoded)
@@ -565,6 +580,8 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
             self.failed = false;
             nfailed++;
         }
+        if (times != NULL)
+            times[2 * j + 1] = (uint64_t)pmap__now_ns();
         for (int k = 0; k < nparams; k++)
             argv[k] += stride[k];
         result += result_size;
@@ -599,7 +616,7 @@ static void send_outputs(uint32_t id)
  * TASK payload: u64 function id | u64 first item | u64 count | u64 arena
  * slot | one column per parameter that is not a constant.  Answered by RESULT:
  * u64 first | u64 count | u64 busy ns | u64 failures | result column |
- * failure records.
+ * failure records | logged maps: u64 start ns, u64 end ns per item.
  */
 static void run_task(uint32_t id, const unsigned char *p, size_t len)
 {
@@ -663,6 +680,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__column_encode(&self.out, result_type, results, result_type.size,
                         (size_t)count, &results_area);
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
+    pmap__outq_add(&self.out, self.timing.data, self.timing.len);
     pmap__outq_end(&self.out, frame);
     send_queued();
     free_results(fn, (size_t)count);

@@ -169,7 +169,8 @@ TEST(wire_result_failures_must_be_in_order)
         size_t len = flatten(&q, flat, sizeof flat);
         pmap__result_t r;
         /* 11 then 11: repeated; 12 then 11: out of order. */
-        ASSERT_EQ(pmap__result_decode(flat, len, t, 10, 4, NULL, &r, NULL),
+        ASSERT_EQ(pmap__result_decode(flat, len, t, 10, 4, false, NULL, &r,
+                                      NULL),
                   PMAP_EPROTO);
         pmap__outq_free(&q);
     }

@@ -57,8 +57,8 @@ static void fuzz_result(const unsigned char *p, size_t len)
     for (size_t t = 0; t < sizeof types / sizeof types[0]; t++) {
         void *scratch = malloc(pmap__column_scratch(types[t], count) + 1);
         pmap__result_t r;
-        if (pmap__result_decode(p, len, types[t], first, count, scratch, &r,
-                                &region) == 0) {
+        if (pmap__result_decode(p, len, types[t], first, count, false,
+                                scratch, &r, &region) == 0) {
             touch_column(&r.column, types[t], (size_t)count);
             const unsigned char *rec = r.failures;
             for (uint64_t i = 0; i < r.nfailed; i++) {
