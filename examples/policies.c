@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * policies.c - what a failure does: retries, the halt policy and the job
- * log together, as with GNU parallel's --retries, --halt and --joblog.
+ * policies.c - what a failure does: retries, the halt policy, grouped
+ * output and the job log together, as with GNU parallel's --retries,
+ * --halt, --group --keep-order and --joblog.
  *
  *     policies [N...]
  *
@@ -9,9 +10,11 @@
  * The work is flaky on purpose: a multiple of 5 kills its worker the first
  * time it is tried (as the OOM killer would), and 13 always refuses
  * (pmap_fail).  With two retries the multiples of 5 succeed on their
- * second run; 13 is retried too (retry_failed) and still fails.  The job
- * log, one row per number, goes to standard output as TSV; then a second
- * map, halted at its first failure, shows the numbers it never ran.
+ * second run; 13 is retried too (retry_failed) and still fails.  What each
+ * item prints comes out grouped, in input order, whichever worker ran it;
+ * the job log, one row per number, goes to standard error as TSV; then a
+ * second map, halted at its first failure, shows the numbers it never
+ * ran.
  */
 #include <pmap.h>
 
@@ -45,8 +48,13 @@ static long collatz_steps(long n)
     if (n % 5 == 0 && first_try(n))
         raise(SIGKILL);     /* the worker dies: the item runs again */
     long steps = 0;
-    for (unsigned long x = (unsigned long)n; x > 1; steps++)
+    printf("%ld:", n);      /* its first values, grouped with its item */
+    for (unsigned long x = (unsigned long)n; x > 1; steps++) {
         x = x % 2 ? 3 * x + 1 : x / 2;
+        if (steps < 6)
+            printf(" %lu", x);
+    }
+    printf("%s\n", steps > 6 ? " ..." : "");
     return steps;
 }
 PMAP_EXPORT(collatz_steps, long, long);
@@ -106,19 +114,22 @@ int main(int argc, char **argv)
         fprintf(stderr, "policies: cannot create the pool\n");
         return 1;
     }
-    /* Two more runs for an item whose worker died or that failed, a job
-     * log on standard output, and a halt if a third of them fail. */
+    /* Two more runs for an item whose worker died or that failed, each
+     * item's output whole and in input order, a job log on standard error,
+     * and a halt if a third of them fail. */
     pool_map_options_t opts = {0};
     opts.retries = 2;
     opts.retry_failed = 1;
     opts.halt = PMAP_HALT_SOON;
     opts.halt_fraction = 0.34;
-    opts.joblog_fd = 1 + STDOUT_FILENO;
-    printf("job log:\n");
-    fflush(stdout);     /* the log is written to the descriptor itself */
+    opts.output = PMAP_OUTPUT_GROUP;
+    opts.joblog_fd = 1 + STDERR_FILENO;
+    printf("what each item printed, in input order:\n");
+    fflush(stdout);     /* grouped output is written to the descriptor */
     int rc = pool_map_with(pool, &opts, collatz_steps, (size_t)count, steps,
                            ns);
     report("with retries", pool, ns, steps, count, rc);
+    fflush(stdout);
     pmap_stats_t st;
     pool_stats(pool, &st, NULL);
     printf("  (%llu runs again, %llu workers replaced)\n",
@@ -130,9 +141,13 @@ int main(int argc, char **argv)
     strict.chunk = 1;
     strict.halt = PMAP_HALT_NOW;
     strict.retries = -1;
+    strict.output = PMAP_OUTPUT_GROUP;
+    printf("\nagain, halted at the first failure:\n");
+    fflush(stdout);
     int halted = pool_map_with(pool, &strict, collatz_steps, (size_t)count,
                                steps, ns);
     report("halted at the first failure", pool, ns, steps, count, halted);
+    fflush(stdout);
 
     pool_destroy(pool);
     forget_markers(ns, count);

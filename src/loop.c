@@ -140,22 +140,6 @@ static void lose(pool_t *pool, pmap__worker_t *w, int error)
     lose_item(pool, w, error, 0);
 }
 
-/* Kills the workers holding batches of job (being cancelled or given up):
- * its items there fail with PMAP_ECANCELED, others are sent again. */
-void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job)
-{
-    for (int i = 0; i < pool->nworkers; i++) {
-        pmap__worker_t *w = &pool->workers[i];
-        for (int b = 0; b < w->nbatch; b++) {
-            if (w->batch[b].job == job) {
-                pmap__kill(w->pid, w->pidfd);
-                lose(pool, w, PMAP_ECANCELED);
-                break;
-            }
-        }
-    }
-}
-
 /* ---- frames ------------------------------------------------------------ */
 
 static pmap_job_t *find_job(const pool_t *pool, uint32_t id)
@@ -306,6 +290,33 @@ static bool caught_up(pool_t *pool, pmap__worker_t *w)
     if (w->pid > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)))
         on_input(pool, w);
     return true;
+}
+
+/* Whether w holds a batch of job. */
+static bool holds(const pmap__worker_t *w, const pmap_job_t *job)
+{
+    for (int b = 0; b < w->nbatch; b++) {
+        if (w->batch[b].job == job)
+            return true;
+    }
+    return false;
+}
+
+/* Kills the workers holding batches of job (being cancelled, halted or
+ * given up): its items there fail with PMAP_ECANCELED, others are sent
+ * again.  What a worker has answered already is taken first: an item that
+ * finished is not reported as stopped. */
+void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job)
+{
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        if (w->pid > 0 && holds(w, job))
+            caught_up(pool, w);
+        if (w->pid > 0 && holds(w, job)) {
+            pmap__kill(w->pid, w->pidfd);
+            lose(pool, w, PMAP_ECANCELED);
+        }
+    }
 }
 
 /* ---- pool_fd ----------------------------------------------------------- */
