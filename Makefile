@@ -165,8 +165,8 @@ fuzz:
 # OpenMP threads must not spin between regions: they would take the CPUs
 # from the worker processes measured next.
 BENCH_REPS ?= 5
-BENCH_OUT ?= bench/RESULTS.md
-BENCH_SCALE_OUT ?= bench/SCALE.md
+BENCH_OUT ?= tests/bench/RESULTS.md
+BENCH_SCALE_OUT ?= tests/bench/SCALE.md
 BENCH_SRC = tests/bench/bench.c tests/bench/omp.c tests/bench/workloads.h
 $(B)/bench/bench: $(BENCH_SRC) $(B)/libpmap.a $(FLAGS)
 	@mkdir -p $(@D)
