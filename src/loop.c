@@ -117,7 +117,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job)
         pmap__worker_t *w = &pool->workers[i];
         for (int b = 0; b < w->nbatch; b++) {
             if (w->batch[b].job == job) {
-                pmap__kill(w->pid, w->pidfd);
+                pmap__proc_kill(pool, w);
                 lose(pool, w, PMAP_ECANCELED);
                 break;
             }
@@ -364,7 +364,7 @@ static int64_t enforce_timeouts(pool_t *pool)
         if (deadline < 0 || w->pid == 0 || w->nbatch == 0)
             continue;
         if (deadline <= now) {
-            pmap__kill(w->pid, w->pidfd);
+            pmap__proc_kill(pool, w);
             lose_item(pool, w, PMAP_ETIMEDOUT, item);
         } else if (next < 0 || deadline < next) {
             next = deadline;
@@ -402,7 +402,7 @@ static int64_t check_workers(pool_t *pool)
         if (deadline <= now && caught_up(pool, w) && (w->pid == 0 || w->ready))
             continue;
         if (deadline <= now) {
-            pmap__kill(w->pid, w->pidfd);
+            pmap__proc_kill(pool, w);
             lose(pool, w, PMAP_ESTART);
         } else if (next < 0 || deadline < next) {
             next = deadline;
