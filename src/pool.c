@@ -138,8 +138,12 @@ static pmap_config_t configure(const pool_options_t *o)
         c.workers_from = c.start_from;
     }
     if (c.start == PMAP_START_MPI) {
-        c.workers = pmap__remote->workers();    /* each rank's own count */
-        c.workers_from = c.start_from;
+        /* Each rank's own count, or fewer when the option says so (not
+         * the environment's PMAP_WORKERS: that sizes each rank). */
+        int remote = pmap__remote->workers();
+        c.workers = o->workers > 0 && o->workers < remote ? o->workers
+                                                          : remote;
+        c.workers_from = o->workers > 0 ? PMAP_FROM_OPTION : c.start_from;
     }
     c.chunk = (size_t)choose((long)o->chunk, env_count("PMAP_CHUNK", LONG_MAX),
                              0, &c.chunk_from);

@@ -869,7 +869,9 @@ static int connect_ranks(void)
     if (relay.slot_rank == NULL || relay.slot_local == NULL)
         return PMAP_ENOMEM;
     int rc = 0;
-    /* Answers in rank order, so that slots are too. */
+    int *count = calloc((size_t)relay.size, sizeof *count);
+    if (count == NULL)
+        return PMAP_ENOMEM;
     for (int r = 1; r < relay.size; r++) {
         unsigned char reply[sizeof(head_t) + sizeof(build_t) + 256];
         MPI_Recv(reply, (int)sizeof reply, MPI_BYTE, r, TAG, relay.comm,
@@ -897,11 +899,22 @@ static int connect_ranks(void)
             rc = PMAP_EPROTO;
             continue;
         }
-        for (int64_t i = 0; i < h.a && relay.nslots < PMAP_MAX_WORKERS; i++) {
+        count[r] = (int)h.a;
+    }
+    /* Slots go round the ranks (a pool of fewer workers is spread): rank
+     * 1's first worker, rank 2's first, ..., rank 1's second, ... */
+    for (int i = 0, more = 1; more; i++) {
+        more = 0;
+        for (int r = 1; r < relay.size && relay.nslots < PMAP_MAX_WORKERS;
+             r++) {
+            if (i >= count[r])
+                continue;
             relay.slot_rank[relay.nslots] = r;
-            relay.slot_local[relay.nslots++] = (int)i;
+            relay.slot_local[relay.nslots++] = i;
+            more = 1;
         }
     }
+    free(count);
     return rc;
 }
 
