@@ -29,9 +29,11 @@
  * Nothing spins.  MPI has no descriptor to wait on, and a blocking
  * MPI_Recv busy-polls in Open MPI; so each relay waits in ppoll on its
  * channels (which wakes it at once for everything local) with a timeout
- * that starts at SLEEP_MIN_NS after any activity and doubles up to
- * SLEEP_MAX_NS (SLEEP_SEND_NS while a send is in flight, for MPI's
- * progress), and between two waits probes MPI without blocking.
+ * of SLEEP_MIN_NS for HOT_NS after any activity (an answer is likely
+ * soon), then doubling up to SLEEP_MAX_NS (SLEEP_SEND_NS while a send is
+ * in flight, for MPI's progress), and between two waits probes MPI
+ * without blocking.  The relay's thread has a timer slack of 1 us, or its
+ * short sleeps would last 50 us more.
  */
 #define _GNU_SOURCE     /* ppoll */
 #include "pmap_internal.h"
@@ -47,6 +49,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -54,8 +57,9 @@
 
 #define TAG 0x504d              /* every message, on our own communicator */
 #define SLEEP_MIN_NS 10000LL
+#define HOT_NS 1000000LL        /* after activity, SLEEP_MIN_NS this long */
 #define SLEEP_SEND_NS 50000LL
-#define SLEEP_MAX_NS 1000000LL
+#define SLEEP_MAX_NS 2000000LL
 #define READ_CHUNK (1u << 20)   /* bytes forwarded per message at most */
 #define REPORT_NS 100000000LL   /* a worker's end, once its channel closed */
 #define KILLED_NS 5000000000LL  /* ...and once it was killed */
@@ -660,12 +664,17 @@ static bool round_trip(int64_t sleep_ns)
 /* Loops until told to stop: rank 0's thread, or rank r's main. */
 static void relay_loop(volatile bool *stop)
 {
-    int64_t sleep_ns = SLEEP_MIN_NS;
+    int64_t sleep_ns = SLEEP_MIN_NS, active_ns = pmap__now_ns();
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);   /* this thread's */
     while (!*stop) {
         bool any = round_trip(sleep_ns);
+        int64_t now = pmap__now_ns();
         int64_t max = relay.nsend > 0 ? SLEEP_SEND_NS : SLEEP_MAX_NS;
-        sleep_ns = any ? SLEEP_MIN_NS
-                       : sleep_ns * 2 > max ? max : sleep_ns * 2;
+        if (any)
+            active_ns = now;
+        sleep_ns = now - active_ns < HOT_NS ? SLEEP_MIN_NS
+                   : sleep_ns * 2 > max     ? max
+                                            : sleep_ns * 2;
     }
 }
 

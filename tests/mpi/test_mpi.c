@@ -283,6 +283,12 @@ static void stats(pool_t *pool)
     CHECK(pool_worker_stats(pool, 0, &ws) == 0 && ws.pid > 0);
 }
 
+static int init_hook(int worker, void *arg)
+{
+    (void)worker, (void)arg;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     bool refused = argc > 1 && strcmp(argv[1], "--refused") == 0;
@@ -333,6 +339,15 @@ int main(int argc, char **argv)
     CHECK(b != NULL && pool_map(b, add, 3, y, x, x) == 0 && y[2] == 6);
     pool_destroy(a);
     pool_destroy(b);
+    /* Hooks are addresses in this process: refused over MPI. */
+    pool_t *h = NULL;
+    pool_options_t ho = {.start = PMAP_START_MPI, .worker_init = init_hook};
+    CHECK(pool_create_with(&h, &ho) == PMAP_EINVAL && h == NULL);
+    /* Fewer workers than the ranks serve: one on each rank first. */
+    pool_options_t one = {.start = PMAP_START_MPI, .workers = 1};
+    CHECK(pool_create_with(&h, &one) == 0 && pool_size(h) == 1);
+    CHECK(h != NULL && pool_map(h, add, 3, y, x, x) == 0 && y[1] == 4);
+    pool_destroy(h);
     printf("mpi-test: %d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
