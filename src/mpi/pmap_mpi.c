@@ -56,8 +56,8 @@
 #include <unistd.h>
 
 #define TAG 0x504d              /* every message, on our own communicator */
-#define SLEEP_MIN_NS 10000LL
-#define HOT_NS 1000000LL        /* after activity, SLEEP_MIN_NS this long */
+#define SLEEP_MIN_NS 20000LL
+#define HOT_NS 300000LL         /* after activity, SLEEP_MIN_NS this long */
 #define SLEEP_SEND_NS 50000LL
 #define SLEEP_MAX_NS 2000000LL
 #define READ_CHUNK (1u << 20)   /* bytes forwarded per message at most */

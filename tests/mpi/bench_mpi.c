@@ -23,7 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REPS 3
+#define REPS_MAX 3
+static int REPS = REPS_MAX;
 #define TAG_WORK 1
 #define TAG_STOP 2
 #define PINGS 2000
@@ -220,6 +221,8 @@ int main(int argc, char **argv)
 {
     int level, rank, size;
     bool quick = argc > 1 && strcmp(argv[1], "--round-trip") == 0;
+    if (getenv("BENCH_REPS") && atoi(getenv("BENCH_REPS")) >= 1 && atoi(getenv("BENCH_REPS")) <= REPS_MAX)
+        REPS = atoi(getenv("BENCH_REPS"));
     MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &level);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -233,7 +236,7 @@ int main(int argc, char **argv)
         raw[i][1] = (unsigned char)(i >> 8);
         bufs[i] = (pmap_bytes_t){raw[i], W3_SIZE};
     }
-    double hand2[REPS], hand3[REPS], ping = 0;
+    double hand2[REPS_MAX], hand3[REPS_MAX], ping = 0;
     if (rank == 0) {
         for (int r = 0; r < REPS && !quick; r++) {
             hand2[r] = hand_master(size, false);
@@ -253,7 +256,7 @@ int main(int argc, char **argv)
            "over --mca btl tcp,self, %ld CPUs here\n",
            size, pmap_mpi_workers(), sysconf(_SC_NPROCESSORS_ONLN));
 
-    double serial[REPS], local2[REPS], local3[REPS], mpi2[REPS], mpi3[REPS];
+    double serial[REPS_MAX], local2[REPS_MAX], local3[REPS_MAX], mpi2[REPS_MAX], mpi3[REPS_MAX];
     for (int r = 0; r < REPS && !quick; r++) {
         double t = now();
         for (size_t i = 0; i < W2_N; i++)
