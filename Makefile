@@ -268,3 +268,6 @@ clean:
 	rm -rf $(B)
 
 -include $(LIB_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(EXAMPLES:=.d)
+
+# libpmap-mpi: make mpi, mpi-test, bench-mpi (README, "Across machines").
+include src/mpi/mpi.mk

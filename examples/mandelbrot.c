@@ -6,8 +6,16 @@
  *
  *     usage: mandelbrot [WIDTH HEIGHT [OUTPUT.pgm]]
  *            (default 1200 900 mandelbrot.pgm)
+ *
+ * Across machines, unchanged: built with -DPMAP_WITH_MPI against
+ * libpmap-mpi (make mpi: build/mpi/mandelbrot), and started as
+ *     PMAP_START=mpi mpirun -n 3 build/mpi/mandelbrot
+ * its pools run on the other ranks' workers (README, "Across machines").
  */
 #include <pmap.h>
+#ifdef PMAP_WITH_MPI
+#include <pmap_mpi.h>
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,6 +97,12 @@ static double render(int *workers, struct view v, pmap_bytes_t *rows,
 
 int main(int argc, char **argv)
 {
+#ifdef PMAP_WITH_MPI
+    if (pmap_mpi_init(&argc, &argv) < 0) {    /* ranks > 0 stay there */
+        fprintf(stderr, "mandelbrot: %s\n", pmap_mpi_message());
+        return 1;
+    }
+#endif
     int width = argc > 2 ? atoi(argv[1]) : 1200;
     int height = argc > 2 ? atoi(argv[2]) : 900;
     const char *path = argc > 3 ? argv[3] : "mandelbrot.pgm";

@@ -214,6 +214,10 @@ enum pmap_output {
  *    cannot be isolated is the caller's own: a crash or exit in a callback
  *    ends the program (that is the point: the debugger stops there),
  *    timeouts are not enforced and max_items_per_worker is ignored.
+ *  - PMAP_START_MPI: on other MPI ranks, each running its own forked
+ *    workers (one slot here per remote worker), with libpmap-mpi's
+ *    pmap_mpi_init (pmap_mpi.h; README, "Across machines"); without it,
+ *    pool_create_with says PMAP_EINVAL.
  *  - PMAP_START_AUTO (0, the default): the environment's PMAP_START if set
  *    (README, "Environment"), else the server if pmap_init was called, else
  *    fork.
@@ -222,7 +226,8 @@ enum pmap_start {
     PMAP_START_AUTO,
     PMAP_START_FORK,
     PMAP_START_SERVER,
-    PMAP_START_INLINE
+    PMAP_START_INLINE,
+    PMAP_START_MPI
 };
 
 /*
@@ -295,7 +300,7 @@ enum pmap_origin {
 typedef struct pmap_config {
     int workers;
     int workers_from;
-    int start;              /* PMAP_START_FORK, _SERVER or _INLINE */
+    int start;              /* PMAP_START_FORK, _SERVER, _INLINE or _MPI */
     int start_from;
     size_t chunk;           /* items per batch; 0: automatic */
     int chunk_from;

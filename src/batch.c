@@ -21,6 +21,8 @@
 
 /* Batch sizing, when the caller does not fix it (see chunk_size). */
 #define TARGET_BATCH_NS 2000000         /* 2 ms of work a batch */
+#define TARGET_REMOTE_NS 25000000       /* ...over MPI, whose round trips
+                                           take up to milliseconds */
 #define TARGET_BATCH_BYTES (1u << 20)   /* 1 MiB moved a batch */
 #define FIRST_BATCH 16                  /* items, before any is measured */
 
@@ -376,7 +378,8 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
             c = FIRST_BATCH;
     } else if (job->stats.busy_ns > 0) {
         double per_item = (double)job->stats.busy_ns / (double)job->busy_items;
-        double by_time = TARGET_BATCH_NS / per_item;
+        double by_time =
+            (pool->remote ? TARGET_REMOTE_NS : TARGET_BATCH_NS) / per_item;
         if (by_time < (double)c)
             c = (size_t)by_time;
     }

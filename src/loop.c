@@ -313,7 +313,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job)
         if (w->pid > 0 && holds(w, job))
             caught_up(pool, w);
         if (w->pid > 0 && holds(w, job)) {
-            pmap__kill(w->pid, w->pidfd);
+            pmap__proc_kill(pool, w);
             lose(pool, w, PMAP_ECANCELED);
         }
     }
@@ -427,7 +427,7 @@ static int64_t enforce_timeouts(pool_t *pool)
         if (deadline < 0 || w->pid == 0 || w->nbatch == 0)
             continue;
         if (deadline <= now) {
-            pmap__kill(w->pid, w->pidfd);
+            pmap__proc_kill(pool, w);
             lose_item(pool, w, PMAP_ETIMEDOUT, item);
         } else if (next < 0 || deadline < next) {
             next = deadline;
@@ -465,7 +465,7 @@ static int64_t check_workers(pool_t *pool)
         if (deadline <= now && caught_up(pool, w) && (w->pid == 0 || w->ready))
             continue;
         if (deadline <= now) {
-            pmap__kill(w->pid, w->pidfd);
+            pmap__proc_kill(pool, w);
             lose(pool, w, PMAP_ESTART);
         } else if (next < 0 || deadline < next) {
             next = deadline;

@@ -229,6 +229,7 @@ void pmap__reader_free(pmap__reader_t *r);
 int pmap__registry_check(const pmap__fn_t *fn);
 int pmap__registry_find(uint64_t id, const pmap__fn_t **fn);
 uint64_t pmap__signature(const pmap__fn_t *fn);
+uint64_t pmap__registry_hash(void);
 
 /* ---- shm.c ------------------------------------------------------------ */
 
@@ -248,6 +249,9 @@ typedef struct pmap__slot {
                                    starts: its RLIMIT_AS, or 0 */
     _Atomic uint64_t rss;       /* the worker's resident bytes after its
                                    last batch (maps with a soft cap) */
+    uint32_t private;           /* set before the worker starts: no shared
+                                   regions (a worker on another machine,
+                                   src/mpi/): every value travels in frames */
 } pmap__slot_t;
 
 /*
@@ -386,6 +390,8 @@ struct pool {
     size_t nretirees, retirees_cap;
     bool server;                /* workers come from the fork server */
     bool in_process;            /* PMAP_START_INLINE: no process (inline.c) */
+    const struct pmap__remote *remote;  /* PMAP_START_MPI: processes
+                                   elsewhere (proc.c, src/mpi/) */
     pmap_config_t config;       /* what was chosen, and why */
     pmap__buf_t frames;         /* in-process: frames being served */
     int64_t start_timeout_ns;   /* a worker not READY by then is stuck */
@@ -561,7 +567,35 @@ struct pmap_job {
     size_t memory_cap;          /* soft cap on its workers, or 0 */
 };
 
+/*
+ * Worker processes that are not this process's children (PMAP_START_MPI:
+ * another rank's, src/mpi/): a narrow process layer that proc.c asks
+ * instead of fork, pidfds, kill and waitpid.  Each worker has a descriptor
+ * standing for its pidfd, readable once its end is known, which is also
+ * the key of the other calls.
+ *   workers: the slots a pool gets (0: no remote worker)
+ *   spawn:   starts a worker for slot index, its channel's end being
+ *            channel (the callee takes a copy) and its arena arena (whose
+ *            slot it keeps up to date); sets *pid and *deathfd; 0 or a
+ *            negative code
+ *   kill:    kills it (SIGKILL, where it runs)
+ *   reap:    its wait status, killing it if it has not ended within a
+ *            grace period; 0, or PMAP_ELOST; the worker is forgotten
+ *   detach:  its arena is about to be unmapped (retired)
+ */
+typedef struct pmap__remote {
+    int (*workers)(void);
+    int (*spawn)(int index, int channel, unsigned char *arena,
+                 int64_t deadline, pid_t *pid, int *deathfd);
+    void (*kill)(int deathfd);
+    int (*reap)(int deathfd, int *status);
+    void (*detach)(int deathfd);
+} pmap__remote_t;
+
+extern const pmap__remote_t *pmap__remote;  /* set by libpmap-mpi */
+
 /* proc.c */
+void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w);
 void pmap__pools_lock(void);
 void pmap__pools_unlock(void);
 void pmap__pools_add(pool_t *pool);

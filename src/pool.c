@@ -76,17 +76,28 @@ static long env_count(const char *name, long max)
     return errno == 0 && *end == '\0' && n >= 1 && n <= max ? n : -1;
 }
 
+/* Whether PMAP_START_MPI can start workers: libpmap-mpi is initialized
+ * and other ranks serve. */
+static bool remote_usable(void)
+{
+    return pmap__remote != NULL && pmap__remote->workers() > 0;
+}
+
 /* The start method PMAP_START names: 0 when not set, -1 when malformed
  * or unusable (server without pmap_init). */
 static int env_start(void)
 {
-    static const char *const names[] = {"auto", "fork", "server", "inline"};
+    static const char *const names[] = {"auto", "fork", "server", "inline",
+                                        "mpi"};
     const char *v = getenv("PMAP_START");
     if (v == NULL || *v == '\0')
         return 0;
-    for (int i = 0; i < 4; i++) {
-        if (strcmp(v, names[i]) == 0)
-            return i == PMAP_START_SERVER && !pmap__server_running() ? -1 : i;
+    for (int i = 0; i < 5; i++) {
+        if (strcmp(v, names[i]) != 0)
+            continue;
+        if (i == PMAP_START_SERVER && !pmap__server_running())
+            return -1;
+        return i == PMAP_START_MPI && !remote_usable() ? -1 : i;
     }
     return -1;
 }
@@ -125,6 +136,14 @@ static pmap_config_t configure(const pool_options_t *o)
     if (c.start == PMAP_START_INLINE) {
         c.workers = 1;      /* the caller itself */
         c.workers_from = c.start_from;
+    }
+    if (c.start == PMAP_START_MPI) {
+        /* Each rank's own count, or fewer when the option says so (not
+         * the environment's PMAP_WORKERS: that sizes each rank). */
+        int remote = pmap__remote->workers();
+        c.workers = o->workers > 0 && o->workers < remote ? o->workers
+                                                          : remote;
+        c.workers_from = o->workers > 0 ? PMAP_FROM_OPTION : c.start_from;
     }
     c.chunk = (size_t)choose((long)o->chunk, env_count("PMAP_CHUNK", LONG_MAX),
                              0, &c.chunk_from);
@@ -204,10 +223,12 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool_options_t o = opts ? *opts : (pool_options_t){0};
     if (o.workers < 0 || o.workers > PMAP_MAX_WORKERS || !(o.timeout >= 0) ||
         !(o.start_timeout >= 0) || o.cancel_grace != o.cancel_grace ||
-        o.start < PMAP_START_AUTO || o.start > PMAP_START_INLINE ||
+        o.start < PMAP_START_AUTO || o.start > PMAP_START_MPI ||
         o.output < PMAP_OUTPUT_AUTO || o.output > PMAP_OUTPUT_CAPTURE ||
         !(o.retry_delay >= 0))
         return PMAP_EINVAL;
+    if (o.start == PMAP_START_MPI && !remote_usable())
+        return PMAP_EINVAL;     /* pmap_mpi_init was not called, or alone */
     if (pmap__nested())
         return PMAP_ENESTED;
     if (o.start == PMAP_START_SERVER && !pmap__server_running())
@@ -223,10 +244,17 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool->owner = getpid();
     pool->epfd = pool->wake[0] = pool->wake[1] = -1;
     pool->config = configure(&o);
+    if (pool->config.start == PMAP_START_MPI &&
+        (o.worker_init != NULL || o.worker_exit != NULL)) {
+        sync_destroy(pool);     /* their addresses mean nothing elsewhere */
+        free(pool);
+        return PMAP_EINVAL;
+    }
     pool->opts = o;
     pool->opts.chunk = pool->config.chunk;
     pool->server = pool->config.start == PMAP_START_SERVER;
     pool->in_process = pool->config.start == PMAP_START_INLINE;
+    pool->remote = pool->config.start == PMAP_START_MPI ? pmap__remote : NULL;
     pool->start_timeout_ns =
         seconds_ns(o.start_timeout, (int64_t)(START_TIMEOUT_S * 1e9));
     pool->cancel_grace_ns = o.cancel_grace < 0

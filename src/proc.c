@@ -46,6 +46,20 @@
 static pool_t *pools;
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* The process layer of PMAP_START_MPI, when libpmap-mpi is linked in and
+ * initialized; a pool using it asks it for everything below that names a
+ * pid (pool->remote). */
+const pmap__remote_t *pmap__remote;
+
+/* Kills w's process, wherever it runs. */
+void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w)
+{
+    if (pool->remote != NULL)
+        pool->remote->kill(w->pidfd);
+    else
+        pmap__kill(w->pid, w->pidfd);
+}
+
 void pmap__pools_lock(void)
 {
     pthread_mutex_lock(&pools_lock);
@@ -182,6 +196,20 @@ static pid_t ask_server(pool_t *pool, pmap__worker_t *w)
     return rc < 0 ? rc : pid;
 }
 
+/* Has the remote process layer start w's process, whose end of the
+ * channel is channel; its arena is private to this process (no shared
+ * regions: the worker is elsewhere).  Its stand-in pidfd goes to
+ * w->pidfd. */
+static pid_t ask_remote(pool_t *pool, pmap__worker_t *w, int channel)
+{
+    pid_t pid = -1;
+    pmap__arena_state(w->arena)->private = 1;
+    int rc = pool->remote->spawn(w->index, channel, w->arena,
+                                 pmap__now_ns() + pool->start_timeout_ns,
+                                 &pid, &w->pidfd);
+    return rc < 0 ? rc : pid;
+}
+
 /* Makes the channel and the arena of w's next process and starts it;
  * pools_lock held (released while the server answers).  Our end of the
  * channel is in w->fd from the start.  Returns its pid, or a negative
@@ -200,7 +228,9 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
         pmap__arena_state(w->arena)->memory_limit =
             pool->opts.worker_memory_limit;
     pid_t pid = PMAP_ENOMEM;
-    if (w->arena != NULL && pool->server)
+    if (w->arena != NULL && pool->remote != NULL)
+        pid = ask_remote(pool, w, fds[1]);
+    else if (w->arena != NULL && pool->server)
         pid = ask_server(pool, w);
     else if (w->arena != NULL)
         pid = fork_worker(pool, w, fds);
@@ -236,7 +266,8 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
     w->next_slot = 0;
     pmap__outq_reset(&w->out);
     w->in.buf.len = w->in.start = 0;
-    w->pidfd = pmap__pidfd_open(pid);
+    if (pool->remote == NULL)
+        w->pidfd = pmap__pidfd_open(pid);
     if (w->pidfd == -ESRCH)
         w->gone = true;     /* the server's child, dead and reaped already */
     if (w->pidfd < 0)
@@ -281,9 +312,11 @@ void pmap__proc_check(pool_t *pool, pmap__worker_t *w)
  * (the caller's SIGCHLD handler took it, or the fork server is gone or
  * stopped).
  */
-static int reap_pid(bool server, pid_t pid, int pidfd, int *status)
+static int reap_pid(const pool_t *pool, pid_t pid, int pidfd, int *status)
 {
-    if (server) {
+    if (pool->remote != NULL)
+        return pool->remote->reap(pidfd, status);
+    if (pool->server) {
         int rc = pmap__server_reap(pid, status,
                                    pmap__now_ns() + PMAP__REPORT_NS);
         if (rc == PMAP_ETIMEDOUT) {
@@ -342,7 +375,7 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
         *status = w->status;
         rc = 0;
     } else if (w->pid > 0) {
-        rc = reap_pid(pool->server, w->pid, w->pidfd, status);
+        rc = reap_pid(pool, w->pid, w->pidfd, status);
     }
     close_watched(pool, &w->pidfd);
     drop_arena(w);
@@ -373,6 +406,8 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
         pool->retirees_cap = cap;
     }
     shutdown(w->fd, SHUT_WR);
+    if (pool->remote != NULL)
+        pool->remote->detach(w->pidfd);     /* its arena goes now */
     pool->retirees[pool->nretirees] =
         (pmap__retiree_t){w->reaped ? 0 : w->pid, w->fd, w->pidfd, deadline};
     pool->nretirees++;  /* 0: already waited for (pmap__proc_check) */
@@ -440,7 +475,7 @@ int64_t pmap__retirees_check(pool_t *pool)
             continue;
         }
         if (r->pid > 0)
-            reap_pid(pool->server, r->pid, r->pidfd, &status);
+            reap_pid(pool, r->pid, r->pidfd, &status);
         pthread_mutex_lock(&pools_lock);
         pmap__epoll_del(pool, r->fd);
         pmap__epoll_del(pool, r->pidfd);

@@ -240,3 +240,20 @@ int pmap__registry_check(const pmap__fn_t *fn)
     pthread_mutex_unlock(&registry_lock);
     return rc;
 }
+
+/*
+ * A hash of every function registered (identifier and signature), whatever
+ * their order: two processes with the same hash run the same program, as
+ * far as maps can tell (libpmap-mpi compares it across ranks).
+ */
+uint64_t pmap__registry_hash(void)
+{
+    uint64_t sum = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (const pmap__fn_t *fn = registry; fn != NULL; fn = fn->next) {
+        uint64_t pair[2] = {fn->id, pmap__signature(fn)};
+        sum += hash(0xcbf29ce484222325u, pair, sizeof pair);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return sum;
+}

@@ -107,7 +107,7 @@ pmap__slot_t *pmap__arena_state(unsigned char *arena)
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results)
 {
-    if (arena == NULL)
+    if (arena == NULL || pmap__arena_state(arena)->private)
         return (pmap__region_t){NULL, 0, 0};
     size_t at = PMAP__ARENA_HEAD +
                 ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;

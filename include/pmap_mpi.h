@@ -1,0 +1,81 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * pmap_mpi.h - libpmap across machines: the same pool_map program started
+ * by mpirun (or srun) on K ranks, whose pools run their callbacks on the
+ * other ranks' own forked workers (README, "Across machines").
+ *
+ *     int main(int argc, char **argv)
+ *     {
+ *         if (pmap_mpi_init(&argc, &argv) < 0)    // ranks > 0 never return
+ *             return 1;
+ *         pool_t *pool;
+ *         pool_options_t o = {.start = PMAP_START_MPI};
+ *         pool_create_with(&pool, &o);            // or PMAP_START=mpi
+ *         ... every pool_map form, unchanged ...
+ *         pool_destroy(pool);
+ *         return 0;                               // the other ranks leave
+ *     }
+ *
+ * Built only where an MPI compiler wrapper is found (make mpi); linked as
+ * libpmap-mpi (pkg-config pmap-mpi), which contains libpmap itself: link
+ * it instead of libpmap, not beside it.
+ */
+#ifndef PMAP_MPI_H
+#define PMAP_MPI_H
+
+#include "pmap.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * First thing in main, before threads, pools or MPI calls of the program's
+ * own.  Calls MPI_Init_thread asking for MPI_THREAD_MULTIPLE and requires
+ * at least MPI_THREAD_SERIALIZED on rank 0 (a thread of the library there
+ * is the only one that calls MPI between this call and pmap_mpi_exit; the
+ * program may call MPI itself only if pmap_mpi_thread_level() is
+ * MPI_THREAD_MULTIPLE, on a communicator of its own).
+ *
+ * On every rank but 0 it never returns: the rank serves the pools of rank
+ * 0 with workers of its own (as many as its CPUs, as pool_create(0), or
+ * its environment's PMAP_WORKERS), and when rank 0 calls pmap_mpi_exit (or
+ * exits: it is registered with atexit) it stops them, calls MPI_Finalize
+ * and exits with status 0.
+ *
+ * On rank 0 it checks that every rank runs the same build of the program
+ * (the functions PMAP_EXPORT'ed and their types, libpmap's version, byte
+ * order and pointer size) and returns 0; PMAP_EPROTO if a rank differs,
+ * PMAP_ENOSYS if the MPI library lacks the thread level, PMAP_ESTART if
+ * MPI cannot start (pmap_mpi_message says which, and why).  Then pools
+ * with the start method PMAP_START_MPI cannot be made, and the other ranks
+ * wait for pmap_mpi_exit.  Calling it again returns the first outcome.
+ */
+PMAP_API int pmap_mpi_init(int *argc, char ***argv);
+
+/*
+ * Stops serving: destroy the pools over MPI first.  Tells the other ranks
+ * to leave and calls MPI_Finalize (the program must not call it itself).
+ * Called by atexit if the program does not; later calls do nothing.
+ * Returns 0.
+ */
+PMAP_API int pmap_mpi_exit(void);
+
+/* This process's rank and the number of ranks (after pmap_mpi_init). */
+PMAP_API int pmap_mpi_rank(void);
+PMAP_API int pmap_mpi_size(void);
+
+/* Workers the other ranks serve together: a PMAP_START_MPI pool's size. */
+PMAP_API int pmap_mpi_workers(void);
+
+/* The thread level MPI_Init_thread provided. */
+PMAP_API int pmap_mpi_thread_level(void);
+
+/* Why pmap_mpi_init failed, or "" (never NULL). */
+PMAP_API const char *pmap_mpi_message(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PMAP_MPI_H */
