@@ -16,7 +16,7 @@ HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && \
 MPI_CFLAGS = -std=c11 -D_POSIX_C_SOURCE=200809L $(WARN) -Iinclude -Isrc \
              -pthread $(CPPFLAGS) $(CFLAGS)
 # Ranks share nothing but TCP sockets, as separate machines would.
-MPI_RUN = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+MPI_RUN = env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
           $(MPIRUN) --oversubscribe --allow-run-as-root --mca btl tcp,self
 MPI_NOTE = echo "$@: SKIPPED: no MPI compiler wrapper ($(MPICC)) or $(MPIRUN)" \
                 "(apt-get install openmpi-bin libopenmpi-dev)"
