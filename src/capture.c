@@ -24,6 +24,8 @@
 #define _GNU_SOURCE
 #include "pmap_internal.h"
 
+#include <stdatomic.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -232,6 +234,23 @@ static void on_fatal(int sig, siginfo_t *info, void *context)
  * stack overflow is reported too).  backtrace() is called once here:
  * its first call loads libgcc_s, which a signal handler may not do.
  */
+/*
+ * In the process that forks workers (the caller, the fork server), before
+ * it does: glibc's first backtrace() loads libgcc_s, which no signal
+ * handler may do, and which would cost each new worker a millisecond; done
+ * once here, every worker forked later has it.
+ */
+void pmap__crash_prepare(void)
+{
+#if HAVE_BACKTRACE
+    static atomic_bool done;
+    if (!atomic_exchange(&done, true)) {
+        void *frame[1];
+        backtrace(frame, 1);
+    }
+#endif
+}
+
 void pmap__crash_arm(unsigned char *arena)
 {
     cap.arena = arena;
@@ -242,8 +261,7 @@ void pmap__crash_arm(unsigned char *arena)
             fcntl(cap.pipe[i], F_SETFD, FD_CLOEXEC);
             fcntl(cap.pipe[i], F_SETFL, O_NONBLOCK);
         }
-        void *frame[1];
-        backtrace(frame, 1);
+        pmap__crash_prepare();  /* already done, unless forked otherwise */
     } else {
         cap.pipe[0] = cap.pipe[1] = -1;
     }

@@ -706,6 +706,7 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
 
 /* capture.c: the worker's side of per-item output, crash reports and
  * memory caps */
+void pmap__crash_prepare(void);
 void pmap__crash_arm(unsigned char *arena);
 void pmap__memory_limit_apply(const unsigned char *arena);
 void pmap__memory_note(unsigned char *arena);

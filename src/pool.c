@@ -273,6 +273,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_ENOMEM;
     }
     pool_open(pool);
+    pmap__crash_prepare();      /* once, inherited by every worker */
     int rc = start_workers(pool);
     if (rc < 0) {
         pool_destroy(pool);

@@ -333,6 +333,7 @@ int pmap_init(void)
     reap_server();
     if (ctl.fd >= 0 && (ctl.owner != getpid() || ctl.dead))
         forget_server();
+    pmap__crash_prepare();      /* inherited by the server and its workers */
     int rc = ctl.fd < 0 ? start_server() : 0;
     pthread_mutex_unlock(&ctl.lock);
     pmap__pools_unlock();
