@@ -11,6 +11,8 @@
  * than it started with, with a child process not reaped, or (under
  * AddressSanitizer) with leaked memory.
  *
+ * A name ending in '*' selects the tests it begins.
+ *
  * `runner --inline NAME` runs one test in the runner's own process, for
  * valgrind, which then sees the test as its main program; `runner --list`
  * lists the tests.  `runner --in-process [NAME...]` runs the tests of map
@@ -247,8 +249,11 @@ static int selected(int argc, char **argv, const char *name)
     if (argc < 2)
         return 1;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], name) == 0)
-            return 1;
+        size_t n = strlen(argv[i]);
+        if (strcmp(argv[i], name) == 0 ||
+            (n > 0 && argv[i][n - 1] == '*' &&
+             strncmp(argv[i], name, n - 1) == 0))
+            return 1;   /* the name, or a prefix ending in '*' */
     }
     return 0;
 }

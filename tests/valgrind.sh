@@ -38,9 +38,17 @@ for example in add partial method; do
     check "examples/$example" "$build/examples/$example"
 done
 check "examples/wc" "$build/examples/wc" include/pmap.h src/job.c
+skipped=0
 for test in $("$build/tests/runner" --list); do
+    case $test in
+    types_* | install_*)
+        # Compilers and build systems at work: nothing of ours runs there.
+        skipped=$((skipped + 1))
+        echo "ok - valgrind $test # SKIP a compile or packaging check"
+        continue ;;
+    esac
     PMAP_TEST_VALGRIND=1 check "$test" "$build/tests/runner" --inline "$test"
 done
 rm -f "$log"
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ $failed -eq 0 ]
