@@ -511,6 +511,10 @@ typedef struct pmap_log {
     int code;               /* pmap_failure_t.code */
 } pmap_log_t;
 
+/* Inside on_result of a map with a job log (on_log, joblog_fd or joblog):
+ * the log row of the item being handed over; NULL elsewhere. */
+PMAP_API const pmap_log_t *pmap_item_log(void);
+
 /* Called once for each item of a map as it finishes, with its log row,
  * before the item's on_result call if it has one then (in input order, its
  * on_result may come later).  Return 0 to go on, nonzero to cancel. */
@@ -573,6 +577,9 @@ typedef struct pool_map_options {
      * writes nothing anywhere else. */
     pmap_log_fn on_log;
     int joblog_fd;
+    /* Nonzero: keep the log without on_log or joblog_fd, for
+     * pmap_item_log in on_result. */
+    int joblog;
 } pool_map_options_t;
 
 /* A map running in the background (pool_map_async and friends). */

@@ -164,6 +164,8 @@ static void log_item(pmap_job_t *job, size_t index, int attempts,
             row.duration = end > start ? (double)(end - start) / 1e9 : 0.0;
         }
     }
+    if (job->window.log != NULL)    /* for its on_result: pmap_item_log */
+        job->window.log[index % job->window.size] = row;
     if (job->opts.on_log != NULL && !job->released &&
         job->opts.on_log(job->opts.ctx, &row) != 0)
         job->cancel = 1;
@@ -204,6 +206,8 @@ int pmap__window_init(pool_t *pool, pmap_job_t *job)
     w->results = calloc(size, fn->result.size);
     w->state = calloc(size, 1);
     w->failure = calloc(size, sizeof *w->failure);
+    if (job->logged && (w->log = calloc(size, sizeof *w->log)) == NULL)
+        return PMAP_ENOMEM;
     return w->results && w->state && w->failure ? 0 : PMAP_ENOMEM;
 }
 
@@ -248,6 +252,7 @@ void pmap__window_free(pmap_job_t *job)
     free(w->results);
     free(w->state);
     free(w->failure);
+    free(w->log);
     memset(w, 0, sizeof *w);
 }
 
@@ -378,6 +383,9 @@ unsigned char *pmap__output(const pmap_job_t *job, size_t index)
 
 /* ---- handing results over ---------------------------------------------- */
 
+/* The job log row of the item on_result is being given (pmap_item_log). */
+static _Thread_local const pmap_log_t *handing_log;
+
 static void hand_over(pmap_job_t *job, size_t index)
 {
     pmap__window_t *w = &job->window;
@@ -396,12 +404,19 @@ static void hand_over(pmap_job_t *job, size_t index)
             free_value(job->fn->result, result);
     } else {
         pmap__output_handing(job, index, f);
+        handing_log = w->log != NULL ? &w->log[place] : NULL;
         if (job->opts.on_result(job->opts.ctx, index, result, f) != 0)
             job->cancel = 1;
+        handing_log = NULL;
     }
     pmap__output_handed(job, index);
     free_inputs(job, place);
     w->state[place] = HANDED;
+}
+
+const pmap_log_t *pmap_item_log(void)
+{
+    return handing_log;
 }
 
 /* Hands over the cancelled items that were never sent, once every item

@@ -130,7 +130,7 @@ static void set_policies(const pool_t *pool, pmap_job_t *job)
                                                    : (int64_t)1e15)
                                     : 0;
     job->retry_failed = o->retry_failed || pool->opts.retry_failed;
-    job->logged = o->on_log != NULL || o->joblog_fd > 0;
+    job->logged = o->on_log != NULL || o->joblog_fd > 0 || o->joblog;
 }
 
 static int job_start(pool_t *pool, const pmap__call_t *call,

@@ -463,6 +463,8 @@ typedef struct pmap__window {
     unsigned char *results;     /* results not yet handed over */
     unsigned char *state;       /* per place: enum in deliver.c */
     size_t *failure;            /* per place: index in job->failures */
+    pmap_log_t *log;            /* per place, logged maps: the item's job
+                                   log row, for pmap_item_log */
     size_t low;                 /* oldest item not handed over */
     size_t tail;                /* cancelled items [tail, n) were never
                                    sent: handed over after the others

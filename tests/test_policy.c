@@ -679,3 +679,48 @@ TEST(policy_options_checked_and_named)
     pool_options_t po = {.retry_delay = -0.5};
     ASSERT_EQ(pool_create_with(&pool, &po), PMAP_EINVAL);
 }
+
+/* ---- the log row in on_result -------------------------------------------- */
+
+struct rows {
+    size_t seen, bad;
+};
+
+static int check_row(void *ctx, size_t i, void *result,
+                     const pmap_failure_t *f)
+{
+    struct rows *r = ctx;
+    const pmap_log_t *row = pmap_item_log();
+    bool fails = (int)i % 4 == 0;   /* FAIL_ALWAYS with period 4 */
+    r->seen++;
+    if (row == NULL || row->index != i || row->attempts != 1 ||
+        (f != NULL) != fails || row->error != (fails ? PMAP_EFAIL : 0) ||
+        (!fails && *(int *)result != 2 * (int)i + 1) ||
+        (row->pid <= 0 && !test_in_process()) || row->duration < 0)
+        r->bad++;
+    return 0;
+}
+
+/* With joblog set, on_result finds each item's row (pmap_item_log), in
+ * order and unordered; outside on_result there is none. */
+TEST(policy_log_row_in_on_result)
+{
+    char *dir = markers();
+    pool_t *pool = make_pool(2, PMAP_START_FORK);
+    for (int unordered = 0; unordered < 2; unordered++) {
+        fill();
+        struct rows r = {0, 0};
+        pool_map_options_t mo = {.on_result = check_row, .ctx = &r,
+                                 .unordered = unordered, .joblog = 1,
+                                 .chunk = 3};
+        ASSERT_EQ(pool_map_with(pool, &mo, flaky, N, (int *)NULL, xs,
+                                PMAP_CONST(dir), PMAP_CONST(FAIL_ALWAYS),
+                                PMAP_CONST(4)),
+                  N / 4);
+        ASSERT_EQ(r.seen, N);
+        ASSERT_EQ(r.bad, 0);
+    }
+    ASSERT(pmap_item_log() == NULL);
+    end_pool(pool, PMAP_START_FORK);
+    remove_markers(dir);
+}
