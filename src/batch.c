@@ -246,6 +246,20 @@ static void halt_if_due(pool_t *pool, pmap_job_t *job)
     job->kill_ns = job->opts.halt == PMAP_HALT_NOW ? pmap__now_ns() : -1;
 }
 
+/* Whether the item a dead worker was running, as its slot says, is in one
+ * of the batches it held. */
+static bool culprit_held(const pmap__worker_t *w, const pmap__death_t *death)
+{
+    size_t culprit = (size_t)death->item - 1;
+    for (int b = 0; b < w->nbatch && death->item != 0; b++) {
+        const pmap__batch_t *x = &w->batch[b];
+        if (x->job->id == death->map && culprit >= x->items.first &&
+            culprit - x->items.first < x->items.count)
+            return true;
+    }
+    return false;
+}
+
 /*
  * The items of job that a dead worker held.  The item it was running (from
  * its slot) failed with the death's cause (or runs again: retries); the
@@ -270,7 +284,13 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         }
         if (death->item == 0 || death->map != job->id ||
             culprit < r.first || culprit - r.first >= r.count) {
-            r.attempts++;
+            /* Not the running batch.  If the worker was running an item
+             * of another batch it held, this one only waited behind it;
+             * otherwise (no item, or a slot the worker scribbled on) it
+             * counts against the batch, lest one that kills every worker
+             * go round forever. */
+            if (!culprit_held(w, death))
+                r.attempts++;
             retry_push(pool, job, r, death);
             continue;
         }

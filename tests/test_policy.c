@@ -724,3 +724,23 @@ TEST(policy_log_row_in_on_result)
     end_pool(pool, PMAP_START_FORK);
     remove_markers(dir);
 }
+
+/* One worker, one item crashing on every run: it alone fails, after all
+ * its runs; the batches sent around its retries all succeed. */
+TEST(policy_one_worker_only_the_crashing_item_fails)
+{
+    NEEDS_PROCESSES("an item crashes");
+    fill();
+    pool_t *pool = make_pool(1, PMAP_START_FORK);
+    pool_map_options_t mo = {.retries = 5, .chunk = 2};
+    ASSERT_EQ(pool_map_with(pool, &mo, flaky, N, out, xs, PMAP_CONST("/"),
+                            PMAP_CONST(CRASH_ALWAYS), PMAP_CONST(N + 1)),
+              1);   /* item 0 alone */
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 0);
+    ASSERT_EQ(f[0].attempts, 6);
+    for (int i = 1; i < N; i++)
+        ASSERT_EQ(out[i], 2 * i + 1);
+    end_pool(pool, PMAP_START_FORK);
+}
