@@ -32,6 +32,20 @@ static const char prelude[] =
     "    const char *strs[4] = {0}; struct s obj = {1}; (void)ds; (void)ls;\n"
     "    (void)strs; (void)obj; (void)other;\n";
 
+/* Writes prelude + body + "}" to BUILD/tests/KIND_NAME.EXT, whose path
+ * goes to path. */
+static void write_program(char *path, size_t size, const char *kind,
+                          const char *name, const char *ext,
+                          const char *prelude_text, const char *body)
+{
+    snprintf(path, size, "%s/tests/%s_%s.%s", test_build_dir(), kind, name,
+             ext);
+    FILE *f = fopen(path, "w");
+    ASSERT(f != NULL);
+    fprintf(f, "%s%s\n}\n", prelude_text, body);
+    fclose(f);
+}
+
 /* Compiles prelude + body + "}"; returns the compiler's exit status. */
 static int compile(const char *name, const char *body)
 {
@@ -40,11 +54,7 @@ static int compile(const char *name, const char *body)
     if (cc == NULL || flags == NULL)
         SKIP("PMAP_CC and PMAP_CFLAGS are set by make test");
     char path[256], cmd[2048];
-    snprintf(path, sizeof path, "%s/tests/types_%s.c", test_build_dir(), name);
-    FILE *f = fopen(path, "w");
-    ASSERT(f != NULL);
-    fprintf(f, "%s%s\n}\n", prelude, body);
-    fclose(f);
+    write_program(path, sizeof path, "types", name, "c", prelude, body);
     snprintf(cmd, sizeof cmd, "%s %s -Iinclude -fsyntax-only %s 2>/dev/null",
              cc, flags, path);
     return test_run(cmd, NULL, 0);
@@ -72,13 +82,9 @@ static int run_compiler(const char *cmd, char *first, size_t size)
 static int compile_plain(const char *cc, const char *name, const char *body,
                          char *first, size_t size)
 {
-    char path[256], cmd[2048];
-    snprintf(path, sizeof path, "%s/tests/plain_%s_%s.c", test_build_dir(),
-             cc, name);
-    FILE *f = fopen(path, "w");
-    ASSERT(f != NULL);
-    fprintf(f, "%s%s\n}\n", prelude, body);
-    fclose(f);
+    char path[256], cmd[2048], kind[64];
+    snprintf(kind, sizeof kind, "plain_%s", cc);
+    write_program(path, sizeof path, kind, name, "c", prelude, body);
     snprintf(cmd, sizeof cmd, "%s -Iinclude -fsyntax-only %s 2>&1", cc, path);
     return run_compiler(cmd, first, size);
 }
@@ -232,13 +238,9 @@ static const char cxx_prelude[] =
 static int compile_cxx(const char *cxx, const char *name, const char *body,
                        char *first, size_t size)
 {
-    char path[256], cmd[2048];
-    snprintf(path, sizeof path, "%s/tests/cxx_%s_%s.cc", test_build_dir(),
-             cxx, name);
-    FILE *f = fopen(path, "w");
-    ASSERT(f != NULL);
-    fprintf(f, "%s%s\n}\n", cxx_prelude, body);
-    fclose(f);
+    char path[256], cmd[2048], kind[64];
+    snprintf(kind, sizeof kind, "cxx_%s", cxx);
+    write_program(path, sizeof path, kind, name, "cc", cxx_prelude, body);
     snprintf(cmd, sizeof cmd, "%s -std=c++17 -Iinclude -fsyntax-only %s 2>&1",
              cxx, path);
     return run_compiler(cmd, first, size);
