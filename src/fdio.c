@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #ifdef __linux__
@@ -291,4 +292,24 @@ bool pmap__die_with_parent(pid_t parent, int status)
     prctl(PR_SET_PDEATHSIG, PMAP__PARENT_DEATH_SIGNAL);
 #endif
     return getppid() == parent;
+}
+
+/*
+ * Before a fork (a worker, the fork server): flushes stdio, so that the
+ * child does not write the caller's buffered output again, and blocks every
+ * signal but the synchronous faults, so that none of the caller's handlers
+ * runs in the child before it resets them; *old is the mask to restore in
+ * the parent after the fork.  With faults too when `all`: the server's
+ * child has no handler of its own to begin with.
+ */
+void pmap__fork_prepare(sigset_t *old, bool all)
+{
+    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
+                                 SIGABRT, SIGTRAP, SIGSYS};
+    fflush(NULL);
+    sigset_t mask;
+    sigfillset(&mask);
+    for (size_t i = 0; !all && i < sizeof faults / sizeof faults[0]; i++)
+        sigdelset(&mask, faults[i]);
+    pthread_sigmask(SIG_SETMASK, &mask, old);
 }

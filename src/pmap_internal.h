@@ -81,6 +81,7 @@ void pmap__kill(pid_t pid, int pidfd);
  * unlikely to use it, and its default action ends the process anyway). */
 #define PMAP__PARENT_DEATH_SIGNAL SIGHUP
 bool pmap__die_with_parent(pid_t parent, int status);
+void pmap__fork_prepare(sigset_t *old, bool all);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
 

@@ -157,14 +157,8 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
         getpid(),         getpid(),        w->index,
         fds[1],           w->arena,        pool->opts.worker_init,
         pool->opts.worker_exit, pool->opts.worker_arg};
-    fflush(NULL);
-    sigset_t all, old;
-    sigfillset(&all);
-    static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
-                                 SIGABRT, SIGTRAP, SIGSYS};
-    for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
-        sigdelset(&all, faults[i]);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    sigset_t old;
+    pmap__fork_prepare(&old, false);
     pid_t pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);

@@ -295,10 +295,8 @@ static int start_server(void)
     int rc = pmap__channel(fds);
     if (rc < 0)
         return rc;
-    fflush(NULL);
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    sigset_t old;
+    pmap__fork_prepare(&old, true);
     pid_t owner = getpid(), pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);

@@ -349,14 +349,8 @@ static void spawn_local(uint32_t id, int index)
         pmap__arena_state(arena)->private = 1;
         pmap__worker_setup_t setup = {getpid(), getpid(), index, fds[1],
                                       arena, NULL, NULL, NULL};
-        fflush(NULL);
-        sigset_t all, old;
-        sigfillset(&all);
-        static const int faults[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE,
-                                     SIGABRT, SIGTRAP, SIGSYS};
-        for (size_t i = 0; i < sizeof faults / sizeof faults[0]; i++)
-            sigdelset(&all, faults[i]);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
+        sigset_t old;
+        pmap__fork_prepare(&old, false);
         pid = fork();
         if (pid == 0) {
             /* Only its own channel: the others' ends must reach EOF. */
