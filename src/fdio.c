@@ -13,9 +13,11 @@
  *  - waitpid names one pid: we reap only the children we forked.
  *  - A process is watched through its pidfd where there is one.
  *
- * A worker's channel is a Unix socketpair rather than two pipes for the last
- * reason (MSG_NOSIGNAL exists for sockets only), and because it was faster
- * here (README, "Design").
+ * A worker's channel is a pipe each way rather than a Unix socketpair: a
+ * round trip through pipes costs about two thirds of one through a socket
+ * here (make bench, "Machine limits"), and a call to a worker is little
+ * more than that round trip.  Pipes have no MSG_NOSIGNAL, so the caller's
+ * side keeps the read end of the pipe it writes to (pmap__channel_open).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE     /* SOCK_CLOEXEC */
@@ -40,12 +42,16 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Moves fd to 3 or above, close-on-exec. */
-static int fd_sanitize(int fd)
+/* Moves fd to 3 or above, close-on-exec (already so if cloexec): the new
+ * number, or -errno with fd closed. */
+static int fd_sanitize(int fd, bool cloexec)
 {
     if (fd > STDERR_FILENO) {
-        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
-            return -errno;
+        if (!cloexec && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+            int err = errno;
+            close(fd);
+            return -err;
+        }
         return fd;
     }
     int moved = fcntl(fd, F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
@@ -54,11 +60,26 @@ static int fd_sanitize(int fd)
     return moved < 0 ? -err : moved;
 }
 
+/* Sanitizes both of fds (fd_sanitize): 0, or -errno with both closed. */
+static int pair_sanitize(int fds[2], bool cloexec)
+{
+    for (int i = 0; i < 2; i++) {
+        int fd = fd_sanitize(fds[i], cloexec);
+        if (fd < 0) {
+            close(fds[1 - i]);
+            return fd;
+        }
+        fds[i] = fd;
+    }
+    return 0;
+}
+
 /*
  * Creates a connected pair of stream sockets, both close-on-exec and above
- * stderr.  Returns 0 or a negative code.
+ * stderr (the fork server's control channel, a pool's wake pipe).  Returns
+ * 0 or a negative code.
  */
-int pmap__channel(int fds[2])
+int pmap__socket_pair(int fds[2])
 {
     int type = SOCK_STREAM;
 #ifdef SOCK_CLOEXEC
@@ -66,23 +87,55 @@ int pmap__channel(int fds[2])
 #endif
     if (socketpair(AF_UNIX, type, 0, fds) < 0)
         return -errno;
-    for (int i = 0; i < 2; i++) {
-        /* Room for a large batch in flight; the kernel caps the request at
-         * its limits (net.core.wmem_max), which is fine. */
-        int size = PMAP__CHANNEL_BUFFER;
-        setsockopt(fds[i], SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
-        setsockopt(fds[i], SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
-        int fd = fd_sanitize(fds[i]);
-        if (fd < 0) {
-            if (i == 1)
-                close(fds[0]);
-            else
-                close(fds[1]);
-            return fd;
-        }
-        fds[i] = fd;
+    return pair_sanitize(fds, type != SOCK_STREAM);
+}
+
+/* A pipe, both ends close-on-exec and above stderr. */
+static int make_pipe(int fds[2])
+{
+#ifdef __linux__
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -errno;
+    return pair_sanitize(fds, true);
+#else
+    if (pipe(fds) < 0)
+        return -errno;
+    return pair_sanitize(fds, false);
+#endif
+}
+
+/*
+ * Creates a worker's channel: a pipe each way.  ours is the caller's side,
+ * theirs the worker's, to be handed to it.  ours->keep is theirs->in, the
+ * read end of the pipe we write to, which we keep open and never read: a
+ * pipe with a reader never raises SIGPIPE (the caller's signals are not
+ * ours to touch), so a write to a worker that died fills the pipe and then
+ * says EAGAIN, and the death is seen where it always is, by its pidfd or
+ * its wait status.  Returns 0 or a negative code.
+ */
+int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs)
+{
+    int down[2], up[2];
+    int rc = make_pipe(down);
+    if (rc < 0)
+        return rc;
+    rc = make_pipe(up);
+    if (rc < 0) {
+        close(down[0]);
+        close(down[1]);
+        return rc;
     }
+    *ours = (pmap__channel_t){up[0], down[1], down[0]};
+    *theirs = (pmap__channel_t){down[0], up[1], -1};
     return 0;
+}
+
+/* Closes what c holds of a channel (keep, when it is ours, too). */
+void pmap__channel_close(pmap__channel_t *c)
+{
+    pmap__close(&c->in);
+    pmap__close(&c->out);
+    pmap__close(&c->keep);
 }
 
 int pmap__set_nonblocking(int fd)
@@ -115,15 +168,13 @@ ssize_t pmap__read(int fd, void *data, size_t n)
     return r < 0 ? -errno : r;
 }
 
-/* Writes what fits now of iov: the count written, or -errno (-EAGAIN). */
-ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt)
+/* Writes what fits now of iov to a pipe: the count written, or -errno
+ * (-EAGAIN). */
+ssize_t pmap__writev(int fd, const struct iovec *iov, int iovcnt)
 {
-    struct msghdr msg = {0};
-    msg.msg_iov = (struct iovec *)iov;
-    msg.msg_iovlen = iovcnt;
     ssize_t r;
     do
-        r = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        r = writev(fd, iov, iovcnt);
     while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
 }
@@ -221,7 +272,7 @@ int pmap__pidfd_open(pid_t pid)
 {
 #if defined(__linux__) && defined(SYS_pidfd_open) && !defined(PMAP_NO_PIDFD)
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-    return fd < 0 ? -errno : fd_sanitize(fd);
+    return fd < 0 ? -errno : fd_sanitize(fd, true);    /* always so */
 #else
     (void)pid;
     return -ENOSYS;

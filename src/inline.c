@@ -19,7 +19,8 @@
 int pmap__inline_open(pool_t *pool)
 {
     pmap__worker_t *w = &pool->workers[0];
-    pmap__worker_setup_t setup = {pool->owner, pool->owner, 0, -1, NULL,
+    pmap__worker_setup_t setup = {pool->owner, pool->owner, 0,
+                                  PMAP__NO_CHANNEL, NULL,
                                   pool->opts.worker_init,
                                   pool->opts.worker_exit,
                                   pool->opts.worker_arg};

@@ -214,7 +214,7 @@ static int take_frames(pool_t *pool, pmap__worker_t *w)
 /* Reads what w sent; loses it at EOF, on error, or for a bad frame. */
 static void on_input(pool_t *pool, pmap__worker_t *w)
 {
-    ssize_t n = pmap__reader_fill(&w->in, w->fd);
+    ssize_t n = pmap__reader_fill(&w->in, w->ch.in);
     if (n > 0)
         w->stats.bytes_received += (uint64_t)n;
     int rc = take_frames(pool, w);
@@ -230,7 +230,7 @@ static void bury(pool_t *pool, pmap__worker_t *w)
 {
     ssize_t n;
     do {
-        n = pmap__reader_fill(&w->in, w->fd);
+        n = pmap__reader_fill(&w->in, w->ch.in);
         if (n > 0)
             w->stats.bytes_received += (uint64_t)n;
         if (take_frames(pool, w) < 0)
@@ -257,7 +257,7 @@ static void flush(pool_t *pool, pmap__worker_t *w)
     }
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
         int n = pmap__outq_iov(&w->out, iov, pmap__iov_max());
-        ssize_t r = pmap__sendv(w->fd, iov, n);
+        ssize_t r = pmap__writev(w->ch.out, iov, n);
         if (r == -EAGAIN || r == -EWOULDBLOCK)
             return;
         if (r < 0) {
@@ -279,15 +279,15 @@ static void flush(pool_t *pool, pmap__worker_t *w)
  * Returns whether anything moved (then w may have been lost meanwhile). */
 static bool caught_up(pool_t *pool, pmap__worker_t *w)
 {
-    short out = pmap__outq_empty(&w->out) ? 0 : POLLOUT;
-    struct pollfd p = {w->fd, POLLIN | out, 0};
-    if (pmap__poll(&p, 1, 0) <= 0)
+    int out = pmap__outq_empty(&w->out) ? -1 : w->ch.out;
+    struct pollfd p[2] = {{w->ch.in, POLLIN, 0}, {out, POLLOUT, 0}};
+    if (pmap__poll(p, 2, 0) <= 0)
         return false;
-    if (p.revents & POLLOUT) {
+    if (p[1].revents) {
         flush(pool, w);
         w->waiting_ns = pmap__now_ns();
     }
-    if (w->pid > 0 && (p.revents & (POLLIN | POLLHUP | POLLERR)))
+    if (w->pid > 0 && p[0].revents)
         on_input(pool, w);
     return true;
 }
@@ -329,8 +329,9 @@ static void watch(pool_t *pool, pmap__worker_t *w)
     bool out = !pmap__outq_empty(&w->out);
     if (pool->epfd < 0 || w->pid == 0 || out == w->polled_out)
         return;
-    struct epoll_event ev = {EPOLLIN | (out ? EPOLLOUT : 0), {.ptr = w}};
-    if (epoll_ctl(pool->epfd, EPOLL_CTL_MOD, w->fd, &ev) == 0)
+    struct epoll_event ev = {EPOLLOUT, {.ptr = w}};
+    if (epoll_ctl(pool->epfd, out ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, w->ch.out,
+                  &ev) == 0)
         w->polled_out = out;
 #else
     (void)pool;
@@ -630,23 +631,25 @@ struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n)
 
 /*
  * Waits for events until wake (or not at all if 0 >= wake) and handles
- * them.  Polls, in this order: each worker's channel and pidfd, the wake
- * pipe, and each retiree's channel and pidfd (handled by the next step).
+ * them.  Polls, in this order: each worker's channel (to read), pidfd and
+ * channel (to write, when there is something to), the wake pipe, and each
+ * retiree's channel and pidfd (handled by the next step).
  * Returns poll's count, or a negative code.
  */
 static int wait_events(pool_t *pool, int64_t wake)
 {
-    size_t nw = (size_t)pool->nworkers, n = 2 * nw + 1 + 2 * pool->nretirees;
+    size_t nw = (size_t)pool->nworkers, n = 3 * nw + 1 + 2 * pool->nretirees;
     struct pollfd *pfd = pmap__loop_pollfds(pool, n);
     if (pfd == NULL)
         return PMAP_ENOMEM;
     for (size_t i = 0; i < nw; i++) {
         pmap__worker_t *w = &pool->workers[i];
-        short out = pmap__outq_empty(&w->out) ? 0 : POLLOUT;
-        pfd[i] = (struct pollfd){w->pid > 0 ? w->fd : -1, POLLIN | out, 0};
-        pfd[nw + i] = (struct pollfd){w->pid > 0 ? w->pidfd : -1, POLLIN, 0};
+        bool on = w->pid > 0, out = on && !pmap__outq_empty(&w->out);
+        pfd[i] = (struct pollfd){on ? w->ch.in : -1, POLLIN, 0};
+        pfd[nw + i] = (struct pollfd){on ? w->pidfd : -1, POLLIN, 0};
+        pfd[2 * nw + i] = (struct pollfd){out ? w->ch.out : -1, POLLOUT, 0};
     }
-    struct pollfd *alarm = &pfd[2 * nw];
+    struct pollfd *alarm = &pfd[3 * nw];
     *alarm = (struct pollfd){pool->wake[0], POLLIN, 0};
     for (size_t i = 0; i < pool->nretirees; i++) {
         alarm[1 + 2 * i] = (struct pollfd){pool->retirees[i].fd, POLLIN, 0};
@@ -667,9 +670,9 @@ static int wait_events(pool_t *pool, int64_t wake)
         pmap__worker_t *w = &pool->workers[i];
         /* A callback run for an earlier worker may have killed this one
          * (pmap_job_free): then its events are stale. */
-        if (w->pid > 0 && (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)))
+        if (w->pid > 0 && pfd[i].revents)
             on_input(pool, w);
-        if (w->pid > 0 && (pfd[i].revents & POLLOUT))
+        if (w->pid > 0 && pfd[2 * nw + i].revents)
             flush(pool, w);
         if (w->pid > 0 && pfd[nw + i].revents)
             bury(pool, w);  /* the process has ended */

@@ -61,15 +61,24 @@ void pmap__buf_consume(pmap__buf_t *b, size_t n);
 void pmap__buf_free(pmap__buf_t *b);
 
 /* ---- fdio.c ----------------------------------------------------------- */
-#define PMAP__CHANNEL_BUFFER (2 << 20)   /* bytes asked for each socket buffer */
 
+/* A worker's channel, as one side holds it: a pipe each way. */
+typedef struct pmap__channel {
+    int in;     /* read here what the other side writes */
+    int out;    /* write here what it reads */
+    int keep;   /* the caller's side: the read end of out's pipe, kept open
+                   and never read, so that writing never raises SIGPIPE */
+} pmap__channel_t;
 
+#define PMAP__NO_CHANNEL ((pmap__channel_t){-1, -1, -1})
 
-int pmap__channel(int fds[2]);
+int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
+void pmap__channel_close(pmap__channel_t *c);
+int pmap__socket_pair(int fds[2]);
 int pmap__set_nonblocking(int fd);
 void pmap__close(int *fd);
 ssize_t pmap__read(int fd, void *data, size_t n);
-ssize_t pmap__sendv(int fd, const struct iovec *iov, int iovcnt);
+ssize_t pmap__writev(int fd, const struct iovec *iov, int iovcnt);
 int pmap__send_all(int fd, const void *data, size_t n);
 int pmap__write_all(int fd, const void *data, size_t n);
 int pmap__poll(struct pollfd *fds, size_t nfds, int64_t deadline_ns);
@@ -312,7 +321,7 @@ typedef struct pmap__batch {
 typedef struct pmap__worker {
     pid_t pid;                  /* 0 when there is no process */
     int index;
-    int fd;                     /* our end of its channel, non-blocking */
+    pmap__channel_t ch;         /* our side of its channel, non-blocking */
     int pidfd;                  /* readable when the process has ended, or
                                    -1: looked at every PMAP__TICK_NS */
     bool ready;                 /* READY received */
@@ -329,8 +338,10 @@ typedef struct pmap__worker {
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
     unsigned char *arena;       /* this process's own (shm.c) */
-    int handoff[2];             /* being handed to the fork server: the
-                                   worker's channel end and arena file */
+    int handoff[2];             /* being handed to its process: the write
+                                   end of its result pipe (the read end of
+                                   its task pipe is ch.keep), its arena
+                                   file (fork server) */
     int64_t born_ns;            /* when the process was started */
     int64_t waiting_ns;         /* when batch[0] became its next work */
     bool over_memory;           /* passed a soft memory cap: recycle it */
@@ -577,8 +588,8 @@ struct pmap_job {
  * standing for its pidfd, readable once its end is known, which is also
  * the key of the other calls.
  *   workers: the slots a pool gets (0: no remote worker)
- *   spawn:   starts a worker for slot index, its channel's end being
- *            channel (the callee takes a copy) and its arena arena (whose
+ *   spawn:   starts a worker for slot index, its side of the channel
+ *            being channel (the callee takes copies) and its arena (whose
  *            slot it keeps up to date); sets *pid and *deathfd; 0 or a
  *            negative code
  *   kill:    kills it (SIGKILL, where it runs)
@@ -588,7 +599,8 @@ struct pmap_job {
  */
 typedef struct pmap__remote {
     int (*workers)(void);
-    int (*spawn)(int index, int channel, unsigned char *arena,
+    int (*spawn)(int index, const pmap__channel_t *channel,
+                 unsigned char *arena,
                  int64_t deadline, pid_t *pid, int *deathfd);
     void (*kill)(int deathfd);
     int (*reap)(int deathfd, int *status);
@@ -691,7 +703,7 @@ typedef struct pmap__worker_setup {
     pid_t owner;                /* the caller, whose pool this is */
     pid_t parent;               /* our parent: the caller, or the server */
     int index;                  /* in the pool */
-    int fd;                     /* our end of the channel */
+    pmap__channel_t ch;         /* our side of the channel */
     unsigned char *arena;       /* shared with the caller: slot, regions */
     int (*init)(int, void *);   /* the pool's worker hooks */
     void (*exit)(int, void *);
@@ -725,7 +737,8 @@ int pmap__inline_serve(pool_t *pool, pmap__worker_t *w);
 
 /* server.c */
 bool pmap__server_running(void);
-int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
+int pmap__server_spawn(const pmap__worker_setup_t *setup,
+                       const pmap__channel_t *channel,
                        int arena_fd, int64_t deadline, pid_t *pid);
 int pmap__server_reap(pid_t pid, int *status, int64_t deadline);
 void pmap__server_child_init(void);

@@ -44,7 +44,7 @@ static void pool_open(pool_t *pool)
 #ifdef __linux__
     pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
 #endif
-    if (pmap__channel(pool->wake) < 0 ||
+    if (pmap__socket_pair(pool->wake) < 0 ||
         pmap__set_nonblocking(pool->wake[0]) < 0 ||
         pmap__set_nonblocking(pool->wake[1]) < 0) {
         pmap__close(&pool->wake[0]);
@@ -264,7 +264,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool->workers = calloc((size_t)pool->nworkers, sizeof *pool->workers);
     for (int i = 0; i < pool->nworkers && pool->workers != NULL; i++) {
         pool->workers[i].index = i;
-        pool->workers[i].fd = pool->workers[i].pidfd = -1;
+        pool->workers[i].ch = PMAP__NO_CHANNEL;
+        pool->workers[i].pidfd = -1;
         pool->workers[i].handoff[0] = pool->workers[i].handoff[1] = -1;
     }
     if (pool->workers == NULL) {
@@ -327,7 +328,7 @@ void pool_destroy(pool_t *pool)
     } else {
         /* A forked copy: the workers are our parent's, not ours to stop. */
         for (int i = 0; i < pool->nworkers; i++) {
-            pmap__close(&pool->workers[i].fd);
+            pmap__channel_close(&pool->workers[i].ch);
             pmap__close(&pool->workers[i].pidfd);
             pmap__shm_unmap(pool->workers[i].arena, PMAP__ARENA_SIZE);
         }

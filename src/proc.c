@@ -32,7 +32,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -135,7 +134,7 @@ void pmap__proc_child_init(const pmap__worker_t *keep)
             pmap__close(&w->pidfd);
             if (w == keep)
                 continue;
-            pmap__close(&w->fd);
+            pmap__channel_close(&w->ch);
             pmap__close(&w->handoff[0]);
             pmap__close(&w->handoff[1]);
             pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
@@ -149,19 +148,23 @@ void pmap__proc_child_init(const pmap__worker_t *keep)
     pthread_mutex_init(&pools_lock, NULL);
 }
 
-/* Forks worker w from this process, pools_lock held; its end of the
- * channel is fds[1]. */
-static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
+/* Forks worker w from this process, pools_lock held; its side of the
+ * channel is theirs. */
+static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
+                         const pmap__channel_t *theirs)
 {
     pmap__worker_setup_t setup = {
         getpid(),         getpid(),        w->index,
-        fds[1],           w->arena,        pool->opts.worker_init,
+        *theirs,          w->arena,        pool->opts.worker_init,
         pool->opts.worker_exit, pool->opts.worker_arg};
     sigset_t old;
     pmap__fork_prepare(&old, false);
     pid_t pid = fork();
     if (pid == 0) {
-        pmap__close(&fds[0]);
+        /* Our side goes; the rest of the slot is the worker's own. */
+        pmap__close(&w->ch.in);
+        pmap__close(&w->ch.out);
+        w->ch.keep = w->handoff[0] = -1;
         pmap__proc_child_init(w);
         pmap__server_child_init();
         pmap__worker_main(&setup);
@@ -176,46 +179,47 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w, int fds[2])
  * the pools lock is not held while the server answers: a stopped server
  * must not stall the other pools of the process.  Returns its pid, or a
  * negative code. */
-static pid_t ask_server(pool_t *pool, pmap__worker_t *w)
+static pid_t ask_server(pool_t *pool, pmap__worker_t *w,
+                        const pmap__channel_t *theirs)
 {
-    pmap__worker_setup_t setup = {getpid(), 0, w->index, -1, NULL,
-                                  pool->opts.worker_init,
+    pmap__worker_setup_t setup = {getpid(), 0, w->index, PMAP__NO_CHANNEL,
+                                  NULL, pool->opts.worker_init,
                                   pool->opts.worker_exit,
                                   pool->opts.worker_arg};
     pid_t pid = -1;
     pthread_mutex_unlock(&pools_lock);
-    int rc = pmap__server_spawn(&setup, w->handoff[0], w->handoff[1],
+    int rc = pmap__server_spawn(&setup, theirs, w->handoff[1],
                                 pmap__now_ns() + pool->start_timeout_ns, &pid);
     pthread_mutex_lock(&pools_lock);
     return rc < 0 ? rc : pid;
 }
 
-/* Has the remote process layer start w's process, whose end of the
- * channel is channel; its arena is private to this process (no shared
+/* Has the remote process layer start w's process, whose side of the
+ * channel is theirs; its arena is private to this process (no shared
  * regions: the worker is elsewhere).  Its stand-in pidfd goes to
  * w->pidfd. */
-static pid_t ask_remote(pool_t *pool, pmap__worker_t *w, int channel)
+static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
+                        const pmap__channel_t *theirs)
 {
     pid_t pid = -1;
     pmap__arena_state(w->arena)->private = 1;
-    int rc = pool->remote->spawn(w->index, channel, w->arena,
+    int rc = pool->remote->spawn(w->index, theirs, w->arena,
                                  pmap__now_ns() + pool->start_timeout_ns,
                                  &pid, &w->pidfd);
     return rc < 0 ? rc : pid;
 }
 
 /* Makes the channel and the arena of w's next process and starts it;
- * pools_lock held (released while the server answers).  Our end of the
- * channel is in w->fd from the start.  Returns its pid, or a negative
+ * pools_lock held (released while the server answers).  Our side of the
+ * channel is in w->ch from the start.  Returns its pid, or a negative
  * code. */
 static pid_t start(pool_t *pool, pmap__worker_t *w)
 {
-    int fds[2];
-    int rc = pmap__channel(fds);
+    pmap__channel_t theirs;
+    int rc = pmap__channel_open(&w->ch, &theirs);
     if (rc < 0)
         return rc;
-    w->fd = fds[0];
-    w->handoff[0] = fds[1];
+    w->handoff[0] = theirs.out;     /* theirs.in is w->ch.keep */
     w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
                              pool->server ? &w->handoff[1] : NULL);
     if (w->arena != NULL)   /* read by the worker as it starts */
@@ -223,15 +227,15 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
             pool->opts.worker_memory_limit;
     pid_t pid = PMAP_ENOMEM;
     if (w->arena != NULL && pool->remote != NULL)
-        pid = ask_remote(pool, w, fds[1]);
+        pid = ask_remote(pool, w, &theirs);
     else if (w->arena != NULL && pool->server)
-        pid = ask_server(pool, w);
+        pid = ask_server(pool, w, &theirs);
     else if (w->arena != NULL)
-        pid = fork_worker(pool, w, fds);
+        pid = fork_worker(pool, w, &theirs);
     pmap__close(&w->handoff[0]);
     pmap__close(&w->handoff[1]);
     if (pid < 0) {
-        pmap__close(&w->fd);
+        pmap__channel_close(&w->ch);
         pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
         w->arena = NULL;
     }
@@ -267,9 +271,11 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
     if (w->pidfd < 0)
         w->pidfd = -1;
     w->polled_out = false;
-    pmap__epoll_add(pool, w->fd, w);
+    pmap__epoll_add(pool, w->ch.in, w);
     pmap__epoll_add(pool, w->pidfd, w);
-    int rc = pmap__set_nonblocking(w->fd);
+    int rc = pmap__set_nonblocking(w->ch.in);
+    if (rc == 0)
+        rc = pmap__set_nonblocking(w->ch.out);
     if (rc < 0) {
         int status;
         pmap__proc_reap(pool, w, &status);
@@ -364,7 +370,9 @@ static void close_watched(const pool_t *pool, int *fd)
 int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
 {
     int rc = PMAP_ELOST;
-    close_watched(pool, &w->fd);
+    close_watched(pool, &w->ch.in);
+    close_watched(pool, &w->ch.out);
+    close_watched(pool, &w->ch.keep);
     if (w->reaped) {
         *status = w->status;
         rc = 0;
@@ -399,13 +407,15 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
         pool->retirees = r;
         pool->retirees_cap = cap;
     }
-    shutdown(w->fd, SHUT_WR);
+    pmap__epoll_del(pool, w->ch.out);
+    pmap__close(&w->ch.out);    /* EOF for it: leave */
+    pmap__close(&w->ch.keep);
     if (pool->remote != NULL)
         pool->remote->detach(w->pidfd);     /* its arena goes now */
-    pool->retirees[pool->nretirees] =
-        (pmap__retiree_t){w->reaped ? 0 : w->pid, w->fd, w->pidfd, deadline};
+    pool->retirees[pool->nretirees] = (pmap__retiree_t){
+        w->reaped ? 0 : w->pid, w->ch.in, w->pidfd, deadline};
     pool->nretirees++;  /* 0: already waited for (pmap__proc_check) */
-    w->fd = w->pidfd = -1;
+    w->ch.in = w->pidfd = -1;
     w->pid = 0;
     w->gone = w->reaped = false;
     pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);

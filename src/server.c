@@ -9,8 +9,9 @@
  *
  * The caller and the server talk over one socketpair, the control channel:
  *
- *   caller -> server  SPAWN: the worker's setup, with its channel end and
- *                     its arena passed as descriptors (SCM_RIGHTS)
+ *   caller -> server  SPAWN: the worker's setup, with its side of the
+ *                     channel and its arena passed as descriptors
+ *                     (SCM_RIGHTS: HANDED of them)
  *   server -> caller  SPAWNED pid | FAILED code, in answer, with the
  *                     request's number; and DIED pid status whenever a
  *                     worker it forked has ended
@@ -43,7 +44,7 @@
 #include <unistd.h>
 
 #define MAGIC 0x50534d50u   /* "PMSP" */
-
+#define HANDED 3            /* descriptors with a SPAWN: channel in, out; arena */
 
 enum { SPAWN = 1, SPAWNED, FAILED, DIED };
 
@@ -116,10 +117,10 @@ static void report(int fd, uint32_t type, pid_t pid, int value,
 }
 
 /* Receives a request and its descriptors; false at end of file. */
-static bool receive(int fd, request_t *req, int fds[2], int *nfds)
+static bool receive(int fd, request_t *req, int fds[HANDED], int *nfds)
 {
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(HANDED * sizeof(int))];
         struct cmsghdr align;
     } control;
     struct iovec iov = {req, sizeof *req};
@@ -138,8 +139,8 @@ static bool receive(int fd, request_t *req, int fds[2], int *nfds)
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
             *nfds = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            if (*nfds > 2)
-                *nfds = 2;
+            if (*nfds > HANDED)
+                *nfds = HANDED;
             memcpy(fds, CMSG_DATA(c), (size_t)*nfds * sizeof(int));
         }
     }
@@ -148,32 +149,34 @@ static bool receive(int fd, request_t *req, int fds[2], int *nfds)
 
 /* In the new worker: its arena, then the worker's own life. */
 static _Noreturn void become_worker(int control, const request_t *req,
-                                    const int fds[2])
+                                    const int fds[HANDED])
 {
     pmap__close(&child_pipe[0]);
     pmap__close(&child_pipe[1]);
     pmap__close(&control);
     signal(SIGCHLD, SIG_DFL);
     pmap__worker_setup_t s = {(pid_t)req->owner, getppid(), req->index,
-                              fds[0], NULL, req->init, req->exit, req->arg};
-    s.arena = pmap__shm_attach(fds[1], req->arena_size);
-    int arena = fds[1];
+                              {fds[0], fds[1], -1}, NULL,
+                              req->init, req->exit, req->arg};
+    s.arena = pmap__shm_attach(fds[2], req->arena_size);
+    int arena = fds[2];
     pmap__close(&arena);
     if (s.arena == NULL || req->arena_size != PMAP__ARENA_SIZE)
         _exit(126);
     pmap__worker_main(&s);
 }
 
-static void spawn(int control, const request_t *req, int fds[2], int nfds)
+static void spawn(int control, const request_t *req, int fds[HANDED],
+                  int nfds)
 {
-    pid_t pid = nfds == 2 ? fork() : -1;
+    pid_t pid = nfds == HANDED ? fork() : -1;
     if (pid == 0)
         become_worker(control, req, fds);
     int err = errno;
     for (int i = 0; i < nfds; i++)
         pmap__close(&fds[i]);
     if (pid < 0)
-        report(control, FAILED, 0, nfds == 2 ? -err : PMAP_EPROTO,
+        report(control, FAILED, 0, nfds == HANDED ? -err : PMAP_EPROTO,
                req->number);
     else
         report(control, SPAWNED, pid, 0, req->number);
@@ -199,7 +202,7 @@ static _Noreturn void serve(int control)
             report(control, DIED, dead, status, 0);
         if (p[0].revents) {
             request_t req;
-            int fds[2], nfds = 0;
+            int fds[HANDED], nfds = 0;
             if (!receive(control, &req, fds, &nfds))
                 _exit(0);   /* the caller is gone; our workers die with us */
             spawn(control, &req, fds, nfds);
@@ -292,7 +295,7 @@ static void forget_server(void)
 static int start_server(void)
 {
     int fds[2];
-    int rc = pmap__channel(fds);
+    int rc = pmap__socket_pair(fds);
     if (rc < 0)
         return rc;
     sigset_t old;
@@ -428,20 +431,21 @@ static int read_report(report_t *r, int64_t deadline)
 }
 
 /*
- * Asks the server for a worker with this setup: channel is the worker's end
+ * Asks the server for a worker with this setup: channel is the worker's side
  * of its channel, arena_fd its arena.  Stores its pid.  Returns 0, or a
  * negative code: PMAP_ESTART if the server is gone, or has not answered by
  * deadline (or has not answered an earlier request).
  */
-int pmap__server_spawn(const pmap__worker_setup_t *setup, int channel,
+int pmap__server_spawn(const pmap__worker_setup_t *setup,
+                       const pmap__channel_t *channel,
                        int arena_fd, int64_t deadline, pid_t *pid)
 {
     request_t req = {MAGIC,       setup->index, (int64_t)setup->owner,
                      0,           PMAP__ARENA_SIZE, setup->init,
                      setup->exit, setup->arg};
-    int fds[2] = {channel, arena_fd};
+    int fds[HANDED] = {channel->in, channel->out, arena_fd};
     union {
-        char buf[CMSG_SPACE(2 * sizeof(int))];
+        char buf[CMSG_SPACE(HANDED * sizeof(int))];
         struct cmsghdr align;
     } control;
     memset(&control, 0, sizeof control);

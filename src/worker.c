@@ -62,7 +62,7 @@ static struct {
     pmap__worker_setup_t setup; /* who we are */
     int index;                  /* in the pool */
     void *state;                /* pmap_set_worker_state */
-    int fd;
+    pmap__channel_t ch;         /* to and from the caller, blocking */
     pmap__slot_t *slot;
     unsigned char *arena;       /* shared with the caller */
     pmap__reader_t in;
@@ -132,9 +132,10 @@ static void send_queued(void)
     struct iovec iov[PMAP__IOV];
     while (!pmap__outq_empty(&self.out)) {
         int n = pmap__outq_iov(&self.out, iov, pmap__iov_max());
-        ssize_t r = pmap__sendv(self.fd, iov, n);
+        ssize_t r = pmap__writev(self.ch.out, iov, n);
         if (r < 0)
-            _exit(EXIT_DONE);   /* EPIPE, ECONNRESET: the caller is gone */
+            _exit(EXIT_DONE);   /* EPIPE (SIGPIPE ignored): the caller is
+                                   gone */
         pmap__outq_advance(&self.out, (size_t)r);
     }
 }
@@ -778,8 +779,8 @@ static _Noreturn void serve(void)
         const unsigned char *payload;
         int rc;
         while ((rc = pmap__reader_next(&self.in, &h, &payload)) == 0) {
-            ssize_t n = pmap__reader_fill(&self.in, self.fd);
-            if (n == 0 || n == -ECONNRESET)
+            ssize_t n = pmap__reader_fill(&self.in, self.ch.in);
+            if (n == 0)
                 leave();    /* the caller closed the channel */
             if (n < 0)
                 broken();
@@ -799,7 +800,7 @@ static pmap__slot_t inline_slot;    /* nobody watches it in-process */
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup)
 {
     self.setup = *setup;
-    self.fd = -1;
+    self.ch = PMAP__NO_CHANNEL;
     self.slot = &inline_slot;
     self.arena = NULL;
     self.index = setup->index;
@@ -860,7 +861,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
         _exit(EXIT_DONE);   /* the parent died before we got here */
     self.setup = *setup;
-    self.fd = setup->fd;
+    self.ch = setup->ch;
     self.slot = pmap__arena_state(setup->arena);
     self.arena = setup->arena;
     self.index = setup->index;

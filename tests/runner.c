@@ -48,7 +48,7 @@ static const struct {
 enum { PASS = 0, FAIL = 1, SKIPPED = 77 };
 
 static char skip_reason[256];
-static int skip_pipe = -1;
+int test_skip_pipe = -1;
 
 void test_fail(const char *file, int line, const char *fmt, ...)
 {
@@ -64,7 +64,7 @@ void test_fail(const char *file, int line, const char *fmt, ...)
 
 void test_skip(const char *why)
 {
-    if (skip_pipe >= 0 && write(skip_pipe, why, strlen(why)) < 0)
+    if (test_skip_pipe >= 0 && write(test_skip_pipe, why, strlen(why)) < 0)
         _exit(FAIL);
     fflush(NULL);
     _exit(SKIPPED);
@@ -180,7 +180,7 @@ static int run_checked(int i)
 
 static _Noreturn void run_child(int i, int skip_fd)
 {
-    skip_pipe = skip_fd;
+    test_skip_pipe = skip_fd;
     setpgid(0, 0);
     _exit(run_checked(i));
 }

@@ -23,6 +23,7 @@
 void test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((noreturn, format(printf, 3, 4)));
 void test_skip(const char *why) __attribute__((noreturn));
+extern int test_skip_pipe;  /* where test_skip writes (workers inherit it) */
 
 #define ASSERT(cond)                                                          \
     do {                                                                      \

@@ -30,12 +30,22 @@ enum fault { NONE, SEGV, ABORT, EXIT, UNDERSCORE_EXIT, HANG, KILLED, FAIL,
 
 static int killer_pipe[2] = {-1, -1};
 
-/* The worker's end of its channel: its only socket. */
+/* Where the worker writes to the caller: the write end of its channel,
+ * the pipe open for writing whose read end it does not hold (as it does
+ * its crash report's pipe), and not one of the tests'. */
 static int channel_fd(void)
 {
+    struct stat st, other;
     for (int fd = 3; fd < 1024; fd++) {
-        struct stat st;
-        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+        if (fd == killer_pipe[1] || fd == test_skip_pipe ||
+            fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) ||
+            (fcntl(fd, F_GETFL) & O_ACCMODE) != O_WRONLY)
+            continue;
+        int ends = 0;
+        for (int e = 3; e < 1024; e++)
+            ends += fstat(e, &other) == 0 && other.st_ino == st.st_ino &&
+                    other.st_dev == st.st_dev;
+        if (ends == 1)
             return fd;
     }
     return -1;
@@ -211,7 +221,7 @@ TEST(fault_garbage_sent_to_a_worker)
         xs[i] = i;
     unsigned char junk[PMAP__HEADER_SIZE * 2];
     memset(junk, 0x5A, sizeof junk);
-    ASSERT(write(pool->workers[0].fd, junk, sizeof junk) == sizeof junk);
+    ASSERT(write(pool->workers[0].ch.out, junk, sizeof junk) == sizeof junk);
     ASSERT_OK(pool_map(pool, risky, 100, out, xs, PMAP_CONST(-1),
                        PMAP_CONST(NONE)));
     for (int i = 0; i < 100; i++)
@@ -512,43 +522,68 @@ TEST(host_caller_killed_mid_map_leaves_no_worker)
 #endif
 }
 
-/* The socket inodes a process holds, from /proc. */
-static int sockets_of(long pid, unsigned long *inodes, int max)
+/* The pipes a process holds at descriptors 3 and above, as inodes from
+ * /proc, less those of skip (nskip of them). */
+static int pipes_of(long pid, unsigned long *inodes, int max,
+                    const unsigned long *skip, int nskip)
 {
     int n = 0;
-    for (int fd = 0; fd < 1024 && n < max; fd++) {
+    for (int fd = 3; fd < 1024 && n < max; fd++) {
         char path[64], link[64];
         snprintf(path, sizeof path, "/proc/%ld/fd/%d", pid, fd);
         ssize_t len = readlink(path, link, sizeof link - 1);
         if (len <= 0)
             continue;
         link[len] = '\0';
-        if (sscanf(link, "socket:[%lu]", &inodes[n]) == 1)
+        bool skipped = false;
+        if (sscanf(link, "pipe:[%lu]", &inodes[n]) != 1)
+            continue;
+        for (int i = 0; i < nskip; i++)
+            skipped = skipped || inodes[n] == skip[i];
+        if (!skipped)
             n++;
     }
     return n;
 }
 
-/* Two pools: each worker holds its own channel's end and nothing of the
- * other pool, and destroying one does not disturb the other. */
+/* Two pools: each worker holds the two pipes of its own channel and
+ * nothing of another worker's or of the other pool, and destroying one
+ * does not disturb the other. */
 TEST(host_two_pools_share_no_descriptor)
 {
     if (access("/proc/self/fd", R_OK) != 0)
         SKIP("no /proc to list a worker's descriptors");
+    unsigned long before[64];   /* the test's own, which workers inherit */
+    int nbefore = pipes_of((long)getpid(), before, 64, NULL, 0);
     pool_t *a = pool_create(2), *b = pool_create(2);
     int xs[2] = {-1, -1};
     long pa[2], pb[2];
     pool_map_options_t one = {.chunk = 1};
     ASSERT_OK(pool_map_with(a, &one, sleepy_pid, 2, pa, xs));
     ASSERT_OK(pool_map_with(b, &one, sleepy_pid, 2, pb, xs));
-    unsigned long mine[64], theirs[64];
-    int nmine = sockets_of((long)getpid(), mine, 64);
-    ASSERT(nmine >= 4);
+    unsigned long mine[64], theirs[4][64];
+    int nmine = pipes_of((long)getpid(), mine, 64, before, nbefore);
+    ASSERT_EQ(nmine, 4 * 3);    /* per worker: in, out and out's reader */
     long workers[4] = {pa[0], pa[1], pb[0], pb[1]};
     for (int w = 0; w < 4; w++) {
-        ASSERT_EQ(sockets_of(workers[w], theirs, 64), 1);
-        for (int i = 0; i < nmine; i++)
-            ASSERT(theirs[0] != mine[i]);   /* not one of the caller's ends */
+        unsigned long held[64];
+        int nheld = pipes_of(workers[w], held, 64, before, nbefore), n = 0;
+        for (int k = 0; k < nheld; k++) {   /* those of the caller's */
+            for (int i = 0; i < nmine; i++) {
+                if (held[k] == mine[i]) {
+                    ASSERT(n < 2);
+                    theirs[w][n++] = held[k];
+                    break;
+                }
+            }
+        }
+        ASSERT_EQ(n, 2);
+        ASSERT(theirs[w][0] != theirs[w][1]);   /* one pipe each way */
+        for (int k = 0; k < 2; k++) {
+            for (int v = 0; v < w; v++)     /* and no other worker's */
+                ASSERT(theirs[w][k] != theirs[v][0] &&
+                       theirs[w][k] != theirs[v][1]);
+        }
     }
     pool_destroy(b);
     ASSERT_OK(pool_map_with(a, &one, sleepy_pid, 2, pa, xs));

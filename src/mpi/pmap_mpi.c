@@ -88,16 +88,16 @@ typedef struct chan {
     uint32_t id;
     int rank;                   /* the other side */
     int index;                  /* rank 0: the pool's slot; r: local */
-    int fd;                     /* our end of the channel, non-blocking */
+    pmap__channel_t ch;         /* our side of the channel, non-blocking */
     unsigned char *arena;       /* rank 0: the slot's, mirrored; r: the
                                    worker's own; NULL: detached */
     pid_t pid;                  /* the worker's, where it runs */
     int pidfd;                  /* r: the worker's; 0: an eventfd */
     int loopfd;                 /* 0: the loop's copy of pidfd, the key */
-    pmap__buf_t out;            /* bytes for fd not yet written */
+    pmap__buf_t out;            /* bytes for ch.out not yet written */
     size_t out_at;
-    bool in_eof;                /* fd said EOF: not read any more */
-    bool shut;                  /* shutdown(SHUT_WR) fd once out is written */
+    bool in_eof;                /* ch.in said EOF: not read any more */
+    bool shut;                  /* close ch.out once out is written */
     bool death;                 /* 0: DEATH came; signal once out is written */
     /* Rank 0, with the hooks (under relay.lock). */
     enum { SPAWNING, ALIVE, FAILED } state;
@@ -241,7 +241,7 @@ static void unlink_chan(chan_t *c)
 static void free_chan(chan_t *c)
 {
     unlink_chan(c);
-    pmap__close(&c->fd);
+    pmap__channel_close(&c->ch);
     pmap__close(&c->pidfd);
     if (!c->handed)
         pmap__close(&c->loopfd);
@@ -251,22 +251,23 @@ static void free_chan(chan_t *c)
     free(c);
 }
 
-/* Queues bytes for c's fd. */
+/* Queues bytes for c's channel. */
 static void queue(chan_t *c, const unsigned char *p, size_t n)
 {
-    if (c->fd >= 0 && n > 0)
+    if (c->ch.out >= 0 && n > 0)
         pmap__buf_put(&c->out, p, n);
 }
 
-/* Writes what is queued for c as far as its fd takes it; then the
- * shutdown and the death signal that waited for those bytes.  A write
- * error drops the bytes: the reader is gone. */
+/* Writes what is queued for c as far as its channel takes it; then the
+ * end of file and the death signal that waited for those bytes.  A write
+ * error drops the bytes: the reader is gone (rank 0's relay thread blocks
+ * SIGPIPE; a rank's own channels keep a reader: fdio.c). */
 static bool flush(chan_t *c)
 {
     bool any = false;
-    while (c->fd >= 0 && c->out_at < c->out.len) {
-        ssize_t w = send(c->fd, c->out.data + c->out_at, c->out.len - c->out_at,
-                         MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (c->ch.out >= 0 && c->out_at < c->out.len) {
+        ssize_t w = write(c->ch.out, c->out.data + c->out_at,
+                          c->out.len - c->out_at);
         if (w < 0 && errno == EINTR)
             continue;
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -279,8 +280,9 @@ static bool flush(chan_t *c)
         any = true;
     }
     c->out.len = c->out_at = 0;
-    if (c->shut && c->fd >= 0) {
-        shutdown(c->fd, SHUT_WR);
+    if (c->shut && c->ch.out >= 0) {
+        pmap__close(&c->ch.out);
+        pmap__close(&c->ch.keep);
         c->shut = false;
         any = true;
     }
@@ -305,7 +307,7 @@ static bool forward(chan_t *c)
         unsigned char *buf = malloc(sizeof(head_t) + READ_CHUNK);
         if (buf == NULL)
             return any;
-        ssize_t n = pmap__read(c->fd, buf + sizeof(head_t), READ_CHUNK);
+        ssize_t n = pmap__read(c->ch.in, buf + sizeof(head_t), READ_CHUNK);
         if (n == -EAGAIN || n == -EWOULDBLOCK) {
             free(buf);
             return any;
@@ -337,8 +339,8 @@ static void spawn_local(uint32_t id, int index)
         return;
     }
     chan_t *c = calloc(1, sizeof *c);
-    int fds[2] = {-1, -1};
-    int rc = c == NULL ? PMAP_ENOMEM : pmap__channel(fds);
+    pmap__channel_t ours = PMAP__NO_CHANNEL, theirs = PMAP__NO_CHANNEL;
+    int rc = c == NULL ? PMAP_ENOMEM : pmap__channel_open(&ours, &theirs);
     unsigned char *arena = NULL;
     if (rc == 0) {
         arena = pmap__shm_map(PMAP__ARENA_SIZE, NULL);
@@ -347,7 +349,7 @@ static void spawn_local(uint32_t id, int index)
     pid_t pid = -1;
     if (rc == 0) {
         pmap__arena_state(arena)->private = 1;
-        pmap__worker_setup_t setup = {getpid(), getpid(), index, fds[1],
+        pmap__worker_setup_t setup = {getpid(), getpid(), index, theirs,
                                       arena, NULL, NULL, NULL};
         sigset_t old;
         pmap__fork_prepare(&old, false);
@@ -355,18 +357,19 @@ static void spawn_local(uint32_t id, int index)
         if (pid == 0) {
             /* Only its own channel: the others' ends must reach EOF. */
             for (chan_t *o = relay.chans; o != NULL; o = o->next) {
-                pmap__close(&o->fd);
+                pmap__channel_close(&o->ch);
                 pmap__close(&o->pidfd);
             }
-            pmap__close(&fds[0]);
+            pmap__close(&ours.in);
+            pmap__close(&ours.out);     /* ours.keep is theirs.in */
             pmap__worker_main(&setup);
         }
         rc = pid < 0 ? -errno : 0;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
-    pmap__close(&fds[1]);
+    pmap__close(&theirs.out);
     if (rc < 0) {
-        pmap__close(&fds[0]);
+        pmap__channel_close(&ours);
         if (arena != NULL)
             pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
         free(c);
@@ -376,13 +379,14 @@ static void spawn_local(uint32_t id, int index)
     c->id = id;
     c->rank = 0;
     c->index = index;
-    c->fd = fds[0];
+    c->ch = ours;
     c->arena = arena;
     c->pid = pid;
     c->loopfd = -1;
     c->handed = true;
     c->pidfd = pmap__pidfd_open(pid);
-    pmap__set_nonblocking(c->fd);
+    pmap__set_nonblocking(c->ch.in);
+    pmap__set_nonblocking(c->ch.out);
     c->next = relay.chans;
     relay.chans = c;
     post(0, M_SPAWNED, id, pid, 0, 0, NULL, 0);
@@ -600,7 +604,7 @@ static bool round_trip(int64_t sleep_ns)
     any |= sends_done();
     size_t n = 0;
     for (chan_t *c = relay.chans; c != NULL; c = c->next)
-        n += 2;
+        n += 3;
     struct pollfd *pfd = pollfds(n + 1);
     if (pfd == NULL)
         return true;
@@ -609,10 +613,11 @@ static bool round_trip(int64_t sleep_ns)
         pfd[k++] = (struct pollfd){relay.wake, POLLIN, 0};
     for (chan_t *c = relay.chans; c != NULL; c = c->next) {
         any |= flush(c);
-        short ev = (short)((c->in_eof ? 0 : POLLIN) |
-                           (c->out.len > c->out_at ? POLLOUT : 0));
         relay.pchan[k] = c;
-        pfd[k++] = (struct pollfd){ev ? c->fd : -1, ev, 0};
+        pfd[k++] = (struct pollfd){c->in_eof ? -1 : c->ch.in, POLLIN, 0};
+        relay.pchan[k] = c;
+        pfd[k++] = (struct pollfd){c->out.len > c->out_at ? c->ch.out : -1,
+                                   POLLOUT, 0};
         if (relay.rank != 0) {
             relay.pchan[k] = c;
             pfd[k++] = (struct pollfd){c->pidfd, POLLIN, 0};
@@ -647,9 +652,9 @@ static bool round_trip(int64_t sleep_ns)
             bury_local(c);
             continue;
         }
-        if (pfd[i].revents & POLLOUT)
+        if (pfd[i].fd == c->ch.out)
             flush(c);
-        if (pfd[i].revents & (POLLIN | POLLHUP | POLLERR))
+        else
             forward(c);
     }
     return any;
@@ -746,8 +751,9 @@ static int hook_workers(void)
     return relay.running ? relay.nslots : 0;
 }
 
-static int hook_spawn(int index, int channel, unsigned char *arena,
-                      int64_t deadline, pid_t *pid, int *deathfd)
+static int hook_spawn(int index, const pmap__channel_t *channel,
+                      unsigned char *arena, int64_t deadline, pid_t *pid,
+                      int *deathfd)
 {
     pthread_mutex_lock(&relay.lock);
     int rc = 0;
@@ -763,14 +769,17 @@ static int hook_spawn(int index, int channel, unsigned char *arena,
     c->id = ++relay.next_id ? relay.next_id : ++relay.next_id;
     c->rank = relay.slot_rank[index];
     c->index = relay.slot_local[index];
-    c->fd = fcntl(channel, F_DUPFD_CLOEXEC, 3);
+    c->ch = (pmap__channel_t){fcntl(channel->in, F_DUPFD_CLOEXEC, 3),
+                              fcntl(channel->out, F_DUPFD_CLOEXEC, 3), -1};
     c->pidfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->loopfd = c->pidfd >= 0 ? fcntl(c->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
     c->arena = arena;
     c->state = SPAWNING;
     c->next = relay.chans;
     relay.chans = c;
-    if (c->fd < 0 || c->loopfd < 0 || pmap__set_nonblocking(c->fd) < 0) {
+    if (c->ch.in < 0 || c->ch.out < 0 || c->loopfd < 0 ||
+        pmap__set_nonblocking(c->ch.in) < 0 ||
+        pmap__set_nonblocking(c->ch.out) < 0) {
         c->state = FAILED;
         c->forgotten = true;
         pthread_mutex_unlock(&relay.lock);
@@ -963,8 +972,15 @@ int pmap_mpi_init(int *argc, char ***argv)
     pthread_cond_init(&relay.cond, &ca);
     pthread_condattr_destroy(&ca);
     relay.wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (relay.wake < 0 ||
-        pthread_create(&relay.thread, NULL, relay_thread, NULL) != 0) {
+    /* The relay takes no signal of the program's, SIGPIPE included: it
+     * writes to pipes whose reader, the loop, may have closed them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int started = relay.wake < 0 ? -1 : pthread_create(&relay.thread, NULL,
+                                                        relay_thread, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started != 0) {
         snprintf(relay.message, sizeof relay.message,
                  "pmap_mpi_init: cannot start the relay thread");
         return relay.init_rc = PMAP_ESTART;

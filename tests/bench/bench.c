@@ -1205,6 +1205,23 @@ static void prepare(inputs_t *in)
     }
 }
 
+/* W4 and the round trips it is measured against, by themselves. */
+static void bench_w4_alone(void)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    if (pool_create_with(&pool, &po) != 0)
+        return;
+    sample_t pipe_rtt = {{0}, 0}, socket_rtt = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        add_value(&pipe_rtt, ping_pong(false, r == 0 ? 100000 : 20000));
+        add_value(&socket_rtt, ping_pong(true, r == 0 ? 100000 : 20000));
+    }
+    bench_w4(pool, &pipe_rtt, &socket_rtt);
+    pool_destroy(pool);
+}
+
 int main(int argc, char **argv)
 {
     self_path = argv[0];
@@ -1223,6 +1240,10 @@ int main(int argc, char **argv)
     }
     if (argc > 2 && strcmp(argv[2], "workers") == 0) {
         bench_workers();    /* this section alone, in a small process */
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "w4") == 0) {
+        bench_w4_alone();   /* this section alone, with its baselines */
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "scale") == 0) {
