@@ -123,6 +123,31 @@ typedef struct pmap_bytes {
     size_t size;
 } pmap_bytes_t;
 
+/*
+ * Memory shared with the workers (README, "Shared inputs").  pmap_alloc
+ * returns size bytes, page-aligned and zeroed, that the caller reads and
+ * writes as any memory, and that every worker of a pool started by fork
+ * or by the fork server reads in place: a string or buffer argument (or a
+ * PMAP_CONST one) of 4 KiB or more lying wholly inside one such block is
+ * sent as a reference, never copied, whether the pool was created before
+ * or after the block.  Workers see it read-only: a callback that writes
+ * to it is killed (SIGSEGV) and fails its item with PMAP_ECRASH.  Pools
+ * started in process use it as any memory; remote workers (libpmap-mpi)
+ * get copies of its bytes.
+ *
+ * Returns NULL if size is 0, if memory cannot be had, inside a worker,
+ * and where the system has no shared memory file (memfd or shm_open) or
+ * could not make one while a pool or the fork server already existed.
+ * The block must not be freed, nor written, while a map that reads it
+ * runs.  A child the program forks does not inherit the block (it is
+ * mapped MADV_DONTFORK).
+ */
+PMAP_API void *pmap_alloc(size_t size);
+
+/* Frees a block of pmap_alloc, whose memory returns to the system at once.
+ * NULL, or a pointer pmap_alloc did not return, is ignored. */
+PMAP_API void pmap_free(void *p);
+
 /* ------------------------------------------------------------------------ */
 /* Pools                                                                    */
 /* ------------------------------------------------------------------------ */

@@ -487,6 +487,8 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     unsigned slot = w->next_slot++ % 2;
     pmap__outq_u64(q, slot);
     pmap__region_t shared = pmap__arena_slot(w->arena, slot, false);
+    if (pool->heap && shared.base != NULL)  /* not private: reads the heap */
+        shared.heap_find = pmap__heap_find;
     for (int k = 0; k < job->fn->nparams; k++) {
         if (job->constants >> k & 1)
             continue;

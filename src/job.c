@@ -83,13 +83,18 @@ static int encode_setup(pmap_job_t *job)
                      (uint64_t)job->output.cap << 32;
     pmap__outq_u64(q, flags);
     size_t unencoded = 0;
+    /* A constant in a block of pmap_alloc goes by reference where the
+     * workers read the heap (no arena: the frame goes to every worker). */
+    pmap__region_t heap = {0};
+    if (job->pool->heap)
+        heap.heap_find = pmap__heap_find;
     for (int k = 0; k < fn->nparams; k++) {
         if (!(job->constants >> k & 1))
             continue;
         pmap__type_t t = fn->params[k];
         const void *v = job->args[k].is_const ? job->args[k].value
                                               : job->args[k].array;
-        unencoded += pmap__column_encode(q, t, v, 0, 1, NULL);
+        unencoded += pmap__column_encode(q, t, v, 0, 1, &heap);
     }
     pmap__outq_end(q, frame);
     return unencoded > 0 ? PMAP_ECODEC : 0;

@@ -20,6 +20,8 @@
  *   server.c    the fork server, which forks workers for pools that ask
  *   inline.c    the in-process start method: the caller is the worker
  *   shm.c       the memory shared with the workers
+ *   alloc.c     pmap_alloc: memory the caller shares with every worker
+ *               read-only, and the workers' views of it
  *   cpu.c       the CPUs this process may use (the default pool size)
  *   capture.c   in the worker: per-item output, crash reports, memory
  *   output.c    in the caller: per-item output grouped or captured
@@ -171,15 +173,24 @@ typedef struct pmap__column {
     const unsigned char *lengths;   /* strings, buffers: the length table */
 } pmap__column_t;
 
-/* Memory shared with one worker for one batch (see shm.c). */
+/*
+ * Memory shared with one worker for one batch (see shm.c), and the blocks
+ * of pmap_alloc (alloc.c): heap_find, set by the caller where the worker
+ * shares this machine's memory, lets the encoder reference a string or
+ * buffer that lies in one; heap_view, set by the worker, lets the decoder
+ * read such a reference.  Either may be NULL: no such reference then.
+ */
 typedef struct pmap__region {
     unsigned char *base;
     size_t size;
     size_t used;        /* bytes taken by the encoder */
+    bool (*heap_find)(const void *p, size_t n, uint64_t ref[3]);
+    const unsigned char *(*heap_view)(uint64_t offset, uint64_t size);
 } pmap__region_t;
 
 #define PMAP__SHARED_FLAG ((uint64_t)1 << 62) /* length: data is shared */
 #define PMAP__SHARED_MIN (64u << 10)    /* smallest item put there */
+#define PMAP__HEAP_MIN 4096u    /* smallest item of pmap_alloc referenced */
 
 size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                            const unsigned char *base, size_t stride,
@@ -296,6 +307,16 @@ pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results);
 
+/* ---- alloc.c ---------------------------------------------------------- */
+
+bool pmap__heap_hold(void);
+void pmap__heap_drop(void);
+bool pmap__heap_find(const void *p, size_t n, uint64_t ref[3]);
+void pmap__heap_next_batch(void);
+const unsigned char *pmap__heap_view(uint64_t offset, uint64_t size);
+const unsigned char *pmap__heap_view_pinned(uint64_t offset, uint64_t size);
+void pmap__heap_unpin(const void *p);
+
 /* ---- cpu.c ------------------------------------------------------------ */
 
 int pmap__cpu_count(void);
@@ -402,6 +423,9 @@ struct pool {
     size_t nretirees, retirees_cap;
     bool server;                /* workers come from the fork server */
     bool in_process;            /* PMAP_START_INLINE: no process (inline.c) */
+    bool holds_heap;            /* holds pmap_alloc's heap (alloc.c)... */
+    bool heap;                  /* ...which exists: its workers have it,
+                                   and its blocks go by reference */
     const struct pmap__remote *remote;  /* PMAP_START_MPI: processes
                                    elsewhere (proc.c, src/mpi/) */
     pmap_config_t config;       /* what was chosen, and why */

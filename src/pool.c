@@ -273,6 +273,10 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         free(pool);
         return PMAP_ENOMEM;
     }
+    /* pmap_alloc's heap before the first fork: every worker inherits it */
+    if (!pool->in_process && pool->remote == NULL)
+        pool->heap = pmap__heap_hold();
+    pool->holds_heap = !pool->in_process && pool->remote == NULL;
     pool_open(pool);
     pmap__crash_prepare();      /* once, inherited by every worker */
     int rc = start_workers(pool);
@@ -347,6 +351,8 @@ void pool_destroy(pool_t *pool)
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);
     free(pool->workers);
+    if (owner && pool->holds_heap)
+        pmap__heap_drop();
     if (owner)
         sync_destroy(pool);
     free(pool);

@@ -283,6 +283,7 @@ static void forget_server(void)
         pmap__close(&ctl.fd);
         if (ctl.server > 0)
             end_child(ctl.server, pmap__now_ns() + 1000000000LL);
+        pmap__heap_drop();      /* held since start_server */
     }
     ctl.server = 0;
     pmap__close(&ctl.fd);
@@ -335,7 +336,12 @@ int pmap_init(void)
     if (ctl.fd >= 0 && (ctl.owner != getpid() || ctl.dead))
         forget_server();
     pmap__crash_prepare();      /* inherited by the server and its workers */
-    int rc = ctl.fd < 0 ? start_server() : 0;
+    int rc = 0;
+    if (ctl.fd < 0) {   /* pmap_alloc's heap first: its workers read it */
+        pmap__heap_hold();
+        if ((rc = start_server()) < 0)
+            pmap__heap_drop();
+    }
     pthread_mutex_unlock(&ctl.lock);
     pmap__pools_unlock();
     return rc;

@@ -108,8 +108,8 @@ pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results)
 {
     if (arena == NULL || pmap__arena_state(arena)->private)
-        return (pmap__region_t){NULL, 0, 0};
+        return (pmap__region_t){0};
     size_t at = PMAP__ARENA_HEAD +
                 ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;
-    return (pmap__region_t){arena + at, PMAP__SLOT_SIZE, 0};
+    return (pmap__region_t){.base = arena + at, .size = PMAP__SLOT_SIZE};
 }

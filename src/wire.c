@@ -30,7 +30,8 @@
  * receiver's buffer and can be passed to the callback in place.  A string
  * or buffer of 64 KiB or more may instead travel through the worker's
  * shared memory: its length is flagged and its data replaced by its offset
- * there (see pmap__column_encode).
+ * there; one in a block of pmap_alloc, by its place in the heap that every
+ * worker reads (see pmap__column_encode).
  */
 #include "pmap_internal.h"
 
@@ -342,6 +343,16 @@ static bool goes_shared(const pmap__region_t *shared, uint64_t span)
            span <= shared->size - shared->used;
 }
 
+/* Whether the span bytes at data lie in a block of pmap_alloc that the
+ * worker reads in place; if so, their place goes in ref (alloc.c). */
+static bool in_heap(const pmap__region_t *shared, const void *data,
+                    uint64_t span, uint64_t ref[3])
+{
+    return shared != NULL && shared->heap_find != NULL &&
+           span >= PMAP__HEAP_MIN && span <= SIZE_MAX &&
+           shared->heap_find(data, (size_t)span, ref);
+}
+
 /* ---- encoded values (PMAP_EXPORT_TYPE) -------------------------------- */
 
 /* Bytes tried first for a value that does not go to shared memory: most
@@ -436,8 +447,13 @@ static size_t encode_codec_column(pmap__outq_t *q, pmap__type_t type,
  * a shared region, strings and buffers of PMAP__SHARED_MIN bytes or more
  * are copied there instead while it has room, and the frame carries their
  * offset (length flagged PMAP__SHARED_FLAG, data replaced by a 16-byte
- * record: u64 offset | u64 0).  Values of a codec are encoded on the way.
- * Returns how many of them could not be (0 for other kinds).
+ * record: u64 offset | u64 0).  Where the region has heap_find, strings
+ * and buffers of PMAP__HEAP_MIN bytes or more (with the NUL) that lie
+ * wholly in a block of pmap_alloc are not copied at all: the length is
+ * flagged the same way and the data replaced by a 32-byte record: u64
+ * offset in the heap | u64 1 | u64 the block's offset | u64 its size.
+ * Values of a codec are encoded on the way.  Returns how many of them
+ * could not be (0 for other kinds).
  */
 size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                            const unsigned char *base, size_t stride,
@@ -466,7 +482,10 @@ size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
     for (size_t i = 0; i < count; i++) {
         uint64_t len;
         const void *data = item_data(type.kind, base + i * stride, &len);
-        if (len != PMAP__NULL_LENGTH && goes_shared(shared, len + nul)) {
+        uint64_t ref[3];
+        if (len != PMAP__NULL_LENGTH && in_heap(shared, data, len + nul, ref)) {
+            len |= PMAP__SHARED_FLAG;
+        } else if (len != PMAP__NULL_LENGTH && goes_shared(shared, len + nul)) {
             memcpy(shared->base + shared->used, data, (size_t)len + nul);
             shared->used += pmap__pad((size_t)len + nul);
             len |= PMAP__SHARED_FLAG;
@@ -478,6 +497,16 @@ size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
         uint64_t n = pmap__get_u64(q->scratch.data + lengths + i * sizeof n);
         if (n == PMAP__NULL_LENGTH)
             continue;
+        uint64_t ref[3];
+        if ((n & PMAP__SHARED_FLAG) &&
+            in_heap(shared, item_data(type.kind, base + i * stride, NULL),
+                    (n & ~PMAP__SHARED_FLAG) + nul, ref)) {
+            pmap__outq_u64(q, ref[0]);
+            pmap__outq_u64(q, 1);
+            pmap__outq_u64(q, ref[1]);
+            pmap__outq_u64(q, ref[2]);
+            continue;
+        }
         if (n & PMAP__SHARED_FLAG) {
             pmap__outq_u64(q, start);
             pmap__outq_u64(q, 0);
@@ -512,10 +541,26 @@ static const unsigned char *item_at(const unsigned char *p, size_t avail,
         if (shared == NULL || avail - *off < 16)
             return *bad = true, NULL;
         uint64_t at = pmap__get_u64(p + *off);
-        if (at > shared->size || len + nul > shared->size - at)
-            return *bad = true, NULL;
-        data = shared->base + at;
-        *off += 16;
+        uint64_t tag = pmap__get_u64(p + *off + 8);
+        if (tag == 1) {     /* in a block of pmap_alloc */
+            if (shared->heap_view == NULL || avail - *off < 32)
+                return *bad = true, NULL;
+            uint64_t block = pmap__get_u64(p + *off + 16);
+            uint64_t size = pmap__get_u64(p + *off + 24);
+            if (at < block || at - block > size ||
+                len + nul > size - (at - block))
+                return *bad = true, NULL;
+            const unsigned char *view = shared->heap_view(block, size);
+            if (view == NULL)
+                return *bad = true, NULL;
+            data = view + (at - block);
+            *off += 32;
+        } else {
+            if (tag != 0 || at > shared->size || len + nul > shared->size - at)
+                return *bad = true, NULL;
+            data = shared->base + at;
+            *off += 16;
+        }
     } else {
         if (len >= avail || len + nul > avail - *off)
             return *bad = true, NULL;

@@ -194,9 +194,11 @@ static int decode_constants(worker_map_t *m, size_t len)
         if (!(m->constants >> k & 1))
             continue;
         size_t used;
+        /* In a block of pmap_alloc: its view is kept until the END. */
+        const pmap__region_t heap = {.heap_view = pmap__heap_view_pinned};
         int rc = pmap__column_decode(m->setup + off, len - off,
                                      m->fn->params[k], 1, &m->scratch[k],
-                                     &m->column[k], &used, NULL);
+                                     &m->column[k], &used, &heap);
         if (rc < 0)
             return rc;
         m->column[k].stride = 0;
@@ -214,6 +216,11 @@ static void map_end(uint32_t id)
         worker_map_t *m = *p;
         if (m->id == id) {
             *p = m->next;
+            for (int k = 0; k < PMAP_MAX_ARGS; k++) {
+                void *data;     /* a string's pointer, or a buffer's */
+                memcpy(&data, &m->scratch[k], sizeof data);
+                pmap__heap_unpin(data);
+            }
             for (int k = 0; k < PMAP_MAX_ARGS; k++) {
                 if (m->objects[k] == NULL)
                     continue;
@@ -692,6 +699,8 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     unsigned slot = (unsigned)(pmap__get_u64(p + 24) % 2);
     pmap__region_t arguments = pmap__arena_slot(self.arena, slot, false);
     pmap__region_t results_area = pmap__arena_slot(self.arena, slot, true);
+    arguments.heap_view = pmap__heap_view;  /* blocks of pmap_alloc */
+    pmap__heap_next_batch();
     pmap__column_t col[PMAP_MAX_ARGS];
     if (pmap__get_u64(p) != fn->id || count == 0 || fn->result.size == 0 ||
         count > SIZE_MAX / fn->result.size ||

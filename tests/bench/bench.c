@@ -9,8 +9,9 @@
  * workers next to OpenMP at as many threads instead.
  * Timing decides nothing here: it is a report.
  *
- *     usage: bench [REPS [w5-heap | workers | scale]]
- *         REPS: runs of each figure (5); w5-heap: only W5 by start method;
+ *     usage: bench [REPS [w3 | w5-heap | workers | scale]]
+ *         REPS: runs of each figure (5); w3: only W3 (its "buffers only"
+ *         row without the machine's limits); w5-heap: only W5 by start method;
  *         workers: only the cost by the number of workers; scale: only the
  *         scaling table
  */
@@ -603,12 +604,37 @@ static double pool_w3(pool_t *pool, inputs_t *in, bool checksum)
     return (double)W3_N * W3_SIZE / (now() - t) / 1e6;
 }
 
+/* W3 with the buffers in memory from pmap_alloc, made after the pool:
+ * the workers read them in place. */
+static double pool_w3_shared(pool_t *pool, inputs_t *in,
+                             const pmap_bytes_t *shared)
+{
+    double t = now();
+    if (pool_map(pool, fnv, W3_N, in->w3_out, shared) != 0)
+        exit(1);
+    double mbs = (double)W3_N * W3_SIZE / (now() - t) / 1e6;
+    for (size_t i = 0; i < W3_N; i += 51) {     /* a few, untimed */
+        if (in->w3_out[i] != w_fnv1a(in->raw[i], W3_SIZE)) {
+            fprintf(stderr, "bench: W3 from pmap_alloc gave a wrong sum\n");
+            exit(1);
+        }
+    }
+    return mbs;
+}
+
 static void bench_w3(pool_t *pool, inputs_t *in, double pipe_mbs,
                      double memcpy_mbs)
 {
     sample_t serial = {{0}, 0}, omp = {{0}, 0}, forked = {{0}, 0};
-    sample_t lib = {{0}, 0}, moved = {{0}, 0};
+    sample_t lib = {{0}, 0}, moved = {{0}, 0}, shared = {{0}, 0};
     double bytes = (double)W3_N * W3_SIZE;
+    pmap_bytes_t *blocks = malloc(W3_N * sizeof *blocks);
+    for (size_t i = 0; i < W3_N && blocks != NULL; i++) {
+        blocks[i] = (pmap_bytes_t){pmap_alloc(W3_SIZE), W3_SIZE};
+        if (blocks[i].data == NULL)
+            exit(1);
+        memcpy(blocks[i].data, in->raw[i], W3_SIZE);
+    }
     for (int r = 0; r < reps; r++) {
         double t = now();
         for (size_t i = 0; i < W3_N; i++)
@@ -622,7 +648,11 @@ static void bench_w3(pool_t *pool, inputs_t *in, double pipe_mbs,
         add_value(&forked, 32.0 * W3_SIZE / (now() - t) / 1e6);
         add_value(&lib, pool_w3(pool, in, true));
         add_value(&moved, pool_w3(pool, in, false));
+        add_value(&shared, pool_w3_shared(pool, in, blocks));
     }
+    for (size_t i = 0; i < W3_N; i++)
+        pmap_free(blocks[i].data);
+    free(blocks);
     heading("W3  256 buffers of 1 MiB, FNV-1a of each: MB/s delivered");
     char note[256];
     row("serial C", &serial, "MB/s", NULL);
@@ -633,6 +663,10 @@ static void bench_w3(pool_t *pool, inputs_t *in, double pipe_mbs,
         ratio(note, sizeof note, "%.2fx serial; %.2f of OpenMP",
               median(&lib) / median(&serial),
               omp.n ? median(&lib) / median(&omp) : 0));
+    row("libpmap, 2 workers, pmap_alloc inputs", &shared, "MB/s",
+        ratio(note, sizeof note, "%.2fx serial; %.2f of OpenMP",
+              median(&shared) / median(&serial),
+              omp.n ? median(&shared) / median(&omp) : 0));
     row("libpmap, buffers only (no checksum)", &moved, "MB/s",
         ratio(note, sizeof note, "%.2fx the pipe; %.2f of memcpy",
               median(&moved) / pipe_mbs, median(&moved) / memcpy_mbs));
@@ -1236,6 +1270,19 @@ int main(int argc, char **argv)
         if (pmap_init() != 0)
             return 1;
         bench_w5_heap();    /* this section alone */
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "w3") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        pool_options_t o = {.workers = 2, .start = PMAP_START_FORK};
+        pool_t *pool;
+        if (pool_create_with(&pool, &o) != 0)
+            return 1;
+        inputs_t in;
+        prepare(&in);
+        omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
+        bench_w3(pool, &in, 0, 0);  /* this section alone */
+        pool_destroy(pool);
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "workers") == 0) {

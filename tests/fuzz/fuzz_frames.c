@@ -21,7 +21,8 @@ static volatile size_t sink;
 
 /* A pretend shared region, so that references into one are decoded too. */
 static unsigned char region_bytes[1 << 16];
-static const pmap__region_t region = {region_bytes, sizeof region_bytes, 0};
+static const pmap__region_t region = {.base = region_bytes,
+                                      .size = sizeof region_bytes};
 
 /* Reads every byte of the values of a decoded column. */
 static void touch_column(const pmap__column_t *col, pmap__type_t t,
