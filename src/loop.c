@@ -329,9 +329,11 @@ static void watch(pool_t *pool, pmap__worker_t *w)
     bool out = !pmap__outq_empty(&w->out);
     if (pool->epfd < 0 || w->pid == 0 || out == w->polled_out)
         return;
-    struct epoll_event ev = {EPOLLOUT, {.ptr = w}};
-    if (epoll_ctl(pool->epfd, out ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, w->ch.out,
-                  &ev) == 0)
+    if (!out)
+        pmap__epoll_del(pool, w->ch.out);
+    if (!out ||
+        pmap__epoll_add(pool, w->ch.out,
+                        PMAP__EVENT(w->index, PMAP__EV_OUTPUT)) == 0)
         w->polled_out = out;
 #else
     (void)pool;
@@ -629,15 +631,79 @@ struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n)
     return pool->pollfds;
 }
 
+/* Handles what w's process has done: sent frames, taken what we wrote,
+ * ended.  A callback run for an earlier worker may have killed this one
+ * (pmap_job_free): then its events are stale. */
+static void on_events(pool_t *pool, pmap__worker_t *w, bool input,
+                      bool output, bool ended)
+{
+    if (w->pid > 0 && input)
+        on_input(pool, w);
+    if (w->pid > 0 && output)
+        flush(pool, w);
+    if (w->pid > 0 && ended)
+        bury(pool, w);
+}
+
+/* A cancellation (see cancel()) woke us: empties the wake pipe. */
+static void on_wake(pool_t *pool)
+{
+    char sink[64];
+    while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
+        ;
+}
+
+#ifdef __linux__
+/*
+ * wait_events on the pool's epoll set, which holds every descriptor the
+ * loop waits on (proc.c, watch()): the wait costs as much as the events
+ * that come, whatever the number of workers.
+ */
+static int wait_epoll(pool_t *pool, int64_t wake)
+{
+    struct epoll_event ev[64];
+    int ready;
+    pthread_mutex_unlock(&pool->lock);
+    do {
+        /* Milliseconds, rounded up: waking late by less than one is
+         * fine, early would spin. */
+        int64_t left = wake < 0 ? -1 : wake - pmap__now_ns();
+        int ms = left < 0 ? (wake < 0 ? -1 : 0)
+                 : left > INT_MAX * 1000000LL ? INT_MAX
+                                              : (int)((left + 999999) / 1000000);
+        ready = epoll_wait(pool->epfd, ev, 64, ms);
+    } while (ready < 0 && errno == EINTR);
+    pthread_mutex_lock(&pool->lock);
+    if (ready < 0)
+        return -errno;
+    for (int i = 0; i < ready; i++) {
+        uint64_t what = ev[i].data.u64;
+        if (what == PMAP__EV_WAKE) {
+            on_wake(pool);
+        } else if (what != PMAP__EV_RETIREE) {  /* retirees: the next step */
+            int kind = (int)(what & 3), index = (int)(what >> 2);
+            on_events(pool, &pool->workers[index], kind == PMAP__EV_INPUT,
+                      kind == PMAP__EV_OUTPUT, kind == PMAP__EV_ENDED);
+        }
+    }
+    return ready;
+}
+#endif
+
 /*
  * Waits for events until wake (or not at all if 0 >= wake) and handles
- * them.  Polls, in this order: each worker's channel (to read), pidfd and
- * channel (to write, when there is something to), the wake pipe, and each
- * retiree's channel and pidfd (handled by the next step).
- * Returns poll's count, or a negative code.
+ * them, on the epoll set where there is one.  Else polls, in this order:
+ * each worker's channel (to read), pidfd and channel (to write, when there
+ * is something to), the wake pipe, and each retiree's channel and pidfd
+ * (handled by the next step).  Returns the number of events, or a negative
+ * code.
  */
 static int wait_events(pool_t *pool, int64_t wake)
 {
+#ifdef __linux__
+    if (pool->epfd >= 0)
+        return wait_epoll(pool, wake);
+#endif
     size_t nw = (size_t)pool->nworkers, n = 3 * nw + 1 + 2 * pool->nretirees;
     struct pollfd *pfd = pmap__loop_pollfds(pool, n);
     if (pfd == NULL)
@@ -661,22 +727,11 @@ static int wait_events(pool_t *pool, int64_t wake)
     pthread_mutex_unlock(&pool->lock);
     int ready = pmap__poll(pfd, n, wake);
     pthread_mutex_lock(&pool->lock);
-    if (ready > 0 && alarm->revents) {  /* a cancellation: see cancel() */
-        char sink[64];
-        while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
-            ;
-    }
-    for (size_t i = 0; i < nw && ready > 0; i++) {
-        pmap__worker_t *w = &pool->workers[i];
-        /* A callback run for an earlier worker may have killed this one
-         * (pmap_job_free): then its events are stale. */
-        if (w->pid > 0 && pfd[i].revents)
-            on_input(pool, w);
-        if (w->pid > 0 && pfd[2 * nw + i].revents)
-            flush(pool, w);
-        if (w->pid > 0 && pfd[nw + i].revents)
-            bury(pool, w);  /* the process has ended */
-    }
+    if (ready > 0 && alarm->revents)
+        on_wake(pool);
+    for (size_t i = 0; i < nw && ready > 0; i++)
+        on_events(pool, &pool->workers[i], pfd[i].revents != 0,
+                  pfd[2 * nw + i].revents != 0, pfd[nw + i].revents != 0);
     return ready;
 }
 

@@ -647,7 +647,14 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline);
 int64_t pmap__retirees_check(pool_t *pool);
 void pmap__retirees_wait(pool_t *pool);
 void pmap__retirees_abandon(pool_t *pool);
-void pmap__epoll_add(const pool_t *pool, int fd, void *ptr);
+/* What an entry of the pool's epoll set stands for (its data.u64): the
+ * wake pipe, a retiree's descriptor, or one of worker index's, as
+ * PMAP__EVENT(index, kind). */
+enum { PMAP__EV_WAKE, PMAP__EV_INPUT, PMAP__EV_ENDED, PMAP__EV_OUTPUT };
+#define PMAP__EVENT(index, kind) ((uint64_t)(index) << 2 | (kind))
+#define PMAP__EV_RETIREE UINT64_MAX
+int pmap__epoll_add(const pool_t *pool, int fd, uint64_t event);
+int pmap__epoll_mod(const pool_t *pool, int fd, uint64_t event);
 void pmap__epoll_del(const pool_t *pool, int fd);
 
 /* pool.c */

@@ -50,7 +50,7 @@ static void pool_open(pool_t *pool)
         pmap__close(&pool->wake[0]);
         pmap__close(&pool->wake[1]);
     }
-    pmap__epoll_add(pool, pool->wake[0], NULL);    /* cancellations */
+    pmap__epoll_add(pool, pool->wake[0], PMAP__EV_WAKE);
     pmap__pools_add(pool);
     pmap__pools_unlock();
 }

@@ -90,16 +90,32 @@ void pmap__pools_remove(pool_t *pool)
 
 /* ---- pool_fd's epoll set ------------------------------------------------ */
 
-void pmap__epoll_add(const pool_t *pool, int fd, void *ptr)
+/* Adds fd to the set, or changes its entry, for input, or for output
+ * when it stands for PMAP__EV_OUTPUT.  Returns 0, or a negative code (also
+ * where there is no set). */
+static int epoll_set(const pool_t *pool, bool add, int fd, uint64_t event)
 {
 #ifdef __linux__
-    if (pool->epfd >= 0 && fd >= 0) {
-        struct epoll_event ev = {EPOLLIN, {.ptr = ptr}};
-        epoll_ctl(pool->epfd, EPOLL_CTL_ADD, fd, &ev);
-    }
+    bool output = event != PMAP__EV_RETIREE && (event & 3) == PMAP__EV_OUTPUT;
+    struct epoll_event ev = {output ? EPOLLOUT : EPOLLIN, {.u64 = event}};
+    if (pool->epfd < 0 || fd < 0)
+        return PMAP_ENOSYS;
+    int op = add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+    return epoll_ctl(pool->epfd, op, fd, &ev) == 0 ? 0 : -errno;
 #else
-    (void)pool, (void)fd, (void)ptr;
+    (void)pool, (void)add, (void)fd, (void)event;
+    return PMAP_ENOSYS;
 #endif
+}
+
+int pmap__epoll_add(const pool_t *pool, int fd, uint64_t event)
+{
+    return epoll_set(pool, true, fd, event);
+}
+
+int pmap__epoll_mod(const pool_t *pool, int fd, uint64_t event)
+{
+    return epoll_set(pool, false, fd, event);
 }
 
 /* Removes fd before it is closed: a copy of it in a child the program
@@ -271,8 +287,10 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
     if (w->pidfd < 0)
         w->pidfd = -1;
     w->polled_out = false;
-    pmap__epoll_add(pool, w->ch.in, w);
-    pmap__epoll_add(pool, w->pidfd, w);
+    pmap__epoll_add(pool, w->ch.in,
+                    PMAP__EVENT(w->index, PMAP__EV_INPUT));
+    pmap__epoll_add(pool, w->pidfd,
+                    PMAP__EVENT(w->index, PMAP__EV_ENDED));
     int rc = pmap__set_nonblocking(w->ch.in);
     if (rc == 0)
         rc = pmap__set_nonblocking(w->ch.out);
@@ -410,6 +428,10 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     pmap__epoll_del(pool, w->ch.out);
     pmap__close(&w->ch.out);    /* EOF for it: leave */
     pmap__close(&w->ch.keep);
+    /* Its events are no longer the slot's (the next step looks at every
+     * retiree). */
+    pmap__epoll_mod(pool, w->ch.in, PMAP__EV_RETIREE);
+    pmap__epoll_mod(pool, w->pidfd, PMAP__EV_RETIREE);
     if (pool->remote != NULL)
         pool->remote->detach(w->pidfd);     /* its arena goes now */
     pool->retirees[pool->nretirees] = (pmap__retiree_t){
