@@ -53,6 +53,25 @@ extern "C" {
  */
 PMAP_API int pmap_mpi_init(int *argc, char ***argv);
 
+/* Options of pmap_mpi_init_with (rank 0's; other ranks ignore theirs); a
+ * zeroed struct means every default. */
+typedef struct pmap_mpi_options {
+    /* Workers rank 0 runs itself in every pool over MPI, beside the other
+     * ranks': 0 (the default) none, rank 0 only drives; n > 0: n;
+     * PMAP_MPI_NODE: as many as a serving rank runs (its environment's
+     * PMAP_WORKERS, or its CPUs).  They are forked from rank 0 as a
+     * PMAP_START_FORK pool's are, and share memory with it; in the slots of
+     * a pool they come first in each round (a pool with workers = 1 runs
+     * on rank 0).  PMAP_EINVAL if out of range. */
+    int workers;
+} pmap_mpi_options_t;
+
+#define PMAP_MPI_NODE (-1)
+
+/* pmap_mpi_init with options (NULL: the defaults, as pmap_mpi_init). */
+PMAP_API int pmap_mpi_init_with(int *argc, char ***argv,
+                                const pmap_mpi_options_t *options);
+
 /*
  * Stops serving: destroy the pools over MPI first.  Tells the other ranks
  * to leave and calls MPI_Finalize (the program must not call it itself).

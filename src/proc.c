@@ -198,7 +198,7 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w, int channel)
 {
     pid_t pid = -1;
     pmap__arena_state(w->arena)->private = 1;
-    int rc = pool->remote->spawn(w->index, channel, w->arena,
+    int rc = pool->remote->spawn(pool, w, channel,
                                  pmap__now_ns() + pool->start_timeout_ns,
                                  &pid, &w->pidfd);
     return rc < 0 ? rc : pid;
