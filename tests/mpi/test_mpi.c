@@ -13,6 +13,10 @@
  * (pmap_mpi_init_with, workers = PMAP_MPI_NODE): the same checks, with
  * items on rank 0's own workers and on rank 1's.
  *
+ * With --lose (tests/mpi/lost_rank.sh), a callback kills the rank serving
+ * it during a map: Open MPI's mpirun ends the whole job, which the script
+ * checks; if the map ever returns, this says so and exits 0.
+ *
  * With --refused, rank 0 is started beside another build of this program
  * (test_mpi_other, built with OTHER_BUILD: one more exported function),
  * and pmap_mpi_init must refuse it.
@@ -111,6 +115,38 @@ static long where(int x)
     return (long)x * 1000000 + (long)getpid() % 1000000;
 }
 PMAP_EXPORT(where, long, int);
+
+/* Item 5 kills the rank running it (its worker's parent, the serving
+ * rank's process), with SIGKILL. */
+static long lose_rank(long x)
+{
+    if (x == 5)
+        kill(getppid(), SIGKILL);
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+    return x;
+}
+PMAP_EXPORT(lose_rank, long, long);
+
+static int lose(void)
+{
+    pool_t *pool = NULL;
+    pool_options_t po = {.start = PMAP_START_MPI};
+    if (pool_create_with(&pool, &po) != 0)
+        return 1;
+    enum { N = 200 };
+    static long xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_map_options_t one = {.chunk = 1};
+    printf("mpi-test --lose: a map whose item 5 kills its rank\n");
+    fflush(stdout);
+    int rc = pool_map_with(pool, &one, lose_rank, N, out, xs);
+    printf("mpi-test --lose: the map returned %d (%s): the job survived\n", rc,
+           pmap_err_name(rc));
+    pool_destroy(pool);
+    return 0;
+}
 
 /* ---- worker hooks ---- */
 
@@ -432,6 +468,8 @@ int main(int argc, char **argv)
         printf("pmap_mpi_init: %s %s\n", pmap_err_name(rc), pmap_mpi_message());
         return 1;
     }
+    if (argc > 1 && strcmp(argv[1], "--lose") == 0)
+        return lose();
     CHECK(pmap_mpi_size() == (here ? 2 : 3));
     CHECK(pmap_mpi_workers() == (here ? 2 : 2));   /* PMAP_WORKERS=1 */
     pool_t *pool = NULL;
