@@ -59,7 +59,8 @@
 
 #define TAG 0x504d              /* every message, on our own communicator */
 #define SLEEP_MIN_NS 20000LL
-#define HOT_NS 300000LL         /* after activity, SLEEP_MIN_NS this long */
+#define HOT_NS 2000000LL        /* after activity, SLEEP_MIN_NS this long */
+#define PROBES 8                /* MPI_Improbe calls a round, at most */
 #define SLEEP_SEND_NS 50000LL
 #define SLEEP_MAX_NS 2000000LL
 #define READ_CHUNK (1u << 20)   /* bytes forwarded per message at most */
@@ -735,8 +736,9 @@ static void handle(int from, const unsigned char *buf, size_t len)
     }
 }
 
-/* Takes every message MPI has for us now. */
-static bool receive(void)
+/* Takes every message MPI has for us now; hot: an answer is likely soon,
+ * probe harder. */
+static bool receive(bool hot)
 {
     static unsigned char *buf;
     static size_t cap;
@@ -745,7 +747,11 @@ static bool receive(void)
         int flag = 0;
         MPI_Message msg;
         MPI_Status st;
-        MPI_Improbe(MPI_ANY_SOURCE, TAG, relay.comm, &flag, &msg, &st);
+        /* Open MPI reads its TCP sockets in one progress call of
+         * PROBES: while hot, a message that has arrived is seen within a
+         * round (idle, one probe a round costs less). */
+        for (int i = 0; i < (hot && !any ? PROBES : 1) && !flag; i++)
+            MPI_Improbe(MPI_ANY_SOURCE, TAG, relay.comm, &flag, &msg, &st);
         if (!flag)
             return any;
         int count = 0;
@@ -814,7 +820,7 @@ static bool round_trip(int64_t sleep_ns)
     bool any = false;
     if (relay.rank == 0)
         any |= requests();
-    any |= receive();
+    any |= receive(sleep_ns <= SLEEP_MIN_NS);
     any |= sends_done();
     size_t n = 0;
     for (chan_t *c = relay.chans; c != NULL; c = c->next)
