@@ -612,10 +612,10 @@ struct pmap_job {
  * standing for its pidfd, readable once its end is known, which is also
  * the key of the other calls.
  *   workers: the slots a pool gets (0: no remote worker)
- *   spawn:   starts a worker for slot index, its side of the channel
- *            being channel (the callee takes copies) and its arena (whose
- *            slot it keeps up to date); sets *pid and *deathfd; 0 or a
- *            negative code
+ *   spawn:   starts a worker for pool's slot w, its side of the channel
+ *            being channel (the callee takes copies) and its arena w->arena
+ *            (whose slot it keeps up to date), with the pool's worker
+ *            hooks; sets *pid and *deathfd; 0 or a negative code
  *   kill:    kills it (SIGKILL, where it runs)
  *   reap:    its wait status, killing it if it has not ended within a
  *            grace period; 0, or PMAP_ELOST; the worker is forgotten
@@ -623,9 +623,8 @@ struct pmap_job {
  */
 typedef struct pmap__remote {
     int (*workers)(void);
-    int (*spawn)(int index, const pmap__channel_t *channel,
-                 unsigned char *arena,
-                 int64_t deadline, pid_t *pid, int *deathfd);
+    int (*spawn)(const struct pool *pool, struct pmap__worker *w,
+                 const pmap__channel_t *channel, int64_t deadline, pid_t *pid, int *deathfd);
     void (*kill)(int deathfd);
     int (*reap)(int deathfd, int *status);
     void (*detach)(int deathfd);

@@ -244,12 +244,6 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool->owner = getpid();
     pool->epfd = pool->wake[0] = pool->wake[1] = -1;
     pool->config = configure(&o);
-    if (pool->config.start == PMAP_START_MPI &&
-        (o.worker_init != NULL || o.worker_exit != NULL)) {
-        sync_destroy(pool);     /* their addresses mean nothing elsewhere */
-        free(pool);
-        return PMAP_EINVAL;
-    }
     pool->opts = o;
     pool->opts.chunk = pool->config.chunk;
     pool->server = pool->config.start == PMAP_START_SERVER;

@@ -219,7 +219,7 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
 {
     pid_t pid = -1;
     pmap__arena_state(w->arena)->private = 1;
-    int rc = pool->remote->spawn(w->index, theirs, w->arena,
+    int rc = pool->remote->spawn(pool, w, theirs,
                                  pmap__now_ns() + pool->start_timeout_ns,
                                  &pid, &w->pidfd);
     return rc < 0 ? rc : pid;

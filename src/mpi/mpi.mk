@@ -61,6 +61,9 @@ $(B)/mpi/bench_mpi: tests/mpi/bench_mpi.c tests/bench/workloads.h $(MPI_LIB)
 
 mpi-test: mpi
 	@PMAP_WORKERS=1 $(MPI_RUN) -n 3 $(B)/mpi/test_mpi
+	@PMAP_WORKERS=1 $(MPI_RUN) -n 2 -x PMAP_WORKERS $(B)/mpi/test_mpi --here
+	@PMAP_WORKERS=1 tests/mpi/lost_rank.sh $(MPI_RUN) -n 3 -x PMAP_WORKERS \
+	    $(B)/mpi/test_mpi
 	@PMAP_WORKERS=1 $(MPI_RUN) -n 1 $(B)/mpi/test_mpi --refused : \
 	    -n 1 $(B)/mpi/test_mpi_other
 

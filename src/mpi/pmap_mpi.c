@@ -41,8 +41,10 @@
 
 #include <mpi.h>
 
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <link.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -57,7 +59,8 @@
 
 #define TAG 0x504d              /* every message, on our own communicator */
 #define SLEEP_MIN_NS 20000LL
-#define HOT_NS 300000LL         /* after activity, SLEEP_MIN_NS this long */
+#define HOT_NS 2000000LL        /* after activity, SLEEP_MIN_NS this long */
+#define PROBES 8                /* MPI_Improbe calls a round, at most */
 #define SLEEP_SEND_NS 50000LL
 #define SLEEP_MAX_NS 2000000LL
 #define READ_CHUNK (1u << 20)   /* bytes forwarded per message at most */
@@ -68,8 +71,9 @@ enum kind {
     M_HELLO = 1,    /* 0 -> r: build identifier */
     M_WELCOME,      /* r -> 0: its own, its workers, its pid; host name */
     M_EXIT,         /* 0 -> r: leave */
-    M_SPAWN,        /* 0 -> r: start a worker for channel (a: local index) */
-    M_SPAWNED,      /* r -> 0: a: its pid, or a negative code */
+    M_SPAWN,        /* 0 -> r: start a worker for channel (a: its index in
+                       the pool; data: its hooks, hooks_t) */
+    M_SPAWNED,      /* r -> 0: a: its pid, or a negative code (data: why) */
     M_DATA,         /* both: channel bytes */
     M_EOF,          /* both: the channel's writer closed it */
     M_KILL,         /* 0 -> r: SIGKILL the worker */
@@ -82,6 +86,22 @@ typedef struct head {
     uint32_t chan;
     int64_t a, b, c, d;
 } head_t;
+
+/* An address of code or read-only data as every rank can name it: the
+ * object holding it (the program, or a shared library), its offset from
+ * that object's load address, and the object's GNU build-id. */
+typedef struct place {
+    uint64_t offset;
+    uint32_t set;               /* 0: the address is NULL */
+    uint32_t id_len;            /* the build-id's length; 0: none */
+    unsigned char id[32];
+    char object[256];           /* "": the program; else its file's name */
+} place_t;
+
+/* A pool's worker hooks on their way to another rank. */
+typedef struct hooks {
+    place_t init, exit, arg;
+} hooks_t;
 
 /* One worker's channel, as a relay sees it. */
 typedef struct chan {
@@ -102,6 +122,7 @@ typedef struct chan {
     /* Rank 0, with the hooks (under relay.lock). */
     enum { SPAWNING, ALIVE, FAILED } state;
     int spawn_rc;
+    hooks_t hooks;              /* sent with SPAWN */
     bool spawn_asked, kill_asked;
     bool dead;                  /* its status is known */
     int status;
@@ -117,10 +138,13 @@ static struct {
     int rank, size, level;
     int init_rc;
     bool initialized, finalized;
+    pid_t owner;                /* rank 0's process (not its workers) */
     char message[1024];
     /* rank 0 */
     int nslots;
-    int *slot_rank, *slot_local;
+    int *slot_rank;             /* the rank serving each slot (0: here) */
+    int here;                   /* workers rank 0 serves itself */
+    struct here *heres;         /* ...those running (under lock) */
     pthread_t thread;
     bool running, stop;
     pthread_mutex_t lock;
@@ -157,6 +181,153 @@ static build_t build_id(void)
                      (uint64_t)PMAP_VERSION_MINOR << 16 | PMAP_VERSION_PATCH,
                  (uint64_t)sizeof(void *) << 8 | little};
     return b;
+}
+
+/* ---- worker hooks across ranks ----------------------------------------------
+ *
+ * The ranks run the same program, but not at the same addresses (PIE,
+ * ASLR): a hook travels as its place (object, offset, build-id), found
+ * among the loaded objects with dl_iterate_phdr, and is looked up there
+ * in the same way.  Code must be in an executable segment; worker_arg in
+ * a read-only one (a string literal, a const object), whose bytes are
+ * then the same on every rank. */
+
+enum want { CODE, CONST_DATA };
+
+typedef struct look {
+    uintptr_t addr;             /* locate: the address; resolve: found */
+    enum want want;
+    const place_t *place;       /* resolve: what to find */
+    place_t *out;               /* locate: what was found */
+    int found;                  /* 1: yes; -1: the object, not the spot */
+    bool first;
+    bool id_differs;
+} look_t;
+
+/* The object's GNU build-id into id (cap bytes); its length or 0. */
+static uint32_t object_id(const struct dl_phdr_info *info, unsigned char *id,
+                          size_t cap)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_NOTE)
+            continue;
+        const unsigned char *p =
+            (const unsigned char *)(info->dlpi_addr + ph->p_vaddr);
+        const unsigned char *end = p + ph->p_memsz;
+        while (p + sizeof(ElfW(Nhdr)) <= end) {
+            ElfW(Nhdr) nh;
+            memcpy(&nh, p, sizeof nh);
+            const unsigned char *name = p + sizeof nh;
+            const unsigned char *desc = name + ((nh.n_namesz + 3) & ~3u);
+            p = desc + ((nh.n_descsz + 3) & ~3u);
+            if (p > end)
+                break;
+            if (nh.n_type == NT_GNU_BUILD_ID && nh.n_namesz == 4 &&
+                memcmp(name, "GNU", 4) == 0 && nh.n_descsz <= cap) {
+                memcpy(id, desc, nh.n_descsz);
+                return nh.n_descsz;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Whether addr lies in a loadable segment of info as want says. */
+static bool in_segment(const struct dl_phdr_info *info, uintptr_t addr,
+                       enum want want)
+{
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type != PT_LOAD || addr < start ||
+            addr - start >= ph->p_memsz)
+            continue;
+        return want == CODE ? (ph->p_flags & PF_X) != 0
+                            : (ph->p_flags & PF_W) == 0;
+    }
+    return false;
+}
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int locate_one(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    look_t *l = arg;
+    bool first = l->first;
+    l->first = false;
+    if (!in_segment(info, l->addr, l->want))
+        return 0;
+    place_t *p = l->out;
+    p->set = 1;
+    p->offset = (uint64_t)(l->addr - info->dlpi_addr);
+    p->id_len = object_id(info, p->id, sizeof p->id);
+    snprintf(p->object, sizeof p->object, "%s",
+             first ? "" : info->dlpi_name);
+    l->found = 1;
+    return 1;
+}
+
+static int resolve_one(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    look_t *l = arg;
+    bool first = l->first;
+    l->first = false;
+    const place_t *p = l->place;
+    if (p->object[0] == '\0' ? !first
+                             : first || strcmp(base_name(info->dlpi_name),
+                                               base_name(p->object)) != 0)
+        return 0;
+    unsigned char id[sizeof p->id];
+    uint32_t n = object_id(info, id, sizeof id);
+    if (p->id_len != 0 && (n != p->id_len || memcmp(id, p->id, n) != 0)) {
+        l->id_differs = true;
+        return 1;
+    }
+    l->addr = info->dlpi_addr + (uintptr_t)p->offset;
+    l->found = in_segment(info, l->addr, l->want) ? 1 : -1;
+    return 1;
+}
+
+/* The place of addr (NULL: an empty place); false if it is in no loaded
+ * object's segment of that kind. */
+static bool locate(const void *addr, enum want want, place_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (addr == NULL)
+        return true;
+    look_t l = {(uintptr_t)addr, want, NULL, out, 0, true, false};
+    dl_iterate_phdr(locate_one, &l);
+    return l.found == 1;
+}
+
+/* The address a place names here, or NULL with why set. */
+static uintptr_t resolve(const place_t *p, enum want want, const char *what,
+                         char *why, size_t cap)
+{
+    if (!p->set)
+        return 0;
+    look_t l = {0, want, p, NULL, 0, true, false};
+    dl_iterate_phdr(resolve_one, &l);
+    const char *object = p->object[0] ? p->object : "the program";
+    if (l.found == 1)
+        return l.addr;
+    char host[64] = "?";
+    gethostname(host, sizeof host - 1);
+    host[sizeof host - 1] = '\0';
+    snprintf(why, cap,
+             "rank %d (host %s) cannot find the pool's %s: %s %s", relay.rank,
+             host, what, object,
+             l.id_differs ? "is another build there (its build-id differs)"
+             : l.found    ? "has no such code or read-only data there"
+                          : "is not loaded there");
+    return 0;
 }
 
 /* ---- sending --------------------------------------------------------------- */
@@ -331,11 +502,49 @@ static bool forward(chan_t *c)
 
 /* ---- rank r: the workers ------------------------------------------------- */
 
-/* Forks a worker for channel id; answers SPAWNED. */
-static void spawn_local(uint32_t id, int index)
+/* The hooks of a worker for this rank, from SPAWN's data; false and why
+ * if one cannot be found here. */
+static bool hooks_here(const unsigned char *data, size_t n,
+                       pmap__worker_setup_t *setup, char *why, size_t cap)
 {
+    hooks_t h;
+    if (n < sizeof h) {
+        memset(&h, 0, sizeof h);
+    } else {
+        memcpy(&h, data, sizeof h);
+        h.init.object[sizeof h.init.object - 1] = '\0';
+        h.exit.object[sizeof h.exit.object - 1] = '\0';
+        h.arg.object[sizeof h.arg.object - 1] = '\0';
+    }
+    why[0] = '\0';
+    uintptr_t init = resolve(&h.init, CODE, "worker_init", why, cap);
+    uintptr_t exit_ = resolve(&h.exit, CODE, "worker_exit", why, cap);
+    uintptr_t arg = resolve(&h.arg, CONST_DATA, "worker_arg", why, cap);
+    if (why[0] != '\0')
+        return false;
+    /* A data pointer to a function pointer: ISO C has no conversion, so
+     * through memcpy (POSIX requires the representations to agree). */
+    void *pi = (void *)init, *pe = (void *)exit_;
+    memcpy(&setup->init, &pi, sizeof setup->init);
+    memcpy(&setup->exit, &pe, sizeof setup->exit);
+    setup->arg = (void *)arg;
+    return true;
+}
+
+/* Forks a worker for channel id, index in its pool, with the hooks in
+ * data; answers SPAWNED. */
+static void spawn_local(uint32_t id, int index, const unsigned char *data,
+                        size_t n)
+{
+    pmap__worker_setup_t setup = {getpid(), getpid(), index,
+                                  PMAP__NO_CHANNEL, NULL, NULL, NULL, NULL};
+    char why[512];
     if (relay.refused) {
         post(0, M_SPAWNED, id, PMAP_EPROTO, 0, 0, NULL, 0);
+        return;
+    }
+    if (!hooks_here(data, n, &setup, why, sizeof why)) {
+        post(0, M_SPAWNED, id, PMAP_EPROTO, 0, 0, why, strlen(why) + 1);
         return;
     }
     chan_t *c = calloc(1, sizeof *c);
@@ -349,8 +558,8 @@ static void spawn_local(uint32_t id, int index)
     pid_t pid = -1;
     if (rc == 0) {
         pmap__arena_state(arena)->private = 1;
-        pmap__worker_setup_t setup = {getpid(), getpid(), index, theirs,
-                                      arena, NULL, NULL, NULL};
+        setup.ch = theirs;
+        setup.arena = arena;
         sigset_t old;
         pmap__fork_prepare(&old, false);
         pid = fork();
@@ -444,6 +653,15 @@ static void mirror(chan_t *c, uint64_t item, uint32_t map, int64_t started)
 
 /* ---- messages -------------------------------------------------------------- */
 
+/* The workers a serving rank runs: its PMAP_WORKERS, or its CPUs. */
+static int node_workers(void)
+{
+    const char *env = getenv("PMAP_WORKERS");
+    long workers = env ? strtol(env, NULL, 10) : 0;
+    return workers < 1 || workers > PMAP_MAX_WORKERS ? pmap__cpu_count()
+                                                     : (int)workers;
+}
+
 static void handle(int from, const unsigned char *buf, size_t len)
 {
     head_t h;
@@ -458,10 +676,7 @@ static void handle(int from, const unsigned char *buf, size_t len)
         build_t mine = build_id(), theirs;
         memcpy(&theirs, data, n < sizeof theirs ? n : sizeof theirs);
         relay.refused = memcmp(&mine, &theirs, sizeof mine) != 0;
-        const char *env = getenv("PMAP_WORKERS");
-        long workers = env ? strtol(env, NULL, 10) : 0;
-        if (workers < 1 || workers > PMAP_MAX_WORKERS)
-            workers = pmap__cpu_count();
+        long workers = node_workers();
         char host[256] = "?";
         gethostname(host, sizeof host - 1);
         host[sizeof host - 1] = '\0';
@@ -476,7 +691,7 @@ static void handle(int from, const unsigned char *buf, size_t len)
         relay.exiting = true;
         break;
     case M_SPAWN:
-        spawn_local(h.chan, (int)h.a);
+        spawn_local(h.chan, (int)h.a, data, n);
         break;
     case M_SPAWNED:
         if (c == NULL)
@@ -489,6 +704,9 @@ static void handle(int from, const unsigned char *buf, size_t len)
         } else {
             c->state = FAILED;
             c->spawn_rc = h.a < 0 ? (int)h.a : PMAP_ESTART;
+            if (n > 0)      /* why, as the rank says */
+                snprintf(relay.message, sizeof relay.message,
+                         "pool_create_with: %.*s", (int)n, (const char *)data);
         }
         pthread_cond_broadcast(&relay.cond);
         break;
@@ -522,8 +740,9 @@ static void handle(int from, const unsigned char *buf, size_t len)
     }
 }
 
-/* Takes every message MPI has for us now. */
-static bool receive(void)
+/* Takes every message MPI has for us now; hot: an answer is likely soon,
+ * probe harder. */
+static bool receive(bool hot)
 {
     static unsigned char *buf;
     static size_t cap;
@@ -532,7 +751,11 @@ static bool receive(void)
         int flag = 0;
         MPI_Message msg;
         MPI_Status st;
-        MPI_Improbe(MPI_ANY_SOURCE, TAG, relay.comm, &flag, &msg, &st);
+        /* Open MPI reads its TCP sockets in one progress call of
+         * PROBES: while hot, a message that has arrived is seen within a
+         * round (idle, one probe a round costs less). */
+        for (int i = 0; i < (hot && !any ? PROBES : 1) && !flag; i++)
+            MPI_Improbe(MPI_ANY_SOURCE, TAG, relay.comm, &flag, &msg, &st);
         if (!flag)
             return any;
         int count = 0;
@@ -562,7 +785,8 @@ static bool requests(void)
         chan_t *next = c->next;
         if (c->spawn_asked) {
             c->spawn_asked = false;
-            post(c->rank, M_SPAWN, c->id, c->index, 0, 0, NULL, 0);
+            post(c->rank, M_SPAWN, c->id, c->index, 0, 0, &c->hooks,
+                 sizeof c->hooks);
             any = true;
         }
         if (c->kill_asked && c->state == ALIVE && !c->dead) {
@@ -600,7 +824,7 @@ static bool round_trip(int64_t sleep_ns)
     bool any = false;
     if (relay.rank == 0)
         any |= requests();
-    any |= receive();
+    any |= receive(sleep_ns <= SLEEP_MIN_NS);
     any |= sends_done();
     size_t n = 0;
     for (chan_t *c = relay.chans; c != NULL; c = c->next)
@@ -751,29 +975,160 @@ static int hook_workers(void)
     return relay.running ? relay.nslots : 0;
 }
 
-static int hook_spawn(int index, const pmap__channel_t *channel,
-                      unsigned char *arena, int64_t deadline, pid_t *pid,
+/* ---- rank 0's own workers (pmap_mpi_options_t.workers) -------------------- */
+
+/* One of them: forked here as by a local pool, its pidfd the loop's. */
+typedef struct here {
+    int pidfd;
+    pid_t pid;
+    struct here *next;
+} here_t;
+
+static here_t *find_here(int pidfd, bool unlink)
+{
+    for (here_t **p = &relay.heres; *p != NULL; p = &(*p)->next) {
+        here_t *h = *p;
+        if (h->pidfd != pidfd)
+            continue;
+        if (unlink)
+            *p = h->next;
+        return h;
+    }
+    return NULL;
+}
+
+/* Forks w's worker here, its side of the channel being channel; relay.lock
+ * held (the relay's list is read whole in the child). */
+static int spawn_here(const pool_t *pool, pmap__worker_t *w,
+                      const pmap__channel_t *channel, pid_t *pid,
                       int *deathfd)
 {
+    here_t *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return PMAP_ENOMEM;
+    pmap__arena_state(w->arena)->private = 0;  /* memory is shared here */
+    pmap__worker_setup_t setup = {
+        getpid(),          getpid(),          w->index,
+        *channel,          w->arena,          pool->opts.worker_init,
+        pool->opts.worker_exit, pool->opts.worker_arg};
+    sigset_t old;
+    pmap__fork_prepare(&old, false);
+    pid_t child = fork();
+    if (child == 0) {
+        /* The relay's descriptors are not the worker's: a channel's end
+         * held here would keep it open. */
+        for (chan_t *o = relay.chans; o != NULL; o = o->next) {
+            pmap__channel_close(&o->ch);
+            pmap__close(&o->pidfd);
+            pmap__close(&o->loopfd);
+        }
+        pmap__close(&relay.wake);
+        /* The loop's side goes; the rest of the slot is the worker's. */
+        pmap__close(&w->ch.in);
+        pmap__close(&w->ch.out);
+        w->ch.keep = w->handoff[0] = -1;
+        pmap__proc_child_init(w);
+        pmap__server_child_init();
+        pmap__worker_main(&setup);
+    }
+    int err = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (child < 0) {
+        free(h);
+        return -err;
+    }
+    h->pid = child;
+    h->pidfd = pmap__pidfd_open(child);
+    if (h->pidfd < 0) {     /* Linux before 5.3: no way to watch it */
+        int status;
+        pmap__kill(child, -1);
+        pmap__reap(child, &status);
+        free(h);
+        return PMAP_ENOSYS;
+    }
+    h->next = relay.heres;
+    relay.heres = h;
+    *pid = child;
+    *deathfd = h->pidfd;
+    return 0;
+}
+
+/* Its wait status, as proc.c takes a local worker's; the record goes. */
+static int reap_here(here_t *h, int *status)
+{
+    pid_t r;
+    do
+        r = waitpid(h->pid, status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    int rc = r == h->pid ? 0 : r < 0 ? PMAP_ELOST : -1;
+    if (rc == -1) {
+        pmap__kill(h->pid, h->pidfd);
+        rc = pmap__reap(h->pid, status);
+    }
+    free(h);
+    return rc;
+}
+
+/* ---- the hooks' places ----------------------------------------------------- */
+
+/* The pool's hooks as another rank can find them; PMAP_EINVAL (and
+ * relay.message) if one cannot be named. */
+static int hooks_out(const pool_options_t *o, hooks_t *h)
+{
+    void *init, *exit_;
+    memcpy(&init, &o->worker_init, sizeof init);
+    memcpy(&exit_, &o->worker_exit, sizeof exit_);
+    const char *bad = !locate(init, CODE, &h->init)    ? "worker_init"
+                      : !locate(exit_, CODE, &h->exit) ? "worker_exit"
+                                                       : NULL;
+    if (bad != NULL) {
+        snprintf(relay.message, sizeof relay.message,
+                 "pool_create_with: the pool's %s is not in the code of the "
+                 "program or of a shared library (made at run time?), so "
+                 "other ranks cannot find it", bad);
+        return PMAP_EINVAL;
+    }
+    if (!locate(o->worker_arg, CONST_DATA, &h->arg)) {
+        snprintf(relay.message, sizeof relay.message,
+                 "pool_create_with: the pool's worker_arg (%p) does not point "
+                 "into read-only data of the program or of a shared library "
+                 "(a string literal, a const object), the only memory that "
+                 "is the same on other ranks; pass NULL there (worker_init "
+                 "may read the environment: mpirun -x NAME)",
+                 o->worker_arg);
+        return PMAP_EINVAL;
+    }
+    return 0;
+}
+
+static int hook_spawn(const pool_t *pool, pmap__worker_t *w,
+                      const pmap__channel_t *channel, int64_t deadline,
+                      pid_t *pid, int *deathfd)
+{
+    int index = w->index;
     pthread_mutex_lock(&relay.lock);
     int rc = 0;
     chan_t *c = NULL;
     if (!relay.running || index < 0 || index >= relay.nslots)
         rc = PMAP_ESTART;
+    else if (relay.slot_rank[index] == 0)
+        rc = spawn_here(pool, w, channel, pid, deathfd);
     else if ((c = calloc(1, sizeof *c)) == NULL)
         rc = PMAP_ENOMEM;
-    if (rc < 0) {
+    else if ((rc = hooks_out(&pool->opts, &c->hooks)) < 0)
+        free(c);
+    if (rc < 0 || c == NULL) {
         pthread_mutex_unlock(&relay.lock);
         return rc;
     }
     c->id = ++relay.next_id ? relay.next_id : ++relay.next_id;
     c->rank = relay.slot_rank[index];
-    c->index = relay.slot_local[index];
+    c->index = index;
     c->ch = (pmap__channel_t){fcntl(channel->in, F_DUPFD_CLOEXEC, 3),
                               fcntl(channel->out, F_DUPFD_CLOEXEC, 3), -1};
     c->pidfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     c->loopfd = c->pidfd >= 0 ? fcntl(c->pidfd, F_DUPFD_CLOEXEC, 3) : -1;
-    c->arena = arena;
+    c->arena = w->arena;
     c->state = SPAWNING;
     c->next = relay.chans;
     relay.chans = c;
@@ -808,6 +1163,9 @@ static void hook_kill(int deathfd)
 {
     pthread_mutex_lock(&relay.lock);
     chan_t *c = find_loopfd(deathfd);
+    here_t *h = c == NULL ? find_here(deathfd, false) : NULL;
+    if (h != NULL)
+        pmap__kill(h->pid, h->pidfd);
     if (c != NULL && !c->dead) {
         c->kill_asked = true;
         wake_relay();
@@ -817,6 +1175,11 @@ static void hook_kill(int deathfd)
 
 static int hook_reap(int deathfd, int *status)
 {
+    pthread_mutex_lock(&relay.lock);
+    here_t *h = find_here(deathfd, true);
+    pthread_mutex_unlock(&relay.lock);
+    if (h != NULL)
+        return reap_here(h, status);
     pthread_mutex_lock(&relay.lock);
     chan_t *c = find_loopfd(deathfd);
     if (c == NULL || !relay.running) {
@@ -877,13 +1240,13 @@ static int connect_ranks(void)
         MPI_Send(msg, (int)sizeof msg, MPI_BYTE, r, TAG, relay.comm);
     }
     relay.slot_rank = malloc((size_t)PMAP_MAX_WORKERS * sizeof(int));
-    relay.slot_local = malloc((size_t)PMAP_MAX_WORKERS * sizeof(int));
-    if (relay.slot_rank == NULL || relay.slot_local == NULL)
+    if (relay.slot_rank == NULL)
         return PMAP_ENOMEM;
     int rc = 0;
     int *count = calloc((size_t)relay.size, sizeof *count);
     if (count == NULL)
         return PMAP_ENOMEM;
+    count[0] = relay.here;
     for (int r = 1; r < relay.size; r++) {
         unsigned char reply[sizeof(head_t) + sizeof(build_t) + 256];
         MPI_Recv(reply, (int)sizeof reply, MPI_BYTE, r, TAG, relay.comm,
@@ -914,15 +1277,15 @@ static int connect_ranks(void)
         count[r] = (int)h.a;
     }
     /* Slots go round the ranks (a pool of fewer workers is spread): rank
-     * 1's first worker, rank 2's first, ..., rank 1's second, ... */
+     * 0's first worker if it serves, rank 1's first, rank 2's first, ...,
+     * rank 0's second, ... */
     for (int i = 0, more = 1; more; i++) {
         more = 0;
-        for (int r = 1; r < relay.size && relay.nslots < PMAP_MAX_WORKERS;
+        for (int r = 0; r < relay.size && relay.nslots < PMAP_MAX_WORKERS;
              r++) {
             if (i >= count[r])
                 continue;
-            relay.slot_rank[relay.nslots] = r;
-            relay.slot_local[relay.nslots++] = i;
+            relay.slot_rank[relay.nslots++] = r;
             more = 1;
         }
     }
@@ -936,6 +1299,11 @@ static void at_exit(void)
 }
 
 int pmap_mpi_init(int *argc, char ***argv)
+{
+    return pmap_mpi_init_with(argc, argv, NULL);
+}
+
+int pmap_mpi_init_with(int *argc, char ***argv, const pmap_mpi_options_t *o)
 {
     if (relay.initialized)
         return relay.init_rc;
@@ -955,7 +1323,16 @@ int pmap_mpi_init(int *argc, char ***argv)
     MPI_Comm_size(relay.comm, &relay.size);
     if (relay.rank != 0)
         serve();
+    relay.owner = getpid();
     atexit(at_exit);
+    int here = o == NULL ? 0 : o->workers;
+    if (here < PMAP_MPI_NODE || here > PMAP_MAX_WORKERS) {
+        snprintf(relay.message, sizeof relay.message,
+                 "pmap_mpi_init_with: workers is %d: 0, %d (PMAP_MPI_NODE) "
+                 "or at most %d", here, PMAP_MPI_NODE, PMAP_MAX_WORKERS);
+        return relay.init_rc = PMAP_EINVAL;
+    }
+    relay.here = here == PMAP_MPI_NODE ? node_workers() : here;
     if (relay.level < MPI_THREAD_SERIALIZED) {
         snprintf(relay.message, sizeof relay.message,
                  "pmap_mpi_init: the MPI library provides thread level %d, "
@@ -992,7 +1369,10 @@ int pmap_mpi_init(int *argc, char ***argv)
 
 int pmap_mpi_exit(void)
 {
-    if (!relay.initialized || relay.finalized || relay.rank != 0)
+    /* A worker forked from rank 0 that calls exit runs its atexit too:
+     * MPI and the relay are not its own. */
+    if (!relay.initialized || relay.finalized || relay.rank != 0 ||
+        getpid() != relay.owner)
         return 0;
     relay.finalized = true;
     if (relay.running) {

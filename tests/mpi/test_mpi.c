@@ -5,19 +5,32 @@
  * other rank.  Results in order (arrays, constants, method objects,
  * strings), a crash, an exit and a timeout on a remote worker failing
  * their items alone with the causes a local worker gives, cancellation, a
- * stream map, single calls, statistics.  Prints "N passed, N failed".
+ * stream map, single calls, statistics; worker_init and worker_exit on
+ * remote workers (their places translated), worker_arg as a string
+ * literal, and what cannot travel refused.  Prints "N passed, N failed".
+ *
+ * With --here, it is run on 2 ranks and rank 0 serves too
+ * (pmap_mpi_init_with, workers = PMAP_MPI_NODE): the same checks, with
+ * items on rank 0's own workers and on rank 1's.
+ *
+ * With --lose (tests/mpi/lost_rank.sh), a callback kills the rank serving
+ * it during a map: Open MPI's mpirun ends the whole job, which the script
+ * checks; if the map ever returns, this says so and exits 0.
  *
  * With --refused, rank 0 is started beside another build of this program
  * (test_mpi_other, built with OTHER_BUILD: one more exported function),
  * and pmap_mpi_init must refuse it.
  */
+#define _DEFAULT_SOURCE     /* MAP_ANONYMOUS */
 #include "pmap_mpi.h"
 
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +115,84 @@ static long where(int x)
     return (long)x * 1000000 + (long)getpid() % 1000000;
 }
 PMAP_EXPORT(where, long, int);
+
+/* Item 5 kills the rank running it (its worker's parent, the serving
+ * rank's process), with SIGKILL. */
+static long lose_rank(long x)
+{
+    if (x == 5)
+        kill(getppid(), SIGKILL);
+    struct timespec ts = {0, 20000000};
+    nanosleep(&ts, NULL);
+    return x;
+}
+PMAP_EXPORT(lose_rank, long, long);
+
+static int lose(void)
+{
+    pool_t *pool = NULL;
+    pool_options_t po = {.start = PMAP_START_MPI};
+    if (pool_create_with(&pool, &po) != 0)
+        return 1;
+    enum { N = 200 };
+    static long xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_map_options_t one = {.chunk = 1};
+    printf("mpi-test --lose: a map whose item 5 kills its rank\n");
+    fflush(stdout);
+    int rc = pool_map_with(pool, &one, lose_rank, N, out, xs);
+    printf("mpi-test --lose: the map returned %d (%s): the job survived\n", rc,
+           pmap_err_name(rc));
+    pool_destroy(pool);
+    return 0;
+}
+
+/* ---- worker hooks ---- */
+
+static const char HOOK_ARG[] = "hooked";    /* read-only: it travels */
+static long inited = -1;    /* worker_init's mark, in each worker */
+
+static int init_mark(int worker, void *arg)
+{
+    if (arg == NULL || strcmp(arg, HOOK_ARG) != 0)
+        return 1;
+    inited = 1000 + worker;
+    return 0;
+}
+
+static int init_fail(int worker, void *arg)
+{
+    (void)worker, (void)arg;
+    return 7;
+}
+
+/* Leaves a file naming the worker's pid: rank 0 looks for it (the ranks
+ * of the test share a host). */
+static void exit_mark(int worker, void *arg)
+{
+    (void)worker, (void)arg;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/pmap-mpi-test-exit.%ld", (long)getpid());
+    FILE *f = fopen(path, "w");
+    if (f != NULL)
+        fclose(f);
+}
+
+/* 1 if worker_init marked this worker with its index in the pool. */
+static long hooked_mark(int x)
+{
+    (void)x;
+    return inited == 1000 + pmap_worker_index() ? 1 : inited;
+}
+PMAP_EXPORT(hooked_mark, long, int);
+
+static long hooked_parent(int x)
+{
+    (void)x;
+    return (long)getppid();
+}
+PMAP_EXPORT(hooked_parent, long, int);
 
 #ifdef OTHER_BUILD
 static int other(int x)
@@ -283,16 +374,84 @@ static void stats(pool_t *pool)
     CHECK(pool_worker_stats(pool, 0, &ws) == 0 && ws.pid > 0);
 }
 
-static int init_hook(int worker, void *arg)
+/* worker_init ran in every worker, remote or not, with the pool's
+ * worker_arg, before its items; worker_exit at pool_destroy. */
+static void hooks(bool here)
 {
-    (void)worker, (void)arg;
-    return 0;
+    enum { N = 64 };
+    pool_t *pool = NULL;
+    pool_options_t o = {.start = PMAP_START_MPI, .worker_init = init_mark,
+                        .worker_exit = exit_mark,
+                        .worker_arg = (void *)HOOK_ARG};
+    CHECK(pool_create_with(&pool, &o) == 0);
+    if (pool == NULL)
+        return;
+    int is[N];
+    long marks[N], pids[N], parents[N];
+    for (int i = 0; i < N; i++)
+        is[i] = i;
+    pool_map_options_t one = {.chunk = 1};
+    CHECK(pool_map_with(pool, &one, hooked_mark, N, marks, is) == 0);
+    CHECK(pool_map_with(pool, &one, hooked_parent, N, parents, is) == 0);
+    CHECK(pool_map_with(pool, &one, where, N, pids, is) == 0);
+    int bad = 0, remote = 0, local = 0;
+    for (int i = 0; i < N; i++) {
+        bad += marks[i] != 1;
+        if (parents[i] == (long)getpid())
+            local++;
+        else
+            remote++;
+    }
+    CHECK(bad == 0);
+    CHECK(remote > 0);
+    CHECK(here ? local > 0 : local == 0);
+    pool_destroy(pool);
+    /* worker_exit ran in each worker that served (files by their pids). */
+    int missing = 0;
+    for (int i = 0; i < N; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/tmp/pmap-mpi-test-exit.%ld",
+                 pids[i] % 1000000);
+        if (access(path, F_OK) != 0)
+            missing++;
+    }
+    for (int i = 0; i < N; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/tmp/pmap-mpi-test-exit.%ld",
+                 pids[i] % 1000000);
+        unlink(path);
+    }
+    CHECK(missing == 0);
+
+    /* A worker_init that refuses: the pool cannot start, as locally. */
+    pool_t *p = NULL;
+    pool_options_t f = {.start = PMAP_START_MPI, .worker_init = init_fail};
+    CHECK(pool_create_with(&p, &f) == PMAP_ESTART && p == NULL);
+
+    /* What other ranks cannot find is refused, and said why: a pointer
+     * to writable memory, and code made at run time. */
+    long local_var = 0;
+    pool_options_t w = {.start = PMAP_START_MPI, .worker_init = init_mark,
+                        .worker_arg = &local_var};
+    CHECK(pool_create_with(&p, &w) == PMAP_EINVAL && p == NULL);
+    CHECK(strstr(pmap_mpi_message(), "worker_arg") != NULL);
+    void *page = mmap(NULL, 4096, PROT_READ | PROT_EXEC,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page != MAP_FAILED) {
+        pool_options_t j = {.start = PMAP_START_MPI};
+        memcpy(&j.worker_init, &page, sizeof page);
+        CHECK(pool_create_with(&p, &j) == PMAP_EINVAL && p == NULL);
+        CHECK(strstr(pmap_mpi_message(), "worker_init") != NULL);
+        munmap(page, 4096);
+    }
 }
 
 int main(int argc, char **argv)
 {
     bool refused = argc > 1 && strcmp(argv[1], "--refused") == 0;
-    int rc = pmap_mpi_init(&argc, &argv);
+    bool here = argc > 1 && strcmp(argv[1], "--here") == 0;
+    pmap_mpi_options_t mo = {.workers = here ? PMAP_MPI_NODE : 0};
+    int rc = pmap_mpi_init_with(&argc, &argv, &mo);
     /* Only rank 0 is here. */
     if (refused) {
         CHECK(rc == PMAP_EPROTO);
@@ -309,8 +468,10 @@ int main(int argc, char **argv)
         printf("pmap_mpi_init: %s %s\n", pmap_err_name(rc), pmap_mpi_message());
         return 1;
     }
-    CHECK(pmap_mpi_size() == 3);
-    CHECK(pmap_mpi_workers() == pmap_mpi_size() - 1);   /* PMAP_WORKERS=1 */
+    if (argc > 1 && strcmp(argv[1], "--lose") == 0)
+        return lose();
+    CHECK(pmap_mpi_size() == (here ? 2 : 3));
+    CHECK(pmap_mpi_workers() == (here ? 2 : 2));   /* PMAP_WORKERS=1 */
     pool_t *pool = NULL;
     pool_options_t po = {.start = PMAP_START_MPI};
     CHECK(pool_create_with(&pool, &po) == 0);
@@ -339,15 +500,14 @@ int main(int argc, char **argv)
     CHECK(b != NULL && pool_map(b, add, 3, y, x, x) == 0 && y[2] == 6);
     pool_destroy(a);
     pool_destroy(b);
-    /* Hooks are addresses in this process: refused over MPI. */
+    hooks(here);
     pool_t *h = NULL;
-    pool_options_t ho = {.start = PMAP_START_MPI, .worker_init = init_hook};
-    CHECK(pool_create_with(&h, &ho) == PMAP_EINVAL && h == NULL);
     /* Fewer workers than the ranks serve: one on each rank first. */
     pool_options_t one = {.start = PMAP_START_MPI, .workers = 1};
     CHECK(pool_create_with(&h, &one) == 0 && pool_size(h) == 1);
     CHECK(h != NULL && pool_map(h, add, 3, y, x, x) == 0 && y[1] == 4);
     pool_destroy(h);
-    printf("mpi-test: %d passed, %d failed\n", passed, failed);
+    printf("mpi-test%s: %d passed, %d failed\n",
+           here ? " (rank 0 serving too)" : "", passed, failed);
     return failed != 0;
 }
