@@ -43,7 +43,7 @@ extern "C" {
 
 /* The version this header belongs to (README, "Versions"). */
 #define PMAP_VERSION_MAJOR 0
-#define PMAP_VERSION_MINOR 3
+#define PMAP_VERSION_MINOR 4
 #define PMAP_VERSION_PATCH 0
 #define PMAP_VERSION                                                          \
     (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
@@ -140,12 +140,12 @@ typedef struct pmap_bytes {
  * could not make one while a pool or the fork server already existed.
  * The block must not be freed, nor written, while a map that reads it
  * runs.  A child the program forks does not inherit the block (it is
- * mapped MADV_DONTFORK).
+ * mapped MADV_DONTFORK).  Since 0.4.
  */
 PMAP_API void *pmap_alloc(size_t size);
 
 /* Frees a block of pmap_alloc, whose memory returns to the system at once.
- * NULL, or a pointer pmap_alloc did not return, is ignored. */
+ * NULL, or a pointer pmap_alloc did not return, is ignored.  Since 0.4. */
 PMAP_API void pmap_free(void *p);
 
 /* ------------------------------------------------------------------------ */
