@@ -153,14 +153,15 @@ static pmap_job_t *find_job(const pool_t *pool, uint32_t id)
 
 /* After a batch of a map with a soft memory cap: a worker past it gets
  * no more work, and is recycled once idle (recycle). */
-static void check_memory(const pmap_job_t *job, pmap__worker_t *w)
+static void check_memory(pool_t *pool, const pmap_job_t *job,
+                         pmap__worker_t *w)
 {
     if (job->memory_cap == 0 || w->arena == NULL)
         return;
     pmap__slot_t *slot = pmap__arena_state(w->arena);
     if (atomic_load_explicit(&slot->rss, memory_order_relaxed) >
         job->memory_cap)
-        w->over_memory = true;
+        w->over_memory = pool->over_memory = true;
 }
 
 /* Handles the complete frames read from w; a negative code if one is
@@ -183,7 +184,7 @@ static int take_frames(pool_t *pool, pmap__worker_t *w)
         case PMAP__RESULT:
             rc = job ? pmap__job_result(pool, job, w, p, len) : PMAP_EPROTO;
             if (rc == 0)
-                check_memory(job, w);
+                check_memory(pool, job, w);
             break;
         case PMAP__MAP_ERROR:
             rc = job ? pmap__job_map_error(pool, job, w, p, len) : PMAP_EPROTO;
@@ -355,6 +356,8 @@ int pool_fd(const pool_t *pool)
 static int keep_workers(pool_t *pool)
 {
     int alive = 0, rc = PMAP_ESTART;
+    if (pool->steady)
+        return 0;   /* no slot is empty */
     if (pool->start_failures > START_FAILURES_MAX &&
         pmap__now_ns() >= pool->respawn_ns)
         pool->start_failures = START_FAILURES_MAX;  /* one more try */
@@ -381,6 +384,8 @@ static int keep_workers(pool_t *pool)
 static void recycle(pool_t *pool)
 {
     size_t max = pool->opts.max_items_per_worker;
+    if (max == 0 && !pool->over_memory)
+        return;
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
         bool spent = (max > 0 && w->used >= max) || w->over_memory;
@@ -419,7 +424,10 @@ static int64_t work_deadline(pool_t *pool, pmap__worker_t *w, uint64_t *item)
 static int64_t enforce_timeouts(pool_t *pool)
 {
     int64_t now = pmap__now_ns(), next = -1;
-    for (int i = 0; i < pool->nworkers; i++) {
+    bool timed = false;
+    for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later)
+        timed = timed || job->timeout_ns > 0;
+    for (int i = 0; timed && i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
         if (w->pid == 0 || w->nbatch == 0)
             continue;
@@ -452,13 +460,16 @@ static int64_t enforce_timeouts(pool_t *pool)
  * so.  Returns when to check again, or -1. */
 static int64_t check_workers(pool_t *pool)
 {
+    if (pool->steady)
+        return -1;
     int64_t now = pmap__now_ns(), next = -1;
-    bool ticking = false;
+    bool ticking = false, steady = true;
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__worker_t *w = &pool->workers[i];
         pmap__proc_check(pool, w);
         if (w->gone)
             bury(pool, w);
+        steady = steady && w->pid > 0 && w->pidfd >= 0 && w->ready;
         if (w->pid == 0)
             continue;
         ticking |= w->pidfd < 0;
@@ -479,6 +490,7 @@ static int64_t check_workers(pool_t *pool)
         next = pool->respawn_ns;
     if (ticking && (next < 0 || now + PMAP__TICK_NS < next))
         next = now + PMAP__TICK_NS;
+    pool->steady = steady;
     return next;
 }
 

@@ -438,6 +438,10 @@ struct pool {
     int epfd;                   /* pool_fd, or -1 */
     bool lost;                  /* a worker was lost since the last refill */
     int start_failures;         /* workers dead before READY, in a row */
+    bool steady;                /* every slot's process is ready and has a
+                                   pidfd: the loop need not look at each
+                                   (proc.c clears it as one starts or goes) */
+    bool over_memory;           /* a worker passed a soft memory cap */
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
     pmap_job_t *jobs;           /* maps not yet released, oldest first */

@@ -264,6 +264,7 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
  */
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
 {
+    pool->steady = false;   /* not ready yet */
     pthread_mutex_lock(&pools_lock);
     pid_t pid = start(pool, w);
     if (pid > 0)
@@ -388,6 +389,7 @@ static void close_watched(const pool_t *pool, int *fd)
 int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
 {
     int rc = PMAP_ELOST;
+    pool->steady = false;   /* its slot is empty */
     close_watched(pool, &w->ch.in);
     close_watched(pool, &w->ch.out);
     close_watched(pool, &w->ch.keep);
@@ -410,6 +412,7 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
  */
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
 {
+    pool->steady = false;   /* its slot is empty */
     /* Under the lock: its descriptors move from the slot to the list of
      * retirees, both of which a child forked meanwhile must see whole. */
     pthread_mutex_lock(&pools_lock);
