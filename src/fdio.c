@@ -158,6 +158,44 @@ void pmap__close(int *fd)
     }
 }
 
+/* Closes descriptors lo to hi, which are all open. */
+static void close_run(int lo, int hi)
+{
+#if defined(__linux__) && defined(SYS_close_range)
+    if (lo < hi && syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) == 0)
+        return;
+#endif
+    for (int fd = lo; fd <= hi; fd++)
+        close(fd);
+}
+
+/* Adds fd (or nothing, if negative) to the run being gathered, closing
+ * that run first when fd does not extend it: every number in a run was
+ * added, so no other descriptor is ever closed. */
+void pmap__fd_runs_add(pmap__fd_runs_t *r, int fd)
+{
+    if (fd < 0 || (r->lo >= 0 && fd >= r->lo && fd <= r->hi))
+        return;
+    if (r->lo >= 0 && fd == r->hi + 1) {
+        r->hi = fd;
+    } else if (r->lo >= 0 && fd == r->lo - 1) {
+        r->lo = fd;
+    } else {
+        pmap__fd_runs_flush(r);
+        r->lo = r->hi = fd;
+    }
+}
+
+void pmap__fd_runs_flush(pmap__fd_runs_t *r)
+{
+    if (r->lo >= 0) {
+        int saved = errno;
+        close_run(r->lo, r->hi);
+        errno = saved;
+    }
+    r->lo = r->hi = -1;
+}
+
 /* Reads at most n bytes: their count, 0 at end of file, or -errno. */
 ssize_t pmap__read(int fd, void *data, size_t n)
 {

@@ -79,6 +79,14 @@ void pmap__channel_close(pmap__channel_t *c);
 int pmap__socket_pair(int fds[2]);
 int pmap__set_nonblocking(int fd);
 void pmap__close(int *fd);
+/* Descriptors closed in runs of consecutive numbers, with one system call
+ * a run where there is close_range: add each, then flush.  An empty one
+ * is {-1, -1}. */
+typedef struct pmap__fd_runs {
+    int lo, hi;
+} pmap__fd_runs_t;
+void pmap__fd_runs_add(pmap__fd_runs_t *r, int fd);
+void pmap__fd_runs_flush(pmap__fd_runs_t *r);
 ssize_t pmap__read(int fd, void *data, size_t n);
 ssize_t pmap__writev(int fd, const struct iovec *iov, int iovcnt);
 int pmap__send_all(int fd, const void *data, size_t n);
@@ -303,6 +311,8 @@ typedef struct pmap__report {
 void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
+void pmap__arena_inherit(void *p, bool inherit);
+void pmap__arena_forget(void *p);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
                                 bool results);
@@ -643,6 +653,7 @@ void pmap__pools_unlock(void);
 void pmap__pools_add(pool_t *pool);
 void pmap__pools_remove(pool_t *pool);
 void pmap__proc_child_init(const pmap__worker_t *keep);
+bool pmap__pools_forgotten(void);
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w);
 void pmap__proc_check(pool_t *pool, pmap__worker_t *w);
 int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status);

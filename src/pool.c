@@ -324,13 +324,16 @@ void pool_destroy(pool_t *pool)
     } else if (pool->owner == getpid()) {
         stop_workers(pool);
     } else {
-        /* A forked copy: the workers are our parent's, not ours to stop. */
-        for (int i = 0; i < pool->nworkers; i++) {
+        /* A forked copy: the workers are our parent's, not ours to stop.
+         * In a worker, their descriptors were closed at its start, and
+         * their numbers may be its own by now. */
+        for (int i = 0; i < pool->nworkers && !pmap__pools_forgotten(); i++) {
             pmap__channel_close(&pool->workers[i].ch);
             pmap__close(&pool->workers[i].pidfd);
-            pmap__shm_unmap(pool->workers[i].arena, PMAP__ARENA_SIZE);
+            pmap__arena_forget(pool->workers[i].arena);
         }
-        pmap__retirees_abandon(pool);
+        if (!pmap__pools_forgotten())
+            pmap__retirees_abandon(pool);
     }
     for (int i = 0; i < pool->nworkers; i++) {
         pmap__outq_free(&pool->workers[i].out);

@@ -11,8 +11,9 @@
  *    channel; elsewhere the loop looks every PMAP__TICK_NS, with
  *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
  *  - A worker sees only its own shared memory: each process gets a new
- *    arena, unmapped when it is gone, and a child forked here unmaps every
- *    other arena of every pool before anything else.
+ *    arena, unmapped when it is gone, which no child forked here but its
+ *    own inherits (shm.c; or the child unmaps every other arena of every
+ *    pool before anything else).
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
@@ -43,6 +44,7 @@
 #define KILLED_REPORT_NS 1000000000LL
 
 static pool_t *pools;
+static bool forgotten;  /* pmap__pools_forgotten */
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The process layer of PMAP_START_MPI, when libpmap-mpi is linked in and
@@ -135,33 +137,48 @@ void pmap__epoll_del(const pool_t *pool, int fd)
 /*
  * In a new child of this process (a worker, or the fork server), before
  * anything else: closes every descriptor of every pool, keeping only
- * keep's channel, unmaps every arena but keep's, and makes the list's lock
- * usable again (the forking thread held it, and that thread is the only
- * one the child has).
+ * keep's channel, forgets every arena but keep's (shm.c), and makes the
+ * list's lock usable again (the forking thread held it, and that thread
+ * is the only one the child has).
  */
 void pmap__proc_child_init(const pmap__worker_t *keep)
 {
+    /* The workers' descriptors are closed in runs and their slots left as
+     * they are: writing to them would copy every page of every pool's
+     * slots into each new child (pmap__pools_forgotten). */
+    pmap__fd_runs_t runs = {-1, -1};
     for (pool_t *p = pools; p != NULL; p = p->next) {
         pmap__close(&p->epfd);
         pmap__close(&p->wake[0]);
         pmap__close(&p->wake[1]);
         for (int i = 0; i < p->nworkers; i++) {
             pmap__worker_t *w = &p->workers[i];
-            pmap__close(&w->pidfd);
-            if (w == keep)
+            if (w == keep) {
+                pmap__close(&w->pidfd);
                 continue;
-            pmap__channel_close(&w->ch);
-            pmap__close(&w->handoff[0]);
-            pmap__close(&w->handoff[1]);
-            pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
-            w->arena = NULL;
+            }
+            const int fds[] = {w->ch.keep,   w->ch.out,     w->ch.in,
+                               w->pidfd,     w->handoff[0], w->handoff[1]};
+            for (size_t k = 0; k < sizeof fds / sizeof *fds; k++)
+                pmap__fd_runs_add(&runs, fds[k]);
+            pmap__arena_forget(w->arena);
         }
         for (size_t i = 0; i < p->nretirees; i++) {
-            pmap__close(&p->retirees[i].fd);
-            pmap__close(&p->retirees[i].pidfd);
+            pmap__fd_runs_add(&runs, p->retirees[i].fd);
+            pmap__fd_runs_add(&runs, p->retirees[i].pidfd);
         }
     }
+    pmap__fd_runs_flush(&runs);
+    forgotten = true;
     pthread_mutex_init(&pools_lock, NULL);
+}
+
+/* Whether this process is a child forked here (or descends from one):
+ * the workers' descriptors and arenas in the pools it inherited are
+ * closed or gone, though their slots still show them. */
+bool pmap__pools_forgotten(void)
+{
+    return forgotten;
 }
 
 /* Forks worker w from this process, pools_lock held; its side of the
@@ -175,6 +192,7 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
         pool->opts.worker_exit, pool->opts.worker_arg};
     sigset_t old;
     pmap__fork_prepare(&old, false);
+    pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
     if (pid == 0) {
         /* Our side goes; the rest of the slot is the worker's own. */
@@ -186,6 +204,7 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
         pmap__worker_main(&setup);
     }
     int err = errno;
+    pmap__arena_inherit(w->arena, false);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid < 0 ? -err : pid;
 }
@@ -238,9 +257,12 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
     w->handoff[0] = theirs.out;     /* theirs.in is w->ch.keep */
     w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
                              pool->server ? &w->handoff[1] : NULL);
-    if (w->arena != NULL)   /* read by the worker as it starts */
+    if (w->arena != NULL) { /* read by the worker as it starts */
         pmap__arena_state(w->arena)->memory_limit =
             pool->opts.worker_memory_limit;
+        if (pool->remote == NULL)   /* no other child of ours gets it */
+            pmap__arena_inherit(w->arena, false);
+    }
     pid_t pid = PMAP_ENOMEM;
     if (w->arena != NULL && pool->remote != NULL)
         pid = ask_remote(pool, w, &theirs);

@@ -6,10 +6,12 @@
  * instead of two (the caller's into the arena; the worker reads them in
  * place).
  *
- * Each worker process gets an arena of its own, and only its own: a child
- * forked by the caller unmaps every other arena first thing (proc.c), and
- * a replacement never inherits what its predecessor, or a process that
- * predecessor forked, could still write.
+ * Each worker process gets an arena of its own, and only its own: every
+ * arena is MADV_DONTFORK but across the fork of its own worker, so a child
+ * forked by the caller never holds another (where that cannot be had, it
+ * unmaps every other arena first thing: proc.c), and a replacement never
+ * inherits what its predecessor, or a process that predecessor forked,
+ * could still write.
  *
  * A worker forked by the caller inherits its arena at the same address, so
  * it is anonymous.  A worker forked by the fork server (server.c) is not
@@ -17,7 +19,7 @@
  * (memfd on Linux, an unlinked POSIX shared memory object elsewhere).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE         /* memfd_create, MAP_ANONYMOUS */
+#define _GNU_SOURCE         /* memfd_create, MAP_ANONYMOUS, MADV_DONTFORK */
 #elif !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE     /* MAP_ANONYMOUS, POSIX only since 2024 */
 #endif
@@ -94,6 +96,41 @@ void pmap__shm_unmap(void *p, size_t size)
 {
     if (p != NULL)
         munmap(p, size);
+}
+
+/* Set once an arena could not be made MADV_DONTFORK: children forked
+ * since may hold arenas that are not theirs, and unmap them. */
+static _Atomic bool arenas_inherited;
+
+/*
+ * Whether a child forked now inherits arena p: no (MADV_DONTFORK) from
+ * its making, so that a worker is never given its siblings' arenas and
+ * neither the fork nor the new worker spends time on them; yes
+ * (MADV_DOFORK) only across the fork of its own worker (proc.c, under the
+ * pools lock).  Where that cannot be said, every arena is inherited and
+ * the child unmaps the others' (pmap__arena_forget).
+ */
+void pmap__arena_inherit(void *p, bool inherit)
+{
+#if defined(MADV_DONTFORK) && defined(MADV_DOFORK)
+    if (p != NULL &&
+        madvise(p, PMAP__ARENA_SIZE, inherit ? MADV_DOFORK : MADV_DONTFORK) ==
+            0)
+        return;
+#endif
+    if (p != NULL && !inherit)
+        atomic_store(&arenas_inherited, true);
+}
+
+/*
+ * In a forked child: drops arena p of the parent's, which the child holds
+ * only where arenas could not be kept from it.  Otherwise the range is
+ * left alone: it may hold a mapping of the child's own by now.
+ */
+void pmap__arena_forget(void *p)
+{
+    if (atomic_load(&arenas_inherited))
+        pmap__shm_unmap(p, PMAP__ARENA_SIZE);
 }
 
 /* The slot at the head of a worker's arena. */

@@ -98,7 +98,8 @@ static void reset_signals(void)
         struct sigaction sa;
         if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
             continue;
-        if ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_IGN) {
+        if ((sa.sa_flags & SA_SIGINFO) ||
+            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)) {
             sa.sa_handler = SIG_DFL;
             sa.sa_flags = 0;
             sigaction(sig, &sa, NULL);

@@ -9,9 +9,10 @@
  * workers next to OpenMP at as many threads instead.
  * Timing decides nothing here: it is a report.
  *
- *     usage: bench [REPS [w3 | w5-heap | workers | scale]]
+ *     usage: bench [REPS [w3 | w4 | w5 | w5-heap | workers | scale]]
  *         REPS: runs of each figure (5); w3: only W3 (its "buffers only"
- *         row without the machine's limits); w5-heap: only W5 by start method;
+ *         row without the machine's limits); w4: only W4; w5: only W5 in a
+ *         small caller; w5-heap: only W5 by start method;
  *         workers: only the cost by the number of workers; scale: only the
  *         scaling table
  */
@@ -1290,6 +1291,11 @@ int main(int argc, char **argv)
         omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
         bench_w3(pool, &in, median(&pipe_bw), median(&copy_bw));
         pool_destroy(pool);
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "w5") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        bench_w5("small caller", true);     /* this section alone */
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "workers") == 0) {
