@@ -214,12 +214,10 @@ void *pmap_alloc(size_t size)
         heap.end > (uint64_t)INT64_MAX - size)
         goto out;
     if (heap.nblocks == heap.cap) {
-        size_t cap = heap.cap ? heap.cap * 2 : 16;
-        block_t *b = realloc(heap.blocks, cap * sizeof *b);
+        block_t *b = pmap__grow(heap.blocks, &heap.cap, sizeof *b);
         if (b == NULL)
             goto out;
         heap.blocks = b;
-        heap.cap = cap;
     }
     uint64_t at = heap.end;
     if (ftruncate(heap.fd, (off_t)(at + size)) < 0)
@@ -363,12 +361,10 @@ static const unsigned char *view_of(uint64_t offset, uint64_t size,
             size > (uint64_t)st.st_size - offset)
             return NULL;
         if (views.n == views.cap) {
-            size_t cap = views.cap ? views.cap * 2 : 16;
-            view_t *p = realloc(views.v, cap * sizeof *p);
+            view_t *p = pmap__grow(views.v, &views.cap, sizeof *p);
             if (p == NULL)
                 return NULL;
             views.v = p;
-            views.cap = cap;
         }
         void *p = mmap(NULL, (size_t)size, PROT_READ, MAP_SHARED, heap.fd,
                        (off_t)offset);

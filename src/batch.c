@@ -110,15 +110,13 @@ static void retry_push(pool_t *pool, pmap_job_t *job, pmap__range_t r,
         return;
     }
     if (job->nretry == job->retry_cap) {
-        size_t cap = job->retry_cap ? job->retry_cap * 2 : 8;
-        pmap__range_t *p = realloc(job->retry, cap * sizeof *p);
+        pmap__range_t *p = pmap__grow(job->retry, &job->retry_cap, sizeof *p);
         if (p == NULL) {
             job->error = PMAP_ENOMEM;
             retry_push(pool, job, r, death);
             return;
         }
         job->retry = p;
-        job->retry_cap = cap;
     }
     job->retry[job->nretry++] = r;
 }
@@ -148,12 +146,10 @@ static bool retryable(const pmap_job_t *job, int error)
 static bool again_push(pmap_job_t *job, size_t index, int error, int code)
 {
     if (job->nagain == job->again_cap) {
-        size_t cap = job->again_cap ? job->again_cap * 2 : 8;
-        pmap__again_t *p = realloc(job->again, cap * sizeof *p);
+        pmap__again_t *p = pmap__grow(job->again, &job->again_cap, sizeof *p);
         if (p == NULL)
             return false;   /* it fails now rather than not at all */
         job->again = p;
-        job->again_cap = cap;
     }
     if (pmap__tried(job, index, error, code, job->retries) <= 0)
         return false;
@@ -464,12 +460,10 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
 {
     bool new_map = !set_up_on(w, job->id);
     if (new_map && w->nsetup == w->setup_cap) {
-        size_t cap = w->setup_cap ? w->setup_cap * 2 : 4;
-        uint32_t *p = realloc(w->setup, cap * sizeof *p);
+        uint32_t *p = pmap__grow(w->setup, &w->setup_cap, sizeof *p);
         if (p == NULL)
             return 1;   /* nothing taken: try again later */
         w->setup = p;
-        w->setup_cap = cap;
     }
     pmap__range_t r = next_range(pool, job, w);
     if (r.count == 0)

@@ -72,3 +72,19 @@ void pmap__buf_free(pmap__buf_t *b)
     free(b->data);
     *b = (pmap__buf_t){0};
 }
+
+/*
+ * Makes room for at least one more element in array, of *cap elements of
+ * size bytes, by doubling it (8 at first).  Returns the array, perhaps
+ * moved, with *cap updated; or NULL without memory, the array then intact.
+ */
+void *pmap__grow(void *array, size_t *cap, size_t size)
+{
+    size_t n = *cap ? *cap : 4;
+    if (n > SIZE_MAX / 2 / size)
+        return NULL;
+    void *p = realloc(array, 2 * n * size);
+    if (p != NULL)
+        *cap = 2 * n;
+    return p;
+}

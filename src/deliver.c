@@ -48,15 +48,14 @@ static size_t record(pmap_job_t *job, const pmap_failure_t *f,
                      const char *msg, size_t msglen)
 {
     if (job->nfailures == job->failures_cap) {
-        size_t cap = job->failures_cap ? job->failures_cap * 2 : 16;
-        pmap_failure_t *p = realloc(job->failures, cap * sizeof *p);
+        pmap_failure_t *p =
+            pmap__grow(job->failures, &job->failures_cap, sizeof *p);
         if (p == NULL) {
             free((char *)f->captured_stdout);
             free((char *)f->captured_stderr);
             return SIZE_MAX;
         }
         job->failures = p;
-        job->failures_cap = cap;
     }
     char *text = msglen > 0 ? malloc(msglen + 1) : NULL;
     if (text != NULL) {
@@ -92,12 +91,11 @@ int pmap__tried(pmap_job_t *job, size_t index, int error, int code, int most)
         return 0;
     if (t == NULL) {
         if (job->ntries == job->tries_cap) {
-            size_t cap = job->tries_cap ? job->tries_cap * 2 : 8;
-            pmap__tries_t *p = realloc(job->tries, cap * sizeof *p);
+            pmap__tries_t *p =
+                pmap__grow(job->tries, &job->tries_cap, sizeof *p);
             if (p == NULL)
                 return PMAP_ENOMEM;
             job->tries = p;
-            job->tries_cap = cap;
         }
         t = &job->tries[job->ntries++];
         memset(t, 0, sizeof *t);

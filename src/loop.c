@@ -680,9 +680,9 @@ static int wait_epoll(pool_t *pool, int64_t wake)
         /* Milliseconds, rounded up: waking late by less than one is
          * fine, early would spin. */
         int64_t left = wake < 0 ? -1 : wake - pmap__now_ns();
-        int ms = left < 0 ? (wake < 0 ? -1 : 0)
+        int ms = left < 0                     ? (wake < 0 ? -1 : 0)
                  : left > INT_MAX * 1000000LL ? INT_MAX
-                                              : (int)((left + 999999) / 1000000);
+                 : (int)((left + 999999) / 1000000);
         ready = epoll_wait(pool->epfd, ev, 64, ms);
     } while (ready < 0 && errno == EINTR);
     pthread_mutex_lock(&pool->lock);

@@ -61,6 +61,7 @@ int pmap__buf_put(pmap__buf_t *b, const void *data, size_t n);
 int pmap__buf_pad(pmap__buf_t *b, size_t align);
 void pmap__buf_consume(pmap__buf_t *b, size_t n);
 void pmap__buf_free(pmap__buf_t *b);
+void *pmap__grow(void *array, size_t *cap, size_t size);
 
 /* ---- fdio.c ----------------------------------------------------------- */
 
@@ -638,7 +639,8 @@ struct pmap_job {
 typedef struct pmap__remote {
     int (*workers)(void);
     int (*spawn)(const struct pool *pool, struct pmap__worker *w,
-                 const pmap__channel_t *channel, int64_t deadline, pid_t *pid, int *deathfd);
+                 const pmap__channel_t *channel, int64_t deadline,
+                 pid_t *pid, int *deathfd);
     void (*kill)(int deathfd);
     int (*reap)(int deathfd, int *status);
     void (*detach)(int deathfd);
@@ -754,6 +756,10 @@ typedef struct pmap__worker_setup {
     void (*exit)(int, void *);
     void *arg;
 } pmap__worker_setup_t;
+
+/* proc.c: in a child forked for slot w */
+_Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
+                                        const pmap__worker_setup_t *setup);
 
 /* worker.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */

@@ -181,6 +181,21 @@ bool pmap__pools_forgotten(void)
     return forgotten;
 }
 
+/* In the child just forked for slot w, with pools_lock held at the fork:
+ * drops what is not the worker's (the caller's side of its channel, every
+ * other descriptor and arena of every pool, the fork server's channel)
+ * and becomes the worker. */
+_Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
+                                        const pmap__worker_setup_t *setup)
+{
+    pmap__close(&w->ch.in);
+    pmap__close(&w->ch.out);
+    w->ch.keep = w->handoff[0] = -1;    /* its own now: setup's channel */
+    pmap__proc_child_init(w);
+    pmap__server_child_init();
+    pmap__worker_main(setup);
+}
+
 /* Forks worker w from this process, pools_lock held; its side of the
  * channel is theirs. */
 static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
@@ -194,15 +209,8 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
     pmap__fork_prepare(&old, false);
     pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
-    if (pid == 0) {
-        /* Our side goes; the rest of the slot is the worker's own. */
-        pmap__close(&w->ch.in);
-        pmap__close(&w->ch.out);
-        w->ch.keep = w->handoff[0] = -1;
-        pmap__proc_child_init(w);
-        pmap__server_child_init();
-        pmap__worker_main(&setup);
-    }
+    if (pid == 0)
+        pmap__proc_become_worker(w, &setup);
     int err = errno;
     pmap__arena_inherit(w->arena, false);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -439,8 +447,8 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
      * retirees, both of which a child forked meanwhile must see whole. */
     pthread_mutex_lock(&pools_lock);
     if (pool->nretirees == pool->retirees_cap) {
-        size_t cap = pool->retirees_cap ? pool->retirees_cap * 2 : 8;
-        pmap__retiree_t *r = realloc(pool->retirees, cap * sizeof *r);
+        pmap__retiree_t *r =
+            pmap__grow(pool->retirees, &pool->retirees_cap, sizeof *r);
         if (r == NULL) {
             pthread_mutex_unlock(&pools_lock);
             int status;     /* no room to wait for it: kill it now */
@@ -448,7 +456,6 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
             return;
         }
         pool->retirees = r;
-        pool->retirees_cap = cap;
     }
     pmap__epoll_del(pool, w->ch.out);
     pmap__close(&w->ch.out);    /* EOF for it: leave */

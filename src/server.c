@@ -44,7 +44,7 @@
 #include <unistd.h>
 
 #define MAGIC 0x50534d50u   /* "PMSP" */
-#define HANDED 3            /* descriptors with a SPAWN: channel in, out; arena */
+#define HANDED 3    /* descriptors with a SPAWN: channel in and out, arena */
 
 enum { SPAWN = 1, SPAWNED, FAILED, DIED };
 
@@ -216,7 +216,8 @@ static _Noreturn void server_main(int control, pid_t owner)
     struct sigaction sa = {0};
     sigemptyset(&sa.sa_mask);
     for (int sig = 1; sig <= SIGRTMAX; sig++) {
-        if (sig != SIGKILL && sig != SIGSTOP && sigaction(sig, NULL, &sa) == 0 &&
+        if (sig != SIGKILL && sig != SIGSTOP &&
+            sigaction(sig, NULL, &sa) == 0 &&
             ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_IGN)) {
             sa.sa_handler = SIG_DFL;
             sa.sa_flags = 0;
@@ -387,12 +388,10 @@ static int keep_death(const report_t *r)
         }
     }
     if (ctl.ndeaths == ctl.cap) {
-        size_t cap = ctl.cap ? ctl.cap * 2 : 16;
-        report_t *d = realloc(ctl.deaths, cap * sizeof *d);
+        report_t *d = pmap__grow(ctl.deaths, &ctl.cap, sizeof *d);
         if (d == NULL)
             return PMAP_ENOMEM;
         ctl.deaths = d;
-        ctl.cap = cap;
     }
     ctl.deaths[ctl.ndeaths++] = *r;
     return 0;

@@ -99,14 +99,12 @@ int pmap__header_decode(const unsigned char *in, pmap__header_t *h)
 static pmap__segment_t *outq_segment(pmap__outq_t *q)
 {
     if (q->nsegs == q->cap) {
-        size_t cap = q->cap ? q->cap * 2 : 16;
-        pmap__segment_t *segs = realloc(q->segs, cap * sizeof *segs);
+        pmap__segment_t *segs = pmap__grow(q->segs, &q->cap, sizeof *segs);
         if (segs == NULL) {
             q->error = PMAP_ENOMEM;
             return NULL;
         }
         q->segs = segs;
-        q->cap = cap;
     }
     return &q->segs[q->nsegs++];
 }

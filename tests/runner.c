@@ -149,6 +149,24 @@ int test_children(void)
 }
 
 /* Whether pools start in process (PMAP_START=inline, runner --in-process). */
+/* A pool with these options, the fork server started first when they
+ * ask for it; test_pool_end destroys it, and stops the server again. */
+pool_t *test_pool(pool_options_t options)
+{
+    if (options.start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &options));
+    return pool;
+}
+
+void test_pool_end(pool_t *pool, int start)
+{
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+}
+
 int test_in_process(void)
 {
     const char *v = getenv("PMAP_START");

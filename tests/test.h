@@ -11,6 +11,8 @@
 #ifndef PMAP_TEST_H
 #define PMAP_TEST_H
 
+#include "pmap.h"
+
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,5 +91,7 @@ int test_run(const char *command, char *output, size_t size);
 int test_open_fds(void);
 int test_children(void);
 int test_in_process(void);
+pool_t *test_pool(pool_options_t options);
+void test_pool_end(pool_t *pool, int start);
 
 #endif

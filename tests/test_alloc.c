@@ -58,19 +58,7 @@ static void fill(unsigned char *p, size_t n, unsigned seed)
 
 static pool_t *make_pool(int start, int workers)
 {
-    if (start == PMAP_START_SERVER)
-        ASSERT_OK(pmap_init());
-    pool_options_t po = {.workers = workers, .start = start};
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    return pool;
-}
-
-static void end_pool(pool_t *pool, int start)
-{
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
+    return test_pool((pool_options_t){.workers = workers, .start = start});
 }
 
 static uint64_t bytes_sent(const pool_t *pool)
@@ -128,7 +116,7 @@ static void blocks_after_pool(int start)
     pmap_free(s);
     for (int i = 0; i < BLOCKS; i++)
         pmap_free(in[i].data);
-    end_pool(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(alloc_blocks_after_pool_fork)

@@ -147,12 +147,7 @@ static void check_built(const codec_model_t *m, long n)
 
 static pool_t *make_pool(int start)
 {
-    if (start == PMAP_START_SERVER)
-        ASSERT_OK(pmap_init());
-    pool_options_t po = {.workers = 3, .start = start};
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    return pool;
+    return test_pool((pool_options_t){.workers = 3, .start = start});
 }
 
 /* Every use of the type, on a pool of the given start method; the models
@@ -224,9 +219,7 @@ static void every_use(int start)
         model_free(&ms[i]);
     model_free(&big);
     model_free(&small);
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
+    test_pool_end(pool, start);
     ASSERT_EQ(live, 0);
 }
 
@@ -307,9 +300,7 @@ static void failures(int start)
     ASSERT_EQ(pool_failures(pool, &f), 0);
     for (long i = 0; i < N; i++)
         model_free(&ms[i]);
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
+    test_pool_end(pool, start);
     ASSERT_EQ(live, 0);
 }
 

@@ -91,22 +91,10 @@ static int next_x(void *ctx, int *x)
     return 1;
 }
 
-/* Destroys a pool, and the fork server if it used one. */
-static void done_with(pool_t *pool, int start)
-{
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
-}
-
 static pool_t *make_pool(int start, int output)
 {
-    if (start == PMAP_START_SERVER)
-        ASSERT_OK(pmap_init());
-    pool_options_t po = {.workers = 2, .start = start, .output = output};
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    return pool;
+    return test_pool(
+        (pool_options_t){.workers = 2, .start = start, .output = output});
 }
 
 /* Captured output in a map of arrays (failure records), to a callback, of
@@ -165,7 +153,7 @@ static void capture_every_form(int start)
     ASSERT_EQ(pool_map(pool, talk, 1, out, xs), 1);
     ASSERT_EQ(pool_failures(pool, &f), 1);
     ASSERT(f[0].captured_stdout == NULL && f[0].captured_stderr == NULL);
-    done_with(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(output_captured_per_item_in_every_form_fork)
@@ -305,7 +293,7 @@ static void group_in_order(int start)
         free(out);
         free(err);
     }
-    done_with(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(output_grouped_in_input_order_fork)
@@ -367,7 +355,7 @@ static void crash_report(int start)
     ASSERT_EQ(pool_failures(pool, &f), 1);
     ASSERT(strstr(f[0].message, "at address 0x10") != NULL);
     ASSERT(strstr(f[0].message, "about to fall over") == NULL);
-    done_with(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(output_crash_report_names_signal_address_backtrace_stderr_fork)
@@ -418,7 +406,7 @@ static void soft_cap(int start)
      * once. */
     ASSERT(last.restarts >= 2);
     ASSERT_EQ(pool_size(pool), 2);
-    done_with(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(output_soft_memory_cap_recycles_a_leaky_worker_fork)
@@ -474,7 +462,7 @@ static void hard_cap(int start)
     /* The pool goes on. */
     xs[3] = 4;
     ASSERT_OK(pool_map(pool, hog, 8, out, xs));
-    done_with(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(output_hard_memory_limit_fails_the_item_fork)

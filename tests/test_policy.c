@@ -99,19 +99,7 @@ static void remove_markers(const char *dir)
 
 static pool_t *make_pool(int workers, int start)
 {
-    pool_options_t po = {.workers = workers, .start = start};
-    if (start == PMAP_START_SERVER)
-        ASSERT_OK(pmap_init());
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    return pool;
-}
-
-static void end_pool(pool_t *pool, int start)
-{
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
+    return test_pool((pool_options_t){.workers = workers, .start = start});
 }
 
 enum { N = 40 };
@@ -144,7 +132,7 @@ static void crash_once_then_succeed(int start)
     ASSERT_EQ(st.retries, N / 5);
     ASSERT_EQ(st.failed, 0);
     ASSERT_EQ(st.items, N);
-    end_pool(pool, start);
+    test_pool_end(pool, start);
     remove_markers(dir);
 }
 
@@ -192,7 +180,7 @@ TEST(policy_retries_exhausted_record_attempts_and_causes)
     ASSERT_EQ(f[1].causes[0].error, PMAP_ECRASH);
     ASSERT_OK(pool_stats(pool, &st, NULL));
     ASSERT_EQ(st.retries, 0);
-    end_pool(pool, PMAP_START_FORK);
+    test_pool_end(pool, PMAP_START_FORK);
 }
 
 /* pmap_fail is the callback's own verdict: retried only when asked. */
@@ -441,7 +429,7 @@ static void halt_test(int start, int halt, size_t failures, double fraction,
     pmap_stats_t st;
     ASSERT_OK(pool_stats(pool, &st, NULL));
     ASSERT_EQ(st.items, M);
-    end_pool(pool, start);
+    test_pool_end(pool, start);
 }
 
 TEST(policy_halt_now_at_the_first_failure)
@@ -499,7 +487,7 @@ TEST(policy_halt_now_kills_running_items)
     ASSERT_EQ(f[0].error, PMAP_EFAIL);
     for (int i = 1; i < 3; i++)     /* killed running, or never started */
         ASSERT(f[i].error == PMAP_ECANCELED || f[i].error == PMAP_EHALTED);
-    end_pool(pool, PMAP_START_FORK);
+    test_pool_end(pool, PMAP_START_FORK);
 }
 
 TEST(policy_halt_in_streams_and_async_maps)
@@ -611,7 +599,7 @@ static void joblog_test(int start)
     ASSERT_EQ(rows, N + 5);
     for (int i = 0; i < N; i++)
         ASSERT_EQ(seen[i], 1);
-    end_pool(pool, start);
+    test_pool_end(pool, start);
     remove_markers(dir);
 }
 
@@ -721,7 +709,7 @@ TEST(policy_log_row_in_on_result)
         ASSERT_EQ(r.bad, 0);
     }
     ASSERT(pmap_item_log() == NULL);
-    end_pool(pool, PMAP_START_FORK);
+    test_pool_end(pool, PMAP_START_FORK);
     remove_markers(dir);
 }
 
@@ -742,5 +730,5 @@ TEST(policy_one_worker_only_the_crashing_item_fails)
     ASSERT_EQ(f[0].attempts, 6);
     for (int i = 1; i < N; i++)
         ASSERT_EQ(out[i], 2 * i + 1);
-    end_pool(pool, PMAP_START_FORK);
+    test_pool_end(pool, PMAP_START_FORK);
 }

@@ -1023,13 +1023,7 @@ static int spawn_here(const pool_t *pool, pmap__worker_t *w,
             pmap__close(&o->loopfd);
         }
         pmap__close(&relay.wake);
-        /* The loop's side goes; the rest of the slot is the worker's. */
-        pmap__close(&w->ch.in);
-        pmap__close(&w->ch.out);
-        w->ch.keep = w->handoff[0] = -1;
-        pmap__proc_child_init(w);
-        pmap__server_child_init();
-        pmap__worker_main(&setup);
+        pmap__proc_become_worker(w, &setup);
     }
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
