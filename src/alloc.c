@@ -229,9 +229,7 @@ void *pmap_alloc(size_t size)
         p = NULL;
         goto out;
     }
-#ifdef MADV_DONTFORK
-    madvise(p, size, MADV_DONTFORK);
-#endif
+    pmap__shm_fork_inherit(p, size, false);
     size_t i = block_after(p);
     memmove(&heap.blocks[i + 1], &heap.blocks[i],
             (heap.nblocks - i) * sizeof *heap.blocks);

@@ -312,6 +312,7 @@ typedef struct pmap__report {
 void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
+bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void pmap__arena_inherit(void *p, bool inherit);
 void pmap__arena_forget(void *p);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);

@@ -28,6 +28,8 @@
 
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -102,6 +104,36 @@ void pmap__shm_unmap(void *p, size_t size)
  * since may hold arenas that are not theirs, and unmap them. */
 static _Atomic bool arenas_inherited;
 
+/* Whether this process runs under valgrind, whose picture of the address
+ * space misses MADV_DONTFORK: a child would take the ranges it did not
+ * inherit for mapped, and memcheck's leak scan at its exit would fault on
+ * every word of them.  (Its preloaded libraries say so.) */
+static bool under_valgrind(void)
+{
+    static _Atomic int known;   /* 0: not looked yet; 1: no; 2: yes */
+    if (known == 0) {
+        const char *preload = getenv("LD_PRELOAD");
+        known = preload != NULL && strstr(preload, "vgpreload") ? 2 : 1;
+    }
+    return known == 2;
+}
+
+/*
+ * Says whether children forked from now on inherit [p, p + size)
+ * (MADV_DOFORK) or not (MADV_DONTFORK).  Returns false where that cannot
+ * be said, or should not be (under valgrind): children then inherit it.
+ */
+bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit)
+{
+#if defined(MADV_DONTFORK) && defined(MADV_DOFORK)
+    return p != NULL && !under_valgrind() &&
+           madvise(p, size, inherit ? MADV_DOFORK : MADV_DONTFORK) == 0;
+#else
+    (void)p, (void)size, (void)inherit;
+    return false;
+#endif
+}
+
 /*
  * Whether a child forked now inherits arena p: no (MADV_DONTFORK) from
  * its making, so that a worker is never given its siblings' arenas and
@@ -112,13 +144,8 @@ static _Atomic bool arenas_inherited;
  */
 void pmap__arena_inherit(void *p, bool inherit)
 {
-#if defined(MADV_DONTFORK) && defined(MADV_DOFORK)
-    if (p != NULL &&
-        madvise(p, PMAP__ARENA_SIZE, inherit ? MADV_DOFORK : MADV_DONTFORK) ==
-            0)
-        return;
-#endif
-    if (p != NULL && !inherit)
+    if (p != NULL && !pmap__shm_fork_inherit(p, PMAP__ARENA_SIZE, inherit) &&
+        !inherit)
         atomic_store(&arenas_inherited, true);
 }
 
