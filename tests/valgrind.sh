@@ -48,6 +48,12 @@ list() {
             # Compilers and build systems at work: nothing of ours runs
             # there.
             echo "SKIP $test" ;;
+        size_64_mib_in_one_item_both_ways | \
+        map_inputs_and_results_far_larger_than_a_pipe)
+            # Hundreds of MiB through the channels, each write and read
+            # emulated: two minutes each here, for code that the large-item
+            # tests under memcheck and all of them under ASan cover.
+            echo "SKIP $test" ;;
         *)  echo "$test $build/tests/runner --inline $test" ;;
         esac
     done
@@ -57,7 +63,7 @@ list() {
 share() {
     list | awk -v k="$1" -v n="$jobs" 'NR % n == k' | while read -r name cmd; do
         if [ "$name" = SKIP ]; then
-            echo "ok - valgrind $cmd # SKIP a compile or packaging check"
+            echo "ok - valgrind $cmd # SKIP a compile check, or data volume only"
         else
             # shellcheck disable=SC2086 # the command's words
             PMAP_TEST_VALGRIND=1 check "$name" $cmd
