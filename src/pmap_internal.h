@@ -74,6 +74,7 @@ typedef struct pmap__channel {
 } pmap__channel_t;
 
 #define PMAP__NO_CHANNEL ((pmap__channel_t){-1, -1, -1})
+#define PMAP__PIPE_BUFFER (1 << 20)     /* asked for each pipe (Linux) */
 
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
