@@ -181,38 +181,40 @@ static double pool_w3(pool_t *pool)
     return now() - t;
 }
 
-/* CPU seconds of process pid (utime + stime from /proc), or -1. */
-static double proc_cpu(long pid)
+/* The fields of /proc/pid/stat after the command's name (which may hold
+ * spaces), read into line; NULL if they cannot be had. */
+static const char *proc_stat(long pid, char *line, size_t size)
 {
-    char path[64], line[1024];
+    char path[64];
     snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
     if (f == NULL)
-        return -1;
-    size_t n = fread(line, 1, sizeof line - 1, f);
+        return NULL;
+    size_t n = fread(line, 1, size - 1, f);
     fclose(f);
     line[n] = '\0';
-    char *p = strrchr(line, ')');
+    const char *p = strrchr(line, ')');
+    return p != NULL && p[1] == ' ' ? p + 2 : NULL;
+}
+
+/* CPU seconds of process pid (utime + stime from /proc), or -1. */
+static double proc_cpu(long pid)
+{
+    char line[1024];
+    const char *p = proc_stat(pid, line, sizeof line);
     unsigned long ut = 0, st = 0;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u "
-                                   "%*u %lu %lu", &ut, &st) != 2)
+    if (p == NULL || sscanf(p, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u "
+                               "%*u %lu %lu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static long proc_ppid(long pid)
 {
-    char path[64], line[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return -1;
-    size_t n = fread(line, 1, sizeof line - 1, f);
-    fclose(f);
-    line[n] = '\0';
-    char *p = strrchr(line, ')');
+    char line[1024];
+    const char *p = proc_stat(pid, line, sizeof line);
     long ppid = -1;
-    if (p == NULL || sscanf(p + 2, "%*c %ld", &ppid) != 1)
+    if (p == NULL || sscanf(p, "%*c %ld", &ppid) != 1)
         return -1;
     return ppid;
 }
