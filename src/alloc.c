@@ -122,31 +122,6 @@ static void lock_own(void)
     }
 }
 
-/* A new, empty heap file: close-on-exec, never one of fds 0-2 (a worker's
- * output capture may take those); -1 on failure. */
-static int heap_file(void)
-{
-    int fd = -1;
-#if defined(__linux__) && defined(MFD_CLOEXEC)
-    fd = memfd_create("pmap-heap", MFD_CLOEXEC);
-#endif
-    if (fd < 0) {
-        char name[64];
-        snprintf(name, sizeof name, "/pmap-heap-%ld", (long)getpid());
-        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
-        if (fd >= 0)
-            shm_unlink(name);
-    }
-    if (fd >= 0 && fd < 3) {
-        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        close(fd);
-        fd = high;
-    }
-    if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
-        pmap__close(&fd);
-    return fd;
-}
-
 /* Closes the heap if nobody needs it any more.  Locked. */
 static void close_if_idle(void)
 {
@@ -169,7 +144,7 @@ bool pmap__heap_hold(void)
 {
     lock_own();
     if (heap.fd < 0 && heap.holds == 0 && heap.nblocks == 0)
-        heap.fd = heap_file();
+        heap.fd = pmap__shm_file("pmap-heap", 0);
     heap.holds++;
     bool have = heap.fd >= 0;
     pthread_mutex_unlock(&heap.lock);
@@ -209,7 +184,7 @@ void *pmap_alloc(size_t size)
     lock_own();
     void *p = NULL;
     if (heap.fd < 0 && heap.holds == 0)
-        heap.fd = heap_file();
+        heap.fd = pmap__shm_file("pmap-heap", 0);
     if (heap.fd < 0 || heap.nblocks == SIZE_MAX / sizeof(block_t) ||
         heap.end > (uint64_t)INT64_MAX - size)
         goto out;

@@ -310,6 +310,7 @@ typedef struct pmap__report {
 #define PMAP__SLOT_SIZE (4u << 20)
 #define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
 
+int pmap__shm_file(const char *name, size_t size);
 void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);

@@ -33,22 +33,31 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-/* A new file of size zeroed bytes for shared memory, close-on-exec; -1 on
- * failure. */
-static int shm_file(size_t size)
+/*
+ * A new file of size zeroed bytes for shared memory, named name where the
+ * system shows it (memfd; else an unlinked POSIX shared memory object),
+ * close-on-exec and never one of fds 0-2 (a worker's output capture may
+ * take those); -1 on failure.
+ */
+int pmap__shm_file(const char *name, size_t size)
 {
     int fd = -1;
 #if defined(__linux__) && defined(MFD_CLOEXEC)
-    fd = memfd_create("pmap", MFD_CLOEXEC);
+    fd = memfd_create(name, MFD_CLOEXEC);
 #endif
     if (fd < 0) {
-        char name[64];
+        char path[64];
         static _Atomic unsigned serial;
-        snprintf(name, sizeof name, "/pmap-%ld-%u", (long)getpid(),
+        snprintf(path, sizeof path, "/%s-%ld-%u", name, (long)getpid(),
                  atomic_fetch_add(&serial, 1));
-        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
         if (fd >= 0)
-            shm_unlink(name);
+            shm_unlink(path);
+    }
+    if (fd >= 0 && fd < 3) {
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        close(fd);
+        fd = high;
     }
     if (fd >= 0 && (ftruncate(fd, (off_t)size) < 0 ||
                     fcntl(fd, F_SETFD, FD_CLOEXEC) < 0))
@@ -65,7 +74,7 @@ void *pmap__shm_map(size_t size, int *fd)
 {
     void *p = MAP_FAILED;
     if (fd != NULL) {
-        *fd = shm_file(size);
+        *fd = pmap__shm_file("pmap", size);
         if (*fd >= 0)
             p = pmap__shm_attach(*fd, size);
         if (p == NULL) {
