@@ -91,8 +91,10 @@ static void blocks_after_pool(int start)
         ASSERT_OK(pool_map(pool, fnv, BLOCKS, out, in));
         for (int i = 0; i < BLOCKS; i++)
             ASSERT(out[i] == want[i]);
-        if (start != PMAP_START_INLINE)     /* references, not 4 MiB */
-            ASSERT(bytes_sent(pool) < 64 * BLOCKS);
+        /* References, not 4 MiB: about 50 bytes an item and 40 a batch,
+         * even if a loaded machine makes every batch one item. */
+        if (start != PMAP_START_INLINE)
+            ASSERT(bytes_sent(pool) < 128 * BLOCKS);
     }
     /* Changed between maps: the workers see the new bytes. */
     fill(in[5].data, in[5].size, 999);
