@@ -109,7 +109,7 @@ static void lock_own(void)
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, register_fork_handlers);
     pthread_mutex_lock(&heap.lock);
-    pid_t self = getpid();
+    pid_t self = pmap__self();
     if (heap.owner != self) {
         if (heap.owner != 0)
             pmap__close(&heap.fd);
@@ -246,7 +246,7 @@ bool pmap__heap_find(const void *p, size_t n, uint64_t ref[3])
 {
     bool found = false;
     pthread_mutex_lock(&heap.lock);
-    if (heap.owner == getpid() && heap.nblocks > 0) {
+    if (heap.owner == pmap__self() && heap.nblocks > 0) {
         size_t i = block_after(p);
         if (i > 0) {
             const block_t *b = &heap.blocks[i - 1];

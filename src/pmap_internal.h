@@ -652,6 +652,7 @@ typedef struct pmap__remote {
 extern const pmap__remote_t *pmap__remote;  /* set by libpmap-mpi */
 
 /* proc.c */
+pid_t pmap__self(void);
 void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w);
 void pmap__pools_lock(void);
 void pmap__pools_unlock(void);

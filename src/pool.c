@@ -241,7 +241,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         free(pool);
         return PMAP_ENOMEM;
     }
-    pool->owner = getpid();
+    pool->owner = pmap__self();
     pool->epfd = pool->wake[0] = pool->wake[1] = -1;
     pool->config = configure(&o);
     pool->opts = o;
@@ -314,14 +314,14 @@ void pool_destroy(pool_t *pool)
         return;
     /* A forked copy never touches the lock: another thread of the parent
      * may have held it at the fork. */
-    bool owner = pool->owner == getpid();
+    bool owner = pool->owner == pmap__self();
     if (owner && !wait_idle(pool))
         return;
     pmap__pools_remove(pool);
     if (pool->in_process) {
-        if (pool->owner == getpid())
+        if (pool->owner == pmap__self())
             pmap__inline_close(pool);
-    } else if (pool->owner == getpid()) {
+    } else if (pool->owner == pmap__self()) {
         stop_workers(pool);
     } else {
         /* A forked copy: the workers are our parent's, not ours to stop.
@@ -387,7 +387,7 @@ int pmap__pool_enter(pool_t *pool)
         return PMAP_EINVAL;
     if (pmap__nested())
         return PMAP_ENESTED;
-    if (pool->owner != getpid())
+    if (pool->owner != pmap__self())
         return PMAP_EFORKED;
     if (pthread_mutex_lock(&pool->lock) != 0)
         return PMAP_EBUSY;      /* EDEADLK: ours already */
@@ -405,7 +405,7 @@ void pmap__pool_leave(pool_t *pool)
 bool pmap__pool_lock(const pool_t *pool)
 {
     pool_t *p = (pool_t *)pool;     /* the lock is not part of its value */
-    return p->owner == getpid() && pthread_mutex_lock(&p->lock) == 0;
+    return p->owner == pmap__self() && pthread_mutex_lock(&p->lock) == 0;
 }
 
 void pmap__pool_unlock(const pool_t *pool, bool locked)

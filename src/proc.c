@@ -27,12 +27,18 @@
  *    workers are its children, and it reports how they end.  Every wait
  *    has a deadline, or follows a SIGKILL.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* MADV_WIPEONFORK */
+#endif
+
 #include "pmap_internal.h"
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -51,6 +57,48 @@ static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
  * initialized; a pool using it asks it for everything below that names a
  * pid (pool->remote). */
 const pmap__remote_t *pmap__remote;
+
+/* ---- who we are --------------------------------------------------------- */
+
+/* A page that no child inherits the contents of, holding our pid: */
+static _Atomic pid_t *self_page;
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void self_page_map(void)
+{
+#ifdef MADV_WIPEONFORK
+    long page = sysconf(_SC_PAGESIZE);
+    size_t size = page > 0 ? (size_t)page : 4096;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
+        self_page = p;
+    else if (p != MAP_FAILED)
+        munmap(p, size);
+#endif
+}
+
+/*
+ * This process's pid.  Every call on a pool checks that this process made
+ * it (a forked copy gets PMAP_EFORKED), and getpid() is a system call that
+ * costs microseconds on virtual machines: a tenth of a whole call's round
+ * trip.  So the pid is kept in a page whose copy a child sees zeroed
+ * (MADV_WIPEONFORK, Linux 4.14): whatever forked it, with or without
+ * pthread_atfork handlers (_Fork, clone), a child finds 0 there and asks
+ * the kernel once.  Without that page, getpid() every time.
+ */
+pid_t pmap__self(void)
+{
+    pthread_once(&self_once, self_page_map);
+    if (self_page == NULL)
+        return getpid();
+    pid_t pid = atomic_load_explicit(self_page, memory_order_relaxed);
+    if (pid == 0) {
+        pid = getpid();
+        atomic_store_explicit(self_page, pid, memory_order_relaxed);
+    }
+    return pid;
+}
 
 /* Kills w's process, wherever it runs. */
 void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w)

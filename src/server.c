@@ -90,7 +90,7 @@ static struct {
 /* Whether this process has a fork server (a forked child does not). */
 bool pmap__server_running(void)
 {
-    return ctl.fd >= 0 && ctl.owner == getpid();
+    return ctl.fd >= 0 && ctl.owner == pmap__self();
 }
 
 /* ---- the server -------------------------------------------------------- */
@@ -265,7 +265,7 @@ static void end_child(pid_t pid, int64_t deadline)
  * Locked. */
 static void reap_server(void)
 {
-    if (ctl.server > 0 && ctl.owner == getpid() &&
+    if (ctl.server > 0 && ctl.owner == pmap__self() &&
         waitpid(ctl.server, &(int){0}, WNOHANG) == ctl.server) {
         ctl.server = 0;
         ctl.dead = true;
@@ -277,7 +277,7 @@ static void reap_server(void)
  * of its owner.  Locked. */
 static void forget_server(void)
 {
-    if (ctl.fd >= 0 && ctl.owner == getpid()) {
+    if (ctl.fd >= 0 && ctl.owner == pmap__self()) {
         /* shutdown, because a forked child of ours may hold a copy of
          * this descriptor. */
         shutdown(ctl.fd, SHUT_RDWR);
@@ -302,7 +302,7 @@ static int start_server(void)
         return rc;
     sigset_t old;
     pmap__fork_prepare(&old, true);
-    pid_t owner = getpid(), pid = fork();
+    pid_t owner = pmap__self(), pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);
         pmap__server_child_init();      /* ctl.lock was held: usable again */
@@ -334,7 +334,7 @@ int pmap_init(void)
     pmap__pools_lock();     /* before ctl.lock, as pmap__proc_spawn */
     pthread_mutex_lock(&ctl.lock);
     reap_server();
-    if (ctl.fd >= 0 && (ctl.owner != getpid() || ctl.dead))
+    if (ctl.fd >= 0 && (ctl.owner != pmap__self() || ctl.dead))
         forget_server();
     pmap__crash_prepare();      /* inherited by the server and its workers */
     int rc = 0;

@@ -5,11 +5,20 @@
  * callbacks that cannot be identified, a forked child, a call
  * from inside a worker.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* syscall */
+#endif
+
 #include "test.h"
 
 #include <pmap.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 
 static int twice(int x)
 {
@@ -148,15 +157,26 @@ TEST(error_pool_create_inside_a_worker)
     pool_destroy(pool);
 }
 
-TEST(error_pool_map_in_a_forked_child)
+/* In a child of the pool's process (forked by fork, or when raw, by the
+ * system call alone: no pthread_atfork handler runs, as with _Fork or
+ * clone), the pool is refused and our workers are left alone. */
+static void map_in_a_child(bool raw)
 {
     pool_t *pool = pool_create(2);
-    pid_t pid = fork();
+    assert_usable(pool);    /* this process has used it before */
+    pid_t pid = -1;
+#ifdef __linux__
+    if (raw)
+        pid = (pid_t)syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+#endif
+    if (!raw)
+        pid = fork();
     ASSERT(pid >= 0);
     if (pid == 0) {
         int xs[2] = {1, 2}, out[2];
         int rc = pool_map(pool, twice, 2, out, xs);
-        pool_destroy(pool);     /* frees the copy; the workers are not ours */
+        if (!raw)   /* frees the copy; the workers are not ours */
+            pool_destroy(pool);
         _exit(rc == PMAP_EFORKED ? 0 : 1);
     }
     int status;
@@ -164,6 +184,19 @@ TEST(error_pool_map_in_a_forked_child)
     ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     assert_usable(pool);    /* the child did not stop our workers */
     pool_destroy(pool);
+}
+
+TEST(error_pool_map_in_a_forked_child)
+{
+    map_in_a_child(false);
+}
+
+TEST(error_pool_map_in_a_child_of_a_raw_fork)
+{
+#ifndef __linux__
+    SKIP("a fork without pthread_atfork handlers is a Linux system call");
+#endif
+    map_in_a_child(true);
 }
 
 TEST(error_strings_for_every_code)
