@@ -209,6 +209,7 @@ static void write_report(int sig, const siginfo_t *info, int err)
     put_stderr_tail(&t);
     *t.p = '\0';
     r->out_of_memory = oom;
+    r->signal = (uint32_t)sig;
     atomic_store_explicit(&r->length, (uint32_t)(t.p - r->text),
                           memory_order_release);
 }

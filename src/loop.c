@@ -54,9 +54,10 @@
 
 /* A crashed worker's report (capture.c), copied out of its arena before it
  * is unmapped: malloc'ed, its length in *length; NULL if it wrote none
- * (or without memory: the item fails all the same). */
+ * (or without memory: the item fails all the same).  The signal it names
+ * goes to *died_of (0: no report). */
 static char *take_report(const pmap__worker_t *w, size_t *length,
-                         bool *out_of_memory)
+                         bool *out_of_memory, int *died_of)
 {
     const pmap__report_t *r =
         (const pmap__report_t *)(const void *)(w->arena + PMAP__REPORT_AT);
@@ -67,6 +68,7 @@ static char *take_report(const pmap__worker_t *w, size_t *length,
     if (text != NULL)
         memcpy(text, r->text, *length);
     *out_of_memory = r->out_of_memory != 0;
+    *died_of = n > 0 ? (int)r->signal : 0;
     return text;
 }
 
@@ -100,18 +102,22 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
                                             memory_order_relaxed);
     bool out_of_memory = false;
     size_t reported = 0;
-    char *report = take_report(w, &reported, &out_of_memory);
+    int died_of = 0;
+    char *report = take_report(w, &reported, &out_of_memory, &died_of);
     int status = 0;
     int rc = pmap__proc_reap(pool, w, &status);
     if (error != 0) {
         death.error = error;
-    } else if (rc < 0) {
+    } else if (rc < 0 && died_of == 0) {
         death.error = PMAP_ELOST;
-    } else if (WIFSIGNALED(status)) {
+    } else if (rc < 0 || WIFSIGNALED(status)) {
         /* An allocation failed under the hard memory limit, then the
-         * item crashed: the limit is its cause. */
+         * item crashed: the limit is its cause.  With the wait status
+         * lost (the fork server stopped or gone, or taken by the caller's
+         * SIGCHLD handler), the worker's own report still names the
+         * signal it died of. */
         death.error = out_of_memory && reported ? PMAP_ENOMEM : PMAP_ECRASH;
-        death.code = WTERMSIG(status);
+        death.code = rc < 0 ? died_of : WTERMSIG(status);
         death.message = reported ? report : NULL;
         death.length = reported;
     } else {

@@ -294,6 +294,8 @@ typedef struct pmap__report {
     _Atomic uint32_t length;    /* bytes of text; 0: no report */
     uint32_t out_of_memory;     /* an allocation had failed under the
                                    worker's memory limit */
+    uint32_t signal;            /* the signal it dies of, raised again
+                                   right after the report */
     char text[];
 } pmap__report_t;
 

@@ -699,6 +699,77 @@ TEST(liveness_stopped_fork_server_fails_pool_create)
     alarm(0);
 }
 
+/* Item 1 stops the fork server (its parent), then aborts: the server
+ * cannot report how it died. */
+static int stop_server_then_abort(int x)
+{
+    if (x == 1) {
+        kill(getppid(), SIGSTOP);
+        abort();
+    }
+    return x;
+}
+PMAP_EXPORT(stop_server_then_abort, int, int);
+
+struct stopped_server {
+    long pid;
+    int out[3];
+    size_t failed;      /* index + 1 of the failed item */
+    int error, code;
+    int named;          /* the message names the signal */
+};
+
+/* Takes the results; at the failure, which comes after the server was
+ * stopped, lets the server go on (the pool needs it for a new worker). */
+static int continue_server(void *ctx, size_t index, void *result,
+                           const pmap_failure_t *failure)
+{
+    struct stopped_server *s = ctx;
+    if (failure == NULL) {
+        s->out[index] = *(int *)result;
+        return 0;
+    }
+    s->failed = index + 1;
+    s->error = failure->error;
+    s->code = failure->code;
+    s->named = failure->message && strstr(failure->message, "SIGABRT");
+    kill((pid_t)s->pid, SIGCONT);
+    return 0;
+}
+
+/* A worker crashes while the fork server, which alone may collect its
+ * wait status, is stopped: its own crash report still names the signal,
+ * so the item fails as a crash, not as a death of unknown cause. */
+TEST(liveness_crash_under_a_stopped_fork_server_keeps_its_cause)
+{
+    if (!have_proc())
+        SKIP("no /proc to find the fork server");
+    test_arm(20);
+    ASSERT_OK(pmap_init());
+    struct stopped_server s = {.pid = find_child(NULL)};
+    if (s.pid == 0) {
+        pmap_exit();
+        SKIP("fork server not found among this process's children");
+    }
+    pool_options_t po = {.workers = 1, .start = PMAP_START_SERVER};
+    pool_t *pool = NULL;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    int xs[3] = {0, 1, 2};
+    pool_map_options_t o = {.on_result = continue_server, .ctx = &s};
+    int rc = pool_map_with(pool, &o, stop_server_then_abort, 3, NULL, xs);
+    kill((pid_t)s.pid, SIGCONT);
+    ASSERT_EQ(rc, 1);
+    ASSERT_EQ(s.failed, 2);
+    ASSERT_STR_EQ(pmap_err_name(s.error), "ECRASH");
+    ASSERT_EQ(s.code, SIGABRT);
+    ASSERT(s.named);
+    ASSERT_EQ(s.out[0], 0);
+    ASSERT_EQ(s.out[2], 2);
+    pool_destroy(pool);
+    pmap_exit();
+    alarm(0);
+}
+
 /* ---- 7: sizes that cannot be ------------------------------------------- */
 
 static char same_char(char c)
