@@ -755,7 +755,8 @@ TEST(liveness_crash_under_a_stopped_fork_server_keeps_its_cause)
     pool_t *pool = NULL;
     ASSERT_OK(pool_create_with(&pool, &po));
     int xs[3] = {0, 1, 2};
-    pool_map_options_t o = {.on_result = continue_server, .ctx = &s};
+    pool_map_options_t o = {.on_result = continue_server, .ctx = &s,
+                            .unordered = 1};
     int rc = pool_map_with(pool, &o, stop_server_then_abort, 3, NULL, xs);
     kill((pid_t)s.pid, SIGCONT);
     ASSERT_EQ(rc, 1);
