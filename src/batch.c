@@ -19,11 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Batch sizing, when the caller does not fix it (see chunk_size). */
-/* 8 ms of work a batch: each batch costs both sides a wake-up and a few
- * system calls, some 50 us on a virtual machine, which at 2 ms a batch
- * took 5% of W2 (items of 1 ms: 0.94 of OpenMP's time, 0.99-1.00 at 8 ms).
- * The end of a map is cut finer anyway (chunk_size). */
+/* Batch sizing, when the caller does not fix it (see chunk_size).  8 ms of
+ * work a batch: each batch costs both sides a wake-up and a few system
+ * calls, some 50 us on a virtual machine, which at 2 ms a batch took 5% of
+ * W2 (items of 1 ms: 0.94 of OpenMP's time, 0.99-1.00 at 8 ms).  The end
+ * of a map is cut finer anyway. */
 #define TARGET_BATCH_NS 8000000
 #define TARGET_REMOTE_NS 25000000       /* ...over MPI, whose round trips
                                            take up to milliseconds */

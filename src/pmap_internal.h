@@ -770,6 +770,7 @@ _Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
 /* worker.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */
 bool pmap__nested(void);
+void pmap__signals_reset(void);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);

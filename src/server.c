@@ -213,30 +213,17 @@ static _Noreturn void serve(int control)
 static _Noreturn void server_main(int control, pid_t owner)
 {
     pmap__in_worker = true;     /* no pools in here */
-    struct sigaction sa = {0};
-    sigemptyset(&sa.sa_mask);
-    for (int sig = 1; sig <= SIGRTMAX; sig++) {
-        if (sig != SIGKILL && sig != SIGSTOP &&
-            sigaction(sig, NULL, &sa) == 0 &&
-            ((sa.sa_flags & SA_SIGINFO) || sa.sa_handler != SIG_IGN)) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            sigaction(sig, &sa, NULL);
-        }
-    }
-    sa.sa_handler = SIG_IGN;    /* Ctrl-C is the caller's to handle */
-    sigaction(SIGINT, &sa, NULL);
+    pmap__signals_reset();      /* no child yet: SIGCHLD may come unblocked */
     if (pipe(child_pipe) < 0 || pmap__set_nonblocking(child_pipe[0]) < 0 ||
         pmap__set_nonblocking(child_pipe[1]) < 0)
         _exit(1);
+    struct sigaction sa = {0};
+    sigemptyset(&sa.sa_mask);
     sa.sa_handler = on_child;
     sa.sa_flags = SA_NOCLDSTOP;
     sigaction(SIGCHLD, &sa, NULL);
     if (!pmap__die_with_parent(owner, 0))
         _exit(0);
-    sigset_t none;
-    sigemptyset(&none);
-    pthread_sigmask(SIG_SETMASK, &none, NULL);
     serve(control);
 }
 

@@ -89,10 +89,10 @@ static struct {
     char fail_message[PMAP__MESSAGE_MAX];
 } self;
 
-/* Handlers of the caller's must never run here; ignored signals stay
- * ignored, and Ctrl-C, sent to the whole process group, is the caller's to
- * handle. */
-static void reset_signals(void)
+/* In a new worker or the fork server: handlers of the caller's must never
+ * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
+ * process group, is the caller's to handle, and nothing stays blocked. */
+void pmap__signals_reset(void)
 {
     for (int sig = 1; sig <= SIGRTMAX; sig++) {
         struct sigaction sa;
@@ -865,7 +865,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.answers = NULL;    /* no in-process serving is going on here */
     self.broken = NULL;
     self.running = false;
-    reset_signals();
+    pmap__signals_reset();
     pmap__crash_arm(setup->arena);
     /* The parent is the caller, or the fork server, which dies with it. */
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
