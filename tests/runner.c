@@ -148,7 +148,6 @@ int test_children(void)
     return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD ? 0 : 1;
 }
 
-/* Whether pools start in process (PMAP_START=inline, runner --in-process). */
 /* A pool with these options, the fork server started first when they
  * ask for it; test_pool_end destroys it, and stops the server again. */
 pool_t *test_pool(pool_options_t options)
@@ -167,6 +166,7 @@ void test_pool_end(pool_t *pool, int start)
         pmap_exit();
 }
 
+/* Whether pools start in process (PMAP_START=inline, runner --in-process). */
 int test_in_process(void)
 {
     const char *v = getenv("PMAP_START");
