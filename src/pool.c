@@ -319,9 +319,9 @@ void pool_destroy(pool_t *pool)
         return;
     pmap__pools_remove(pool);
     if (pool->in_process) {
-        if (pool->owner == pmap__self())
+        if (owner)
             pmap__inline_close(pool);
-    } else if (pool->owner == pmap__self()) {
+    } else if (owner) {
         stop_workers(pool);
     } else {
         /* A forked copy: the workers are our parent's, not ours to stop.
