@@ -386,7 +386,9 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
  * that a batch takes about TARGET_BATCH_NS by the workers' own measure:
  * long enough that the cost of a round trip vanishes, short enough for
  * progress and balance.  Capped in bytes (about 1 MiB a batch, or one item
- * if larger) so that pipelined batches and the workers' buffers stay small.
+ * if larger) so that pipelined batches and the workers' buffers stay small,
+ * and to what the worker's shared slot holds of large values: a value that
+ * does not fit there goes through the channel, copied twice more.
  */
 static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
 {
@@ -406,6 +408,12 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
     double by_bytes = TARGET_BATCH_BYTES / item_bytes(pool, job);
     if (by_bytes < (double)c)
         c = (size_t)by_bytes;
+    if (job->shared_sent > 0) {     /* what does not fit goes by the pipe */
+        double by_slot = (double)PMAP__SLOT_SIZE * (double)job->sent_items /
+                         (double)job->shared_sent;
+        if (by_slot < (double)c)
+            c = (size_t)by_slot;
+    }
     if (c < 1)
         c = 1;
     return c < left ? c : left;
@@ -496,6 +504,7 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     }
     pmap__outq_end(q, frame);
     job->stats.bytes_sent += q->total - queued;
+    job->shared_sent += shared.used;
     job->sent_items += r.count;
     if (w->nbatch == 0)
         w->waiting_ns = pmap__now_ns();     /* timeouts: loop.c */

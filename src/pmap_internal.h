@@ -600,6 +600,8 @@ struct pmap_job {
      * items they cover, for batch sizes. */
     pmap_stats_t stats;
     uint64_t sent_items;        /* items in stats.bytes_sent */
+    uint64_t shared_sent;       /* ...and the bytes of theirs copied into
+                                   the workers' shared memory instead */
     uint64_t busy_items;        /* items in stats.busy_ns, bytes_received */
     int64_t start_ns;
     int64_t progress_ns;        /* last progress callback */
