@@ -376,6 +376,38 @@ TEST(map_large_items_through_shared_memory)
     pool_destroy(pool);
 }
 
+static uint64_t last_byte(pmap_bytes_t b)
+{
+    return b.size ? ((const unsigned char *)b.data)[b.size - 1] : 0;
+}
+PMAP_EXPORT(last_byte, uint64_t, pmap_bytes_t);
+
+/* Quick items of 1 MiB: sized by time alone, a batch would hold a dozen,
+ * more than a worker's shared slot, and the rest would go through the
+ * channel. */
+TEST(map_large_items_batched_to_fit_shared_memory)
+{
+    NEEDS_PROCESSES("shared memory");
+    enum { N = 48 };
+    size_t size = 1u << 20;
+    pmap_bytes_t in[N];
+    uint64_t out[N];
+    for (size_t i = 0; i < N; i++)
+        in[i] = make_bytes(size, (int)i);
+    pool_t *pool = pool_create(2);
+    for (int round = 0; round < 3; round++) {
+        ASSERT_OK(pool_map(pool, last_byte, N, out, in));
+        for (size_t i = 0; i < N; i++)
+            ASSERT_EQ(out[i], ((const unsigned char *)in[i].data)[size - 1]);
+        pmap_stats_t st;
+        ASSERT_OK(pool_stats(pool, &st, NULL));
+        ASSERT(st.bytes_sent < size);   /* not one buffer by the channel */
+    }
+    for (size_t i = 0; i < N; i++)
+        free(in[i].data);
+    pool_destroy(pool);
+}
+
 static size_t length_plus(const char *s, int k)
 {
     return strlen(s) + (size_t)k;
