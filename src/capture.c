@@ -257,16 +257,7 @@ void pmap__crash_arm(unsigned char *arena)
     cap.arena = arena;
     cap.pid = getpid();
 #if HAVE_BACKTRACE
-#ifdef __linux__
-    int made = pipe2(cap.pipe, O_CLOEXEC | O_NONBLOCK);
-#else
-    int made = pipe(cap.pipe);
-    for (int i = 0; made == 0 && i < 2; i++) {
-        fcntl(cap.pipe[i], F_SETFD, FD_CLOEXEC);
-        fcntl(cap.pipe[i], F_SETFL, O_NONBLOCK);
-    }
-#endif
-    if (made == 0) {
+    if (pmap__pipe_open(cap.pipe) == 0) {
         pmap__crash_prepare();  /* already done, unless forked otherwise */
     } else {
         cap.pipe[0] = cap.pipe[1] = -1;

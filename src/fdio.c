@@ -104,6 +104,24 @@ static int make_pipe(int fds[2])
 #endif
 }
 
+/* A non-blocking pipe, both ends close-on-exec and above stderr (a
+ * process whose descriptors 0-2 are closed would get them, and lose them
+ * to the first dup2 onto its standard output).  0 or a negative code. */
+int pmap__pipe_open(int fds[2])
+{
+    int rc = make_pipe(fds);
+    if (rc < 0)
+        return rc;      /* nothing was made */
+    rc = pmap__set_nonblocking(fds[0]);
+    if (rc == 0)
+        rc = pmap__set_nonblocking(fds[1]);
+    if (rc < 0) {
+        close(fds[0]);
+        close(fds[1]);
+    }
+    return rc;
+}
+
 /*
  * Creates a worker's channel: a pipe each way.  ours is the caller's side,
  * theirs the worker's, to be handed to it.  ours->keep is theirs->in, the

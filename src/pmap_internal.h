@@ -79,6 +79,7 @@ typedef struct pmap__channel {
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
 int pmap__socket_pair(int fds[2]);
+int pmap__pipe_open(int fds[2]);
 int pmap__set_nonblocking(int fd);
 void pmap__close(int *fd);
 /* Descriptors closed in runs of consecutive numbers, with one system call

@@ -214,8 +214,7 @@ static _Noreturn void server_main(int control, pid_t owner)
 {
     pmap__in_worker = true;     /* no pools in here */
     pmap__signals_reset();      /* no child yet: SIGCHLD may come unblocked */
-    if (pipe(child_pipe) < 0 || pmap__set_nonblocking(child_pipe[0]) < 0 ||
-        pmap__set_nonblocking(child_pipe[1]) < 0)
+    if (pmap__pipe_open(child_pipe) < 0)
         _exit(1);
     struct sigaction sa = {0};
     sigemptyset(&sa.sa_mask);

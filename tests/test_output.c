@@ -370,6 +370,59 @@ TEST(output_crash_report_names_signal_address_backtrace_stderr_server)
     crash_report(PMAP_START_SERVER);
 }
 
+/* A program that runs with its standard descriptors closed (a daemon):
+ * the worker's crash pipe must not take 0-2, where capturing the item's
+ * output puts its files, or the backtrace goes there instead of into the
+ * report.  In a child, which says through a pipe what the report was. */
+TEST(output_crash_report_with_stdio_closed_keeps_its_backtrace)
+{
+    NEEDS_PROCESSES("a crash");
+#if !defined(__GLIBC__)
+    SKIP("backtraces need glibc");
+#endif
+    int p[2];
+    ASSERT(pipe(p) == 0);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        close(p[0]);
+        close(STDIN_FILENO);
+        close(STDOUT_FILENO);
+        close(STDERR_FILENO);
+        pool_options_t o = {.workers = 1, .output = PMAP_OUTPUT_CAPTURE};
+        pool_t *pool = NULL;
+        int xs[10], out[10];
+        for (int i = 0; i < 10; i++)
+            xs[i] = i;
+        const pmap_failure_t *f = NULL;
+        if (pool_create_with(&pool, &o) != 0 ||
+            pool_map(pool, crash_at, 10, out, xs) != 1 ||
+            pool_failures(pool, &f) != 1)
+            _exit(2);
+        const char *m = f[0].message;
+        if (write(p[1], m, strlen(m)) < 0)
+            _exit(3);
+        pool_destroy(pool);
+        _exit(0);
+    }
+    close(p[1]);
+    char m[16384];
+    size_t len = 0;
+    ssize_t got;
+    while (len < sizeof m - 1 &&
+           (got = read(p[0], m + len, sizeof m - 1 - len)) > 0)
+        len += (size_t)got;
+    m[len] = '\0';
+    close(p[0]);
+    int status;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* A frame is "object(symbol+offset) [address]" */
+    const char *frames = strstr(m, "backtrace:\n");
+    if (frames == NULL || strstr(frames, "[0x") == NULL)
+        test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
+}
+
 /* ---- memory caps -------------------------------------------------------- */
 
 #define MiB ((size_t)1 << 20)
