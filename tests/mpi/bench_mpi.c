@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -163,6 +165,69 @@ static double ping_pong(int rank)
     return (now() - t) / PINGS;
 }
 
+/* Waits for a message from rank `from` as the relays do, without spinning:
+ * a probe, then a sleep of 20 us (timer slack 1 us), until one is there. */
+static void recv_sleeping(uint64_t *x, int from)
+{
+    int flag = 0;
+    for (;;) {
+        MPI_Iprobe(from, TAG_WORK, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+        if (flag)
+            break;
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+    MPI_Recv(x, 1, MPI_UINT64_T, from, TAG_WORK, MPI_COMM_WORLD,
+             MPI_STATUS_IGNORE);
+}
+
+/* The floor of a call's round trip over MPI for a design that does not
+ * spin: the ping-pong above waiting as the relays do, and with `child`,
+ * rank 1 passing each message through a pipe to a child process and back,
+ * as to a worker.  Seconds per round trip. */
+static double ping_pong_sleeping(int rank, bool child)
+{
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
+    int to[2] = {-1, -1}, from[2] = {-1, -1};
+    pid_t pid = -1;
+    if (rank == 1 && child && pipe(to) == 0 && pipe(from) == 0 &&
+        (pid = fork()) == 0) {
+        close(to[1]);
+        close(from[0]);
+        uint64_t x;
+        while (read(to[0], &x, sizeof x) == sizeof x &&
+               write(from[1], &x, sizeof x) == sizeof x)
+            ;
+        _exit(0);
+    }
+    uint64_t x = 0;
+    double t = now();
+    for (int i = 0; i < PINGS; i++) {
+        if (rank == 0) {
+            MPI_Send(&x, 1, MPI_UINT64_T, 1, TAG_WORK, MPI_COMM_WORLD);
+            recv_sleeping(&x, 1);
+        } else if (rank == 1) {
+            recv_sleeping(&x, 0);
+            if (pid > 0 && (write(to[1], &x, sizeof x) != sizeof x ||
+                            read(from[0], &x, sizeof x) != sizeof x))
+                exit(1);
+            MPI_Send(&x, 1, MPI_UINT64_T, 0, TAG_WORK, MPI_COMM_WORLD);
+        }
+    }
+    t = (now() - t) / PINGS;
+    if (pid > 0) {
+        close(to[1]);
+        waitpid(pid, NULL, 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (to[i] >= 0)
+            close(to[i]);
+        if (from[i] >= 0)
+            close(from[i]);
+    }
+    return t;
+}
+
 /* ---- libpmap --------------------------------------------------------------- */
 
 static double pool_w2(pool_t *pool)
@@ -250,6 +315,8 @@ int main(int argc, char **argv)
         hand_worker();
     }
     ping = ping_pong(rank);
+    double sleeping = ping_pong_sleeping(rank, false);
+    double via_child = ping_pong_sleeping(rank, true);
     if (pmap_mpi_init(&argc, &argv) != 0) {     /* ranks > 0 serve */
         fprintf(stderr, "bench-mpi: %s\n", pmap_mpi_message());
         return 1;
@@ -301,8 +368,9 @@ int main(int argc, char **argv)
     pool_destroy(pool);
 
     if (quick) {
-        printf("ping-pong %.1f us, pool_call %.1f us, idle %.2f%% / %.2f%%\n",
-               ping * 1e6, call * 1e6, idle0, idle1);
+        printf("ping-pong %.1f us (sleeping %.1f us, through a child %.1f "
+               "us), pool_call %.1f us, idle %.2f%% / %.2f%%\n", ping * 1e6,
+               sleeping * 1e6, via_child * 1e6, call * 1e6, idle0, idle1);
         return 0;
     }
     double s = median(serial, REPS), l2 = median(local2, REPS),
@@ -328,8 +396,13 @@ int main(int argc, char **argv)
            "pool's, %.2fx the hand loop's\n", m3, m3 / l3, m3 / h3);
     printf("\nRound trip of one call (%d calls)\n", PINGS);
     printf("  raw MPI ping-pong, 8 bytes            %8.1f us\n", ping * 1e6);
+    printf("  the same, waiting without spinning    %8.1f us  (probe, "
+           "sleep 20 us)\n", sleeping * 1e6);
+    printf("  ...and through a child of rank 1      %8.1f us  (a pipe each "
+           "way, as to a worker)\n", via_child * 1e6);
     printf("  pool_call over MPI                    %8.1f us  %.2fx the "
-           "ping-pong\n", call * 1e6, call / ping);
+           "ping-pong, %.2fx the one through a child\n", call * 1e6,
+           call / ping, call / via_child);
     printf("\nIdle (a pool over MPI, no map, %.1f s)\n", idle_wall);
     printf("  rank 0 (its relay thread)             %8.2f %% of a CPU\n",
            idle0);
