@@ -193,13 +193,13 @@ void pmap__fd_runs_add(pmap__fd_runs_t *r, int fd)
     }
 }
 
+/* Closes the run gathered.  errno is left as the closes leave it: a new
+ * child is the only user, and reading errno would cost it one more page
+ * of libc's code to fault in. */
 void pmap__fd_runs_flush(pmap__fd_runs_t *r)
 {
-    if (r->lo >= 0) {
-        int saved = errno;
+    if (r->lo >= 0)
         close_run(r->lo, r->hi);
-        errno = saved;
-    }
     r->lo = r->hi = -1;
 }
 

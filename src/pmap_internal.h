@@ -173,6 +173,7 @@ bool pmap__outq_empty(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);
 int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to);
+int pmap__outq_reserve(pmap__outq_t *q, size_t n);
 void pmap__outq_reset(pmap__outq_t *q);
 void pmap__outq_free(pmap__outq_t *q);
 
@@ -247,6 +248,8 @@ typedef struct pmap__reader {
     pmap__buf_t buf;
     size_t start;       /* offset of the first unconsumed byte */
 } pmap__reader_t;
+
+#define PMAP__READ_SIZE 65536    /* room a reader reads into, at least */
 
 ssize_t pmap__reader_fill(pmap__reader_t *r, int fd);
 int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
@@ -662,7 +665,9 @@ void pmap__pools_add(pool_t *pool);
 void pmap__pools_remove(pool_t *pool);
 void pmap__proc_child_init(const pmap__worker_t *keep);
 bool pmap__pools_forgotten(void);
+bool pmap__proc_taken(const pmap__worker_t *w);
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w);
+int pmap__proc_spawn_all(pool_t *pool);
 void pmap__proc_check(pool_t *pool, pmap__worker_t *w);
 int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status);
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline);
@@ -764,7 +769,7 @@ typedef struct pmap__worker_setup {
 } pmap__worker_setup_t;
 
 /* proc.c: in a child forked for slot w */
-_Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
+_Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
                                         const pmap__worker_setup_t *setup);
 
 /* worker.c */
@@ -772,6 +777,7 @@ extern bool pmap__in_worker;    /* this process is a worker (or server) */
 bool pmap__nested(void);
 void pmap__signals_reset(void);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
+void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);
 int pmap__worker_serve_inline(const unsigned char *frames, size_t len,

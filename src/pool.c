@@ -203,9 +203,7 @@ static int start_workers(pool_t *pool)
 {
     if (pool->in_process)
         return pmap__inline_open(pool);
-    int rc = 0;
-    for (int i = 0; i < pool->nworkers && rc == 0; i++)
-        rc = pmap__proc_spawn(pool, &pool->workers[i]);
+    int rc = pmap__proc_spawn_all(pool);
     if (rc == 0) {
         pthread_mutex_lock(&pool->lock);
         rc = pmap__loop_run(pool, NULL,
@@ -336,14 +334,18 @@ void pool_destroy(pool_t *pool)
             pmap__retirees_abandon(pool);
     }
     for (int i = 0; i < pool->nworkers; i++) {
-        pmap__outq_free(&pool->workers[i].out);
-        pmap__reader_free(&pool->workers[i].in);
+        if (!pmap__proc_taken(&pool->workers[i])) {  /* else the worker's */
+            pmap__outq_free(&pool->workers[i].out);
+            pmap__reader_free(&pool->workers[i].in);
+        }
         free(pool->workers[i].setup);
     }
     pmap__jobs_free(pool);
-    pmap__close(&pool->epfd);
-    pmap__close(&pool->wake[0]);
-    pmap__close(&pool->wake[1]);
+    if (!pmap__pools_forgotten()) {     /* else as the workers' above */
+        pmap__close(&pool->epfd);
+        pmap__close(&pool->wake[0]);
+        pmap__close(&pool->wake[1]);
+    }
     free(pool->retirees);
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);
@@ -420,7 +422,9 @@ void pmap__pool_wake(pool_t *pool)
 {
     int saved = errno;
     char c = 0;
-    if (pool->wake[1] >= 0 && send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
+    /* In a worker, the number may be its own by now (proc.c). */
+    if (pool->wake[1] >= 0 && !pmap__pools_forgotten() &&
+        send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
         /* Full: the loop is awake already. */
     }
     errno = saved;

@@ -855,6 +855,19 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
     return rc;
 }
 
+/* In a worker forked by the caller, before pmap__worker_main: takes the
+ * buffers of its slot in the caller's pool for its channel's, so that it
+ * allocates nothing before its first frames (the caller made them before
+ * the fork: proc.c). */
+void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out)
+{
+    self.in = (pmap__reader_t){*in, 0};
+    self.in.buf.len = 0;
+    self.out = *out;
+    self.out.owns = false;
+    pmap__outq_reset(&self.out);
+}
+
 /*
  * Runs in the child right after fork, with all signals blocked: becomes the
  * worker `setup` describes, and never returns.
