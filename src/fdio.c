@@ -153,23 +153,28 @@ int pmap__set_nonblocking(int fd)
     return 0;
 }
 
-/* Closes *fd if open and marks it closed.  EINTR still closed it (POSIX
- * leaves it unspecified, Linux always closes), so it is not retried. */
+/* Closes *fd if open and marks it closed, errno unchanged.  EINTR still
+ * closed it (POSIX leaves it unspecified, Linux always closes), so it is
+ * not retried.  errno is written back only where the close changed it:
+ * its page is one more copy-on-write fault while a child shares it. */
 void pmap__close(int *fd)
 {
     if (*fd >= 0) {
         int saved = errno;
-        close(*fd);
-        errno = saved;
+        if (close(*fd) != 0 || errno != saved)
+            errno = saved;
         *fd = -1;
     }
 }
 
-/* Closes descriptors lo to hi, which are all open. */
+/* Closes descriptors lo to hi, which are all open: one system call for a
+ * long run where there is close_range; a short one is closed one by one
+ * (a new child may not need syscall()'s page of libc otherwise). */
 static void close_run(int lo, int hi)
 {
 #if defined(__linux__) && defined(SYS_close_range)
-    if (lo < hi && syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) == 0)
+    if (hi - lo >= 4 &&
+        syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) == 0)
         return;
 #endif
     for (int fd = lo; fd <= hi; fd++)

@@ -323,8 +323,8 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void pmap__arena_inherit(void *p, bool inherit);
 void pmap__arena_forget(void *p);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
-pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
-                                bool results);
+pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
+                                unsigned slot, bool results);
 
 /* ---- alloc.c ---------------------------------------------------------- */
 
@@ -464,6 +464,7 @@ struct pool {
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
     pmap_job_t *jobs;           /* maps not yet released, oldest first */
+    pmap_job_t *spare;          /* a map's memory for the next (job.c) */
     pmap__last_t *lasts;        /* each thread's last map waited for */
     pmap_stats_t total;         /* counters of all maps */
     struct pool *next;          /* every live pool of the process */
@@ -702,6 +703,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
 void pmap__jobs_reap(pool_t *pool);
 void pmap__jobs_free(pool_t *pool);
+void pmap__jobs_prepare(pool_t *pool);
 
 /* batch.c */
 bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,

@@ -197,6 +197,31 @@ static void sync_destroy(pool_t *pool)
     pthread_mutex_destroy(&pool->lock);
 }
 
+/*
+ * Makes, before the workers are forked, what the pool's first map and its
+ * end would allocate (the spare map and the caller's entry: job.c; room
+ * for the slots' maps, the retirees and the poll array): once children
+ * share the caller's heap, an allocation writes pages of it and of libc's
+ * state, a copy-on-write fault each.  Without memory, they are made when
+ * needed.
+ */
+static void reserve(pool_t *pool)
+{
+    if (pool->in_process)
+        return;
+    pmap__jobs_prepare(pool);
+    size_t n = (size_t)pool->nworkers;
+    for (size_t i = 0; i < n; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        uint32_t *maps = pmap__grow(w->setup, &w->setup_cap, sizeof *maps);
+        if (maps != NULL)
+            w->setup = maps;
+    }
+    pool->retirees = malloc(n * sizeof *pool->retirees);
+    pool->retirees_cap = pool->retirees != NULL ? n : 0;
+    pmap__loop_pollfds(pool, 2 * n);    /* the retirees' (proc.c) */
+}
+
 /* Starts the pool's workers and waits until they are ready.  No other
  * thread knows the pool yet, but the loop runs with the lock held. */
 static int start_workers(pool_t *pool)
@@ -270,6 +295,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         pool->heap = pmap__heap_hold();
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
     pool_open(pool);
+    reserve(pool);
     pmap__crash_prepare();      /* once, inherited by every worker */
     int rc = start_workers(pool);
     if (rc < 0) {

@@ -630,7 +630,9 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
         }
         pool->retirees = r;
     }
-    pmap__epoll_del(pool, w->ch.out);
+    if (w->polled_out)  /* else not in the set (ENOENT writes errno) */
+        pmap__epoll_del(pool, w->ch.out);
+    w->polled_out = false;
     pmap__close(&w->ch.out);    /* EOF for it: leave */
     pmap__close(&w->ch.keep);
     /* Its events are no longer the slot's (the next step looks at every

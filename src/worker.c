@@ -22,6 +22,8 @@
  */
 #include "pmap_internal.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -77,6 +79,7 @@ static struct {
     pmap__buf_t blobs;          /* ...as a pmap_bytes_t per item (offsets
                                    until the batch is done) */
     bool running;               /* inside a callback */
+    bool user_ran;              /* worker_init, a codec or a callback ran */
     bool stdio_written;         /* a callback has written to stdio: look
                                    after every item (call_plain) */
     bool capturing;             /* fds 1 and 2 go to capture.c's files */
@@ -89,22 +92,100 @@ static struct {
     char fail_message[PMAP__MESSAGE_MAX];
 } self;
 
-/* In a new worker or the fork server: handlers of the caller's must never
- * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
- * process group, is the caller's to handle, and nothing stays blocked. */
-void pmap__signals_reset(void)
+/* Back to the default action for sig, caught by the caller. */
+static void signal_default(int sig)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, NULL);
+}
+
+/* Each caught signal back to its default action, asking for each one's
+ * action. */
+static void reset_each(void)
 {
     for (int sig = 1; sig <= SIGRTMAX; sig++) {
         struct sigaction sa;
         if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
             continue;
         if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            sigaction(sig, &sa, NULL);
+            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL))
+            signal_default(sig);
+    }
+}
+
+#ifdef __linux__
+/*
+ * Which of the first 64 signals this process catches: /proc/self/status's
+ * SigCgt, bit n - 1 for signal n.  Reading it costs some 10 us here where
+ * asking for each signal's action is 64 system calls and 65 us.  It is
+ * read in small pieces, on a little stack: a page the new process has not
+ * touched yet would be a page fault.  Returns false where it cannot say.
+ */
+static bool caught_signals(uint64_t *caught)
+{
+    static const char key[] = "\nSigCgt:";
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    char buf[256];
+    size_t matched = 1;     /* bytes of key seen: the file starts a line */
+    int digits = -1;        /* of the mask, once key is seen */
+    uint64_t mask = 0;
+    for (bool end = false; !end;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        end = n <= 0;
+        for (ssize_t i = 0; i < n && !end; i++) {
+            char c = buf[i];
+            int v = c >= '0' && c <= '9'   ? c - '0'
+                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                           : -1;
+            if (digits < 0) {
+                matched = c == key[matched] ? matched + 1 : c == '\n';
+                digits = key[matched] == '\0' ? 0 : -1;
+            } else if (v >= 0 && digits < 17) {
+                mask = mask << 4 | (uint64_t)v;
+                digits++;
+            } else {
+                end = digits > 0 || (c != ' ' && c != '\t');
+            }
         }
     }
+    close(fd);
+    *caught = mask;
+    return digits > 0 && digits <= 16;     /* more: signals beyond 64 */
+}
+#endif
+
+/* Each caught signal back to its default action, from the mask of those
+ * caught where there is one; false where there is none. */
+static bool reset_caught(void)
+{
+#ifdef __linux__
+    uint64_t caught;
+    if (!caught_signals(&caught))
+        return false;
+    for (int sig = 1; sig <= 64; sig++) {
+        if (caught >> (sig - 1) & 1)
+            signal_default(sig);
+    }
+    return true;
+#else
+    return false;
+#endif
+}
+
+/* In a new worker or the fork server: handlers of the caller's must never
+ * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
+ * process group, is the caller's to handle, and nothing stays blocked. */
+void pmap__signals_reset(void)
+{
+    if (!reset_caught())
+        reset_each();
     struct sigaction ignore = {0};
     ignore.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ignore, NULL);
@@ -141,12 +222,19 @@ static void send_queued(void)
     }
 }
 
+/* READY, made on the stack: a worker that is never given work then
+ * writes none of the pages it shares with the caller. */
 static void send_ready(void)
 {
-    size_t frame = pmap__outq_begin(&self.out, PMAP__READY, 0);
-    pmap__outq_u64(&self.out, (uint64_t)getpid());
-    pmap__outq_end(&self.out, frame);
-    send_queued();
+    unsigned char frame[PMAP__HEADER_SIZE + PMAP__ALIGN] = {0};
+    pmap__header_encode(frame, &(pmap__header_t){PMAP__READY, 0,
+                                                 PMAP__ALIGN});
+    uint64_t pid = (uint64_t)getpid();
+    memcpy(frame + PMAP__HEADER_SIZE, &pid, sizeof pid);
+    struct iovec iov = {frame, sizeof frame};
+    if (pmap__writev(self.ch.out, &iov, 1) != (ssize_t)sizeof frame)
+        _exit(EXIT_DONE);   /* the caller is gone (a pipe takes 48 bytes
+                               whole) */
 }
 
 static void send_map_error(uint32_t map, int code)
@@ -698,8 +786,11 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     const pmap__fn_t *fn = m->fn;
     uint64_t first = pmap__get_u64(p + 8), count = pmap__get_u64(p + 16);
     unsigned slot = (unsigned)(pmap__get_u64(p + 24) % 2);
-    pmap__region_t arguments = pmap__arena_slot(self.arena, slot, false);
-    pmap__region_t results_area = pmap__arena_slot(self.arena, slot, true);
+    bool private = self.slot->private;
+    pmap__region_t arguments =
+        pmap__arena_slot(self.arena, private, slot, false);
+    pmap__region_t results_area =
+        pmap__arena_slot(self.arena, private, slot, true);
     arguments.heap_view = pmap__heap_view;  /* blocks of pmap_alloc */
     pmap__heap_next_batch();
     pmap__column_t col[PMAP_MAX_ARGS];
@@ -761,12 +852,17 @@ static _Noreturn void leave(void)
 {
     if (self.setup.exit != NULL)
         self.setup.exit(self.index, self.setup.arg);
-    fflush(NULL);
+    /* Only code of the caller's can have written to stdio here (what the
+     * caller had buffered was flushed before the fork); a worker that
+     * never ran any leaves without touching stdio's pages. */
+    if (self.setup.exit != NULL || self.user_ran)
+        fflush(NULL);
     _exit(EXIT_DONE);
 }
 
 static void take_frame(const pmap__header_t *h, const unsigned char *payload)
 {
+    self.user_ran = true;   /* a map's codecs, its callback (leave) */
     switch (h->type) {
     case PMAP__SETUP:
         map_setup(h->map, payload, (size_t)h->length);
@@ -889,6 +985,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.arena = setup->arena;
     self.index = setup->index;
     pmap__memory_limit_apply(setup->arena);
+    self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);
     send_ready();
