@@ -22,8 +22,6 @@
  */
 #include "pmap_internal.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -92,100 +90,26 @@ static struct {
     char fail_message[PMAP__MESSAGE_MAX];
 } self;
 
-/* Back to the default action for sig, caught by the caller. */
-static void signal_default(int sig)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = SIG_DFL;
-    sigemptyset(&sa.sa_mask);
-    sigaction(sig, &sa, NULL);
-}
-
-/* Each caught signal back to its default action, asking for each one's
- * action. */
-static void reset_each(void)
+/* In a new worker or the fork server: handlers of the caller's must never
+ * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
+ * process group, is the caller's to handle, and nothing stays blocked.
+ * (Asking for each signal's action is 64 system calls, some 90 us in a new
+ * worker here; reading the caught ones from /proc/self/status was no
+ * cheaper there, a new process's first look at its /proc directory being
+ * slow.) */
+void pmap__signals_reset(void)
 {
     for (int sig = 1; sig <= SIGRTMAX; sig++) {
         struct sigaction sa;
         if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
             continue;
         if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL))
-            signal_default(sig);
-    }
-}
-
-#ifdef __linux__
-/*
- * Which of the first 64 signals this process catches: /proc/self/status's
- * SigCgt, bit n - 1 for signal n.  Reading it costs some 10 us here where
- * asking for each signal's action is 64 system calls and 65 us.  It is
- * read in small pieces, on a little stack: a page the new process has not
- * touched yet would be a page fault.  Returns false where it cannot say.
- */
-static bool caught_signals(uint64_t *caught)
-{
-    static const char key[] = "\nSigCgt:";
-    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    char buf[256];
-    size_t matched = 1;     /* bytes of key seen: the file starts a line */
-    int digits = -1;        /* of the mask, once key is seen */
-    uint64_t mask = 0;
-    for (bool end = false; !end;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        end = n <= 0;
-        for (ssize_t i = 0; i < n && !end; i++) {
-            char c = buf[i];
-            int v = c >= '0' && c <= '9'   ? c - '0'
-                    : c >= 'a' && c <= 'f' ? c - 'a' + 10
-                                           : -1;
-            if (digits < 0) {
-                matched = c == key[matched] ? matched + 1 : c == '\n';
-                digits = key[matched] == '\0' ? 0 : -1;
-            } else if (v >= 0 && digits < 17) {
-                mask = mask << 4 | (uint64_t)v;
-                digits++;
-            } else {
-                end = digits > 0 || (c != ' ' && c != '\t');
-            }
+            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigaction(sig, &sa, NULL);
         }
     }
-    close(fd);
-    *caught = mask;
-    return digits > 0 && digits <= 16;     /* more: signals beyond 64 */
-}
-#endif
-
-/* Each caught signal back to its default action, from the mask of those
- * caught where there is one; false where there is none. */
-static bool reset_caught(void)
-{
-#ifdef __linux__
-    uint64_t caught;
-    if (!caught_signals(&caught))
-        return false;
-    for (int sig = 1; sig <= 64; sig++) {
-        if (caught >> (sig - 1) & 1)
-            signal_default(sig);
-    }
-    return true;
-#else
-    return false;
-#endif
-}
-
-/* In a new worker or the fork server: handlers of the caller's must never
- * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
- * process group, is the caller's to handle, and nothing stays blocked. */
-void pmap__signals_reset(void)
-{
-    if (!reset_caught())
-        reset_each();
     struct sigaction ignore = {0};
     ignore.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ignore, NULL);
