@@ -78,7 +78,7 @@ typedef struct pmap__channel {
 
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
-int pmap__socket_pair(int fds[2]);
+int pmap__socket_pair(int fds[2], bool nonblocking);
 int pmap__set_nonblocking(int fd);
 void pmap__close(int *fd);
 /* Descriptors closed in runs of consecutive numbers, with one system call
@@ -461,6 +461,8 @@ struct pool {
                                    pidfd: the loop need not look at each
                                    (proc.c clears it as one starts or goes) */
     bool over_memory;           /* a worker passed a soft memory cap */
+    bool closing;               /* pool_destroy stops the workers: the
+                                   epoll set is left as it is (proc.c) */
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
     pmap_job_t *jobs;           /* maps not yet released, oldest first */

@@ -44,12 +44,8 @@ static void pool_open(pool_t *pool)
 #ifdef __linux__
     pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
 #endif
-    if (pmap__socket_pair(pool->wake) < 0 ||
-        pmap__set_nonblocking(pool->wake[0]) < 0 ||
-        pmap__set_nonblocking(pool->wake[1]) < 0) {
-        pmap__close(&pool->wake[0]);
-        pmap__close(&pool->wake[1]);
-    }
+    if (pmap__socket_pair(pool->wake, true) < 0)
+        pool->wake[0] = pool->wake[1] = -1;
     pmap__epoll_add(pool, pool->wake[0], PMAP__EV_WAKE);
     pmap__pools_add(pool);
     pmap__pools_unlock();
@@ -313,6 +309,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
 static void stop_workers(pool_t *pool)
 {
     int64_t deadline = pmap__now_ns() + STOP_GRACE_NS;
+    pool->closing = true;   /* no more work: the loop does not run again */
     for (int i = 0; i < pool->nworkers; i++) {
         if (pool->workers[i].pid > 0)
             pmap__proc_retire(pool, &pool->workers[i], deadline);

@@ -150,7 +150,7 @@ static int epoll_set(const pool_t *pool, bool add, int fd, uint64_t event)
 #ifdef __linux__
     bool output = event != PMAP__EV_RETIREE && (event & 3) == PMAP__EV_OUTPUT;
     struct epoll_event ev = {output ? EPOLLOUT : EPOLLIN, {.u64 = event}};
-    if (pool->epfd < 0 || fd < 0)
+    if (pool->epfd < 0 || fd < 0 || pool->closing)
         return PMAP_ENOSYS;
     int op = add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
     return epoll_ctl(pool->epfd, op, fd, &ev) == 0 ? 0 : -errno;
@@ -171,11 +171,12 @@ int pmap__epoll_mod(const pool_t *pool, int fd, uint64_t event)
 }
 
 /* Removes fd before it is closed: a copy of it in a child the program
- * forked would otherwise keep it in the set. */
+ * forked would otherwise keep it in the set.  Not while the pool is being
+ * destroyed: the set is closed with it (pool->closing). */
 void pmap__epoll_del(const pool_t *pool, int fd)
 {
 #ifdef __linux__
-    if (pool->epfd >= 0 && fd >= 0)
+    if (pool->epfd >= 0 && fd >= 0 && !pool->closing)
         epoll_ctl(pool->epfd, EPOLL_CTL_DEL, fd, NULL);
 #else
     (void)pool, (void)fd;
@@ -393,9 +394,9 @@ static pid_t start(pool_t *pool, pmap__worker_t *w)
     return handed(w, pid);
 }
 
-/* Connects w's new process (pid), or returns pid, a negative code, when
- * there is none.  Returns 0 or a negative code (the slot then stays
- * empty). */
+/* Connects w's new process (pid) to the loop: its pidfd, its entries in
+ * the epoll set.  Returns 0, or pid itself where it is a negative code
+ * (no process: the slot stays empty). */
 static int connect_slot(pool_t *pool, pmap__worker_t *w, pid_t pid)
 {
     if (pid < 0)
@@ -420,14 +421,7 @@ static int connect_slot(pool_t *pool, pmap__worker_t *w, pid_t pid)
                     PMAP__EVENT(w->index, PMAP__EV_INPUT));
     pmap__epoll_add(pool, w->pidfd,
                     PMAP__EVENT(w->index, PMAP__EV_ENDED));
-    int rc = pmap__set_nonblocking(w->ch.in);
-    if (rc == 0)
-        rc = pmap__set_nonblocking(w->ch.out);
-    if (rc < 0) {
-        int status;
-        pmap__proc_reap(pool, w, &status);
-    }
-    return rc;
+    return 0;
 }
 
 /*
