@@ -303,20 +303,15 @@ typedef struct pmap__report {
 } pmap__report_t;
 
 #define PMAP__REPORT_AT 256u
-#define PMAP__REPORT_END 16384u     /* where the report's room ends */
 
 /*
  * Each worker process's arena, made for it alone and unmapped when it is
- * gone: its slot and crash report, the alternate stack of its crash
- * handler (capture.c: touched only by a crash, and no system call or
- * mapping of the worker's own to make), then two argument regions and two
- * result regions, one of each per batch it may hold (PMAP__DEPTH).  A
- * batch's region is named in its TASK and is used again only after the
- * batch's RESULT has been read, so the two sides never write the same
- * bytes at once.
+ * gone: its slot, then two argument regions and two result regions, one
+ * of each per batch it may hold (PMAP__DEPTH).  A batch's region is named
+ * in its TASK and is used again only after the batch's RESULT has been
+ * read, so the two sides never write the same bytes at once.
  */
-#define PMAP__ALTSTACK_SIZE (64u << 10)
-#define PMAP__ARENA_HEAD (PMAP__REPORT_END + PMAP__ALTSTACK_SIZE)
+#define PMAP__ARENA_HEAD 16384u     /* slot, crash report */
 #define PMAP__SLOT_SIZE (4u << 20)
 #define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
 
