@@ -195,14 +195,11 @@ void pmap__close(int *fd)
     }
 }
 
-/* Closes descriptors lo to hi, which are all open: one system call for a
- * long run where there is close_range; a short one is closed one by one
- * (a new child may not need syscall()'s page of libc otherwise). */
+/* Closes descriptors lo to hi, which are all open. */
 static void close_run(int lo, int hi)
 {
 #if defined(__linux__) && defined(SYS_close_range)
-    if (hi - lo >= 4 &&
-        syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) == 0)
+    if (lo < hi && syscall(SYS_close_range, (unsigned)lo, (unsigned)hi, 0) == 0)
         return;
 #endif
     for (int fd = lo; fd <= hi; fd++)

@@ -326,6 +326,14 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
  * Returns 0, or a negative code with nothing made. */
 static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs)
 {
+    /* The slot's buffers, which a worker forked here also takes for its
+     * own: made now, before the fork, neither side allocates memory for
+     * its first frames (in a new child, malloc writes pages of the heap
+     * and of libc that it shares, a copy-on-write fault each). */
+    if (!pool->server && pool->remote == NULL &&
+        (pmap__buf_reserve(&w->in.buf, PMAP__READ_SIZE) < 0 ||
+         pmap__outq_reserve(&w->out, 256) < 0))
+        return PMAP_ENOMEM;
     int rc = pmap__channel_open(&w->ch, theirs);
     if (rc < 0)
         return rc;
@@ -333,17 +341,6 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs)
     w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
                              pool->server ? &w->handoff[1] : NULL);
     if (w->arena == NULL) {
-        pmap__close(&w->handoff[0]);
-        pmap__channel_close(&w->ch);
-        return PMAP_ENOMEM;
-    }
-    /* The slot's buffers, which a worker forked here also takes for its
-     * own: made now, before the fork, neither side allocates memory for
-     * its first frames (in a new child, malloc writes pages of the heap
-     * and of libc that it shares, a copy-on-write fault each). */
-    if (!pool->server && pool->remote == NULL &&
-        (pmap__buf_reserve(&w->in.buf, PMAP__READ_SIZE) < 0 ||
-         pmap__outq_reserve(&w->out, 256) < 0)) {
         pmap__close(&w->handoff[0]);
         pmap__channel_close(&w->ch);
         return PMAP_ENOMEM;
@@ -444,7 +441,7 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
  * Forks the processes of slots [first, first + n) of a new pool, n at most
  * GROUP: every channel and arena made first, then the forks back to back,
  * then each process connected.  Once a child lives, each page this process
- * writes costs a copy-on-write fault, about 30 us on a paravirtualized
+ * writes costs a copy-on-write fault, 20 to 30 us on a paravirtualized
  * machine (it flushes the other CPUs' TLBs); forking slot by slot wrote
  * the slots, the locks, errno and stdio's between forks, each page again
  * after each fork.  Returns 0 or the first negative code (the slots from

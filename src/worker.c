@@ -155,10 +155,13 @@ static void send_ready(void)
                                                  PMAP__ALIGN});
     uint64_t pid = (uint64_t)getpid();
     memcpy(frame + PMAP__HEADER_SIZE, &pid, sizeof pid);
-    struct iovec iov = {frame, sizeof frame};
-    if (pmap__writev(self.ch.out, &iov, 1) != (ssize_t)sizeof frame)
-        _exit(EXIT_DONE);   /* the caller is gone (a pipe takes 48 bytes
-                               whole) */
+    for (size_t done = 0; done < sizeof frame;) {
+        struct iovec iov = {frame + done, sizeof frame - done};
+        ssize_t r = pmap__writev(self.ch.out, &iov, 1);
+        if (r <= 0)
+            _exit(EXIT_DONE);   /* the caller is gone */
+        done += (size_t)r;
+    }
 }
 
 static void send_map_error(uint32_t map, int code)
