@@ -492,7 +492,8 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     pmap__outq_u64(q, r.count);
     unsigned slot = w->next_slot++ % 2;
     pmap__outq_u64(q, slot);
-    pmap__region_t shared = pmap__arena_slot(w->arena, slot, false);
+    pmap__region_t shared = pmap__arena_slot(w->arena, w->private,
+                                             slot, false);
     if (pool->heap && shared.base != NULL)  /* not private: reads the heap */
         shared.heap_find = pmap__heap_find;
     for (int k = 0; k < job->fn->nparams; k++) {
@@ -653,7 +654,8 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     if (scratch == NULL)
         return PMAP_ENOMEM;
     pmap__result_t res;
-    pmap__region_t shared = pmap__arena_slot(w->arena, w->batch[0].slot, true);
+    pmap__region_t shared = pmap__arena_slot(w->arena, w->private,
+                                             w->batch[0].slot, true);
     int rc = pmap__result_decode(p, len, fn->result, r.first, r.count,
                                  job->logged, scratch, &res, &shared);
     if (rc < 0)

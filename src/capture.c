@@ -65,7 +65,10 @@ static struct {
     volatile sig_atomic_t capturing;
 } cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, {-1, -1}, 0};
 
-static char altstack[64 * 1024];
+/* The worker's alternate signal stack, mapped as it starts: 64 KiB of
+ * .bss between the other variables would put some of them a page further,
+ * one more page for every new worker to fault in. */
+#define ALTSTACK_SIZE (64 * 1024)
 
 /* ---- crash reports ------------------------------------------------------ */
 
@@ -265,9 +268,12 @@ void pmap__crash_arm(unsigned char *arena)
 #endif
     stack_t ss;
     memset(&ss, 0, sizeof ss);
-    ss.ss_sp = altstack;
-    ss.ss_size = sizeof altstack;
-    int on_stack = sigaltstack(&ss, NULL) == 0 ? SA_ONSTACK : 0;
+    ss.ss_sp = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ss.ss_size = ALTSTACK_SIZE;
+    int on_stack = ss.ss_sp != MAP_FAILED && sigaltstack(&ss, NULL) == 0
+                       ? SA_ONSTACK
+                       : 0;
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fatal;

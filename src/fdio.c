@@ -74,20 +74,40 @@ static int pair_sanitize(int fds[2], bool cloexec)
     return 0;
 }
 
+/* Makes a descriptor just made non-blocking: it has no file status flag
+ * to keep yet (F_SETFL ignores the access mode), so one call does. */
+static int fresh_nonblocking(int fd)
+{
+    return fcntl(fd, F_SETFL, O_NONBLOCK) < 0 ? -errno : 0;
+}
+
 /*
  * Creates a connected pair of stream sockets, both close-on-exec and above
- * stderr (the fork server's control channel, a pool's wake pipe).  Returns
- * 0 or a negative code.
+ * stderr, and non-blocking if asked (the fork server's control channel, a
+ * pool's wake pipe).  Returns 0 or a negative code.
  */
-int pmap__socket_pair(int fds[2])
+int pmap__socket_pair(int fds[2], bool nonblocking)
 {
     int type = SOCK_STREAM;
 #ifdef SOCK_CLOEXEC
     type |= SOCK_CLOEXEC;
 #endif
+    bool cloexec = type != SOCK_STREAM;
+#ifdef SOCK_NONBLOCK
+    if (nonblocking)
+        type |= SOCK_NONBLOCK;
+    nonblocking = false;    /* done, where asked */
+#endif
     if (socketpair(AF_UNIX, type, 0, fds) < 0)
         return -errno;
-    return pair_sanitize(fds, type != SOCK_STREAM);
+    int rc = pair_sanitize(fds, cloexec);
+    if (rc == 0 && nonblocking &&
+        ((rc = fresh_nonblocking(fds[0])) < 0 ||
+         (rc = fresh_nonblocking(fds[1])) < 0)) {
+        close(fds[0]);
+        close(fds[1]);
+    }
+    return rc;
 }
 
 /* A pipe, both ends close-on-exec and above stderr. */
@@ -112,10 +132,8 @@ int pmap__pipe_open(int fds[2])
     int rc = make_pipe(fds);
     if (rc < 0)
         return rc;      /* nothing was made */
-    rc = pmap__set_nonblocking(fds[0]);
-    if (rc == 0)
-        rc = pmap__set_nonblocking(fds[1]);
-    if (rc < 0) {
+    if ((rc = fresh_nonblocking(fds[0])) < 0 ||
+        (rc = fresh_nonblocking(fds[1])) < 0) {
         close(fds[0]);
         close(fds[1]);
     }
@@ -150,6 +168,14 @@ int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs)
     fcntl(down[1], F_SETPIPE_SZ, PMAP__PIPE_BUFFER);
     fcntl(up[1], F_SETPIPE_SZ, PMAP__PIPE_BUFFER);
 #endif
+    /* Our side never blocks (loop.c); the worker's does. */
+    if ((rc = fresh_nonblocking(up[0])) < 0 ||
+        (rc = fresh_nonblocking(down[1])) < 0) {
+        int fds[4] = {down[0], down[1], up[0], up[1]};
+        for (int i = 0; i < 4; i++)
+            close(fds[i]);
+        return rc;
+    }
     *ours = (pmap__channel_t){up[0], down[1], down[0]};
     *theirs = (pmap__channel_t){down[0], up[1], -1};
     return 0;
@@ -171,14 +197,16 @@ int pmap__set_nonblocking(int fd)
     return 0;
 }
 
-/* Closes *fd if open and marks it closed.  EINTR still closed it (POSIX
- * leaves it unspecified, Linux always closes), so it is not retried. */
+/* Closes *fd if open and marks it closed, errno unchanged.  EINTR still
+ * closed it (POSIX leaves it unspecified, Linux always closes), so it is
+ * not retried.  errno is written back only where the close changed it:
+ * its page is one more copy-on-write fault while a child shares it. */
 void pmap__close(int *fd)
 {
     if (*fd >= 0) {
         int saved = errno;
-        close(*fd);
-        errno = saved;
+        if (close(*fd) != 0 || errno != saved)
+            errno = saved;
         *fd = -1;
     }
 }
@@ -211,13 +239,13 @@ void pmap__fd_runs_add(pmap__fd_runs_t *r, int fd)
     }
 }
 
+/* Closes the run gathered.  errno is left as the closes leave it: a new
+ * child is the only user, and reading errno would cost it one more page
+ * of libc's code to fault in. */
 void pmap__fd_runs_flush(pmap__fd_runs_t *r)
 {
-    if (r->lo >= 0) {
-        int saved = errno;
+    if (r->lo >= 0)
         close_run(r->lo, r->hi);
-        errno = saved;
-    }
     r->lo = r->hi = -1;
 }
 

@@ -100,18 +100,67 @@ static int encode_setup(pmap_job_t *job)
     return unencoded > 0 ? PMAP_ECODEC : 0;
 }
 
-static void job_free(pmap_job_t *job)
+/* Buffers a map's memory keeps for the pool's next map, at most (bytes
+ * each): enough for a SETUP frame of a few constants and a batch of small
+ * results. */
+#define KEPT_MAX 4096
+
+/* Frees what job holds but itself, its SETUP frame's and its scratch
+ * buffers when they are small and `keep` is set. */
+static void job_empty(pmap_job_t *job, bool keep)
 {
     pmap__window_free(job);
     pmap__iter_free(job);
     pmap__output_free(job);
-    pmap__outq_free(&job->setup);
-    pmap__buf_free(&job->scratch);
+    if (!keep || job->setup.scratch.cap > KEPT_MAX)
+        pmap__outq_free(&job->setup);
+    if (!keep || job->scratch.cap > KEPT_MAX)
+        pmap__buf_free(&job->scratch);
     free(job->retry);
     free(job->again);
     pmap__tries_free(job);
     pmap__failures_free(job->failures, job->nfailures);
-    free(job);
+}
+
+static void job_free(pmap_job_t *job)
+{
+    if (job != NULL) {
+        job_empty(job, false);
+        free(job);
+    }
+}
+
+/*
+ * The memory of a map waited for goes to the pool's spare, for its next
+ * map, with its small buffers: allocating while workers are young costs
+ * the caller copy-on-write faults, in the heap and in libc's own state
+ * (pmap__jobs_prepare).  The pool's lock is held.
+ */
+static void job_recycle(pool_t *pool, pmap_job_t *job)
+{
+    if (pool->spare != NULL) {
+        job_free(job);
+        return;
+    }
+    job_empty(job, true);
+    pmap__outq_t setup = job->setup;    /* zeroed if freed */
+    pmap__buf_t scratch = job->scratch;
+    memset(job, 0, sizeof *job);
+    job->setup = setup;
+    pmap__outq_reset(&job->setup);
+    job->setup.owns = false;
+    job->scratch = scratch;
+    job->scratch.len = 0;
+    pool->spare = job;
+}
+
+/* A new map's memory, zeroed but for its buffers' room: the pool's spare,
+ * or new.  The pool's lock is held. */
+static pmap_job_t *job_alloc(pool_t *pool)
+{
+    pmap_job_t *job = pool->spare;
+    pool->spare = NULL;
+    return job != NULL ? job : calloc(1, sizeof *job);
 }
 
 static void unlink_job(pool_t *pool, pmap_job_t *job)
@@ -142,7 +191,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
                      const pmap__fn_t *fn, void *out, const pmap__arg_t *args,
                      pmap_job_t **jobp)
 {
-    pmap_job_t *job = calloc(1, sizeof *job);
+    pmap_job_t *job = job_alloc(pool);
     if (job == NULL)
         return PMAP_ENOMEM;
     const pool_map_options_t *o = call->options;
@@ -258,7 +307,8 @@ bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
     t->wall_ns += s->wall_ns;
     t->retries += s->retries;
     pmap__window_free(job);
-    pmap__outq_free(&job->setup);
+    if (job->setup.scratch.cap > KEPT_MAX)  /* else kept: job_recycle */
+        pmap__outq_free(&job->setup);
     return true;
 }
 
@@ -298,7 +348,7 @@ static void job_retire(pool_t *pool, pmap_job_t *job, pmap__last_t *last)
     job->failures = NULL;
     job->nfailures = 0;
     last->stats = job->stats;
-    job_free(job);
+    job_recycle(pool, job);
 }
 
 /* Runs job, started by this call, to its end; returns its code. */
@@ -456,9 +506,31 @@ void pmap__jobs_reap(pool_t *pool)
     }
 }
 
+/*
+ * Makes, before the pool's workers are forked, what its first map from
+ * this thread would allocate: its memory (the spare) with room in its
+ * buffers, and the thread's last-map entry.  Once children share the
+ * caller's heap, an allocation writes pages of it and of libc's state, a
+ * copy-on-write fault each (some 20 us on a paravirtualized machine).
+ * Without memory, they are made when needed.
+ */
+void pmap__jobs_prepare(pool_t *pool)
+{
+    my_last_made(pool);
+    pmap_job_t *job = calloc(1, sizeof *job);
+    if (job != NULL && (pmap__outq_reserve(&job->setup, 256) < 0 ||
+                        pmap__buf_reserve(&job->scratch, 256) < 0)) {
+        job_free(job);
+        job = NULL;
+    }
+    pool->spare = job;
+}
+
 /* Frees every map of a pool being destroyed. */
 void pmap__jobs_free(pool_t *pool)
 {
+    job_free(pool->spare);
+    pool->spare = NULL;
     while (pool->jobs != NULL) {
         pmap_job_t *job = pool->jobs;
         pool->jobs = job->later;

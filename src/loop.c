@@ -352,7 +352,9 @@ int pool_fd(const pool_t *pool)
 {
     if (pool == NULL)
         return PMAP_EINVAL;
-    return pool->epfd >= 0 ? pool->epfd : PMAP_ENOSYS;
+    /* In a worker, the pool's descriptors were closed (proc.c). */
+    return pool->epfd >= 0 && !pmap__pools_forgotten() ? pool->epfd
+                                                        : PMAP_ENOSYS;
 }
 
 /* ---- one step ---------------------------------------------------------- */

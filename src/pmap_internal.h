@@ -78,7 +78,7 @@ typedef struct pmap__channel {
 
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
-int pmap__socket_pair(int fds[2]);
+int pmap__socket_pair(int fds[2], bool nonblocking);
 int pmap__pipe_open(int fds[2]);
 int pmap__set_nonblocking(int fd);
 void pmap__close(int *fd);
@@ -174,6 +174,7 @@ bool pmap__outq_empty(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);
 int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to);
+int pmap__outq_reserve(pmap__outq_t *q, size_t n);
 void pmap__outq_reset(pmap__outq_t *q);
 void pmap__outq_free(pmap__outq_t *q);
 
@@ -249,6 +250,8 @@ typedef struct pmap__reader {
     size_t start;       /* offset of the first unconsumed byte */
 } pmap__reader_t;
 
+#define PMAP__READ_SIZE 65536    /* room a reader reads into, at least */
+
 ssize_t pmap__reader_fill(pmap__reader_t *r, int fd);
 int pmap__reader_next(pmap__reader_t *r, pmap__header_t *h,
                       const unsigned char **payload);
@@ -321,8 +324,8 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void pmap__arena_inherit(void *p, bool inherit);
 void pmap__arena_forget(void *p);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
-pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
-                                bool results);
+pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
+                                unsigned slot, bool results);
 
 /* ---- alloc.c ---------------------------------------------------------- */
 
@@ -367,6 +370,10 @@ typedef struct pmap__worker {
     bool reaped;                /* ...and waited for: status is its own */
     int status;                 /* its wait status, once reaped */
     bool polled_out;            /* registered for output in the epoll set */
+    bool private;               /* its arena has no shared regions: its
+                                   process is on another rank (as its
+                                   arena's slot says; known here without
+                                   reading that page again) */
     uint32_t *setup;            /* maps set up on it */
     size_t nsetup, setup_cap;
     size_t used;                /* items given to this process */
@@ -459,9 +466,12 @@ struct pool {
                                    pidfd: the loop need not look at each
                                    (proc.c clears it as one starts or goes) */
     bool over_memory;           /* a worker passed a soft memory cap */
+    bool closing;               /* pool_destroy stops the workers: the
+                                   epoll set is left as it is (proc.c) */
     int64_t respawn_ns;         /* after too many: when to try again */
     int64_t respawn_backoff_ns;
     pmap_job_t *jobs;           /* maps not yet released, oldest first */
+    pmap_job_t *spare;          /* a map's memory for the next (job.c) */
     pmap__last_t *lasts;        /* each thread's last map waited for */
     pmap_stats_t total;         /* counters of all maps */
     struct pool *next;          /* every live pool of the process */
@@ -665,7 +675,9 @@ void pmap__pools_add(pool_t *pool);
 void pmap__pools_remove(pool_t *pool);
 void pmap__proc_child_init(const pmap__worker_t *keep);
 bool pmap__pools_forgotten(void);
+bool pmap__proc_taken(const pmap__worker_t *w);
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w);
+int pmap__proc_spawn_all(pool_t *pool);
 void pmap__proc_check(pool_t *pool, pmap__worker_t *w);
 int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status);
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline);
@@ -700,6 +712,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
 void pmap__jobs_reap(pool_t *pool);
 void pmap__jobs_free(pool_t *pool);
+void pmap__jobs_prepare(pool_t *pool);
 
 /* batch.c */
 bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
@@ -767,7 +780,7 @@ typedef struct pmap__worker_setup {
 } pmap__worker_setup_t;
 
 /* proc.c: in a child forked for slot w */
-_Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
+_Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
                                         const pmap__worker_setup_t *setup);
 
 /* worker.c */
@@ -775,6 +788,7 @@ extern bool pmap__in_worker;    /* this process is a worker (or server) */
 bool pmap__nested(void);
 void pmap__signals_reset(void);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
+void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);
 int pmap__worker_serve_inline(const unsigned char *frames, size_t len,

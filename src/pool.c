@@ -44,12 +44,8 @@ static void pool_open(pool_t *pool)
 #ifdef __linux__
     pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
 #endif
-    if (pmap__socket_pair(pool->wake) < 0 ||
-        pmap__set_nonblocking(pool->wake[0]) < 0 ||
-        pmap__set_nonblocking(pool->wake[1]) < 0) {
-        pmap__close(&pool->wake[0]);
-        pmap__close(&pool->wake[1]);
-    }
+    if (pmap__socket_pair(pool->wake, true) < 0)
+        pool->wake[0] = pool->wake[1] = -1;
     pmap__epoll_add(pool, pool->wake[0], PMAP__EV_WAKE);
     pmap__pools_add(pool);
     pmap__pools_unlock();
@@ -197,15 +193,38 @@ static void sync_destroy(pool_t *pool)
     pthread_mutex_destroy(&pool->lock);
 }
 
+/*
+ * Makes, before the workers are forked, what the pool's first map and its
+ * end would allocate (the spare map and the caller's entry: job.c; room
+ * for the slots' maps, the retirees and the poll array): once children
+ * share the caller's heap, an allocation writes pages of it and of libc's
+ * state, a copy-on-write fault each.  Without memory, they are made when
+ * needed.
+ */
+static void reserve(pool_t *pool)
+{
+    if (pool->in_process)
+        return;
+    pmap__jobs_prepare(pool);
+    size_t n = (size_t)pool->nworkers;
+    for (size_t i = 0; i < n; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        uint32_t *maps = pmap__grow(w->setup, &w->setup_cap, sizeof *maps);
+        if (maps != NULL)
+            w->setup = maps;
+    }
+    pool->retirees = malloc(n * sizeof *pool->retirees);
+    pool->retirees_cap = pool->retirees != NULL ? n : 0;
+    pmap__loop_pollfds(pool, 2 * n);    /* the retirees' (proc.c) */
+}
+
 /* Starts the pool's workers and waits until they are ready.  No other
  * thread knows the pool yet, but the loop runs with the lock held. */
 static int start_workers(pool_t *pool)
 {
     if (pool->in_process)
         return pmap__inline_open(pool);
-    int rc = 0;
-    for (int i = 0; i < pool->nworkers && rc == 0; i++)
-        rc = pmap__proc_spawn(pool, &pool->workers[i]);
+    int rc = pmap__proc_spawn_all(pool);
     if (rc == 0) {
         pthread_mutex_lock(&pool->lock);
         rc = pmap__loop_run(pool, NULL,
@@ -272,6 +291,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         pool->heap = pmap__heap_hold();
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
     pool_open(pool);
+    reserve(pool);
     pmap__crash_prepare();      /* once, inherited by every worker */
     int rc = start_workers(pool);
     if (rc < 0) {
@@ -289,6 +309,7 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
 static void stop_workers(pool_t *pool)
 {
     int64_t deadline = pmap__now_ns() + STOP_GRACE_NS;
+    pool->closing = true;   /* no more work: the loop does not run again */
     for (int i = 0; i < pool->nworkers; i++) {
         if (pool->workers[i].pid > 0)
             pmap__proc_retire(pool, &pool->workers[i], deadline);
@@ -336,14 +357,18 @@ void pool_destroy(pool_t *pool)
             pmap__retirees_abandon(pool);
     }
     for (int i = 0; i < pool->nworkers; i++) {
-        pmap__outq_free(&pool->workers[i].out);
-        pmap__reader_free(&pool->workers[i].in);
+        if (!pmap__proc_taken(&pool->workers[i])) {  /* else the worker's */
+            pmap__outq_free(&pool->workers[i].out);
+            pmap__reader_free(&pool->workers[i].in);
+        }
         free(pool->workers[i].setup);
     }
     pmap__jobs_free(pool);
-    pmap__close(&pool->epfd);
-    pmap__close(&pool->wake[0]);
-    pmap__close(&pool->wake[1]);
+    if (!pmap__pools_forgotten()) {     /* else as the workers' above */
+        pmap__close(&pool->epfd);
+        pmap__close(&pool->wake[0]);
+        pmap__close(&pool->wake[1]);
+    }
     free(pool->retirees);
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);
@@ -420,7 +445,9 @@ void pmap__pool_wake(pool_t *pool)
 {
     int saved = errno;
     char c = 0;
-    if (pool->wake[1] >= 0 && send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
+    /* In a worker, the number may be its own by now (proc.c). */
+    if (pool->wake[1] >= 0 && !pmap__pools_forgotten() &&
+        send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
         /* Full: the loop is awake already. */
     }
     errno = saved;

@@ -51,6 +51,7 @@
 
 static pool_t *pools;
 static bool forgotten;  /* pmap__pools_forgotten */
+static const pmap__worker_t *taken;     /* pmap__proc_taken */
 static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The process layer of PMAP_START_MPI, when libpmap-mpi is linked in and
@@ -149,7 +150,7 @@ static int epoll_set(const pool_t *pool, bool add, int fd, uint64_t event)
 #ifdef __linux__
     bool output = event != PMAP__EV_RETIREE && (event & 3) == PMAP__EV_OUTPUT;
     struct epoll_event ev = {output ? EPOLLOUT : EPOLLIN, {.u64 = event}};
-    if (pool->epfd < 0 || fd < 0)
+    if (pool->epfd < 0 || fd < 0 || pool->closing)
         return PMAP_ENOSYS;
     int op = add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
     return epoll_ctl(pool->epfd, op, fd, &ev) == 0 ? 0 : -errno;
@@ -170,11 +171,12 @@ int pmap__epoll_mod(const pool_t *pool, int fd, uint64_t event)
 }
 
 /* Removes fd before it is closed: a copy of it in a child the program
- * forked would otherwise keep it in the set. */
+ * forked would otherwise keep it in the set.  Not while the pool is being
+ * destroyed: the set is closed with it (pool->closing). */
 void pmap__epoll_del(const pool_t *pool, int fd)
 {
 #ifdef __linux__
-    if (pool->epfd >= 0 && fd >= 0)
+    if (pool->epfd >= 0 && fd >= 0 && !pool->closing)
         epoll_ctl(pool->epfd, EPOLL_CTL_DEL, fd, NULL);
 #else
     (void)pool, (void)fd;
@@ -192,25 +194,26 @@ void pmap__epoll_del(const pool_t *pool, int fd)
  */
 void pmap__proc_child_init(const pmap__worker_t *keep)
 {
-    /* The workers' descriptors are closed in runs and their slots left as
-     * they are: writing to them would copy every page of every pool's
-     * slots into each new child (pmap__pools_forgotten). */
+    /* The descriptors are closed in runs and the pools left as they are:
+     * writing to them would copy their pages into each new child (a fault
+     * each, some 15 us on a paravirtualized machine), and nothing uses
+     * their descriptors here again (pmap__pools_forgotten). */
     pmap__fd_runs_t runs = {-1, -1};
-    for (pool_t *p = pools; p != NULL; p = p->next) {
-        pmap__close(&p->epfd);
-        pmap__close(&p->wake[0]);
-        pmap__close(&p->wake[1]);
+    for (const pool_t *p = pools; p != NULL; p = p->next) {
+        pmap__fd_runs_add(&runs, p->epfd);
+        pmap__fd_runs_add(&runs, p->wake[0]);
+        pmap__fd_runs_add(&runs, p->wake[1]);
         for (int i = 0; i < p->nworkers; i++) {
-            pmap__worker_t *w = &p->workers[i];
-            if (w == keep) {
-                pmap__close(&w->pidfd);
-                continue;
-            }
-            const int fds[] = {w->ch.keep,   w->ch.out,     w->ch.in,
-                               w->pidfd,     w->handoff[0], w->handoff[1]};
+            const pmap__worker_t *w = &p->workers[i];
+            /* keep's ch.keep and handoff[0] are the worker's channel */
+            bool own = w == keep;
+            const int fds[] = {w->ch.in, w->ch.out, w->pidfd,
+                               own ? -1 : w->ch.keep,
+                               own ? -1 : w->handoff[0], w->handoff[1]};
             for (size_t k = 0; k < sizeof fds / sizeof *fds; k++)
                 pmap__fd_runs_add(&runs, fds[k]);
-            pmap__arena_forget(w->arena);
+            if (!own)
+                pmap__arena_forget(w->arena);
         }
         for (size_t i = 0; i < p->nretirees; i++) {
             pmap__fd_runs_add(&runs, p->retirees[i].fd);
@@ -223,47 +226,63 @@ void pmap__proc_child_init(const pmap__worker_t *keep)
 }
 
 /* Whether this process is a child forked here (or descends from one):
- * the workers' descriptors and arenas in the pools it inherited are
- * closed or gone, though their slots still show them. */
+ * the descriptors and arenas in the pools it inherited are closed or
+ * gone, though the pools still show them. */
 bool pmap__pools_forgotten(void)
 {
     return forgotten;
+}
+
+/* Whether w is the slot whose buffers this worker took for its own
+ * (pmap__worker_take): its pool's copy here must not free them. */
+bool pmap__proc_taken(const pmap__worker_t *w)
+{
+    return w == taken;
 }
 
 /* In the child just forked for slot w, with pools_lock held at the fork:
  * drops what is not the worker's (the caller's side of its channel, every
  * other descriptor and arena of every pool, the fork server's channel)
  * and becomes the worker. */
-_Noreturn void pmap__proc_become_worker(pmap__worker_t *w,
+_Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
                                         const pmap__worker_setup_t *setup)
 {
-    pmap__close(&w->ch.in);
-    pmap__close(&w->ch.out);
-    w->ch.keep = w->handoff[0] = -1;    /* its own now: setup's channel */
+    taken = w;
+    pmap__worker_take(&w->in.buf, &w->out);
     pmap__proc_child_init(w);
     pmap__server_child_init();
     pmap__worker_main(setup);
 }
 
-/* Forks worker w from this process, pools_lock held; its side of the
- * channel is theirs. */
-static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
-                         const pmap__channel_t *theirs)
+/* Forks worker w from this process, pools_lock held, signals blocked and
+ * stdio flushed (pmap__fork_prepare); its side of the channel is theirs.
+ * Returns its pid, or a negative code. */
+static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
+                      const pmap__channel_t *theirs)
 {
+    pid_t self = pmap__self();
     pmap__worker_setup_t setup = {
-        getpid(),         getpid(),        w->index,
+        self,             self,            w->index,
         *theirs,          w->arena,        pool->opts.worker_init,
         pool->opts.worker_exit, pool->opts.worker_arg};
-    sigset_t old;
-    pmap__fork_prepare(&old, false);
     pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
     if (pid == 0)
         pmap__proc_become_worker(w, &setup);
     int err = errno;
     pmap__arena_inherit(w->arena, false);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid < 0 ? -err : pid;
+}
+
+/* Forks worker w from this process, pools_lock held. */
+static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
+                         const pmap__channel_t *theirs)
+{
+    sigset_t old;
+    pmap__fork_prepare(&old, false);
+    pid_t pid = fork_one(pool, w, theirs);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return pid;
 }
 
 /* Asks the fork server for w's process.  The descriptors it is handed are
@@ -298,57 +317,86 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
     int rc = pool->remote->spawn(pool, w, theirs,
                                  pmap__now_ns() + pool->start_timeout_ns,
                                  &pid, &w->pidfd);
+    w->private = pmap__arena_state(w->arena)->private != 0; /* 0: rank 0's */
     return rc < 0 ? rc : pid;
 }
 
-/* Makes the channel and the arena of w's next process and starts it;
- * pools_lock held (released while the server answers).  Our side of the
- * channel is in w->ch from the start.  Returns its pid, or a negative
- * code. */
-static pid_t start(pool_t *pool, pmap__worker_t *w)
+/* Makes the channel and the arena of w's next process, pools_lock held:
+ * our side of the channel goes to w->ch, theirs to *theirs (its write end
+ * also to w->handoff[0], so that a child forked meanwhile closes it).
+ * Returns 0, or a negative code with nothing made. */
+static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs)
 {
-    pmap__channel_t theirs;
-    int rc = pmap__channel_open(&w->ch, &theirs);
+    /* The slot's buffers, which a worker forked here also takes for its
+     * own: made now, before the fork, neither side allocates memory for
+     * its first frames (in a new child, malloc writes pages of the heap
+     * and of libc that it shares, a copy-on-write fault each). */
+    if (!pool->server && pool->remote == NULL &&
+        (pmap__buf_reserve(&w->in.buf, PMAP__READ_SIZE) < 0 ||
+         pmap__outq_reserve(&w->out, 256) < 0))
+        return PMAP_ENOMEM;
+    int rc = pmap__channel_open(&w->ch, theirs);
     if (rc < 0)
         return rc;
-    w->handoff[0] = theirs.out;     /* theirs.in is w->ch.keep */
+    w->handoff[0] = theirs->out;    /* theirs->in is w->ch.keep */
     w->arena = pmap__shm_map(PMAP__ARENA_SIZE,
                              pool->server ? &w->handoff[1] : NULL);
-    if (w->arena != NULL) { /* read by the worker as it starts */
+    if (w->arena == NULL) {
+        pmap__close(&w->handoff[0]);
+        pmap__channel_close(&w->ch);
+        return PMAP_ENOMEM;
+    }
+    /* Read by the worker as it starts; the memory is zeroed already, and
+     * a page the caller does not touch is one fault less for it. */
+    if (pool->opts.worker_memory_limit != 0)
         pmap__arena_state(w->arena)->memory_limit =
             pool->opts.worker_memory_limit;
-        if (pool->remote == NULL)   /* no other child of ours gets it */
-            pmap__arena_inherit(w->arena, false);
-    }
-    pid_t pid = PMAP_ENOMEM;
-    if (w->arena != NULL && pool->remote != NULL)
-        pid = ask_remote(pool, w, &theirs);
-    else if (w->arena != NULL && pool->server)
-        pid = ask_server(pool, w, &theirs);
-    else if (w->arena != NULL)
-        pid = fork_worker(pool, w, &theirs);
+    if (pool->remote == NULL)   /* no other child of ours gets it */
+        pmap__arena_inherit(w->arena, false);
+    return 0;
+}
+
+/* After w's process was started (pid), or could not be (a negative
+ * code): its side of the channel is no longer ours to hold; without a
+ * process, the channel and the arena go too.  pools_lock held. */
+static pid_t handed(pmap__worker_t *w, pid_t pid)
+{
     pmap__close(&w->handoff[0]);
     pmap__close(&w->handoff[1]);
     if (pid < 0) {
         pmap__channel_close(&w->ch);
         pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
         w->arena = NULL;
+    } else {
+        w->pid = pid;
     }
     return pid;
 }
 
-/*
- * Starts the process for worker slot w and connects it.  Returns 0 or a
- * negative code (the slot then stays empty).
- */
-int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
+/* Makes the channel and the arena of w's next process and starts it;
+ * pools_lock held (released while the server answers).  Returns its pid,
+ * or a negative code. */
+static pid_t start(pool_t *pool, pmap__worker_t *w)
 {
-    pool->steady = false;   /* not ready yet */
-    pthread_mutex_lock(&pools_lock);
-    pid_t pid = start(pool, w);
-    if (pid > 0)
-        w->pid = pid;
-    pthread_mutex_unlock(&pools_lock);
+    pmap__channel_t theirs;
+    int rc = prepare(pool, w, &theirs);
+    if (rc < 0)
+        return rc;
+    pid_t pid;
+    if (pool->remote != NULL)
+        pid = ask_remote(pool, w, &theirs);
+    else if (pool->server)
+        pid = ask_server(pool, w, &theirs);
+    else
+        pid = fork_worker(pool, w, &theirs);
+    return handed(w, pid);
+}
+
+/* Connects w's new process (pid) to the loop: its pidfd, its entries in
+ * the epoll set.  Returns 0, or pid itself where it is a negative code
+ * (no process: the slot stays empty). */
+static int connect_slot(pool_t *pool, pmap__worker_t *w, pid_t pid)
+{
     if (pid < 0)
         return (int)pid;
     w->born_ns = pmap__now_ns();
@@ -371,12 +419,80 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
                     PMAP__EVENT(w->index, PMAP__EV_INPUT));
     pmap__epoll_add(pool, w->pidfd,
                     PMAP__EVENT(w->index, PMAP__EV_ENDED));
-    int rc = pmap__set_nonblocking(w->ch.in);
-    if (rc == 0)
-        rc = pmap__set_nonblocking(w->ch.out);
-    if (rc < 0) {
-        int status;
-        pmap__proc_reap(pool, w, &status);
+    return 0;
+}
+
+/*
+ * Starts the process for worker slot w and connects it.  Returns 0 or a
+ * negative code (the slot then stays empty).
+ */
+int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
+{
+    pool->steady = false;   /* not ready yet */
+    pthread_mutex_lock(&pools_lock);
+    pid_t pid = start(pool, w);
+    pthread_mutex_unlock(&pools_lock);
+    return connect_slot(pool, w, pid);
+}
+
+/* Slots a new pool forks at once, at most (spawn_group). */
+#define GROUP 8
+
+/*
+ * Forks the processes of slots [first, first + n) of a new pool, n at most
+ * GROUP: every channel and arena made first, then the forks back to back,
+ * then each process connected.  Once a child lives, each page this process
+ * writes costs a copy-on-write fault, 20 to 30 us on a paravirtualized
+ * machine (it flushes the other CPUs' TLBs); forking slot by slot wrote
+ * the slots, the locks, errno and stdio's between forks, each page again
+ * after each fork.  Returns 0 or the first negative code (the slots from
+ * the failed one on then stay empty).
+ */
+static int spawn_group(pool_t *pool, int first, int n)
+{
+    pmap__channel_t theirs[GROUP];
+    pid_t pid[GROUP];
+    int made = 0, rc = 0;
+    pool->steady = false;   /* not ready yet */
+    pthread_mutex_lock(&pools_lock);
+    while (made < n &&
+           (rc = prepare(pool, &pool->workers[first + made],
+                         &theirs[made])) == 0)
+        made++;
+    sigset_t old;
+    pmap__fork_prepare(&old, false);
+    int forked = 0;
+    while (forked < made &&
+           (pid[forked] = fork_one(pool, &pool->workers[first + forked],
+                                   &theirs[forked])) > 0)
+        forked++;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (forked < made)
+        rc = pid[forked];
+    for (int i = 0; i < made; i++)
+        handed(&pool->workers[first + i], i < forked ? pid[i] : rc);
+    pthread_mutex_unlock(&pools_lock);
+    for (int i = 0; i < forked; i++) {
+        int c = connect_slot(pool, &pool->workers[first + i], pid[i]);
+        rc = rc < 0 ? rc : c;
+    }
+    return rc;
+}
+
+/*
+ * Starts the processes of every slot of a new pool and connects them:
+ * forked here, GROUP at a time (spawn_group); the fork server and the
+ * remote layer start them one by one.  Returns 0 or the first negative
+ * code.
+ */
+int pmap__proc_spawn_all(pool_t *pool)
+{
+    bool forks = !pool->server && pool->remote == NULL;
+    int step = forks ? GROUP : 1, rc = 0;
+    for (int i = 0; i < pool->nworkers && rc == 0; i += step) {
+        int n = pool->nworkers - i < step ? pool->nworkers - i : step;
+        rc = forks ? spawn_group(pool, i, n)
+                   : pmap__proc_spawn(pool, &pool->workers[i]);
     }
     return rc;
 }
@@ -506,7 +622,9 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
         }
         pool->retirees = r;
     }
-    pmap__epoll_del(pool, w->ch.out);
+    if (w->polled_out)  /* else not in the set (ENOENT writes errno) */
+        pmap__epoll_del(pool, w->ch.out);
+    w->polled_out = false;
     pmap__close(&w->ch.out);    /* EOF for it: leave */
     pmap__close(&w->ch.keep);
     /* Its events are no longer the slot's (the next step looks at every

@@ -283,7 +283,7 @@ static void forget_server(void)
 static int start_server(void)
 {
     int fds[2];
-    int rc = pmap__socket_pair(fds);
+    int rc = pmap__socket_pair(fds, false);
     if (rc < 0)
         return rc;
     sigset_t old;

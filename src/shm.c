@@ -176,11 +176,13 @@ pmap__slot_t *pmap__arena_state(unsigned char *arena)
 }
 
 /* Argument or result region `slot` of a worker's arena; empty without one
- * (an in-process worker: inline.c). */
-pmap__region_t pmap__arena_slot(unsigned char *arena, unsigned slot,
-                                bool results)
+ * (an in-process worker: inline.c) or where it is private (its slot says
+ * so, which the caller keeps in the worker's record, pmap__worker_t: a
+ * page of the arena it never reads is one fault less). */
+pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
+                                unsigned slot, bool results)
 {
-    if (arena == NULL || pmap__arena_state(arena)->private)
+    if (arena == NULL || private)
         return (pmap__region_t){0};
     size_t at = PMAP__ARENA_HEAD +
                 ((results ? 2u : 0u) + slot % 2) * (size_t)PMAP__SLOT_SIZE;

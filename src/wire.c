@@ -285,6 +285,19 @@ int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to)
     return rc < 0 ? PMAP_ENOMEM : 0;
 }
 
+/* Makes room for frames of n bytes in all, in a few segments, so that
+ * queueing them allocates nothing.  Returns 0 or PMAP_ENOMEM. */
+int pmap__outq_reserve(pmap__outq_t *q, size_t n)
+{
+    if (q->cap == 0) {
+        pmap__segment_t *segs = pmap__grow(q->segs, &q->cap, sizeof *segs);
+        if (segs == NULL)
+            return PMAP_ENOMEM;
+        q->segs = segs;
+    }
+    return pmap__buf_reserve(&q->scratch, n);
+}
+
 void pmap__outq_reset(pmap__outq_t *q)
 {
     q->scratch.len = 0;
@@ -726,7 +739,7 @@ ssize_t pmap__reader_fill(pmap__reader_t *r, int fd)
         pmap__buf_consume(b, r->start);     /* keeps 16-byte alignment */
         r->start = 0;
     }
-    size_t want = 65536;
+    size_t want = PMAP__READ_SIZE;
     if (b->len - r->start >= PMAP__HEADER_SIZE) {
         pmap__header_t h;
         if (pmap__header_decode(b->data + r->start, &h) == 0) {
@@ -736,8 +749,8 @@ ssize_t pmap__reader_fill(pmap__reader_t *r, int fd)
                 want = frame - have;
         }
     }
-    if (want < 65536)
-        want = 65536;
+    if (want < PMAP__READ_SIZE)
+        want = PMAP__READ_SIZE;
     if (want > (16u << 20))
         want = 16u << 20;
     if (pmap__buf_reserve(b, want) < 0)

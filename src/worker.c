@@ -77,6 +77,7 @@ static struct {
     pmap__buf_t blobs;          /* ...as a pmap_bytes_t per item (offsets
                                    until the batch is done) */
     bool running;               /* inside a callback */
+    bool user_ran;              /* worker_init, a codec or a callback ran */
     bool stdio_written;         /* a callback has written to stdio: look
                                    after every item (call_plain) */
     bool capturing;             /* fds 1 and 2 go to capture.c's files */
@@ -91,7 +92,11 @@ static struct {
 
 /* In a new worker or the fork server: handlers of the caller's must never
  * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
- * process group, is the caller's to handle, and nothing stays blocked. */
+ * process group, is the caller's to handle, and nothing stays blocked.
+ * (Asking for each signal's action is 64 system calls, some 90 us in a new
+ * worker here; reading the caught ones from /proc/self/status was no
+ * cheaper there, a new process's first look at its /proc directory being
+ * slow.) */
 void pmap__signals_reset(void)
 {
     for (int sig = 1; sig <= SIGRTMAX; sig++) {
@@ -141,12 +146,22 @@ static void send_queued(void)
     }
 }
 
+/* READY, made on the stack: a worker that is never given work then
+ * writes none of the pages it shares with the caller. */
 static void send_ready(void)
 {
-    size_t frame = pmap__outq_begin(&self.out, PMAP__READY, 0);
-    pmap__outq_u64(&self.out, (uint64_t)getpid());
-    pmap__outq_end(&self.out, frame);
-    send_queued();
+    unsigned char frame[PMAP__HEADER_SIZE + PMAP__ALIGN] = {0};
+    pmap__header_encode(frame, &(pmap__header_t){PMAP__READY, 0,
+                                                 PMAP__ALIGN});
+    uint64_t pid = (uint64_t)getpid();
+    memcpy(frame + PMAP__HEADER_SIZE, &pid, sizeof pid);
+    for (size_t done = 0; done < sizeof frame;) {
+        struct iovec iov = {frame + done, sizeof frame - done};
+        ssize_t r = pmap__writev(self.ch.out, &iov, 1);
+        if (r <= 0)
+            _exit(EXIT_DONE);   /* the caller is gone */
+        done += (size_t)r;
+    }
 }
 
 static void send_map_error(uint32_t map, int code)
@@ -698,8 +713,11 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     const pmap__fn_t *fn = m->fn;
     uint64_t first = pmap__get_u64(p + 8), count = pmap__get_u64(p + 16);
     unsigned slot = (unsigned)(pmap__get_u64(p + 24) % 2);
-    pmap__region_t arguments = pmap__arena_slot(self.arena, slot, false);
-    pmap__region_t results_area = pmap__arena_slot(self.arena, slot, true);
+    bool private = self.slot->private;
+    pmap__region_t arguments =
+        pmap__arena_slot(self.arena, private, slot, false);
+    pmap__region_t results_area =
+        pmap__arena_slot(self.arena, private, slot, true);
     arguments.heap_view = pmap__heap_view;  /* blocks of pmap_alloc */
     pmap__heap_next_batch();
     pmap__column_t col[PMAP_MAX_ARGS];
@@ -761,12 +779,17 @@ static _Noreturn void leave(void)
 {
     if (self.setup.exit != NULL)
         self.setup.exit(self.index, self.setup.arg);
-    fflush(NULL);
+    /* Only code of the caller's can have written to stdio here (what the
+     * caller had buffered was flushed before the fork); a worker that
+     * never ran any leaves without touching stdio's pages. */
+    if (self.setup.exit != NULL || self.user_ran)
+        fflush(NULL);
     _exit(EXIT_DONE);
 }
 
 static void take_frame(const pmap__header_t *h, const unsigned char *payload)
 {
+    self.user_ran = true;   /* a map's codecs, its callback (leave) */
     switch (h->type) {
     case PMAP__SETUP:
         map_setup(h->map, payload, (size_t)h->length);
@@ -855,6 +878,19 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
     return rc;
 }
 
+/* In a worker forked by the caller, before pmap__worker_main: takes the
+ * buffers of its slot in the caller's pool for its channel's, so that it
+ * allocates nothing before its first frames (the caller made them before
+ * the fork: proc.c). */
+void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out)
+{
+    self.in = (pmap__reader_t){*in, 0};
+    self.in.buf.len = 0;
+    self.out = *out;
+    self.out.owns = false;
+    pmap__outq_reset(&self.out);
+}
+
 /*
  * Runs in the child right after fork, with all signals blocked: becomes the
  * worker `setup` describes, and never returns.
@@ -876,6 +912,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.arena = setup->arena;
     self.index = setup->index;
     pmap__memory_limit_apply(setup->arena);
+    self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);
     send_ready();

@@ -428,6 +428,56 @@ static int chatty(int x)
 }
 PMAP_EXPORT(chatty, int, int);
 
+static void on_any(int sig)
+{
+    (void)sig;
+}
+
+static void on_any_info(int sig, siginfo_t *info, void *context)
+{
+    (void)sig, (void)info, (void)context;
+}
+
+/* What a worker does with sig: 0 the default, 1 ignore it, 2 a handler. */
+static int disposition(int sig)
+{
+    struct sigaction sa;
+    if (sigaction(sig, NULL, &sa) != 0)
+        return -1;
+    if (sa.sa_flags & SA_SIGINFO)
+        return 2;
+    return sa.sa_handler == SIG_DFL ? 0 : sa.sa_handler == SIG_IGN ? 1 : 2;
+}
+PMAP_EXPORT(disposition, int, int);
+
+/* No handler of the caller's is left in a worker, plain or SA_SIGINFO, a
+ * standard signal or a real-time one; what the caller ignores stays
+ * ignored, and so is SIGINT (the caller's to handle). */
+TEST(host_handlers_not_left_in_workers)
+{
+    struct sigaction plain = {0}, info = {0}, ignore = {0}, old[5];
+    plain.sa_handler = on_any;
+    info.sa_sigaction = on_any_info;
+    info.sa_flags = SA_SIGINFO;
+    ignore.sa_handler = SIG_IGN;
+    int sigs[5] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGPIPE};
+    const struct sigaction *set[5] = {&plain, &info, &plain, &info, &ignore};
+    for (int i = 0; i < 5; i++)
+        ASSERT(sigaction(sigs[i], set[i], &old[i]) == 0);
+    int in[6] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGPIPE, SIGINT};
+    int out[6];
+    pool_t *pool = pool_create(2);
+    pool_map_options_t one = {.chunk = 1};     /* both workers */
+    ASSERT_OK(pool_map_with(pool, &one, disposition, 6, out, in));
+    pool_destroy(pool);
+    for (int i = 0; i < 5; i++)
+        sigaction(sigs[i], &old[i], NULL);
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(out[i], 0);
+    ASSERT_EQ(out[4], 1);
+    ASSERT_EQ(out[5], 1);
+}
+
 /* Text the caller left in stdio buffers is printed once, not once per
  * worker, even when workers are forked again mid-map. */
 TEST(host_unflushed_stdio_printed_once)
