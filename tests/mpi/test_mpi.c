@@ -247,18 +247,22 @@ static void strings(pool_t *pool)
     CHECK(pool_map(pool, length, 5, lens, in) == 0);
     CHECK(lens[0] == 1 && lens[1] == 2 && lens[2] == 0 && lens[3] == 0 &&
           lens[4] == 12);
-    /* A big string: it travels in frames (no shared memory across). */
+    /* Big strings, an item a batch, so every worker has some: they travel
+     * in frames to another rank, through shared memory to rank 0's own
+     * workers (--here). */
     size_t big = 1 << 20;
     char *s = malloc(big + 1);
     memset(s, 'x', big);
     s[big] = '\0';
-    const char *bigs[2] = {s, "yz"};
-    char *out[2] = {NULL, NULL};
-    CHECK(pool_map(pool, twice, 2, out, bigs) == 0);
-    CHECK(out[0] != NULL && strlen(out[0]) == 2 * big);
-    CHECK(out[1] != NULL && strcmp(out[1], "yzyz") == 0);
-    free(out[0]);
-    free(out[1]);
+    const char *bigs[6] = {s, "yz", s, s, s, s};
+    char *out[6] = {NULL};
+    pool_map_options_t one = {.chunk = 1};
+    CHECK(pool_map_with(pool, &one, twice, 6, out, bigs) == 0);
+    for (int i = 0; i < 6; i++) {
+        CHECK(i == 1 ? out[i] != NULL && strcmp(out[i], "yzyz") == 0
+                     : out[i] != NULL && strlen(out[i]) == 2 * big);
+        free(out[i]);
+    }
     free(s);
 }
 
