@@ -130,6 +130,18 @@ int test_run(const char *command, char *output, size_t size)
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+/* Reads fd until its end or size - 1 bytes into text, NUL-terminated;
+ * returns the bytes read.  fd is left open. */
+size_t test_read_all(int fd, char *text, size_t size)
+{
+    size_t got = 0;
+    ssize_t n;
+    while (got < size - 1 && (n = read(fd, text + got, size - 1 - got)) > 0)
+        got += (size_t)n;
+    text[got] = '\0';
+    return got;
+}
+
 /* Open descriptors of this process. */
 int test_open_fds(void)
 {

@@ -88,6 +88,7 @@ double test_slack(void);
 void test_arm(unsigned seconds);
 size_t test_scaled(size_t n);
 int test_run(const char *command, char *output, size_t size);
+size_t test_read_all(int fd, char *text, size_t size);
 int test_open_fds(void);
 int test_children(void);
 int test_in_process(void);

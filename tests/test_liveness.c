@@ -935,13 +935,8 @@ TEST(liveness_worker_stdout_to_pipe_is_flushed)
     ASSERT(pipe(p) == 0);
     int rc = print_50_lines_to(p[1]);
     close(p[1]);
-    char text[8192] = "\n";
-    size_t got = 1;
-    ssize_t n;
-    while (got < sizeof text - 1 &&
-           (n = read(p[0], text + got, sizeof text - 1 - got)) > 0)
-        got += (size_t)n;
-    text[got] = '\0';
+    char text[8192] = "\n";    /* every line starts after a newline */
+    test_read_all(p[0], text + 1, sizeof text - 1);
     close(p[0]);
     ASSERT_OK(rc);
     expect_50_lines(text);

@@ -407,12 +407,7 @@ TEST(output_crash_report_with_stdio_closed_keeps_its_backtrace)
     }
     close(p[1]);
     char m[16384];
-    size_t len = 0;
-    ssize_t got;
-    while (len < sizeof m - 1 &&
-           (got = read(p[0], m + len, sizeof m - 1 - len)) > 0)
-        len += (size_t)got;
-    m[len] = '\0';
+    test_read_all(p[0], m, sizeof m);
     close(p[0]);
     int status;
     ASSERT_EQ(waitpid(pid, &status, 0), pid);
