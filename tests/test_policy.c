@@ -525,17 +525,6 @@ TEST(policy_halt_in_streams_and_async_maps)
 
 /* ---- the job log -------------------------------------------------------- */
 
-/* Reads what the map wrote to the pipe: the log, whole. */
-static size_t read_log(int fd, char *buf, size_t size)
-{
-    size_t n = 0;
-    ssize_t r;
-    while (n < size - 1 && (r = read(fd, buf + n, size - 1 - n)) > 0)
-        n += (size_t)r;
-    buf[n] = '\0';
-    return n;
-}
-
 static void joblog_test(int start)
 {
     bool processes = start != PMAP_START_INLINE;
@@ -557,7 +546,7 @@ static void joblog_test(int start)
               2);   /* items 0 and 3 */
     close(fds[1]);
     static char log[65536];
-    read_log(fds[0], log, sizeof log);
+    test_read_all(fds[0], log, sizeof log);    /* the log, whole */
     close(fds[0]);
 
     static const char header[] =
