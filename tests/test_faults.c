@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -660,6 +661,53 @@ static int plus_one(int x)
     return x + 1;
 }
 PMAP_EXPORT(plus_one, int, int);
+
+/* The number of the free descriptor that has n free ones below it: as
+ * RLIMIT_NOFILE, it leaves the process n descriptors to open. */
+static int free_fd_after(int n)
+{
+    int fd = 0;
+    for (;; fd++) {
+        if (fcntl(fd, F_GETFD) < 0 && n-- == 0)
+            return fd;
+    }
+}
+
+/* pool_create running out of descriptors at every point of a new pool's
+ * start (making the slots' channels and arenas, between forks of a group
+ * and in the second group of 8): it fails with PMAP_EMFILE, leaving no
+ * descriptor open and no child, until the limit lets it through. */
+TEST(host_pool_create_out_of_descriptors_leaves_nothing)
+{
+    struct rlimit old;
+    ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    int before = test_open_fds();
+    bool made = false;
+    for (int room = 0; room < 200 && !made; room++) {
+        struct rlimit tight = {(rlim_t)free_fd_after(room), old.rlim_max};
+        ASSERT(setrlimit(RLIMIT_NOFILE, &tight) == 0);
+        pool_options_t o = {.workers = 10, .start = PMAP_START_FORK};
+        pool_t *pool = NULL;
+        int rc = pool_create_with(&pool, &o);
+        ASSERT(setrlimit(RLIMIT_NOFILE, &old) == 0);
+        if (rc == 0) {
+            int x[20], y[20];
+            for (int i = 0; i < 20; i++)
+                x[i] = i;
+            ASSERT_OK(pool_map(pool, plus_one, 20, y, x));
+            ASSERT_EQ(y[19], 20);
+            pool_destroy(pool);
+            made = true;
+        } else if (rc != PMAP_EMFILE) {
+            test_fail(__FILE__, __LINE__, "room %d: %s", room,
+                      pmap_err_name(rc));
+        }
+        ASSERT(pool == NULL || made);
+        ASSERT_EQ(test_open_fds(), before);
+        ASSERT_EQ(test_children(), 0);
+    }
+    ASSERT(made);
+}
 
 TEST(host_thousand_create_destroy_cycles_leak_nothing)
 {
