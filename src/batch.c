@@ -6,7 +6,8 @@
  *
  * Every item of a map is, at any time, in exactly one of these states, and
  * the map is over when none is left in the first three:
- *   not yet sent   [job->next, n)  (made by the producer, or not yet)
+ *   not yet sent   [job->next, n)  (made by the producer, or not yet),
+ *                  or job->shares  (affine maps: see pmap__job_share)
  *   to send again  job->retry      (ranges whose worker died)
  *   to run again   job->again      (items whose run failed, and which
  *                                   have retries left: once due)
@@ -85,6 +86,8 @@ bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
         return false;
     if (job->nretry > 0 || again_due(job) != SIZE_MAX)
         return true;
+    if (job->shares != NULL)
+        return job->share_left > 0;
     if (job->n != SIZE_MAX && job->next >= job->n)
         return false;
     return pmap__window_room(job, job->next) > 0;
@@ -200,6 +203,11 @@ static void stop(pool_t *pool, pmap_job_t *job, int error)
     static const pmap__death_t stopped = {.error = PMAP_ECANCELED};
     pmap__range_t rest = {job->next, job->n - job->next, 0};
     job->next = job->n;
+    for (int i = 0; job->shares != NULL && i < pool->nworkers; i++)
+        retry_push(pool, job, job->shares[i], &stopped);
+    free(job->shares);
+    job->shares = NULL;
+    job->share_left = 0;
     if (job->window.size != 0 && job->producer == NULL && rest.count > 0) {
         /* Arrays to a callback: those items have no place in the window;
          * deliver.c hands them over after the earlier ones. */
@@ -344,9 +352,9 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
 /*
  * Bytes one item moves, both ways: measured from the frames so far, or,
  * before any, its fixed-size arguments and result plus the variable
- * arguments of the next item.
+ * arguments of item i, the next to go.
  */
-static double item_bytes(pool_t *pool, pmap_job_t *job)
+static double item_bytes(pool_t *pool, pmap_job_t *job, size_t i)
 {
     const pmap__fn_t *fn = job->fn;
     if (job->sent_items > 0) {
@@ -356,10 +364,9 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
                  (double)job->busy_items;
         return b > 1 ? b : 1;
     }
-    if (job->producer != NULL && pmap__produce(pool, job, job->next + 1) <=
-                                     job->next)
+    if (job->producer != NULL && pmap__produce(pool, job, i + 1) <= i)
         return 1;   /* no item to look at */
-    size_t bytes = fn->result.size, i = job->next;
+    size_t bytes = fn->result.size;
     for (int k = 0; k < fn->nparams && i < job->n; k++) {
         if (job->constants >> k & 1)
             continue;
@@ -380,7 +387,8 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
 }
 
 /*
- * Items in the next batch, of `left` that could go.  Guided scheduling:
+ * Items in the next batch, the first being `first`, of `left` that could
+ * go.  Guided scheduling:
  * never more than a share of what is left (so the end of the map is cut
  * fine and no worker idles while another has a long batch), and sized so
  * that a batch takes about TARGET_BATCH_NS by the workers' own measure:
@@ -390,7 +398,8 @@ static double item_bytes(pool_t *pool, pmap_job_t *job)
  * and to what the worker's shared slot holds of large values: a value that
  * does not fit there goes through the channel, copied twice more.
  */
-static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
+static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t first,
+                         size_t left)
 {
     if (job->chunk != 0)
         return job->chunk < left ? job->chunk : left;
@@ -405,7 +414,7 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
         if (by_time < (double)c)
             c = (size_t)by_time;
     }
-    double by_bytes = TARGET_BATCH_BYTES / item_bytes(pool, job);
+    double by_bytes = TARGET_BATCH_BYTES / item_bytes(pool, job, first);
     if (by_bytes < (double)c)
         c = (size_t)by_bytes;
     if (job->shared_sent > 0) {     /* what does not fit goes by the pipe */
@@ -419,6 +428,106 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t left)
     return c < left ? c : left;
 }
 
+/* ---- affine maps ------------------------------------------------------- */
+
+/*
+ * A map of arrays gives each worker slot a contiguous share
+ * of its items, which the slot's processes take from the front, and a slot
+ * whose share is spent takes the back half of the largest left.  A map
+ * over the same inputs again then sends each worker mostly the items it
+ * had: the pages it read are mapped in its process already (a first read
+ * of a page of pmap_alloc memory costs a process microseconds here: W3)
+ * and warm in its caches.  Maps whose order shows stay on the single
+ * cursor: streams and callbacks (their window keeps a stretch of items in
+ * input order), a halt policy (it stops the items after a failure),
+ * grouped output (written in input order), and MPI pools, whose workers
+ * are nodes of different sizes.
+ */
+
+/* Share i's size changed: the tournament above its leaf is played again.
+ * Each node holds the larger share of its two children's, the root (1) the
+ * largest of all, so that a steal costs no scan of every worker's share. */
+static void share_resized(pmap_job_t *job, size_t i)
+{
+    uint32_t *t = job->largest;
+    for (size_t node = (job->leaves + i) / 2; node >= 1; node /= 2) {
+        uint32_t l = t[2 * node], r = t[2 * node + 1];
+        t[node] = job->shares[l].count >= job->shares[r].count ? l : r;
+    }
+}
+
+void pmap__job_share(const pool_t *pool, pmap_job_t *job)
+{
+    size_t workers = (size_t)pool->nworkers, n = job->n;
+    size_t unit = job->chunk ? job->chunk : 1;  /* shares hold whole chunks */
+    size_t chunks = n / unit + (n % unit != 0);
+    if (job->producer != NULL || job->window.size != 0 ||
+        job->opts.halt != PMAP_HALT_NEVER ||
+        job->output.mode == PMAP_OUTPUT_GROUP || pool->remote != NULL ||
+        pool->in_process || workers < 2 || chunks <= workers)
+        return;
+    size_t leaves = 1;
+    while (leaves < workers)
+        leaves *= 2;
+    /* A share more than the workers', empty, for the leaves beyond them. */
+    job->shares = malloc((workers + 1) * sizeof *job->shares +
+                         2 * leaves * sizeof *job->largest);
+    if (job->shares == NULL)
+        return;     /* the single cursor, without the locality */
+    job->largest = (uint32_t *)(job->shares + workers + 1);
+    job->leaves = leaves;
+    size_t each = chunks / workers, extra = chunks % workers, first = 0;
+    for (size_t i = 0; i < workers; i++) {
+        size_t count = (each + (i < extra)) * unit;
+        count = count < n - first ? count : n - first;
+        job->shares[i] = (pmap__range_t){first, count, 0};
+        first += count;
+    }
+    job->shares[workers] = (pmap__range_t){n, 0, 0};
+    for (size_t i = 0; i < leaves; i++)
+        job->largest[leaves + i] = (uint32_t)(i < workers ? i : workers);
+    for (size_t node = leaves - 1; node >= 1; node--) {
+        uint32_t l = job->largest[2 * node], r = job->largest[2 * node + 1];
+        job->largest[node] =
+            job->shares[l].count >= job->shares[r].count ? l : r;
+    }
+    job->share_left = n;
+    job->next = n;
+}
+
+/* w's share being spent, it takes the back half of the largest, in whole
+ * chunks when the map fixes them. */
+static void share_steal(pmap_job_t *job, const pmap__worker_t *w)
+{
+    size_t victim = job->largest[1];
+    pmap__range_t *own = &job->shares[w->index], *largest = &job->shares[victim];
+    size_t unit = job->chunk ? job->chunk : 1;
+    size_t chunks = largest->count / unit + (largest->count % unit != 0);
+    size_t kept = chunks / 2 * unit;
+    *own = (pmap__range_t){largest->first + kept, largest->count - kept, 0};
+    largest->count = kept;
+    share_resized(job, victim);
+}
+
+static pmap__range_t share_take(pool_t *pool, pmap_job_t *job,
+                                const pmap__worker_t *w, size_t most)
+{
+    pmap__range_t *own = &job->shares[w->index];
+    if (own->count == 0)
+        share_steal(job, w);
+    size_t c = chunk_size(pool, job, own->first, job->share_left);
+    c = c < own->count ? c : own->count;
+    c = c < most ? c : most;
+    pmap__range_t take = {own->first, c, 0};
+    own->first += c;
+    own->count -= c;
+    job->share_left -= c;
+    share_resized(job, (size_t)w->index);
+    return take;
+}
+
+/* ---- sending batches --------------------------------------------------- */
+
 /* The items of the next batch for w (count 0: none now). */
 static pmap__range_t next_range(pool_t *pool, pmap_job_t *job,
                                 const pmap__worker_t *w)
@@ -430,7 +539,7 @@ static pmap__range_t next_range(pool_t *pool, pmap_job_t *job,
     if (job->nretry > 0) {
         pmap__range_t *r = &job->retry[job->nretry - 1];
         pmap__range_t take = *r;
-        take.count = chunk_size(pool, job, r->count);
+        take.count = chunk_size(pool, job, r->first, r->count);
         if (take.count > most)
             take.count = most;
         r->first += take.count;
@@ -439,9 +548,11 @@ static pmap__range_t next_range(pool_t *pool, pmap_job_t *job,
             job->nretry--;
         return take;
     }
+    if (job->shares != NULL)
+        return share_take(pool, job, w, most);
     size_t room = pmap__window_room(job, job->next);
     size_t left = job->n != SIZE_MAX ? job->n - job->next : room;
-    size_t c = chunk_size(pool, job, left);
+    size_t c = chunk_size(pool, job, job->next, left);
     c = c < room ? c : room;
     c = c < most ? c : most;
     if (job->producer != NULL) {

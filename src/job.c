@@ -117,6 +117,7 @@ static void job_empty(pmap_job_t *job, bool keep)
     if (!keep || job->scratch.cap > KEPT_MAX)
         pmap__buf_free(&job->scratch);
     free(job->retry);
+    free(job->shares);
     free(job->again);
     pmap__tries_free(job);
     pmap__failures_free(job->failures, job->nfailures);
@@ -248,6 +249,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job_free(job);
         return rc;
     }
+    pmap__job_share(pool, job);
     pmap__log_header(job);
     pmap_job_t **tail = &pool->jobs;
     while (*tail != NULL)

@@ -590,6 +590,11 @@ struct pmap_job {
     void *producer_ctx;
     size_t produced;            /* items the producer made */
     size_t next;                /* first item never sent */
+    pmap__range_t *shares;      /* or, affine maps: each worker slot's
+                                   items never sent (batch.c) */
+    uint32_t *largest;          /* ...a tournament of their sizes */
+    size_t leaves;              /* ...whose leaves are from here on */
+    size_t share_left;          /* items left in the shares */
     size_t done;                /* items stored or failed */
     size_t failed;              /* items failed */
     size_t inflight;            /* batches sent and not answered */
@@ -719,6 +724,7 @@ bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
                         const pmap__worker_t *w);
 bool pmap__job_finished(const pmap_job_t *job);
 int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w);
+void pmap__job_share(const pool_t *pool, pmap_job_t *job);
 int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                      const unsigned char *payload, size_t len);
 int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,

@@ -7,6 +7,7 @@
 #include "test.h"
 
 #include <pmap.h>
+#include <signal.h>
 #include <stdint.h>
 #include <time.h>
 #include <unistd.h>
@@ -509,6 +510,56 @@ TEST(map_workers_persist_across_maps_and_functions)
     ASSERT_OK(pool_stats(pool, NULL, &total));
     ASSERT_EQ(total.maps, 3);
     ASSERT_EQ(total.restarts, 0);
+    pool_destroy(pool);
+}
+
+/* x < 0: the worker dies on it (SIGKILL). */
+static long pid_or_die(int x)
+{
+    if (x < 0)
+        kill(getpid(), SIGKILL);
+    return (long)getpid();
+}
+PMAP_EXPORT(pid_or_die, long, int);
+
+/*
+ * A map of arrays gives each worker a contiguous share of the items and
+ * sends it the front of its share first (README, "Scheduling a map"): the
+ * first item of each share goes to its own worker, and to the same one in
+ * the next map over the same items, whatever the timing.  When the owner of
+ * a share dies on its first item, that item alone fails, and the rest of
+ * its share is run by its replacement or taken by the others.  (With one
+ * cursor, items 1000, 2000 and 3000 go to whichever worker is free: four
+ * distinct workers about one time in ten.)
+ */
+TEST(map_each_worker_starts_on_its_own_share_in_every_map)
+{
+    NEEDS_PROCESSES("worker pids");
+    enum { N = 4000, W = 4, SHARE = N / W };
+    pool_t *pool = pool_create(W);
+    int *xs = malloc(N * sizeof *xs);
+    long *pids = malloc(N * sizeof *pids), *again = malloc(N * sizeof *again);
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    ASSERT_OK(pool_map(pool, pid_or_die, N, pids, xs));
+    ASSERT_OK(pool_map(pool, pid_or_die, N, again, xs));
+    for (int w = 0; w < W; w++) {
+        ASSERT_EQ(again[w * SHARE], pids[w * SHARE]);
+        for (int v = 0; v < w; v++)
+            ASSERT(pids[v * SHARE] != pids[w * SHARE]);
+    }
+    xs[2 * SHARE] = -1;
+    ASSERT_EQ(pool_map(pool, pid_or_die, N, again, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 2 * SHARE);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].pid, pids[2 * SHARE]);
+    for (int i = 0; i < N; i++)
+        ASSERT(i == 2 * SHARE || (again[i] > 0 && again[i] != (long)getpid()));
+    free(xs);
+    free(pids);
+    free(again);
     pool_destroy(pool);
 }
 
