@@ -322,6 +322,7 @@ void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void pmap__arena_inherit(void *p, bool inherit);
+bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,

@@ -38,6 +38,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -186,33 +187,110 @@ void pmap__epoll_del(const pool_t *pool, int fd)
 /* ---- starting ----------------------------------------------------------- */
 
 /*
- * In a new child of this process (a worker, or the fork server), before
- * anything else: closes every descriptor of every pool, keeping only
- * keep's channel, forgets every arena but keep's (shm.c), and makes the
- * list's lock usable again (the forking thread held it, and that thread
- * is the only one the child has).
+ * The descriptors of every pool, as a bitmap over their numbers, which the
+ * forking thread makes for the children it is about to fork (pools_lock
+ * held from then to the forks): a child reads a page or two of it rather
+ * than every slot of every pool, and on a paravirtualized machine each
+ * page a new process first touches costs it microseconds (some 250 us a
+ * child with 512 slots, 49 pages of them).
  */
-void pmap__proc_child_init(const pmap__worker_t *keep)
+static uint64_t *doomed;
+static size_t doomed_words;
+static bool doomed_ready;   /* made for the forks under way */
+
+/* A pool's own descriptors, and those of slot w (own: the slot a new child
+ * is forked for, whose ch.keep and handoff[0] are that child's channel). */
+enum { POOL_FDS = 3, SLOT_FDS = 6 };
+
+static void pool_fds(const pool_t *p, int fds[POOL_FDS])
 {
-    /* The descriptors are closed in runs and the pools left as they are:
-     * writing to them would copy their pages into each new child (a fault
-     * each, some 15 us on a paravirtualized machine), and nothing uses
-     * their descriptors here again (pmap__pools_forgotten). */
+    fds[0] = p->epfd;
+    fds[1] = p->wake[0];
+    fds[2] = p->wake[1];
+}
+
+static void slot_fds(const pmap__worker_t *w, bool own, int fds[SLOT_FDS])
+{
+    fds[0] = w->ch.in;
+    fds[1] = w->ch.out;
+    fds[2] = w->pidfd;
+    fds[3] = own ? -1 : w->ch.keep;
+    fds[4] = own ? -1 : w->handoff[0];
+    fds[5] = w->handoff[1];
+}
+
+static bool mark(int fd)
+{
+    if (fd < 0)
+        return true;
+    size_t word = (size_t)fd / 64;
+    if (word >= doomed_words) {
+        size_t words = 2 * word + 1;
+        uint64_t *p = realloc(doomed, words * sizeof *p);
+        if (p == NULL)
+            return false;
+        memset(p + doomed_words, 0, (words - doomed_words) * sizeof *p);
+        doomed = p;
+        doomed_words = words;
+    }
+    doomed[word] |= (uint64_t)1 << (fd % 64);
+    return true;
+}
+
+/* Makes the bitmap for the forks to come; pools_lock held.  Without
+ * memory, the children look at the pools themselves. */
+static void doomed_make(void)
+{
+    if (doomed != NULL)
+        memset(doomed, 0, doomed_words * sizeof *doomed);
+    bool ok = true;
+    int fds[SLOT_FDS];
+    for (const pool_t *p = pools; p != NULL && ok; p = p->next) {
+        pool_fds(p, fds);
+        for (int k = 0; k < POOL_FDS; k++)
+            ok = ok && mark(fds[k]);
+        for (int i = 0; i < p->nworkers && ok; i++) {
+            slot_fds(&p->workers[i], false, fds);
+            for (int k = 0; k < SLOT_FDS; k++)
+                ok = ok && mark(fds[k]);
+        }
+        for (size_t i = 0; i < p->nretirees && ok; i++)
+            ok = mark(p->retirees[i].fd) && mark(p->retirees[i].pidfd);
+    }
+    doomed_ready = ok;
+}
+
+/* In a child: closes the descriptors of the bitmap but keep's channel. */
+static void close_doomed(const pmap__worker_t *keep)
+{
+    int own[2] = {keep ? keep->ch.keep : -1, keep ? keep->handoff[0] : -1};
     pmap__fd_runs_t runs = {-1, -1};
+    for (size_t i = 0; i < doomed_words; i++) {
+        for (int b = 0; doomed[i] != 0 && b < 64; b++) {
+            int fd = (int)(i * 64) + b;
+            if ((doomed[i] >> b & 1) && fd != own[0] && fd != own[1])
+                pmap__fd_runs_add(&runs, fd);
+        }
+    }
+    pmap__fd_runs_flush(&runs);
+}
+
+/* In a child, without the bitmap: closes what every slot of every pool
+ * shows, but keep's channel, and forgets their arenas. */
+static void close_every_slot(const pmap__worker_t *keep)
+{
+    pmap__fd_runs_t runs = {-1, -1};
+    int fds[SLOT_FDS];
     for (const pool_t *p = pools; p != NULL; p = p->next) {
-        pmap__fd_runs_add(&runs, p->epfd);
-        pmap__fd_runs_add(&runs, p->wake[0]);
-        pmap__fd_runs_add(&runs, p->wake[1]);
+        pool_fds(p, fds);
+        for (int k = 0; k < POOL_FDS; k++)
+            pmap__fd_runs_add(&runs, fds[k]);
         for (int i = 0; i < p->nworkers; i++) {
             const pmap__worker_t *w = &p->workers[i];
-            /* keep's ch.keep and handoff[0] are the worker's channel */
-            bool own = w == keep;
-            const int fds[] = {w->ch.in, w->ch.out, w->pidfd,
-                               own ? -1 : w->ch.keep,
-                               own ? -1 : w->handoff[0], w->handoff[1]};
-            for (size_t k = 0; k < sizeof fds / sizeof *fds; k++)
+            slot_fds(w, w == keep, fds);
+            for (int k = 0; k < SLOT_FDS; k++)
                 pmap__fd_runs_add(&runs, fds[k]);
-            if (!own)
+            if (w != keep)
                 pmap__arena_forget(w->arena);
         }
         for (size_t i = 0; i < p->nretirees; i++) {
@@ -221,6 +299,24 @@ void pmap__proc_child_init(const pmap__worker_t *keep)
         }
     }
     pmap__fd_runs_flush(&runs);
+}
+
+/*
+ * In a new child of this process (a worker, or the fork server), before
+ * anything else: closes every descriptor of every pool, keeping only
+ * keep's channel, forgets every arena but keep's (shm.c), and makes the
+ * list's lock usable again (the forking thread held it, and that thread
+ * is the only one the child has).  The descriptors are closed in runs and
+ * the pools left as they are: writing to them would copy their pages into
+ * each new child (a fault each, some 15 us on a paravirtualized machine),
+ * and nothing uses their descriptors here again (pmap__pools_forgotten).
+ */
+void pmap__proc_child_init(const pmap__worker_t *keep)
+{
+    if (doomed_ready && !pmap__arenas_inherited())
+        close_doomed(keep);
+    else
+        close_every_slot(keep);
     forgotten = true;
     pthread_mutex_init(&pools_lock, NULL);
 }
@@ -279,9 +375,11 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
                          const pmap__channel_t *theirs)
 {
     sigset_t old;
+    doomed_make();
     pmap__fork_prepare(&old, false);
     pid_t pid = fork_one(pool, w, theirs);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    doomed_ready = false;
     return pid;
 }
 
@@ -460,6 +558,7 @@ static int spawn_group(pool_t *pool, int first, int n)
                          &theirs[made])) == 0)
         made++;
     sigset_t old;
+    doomed_make();
     pmap__fork_prepare(&old, false);
     int forked = 0;
     while (forked < made &&
@@ -467,6 +566,7 @@ static int spawn_group(pool_t *pool, int first, int n)
                                    &theirs[forked])) > 0)
         forked++;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    doomed_ready = false;
     if (forked < made)
         rc = pid[forked];
     for (int i = 0; i < made; i++)

@@ -158,6 +158,12 @@ void pmap__arena_inherit(void *p, bool inherit)
         atomic_store(&arenas_inherited, true);
 }
 
+/* Whether children forked here hold arenas not their own (to forget). */
+bool pmap__arenas_inherited(void)
+{
+    return atomic_load(&arenas_inherited);
+}
+
 /*
  * In a forked child: drops arena p of the parent's, which the child holds
  * only where arenas could not be kept from it.  Otherwise the range is

@@ -1078,6 +1078,7 @@ static void bench_workers(void)
     static const int sizes[] = {2, 8, 32, 128, 512};
     enum { NSIZES = sizeof sizes / sizeof *sizes };
     sample_t cpu[NSIZES], wall[NSIZES], create[NSIZES], destroy[NSIZES];
+    sample_t server_create[NSIZES], server_destroy[NSIZES];
     const char *skipped[NSIZES] = {NULL};
     int *xs = malloc(SCALE_ITEMS * sizeof *xs);
     int *out = malloc(SCALE_ITEMS * sizeof *out);
@@ -1088,6 +1089,7 @@ static void bench_workers(void)
         xs[i] = (int)i;
     for (int k = 0; k < NSIZES; k++) {
         cpu[k].n = wall[k].n = create[k].n = destroy[k].n = 0;
+        server_create[k].n = server_destroy[k].n = 0;
         skipped[k] = k > 0 && skipped[k - 1] ? "smaller pool failed"
                                              : too_many(sizes[k]);
         for (int r = 0; r < reps && skipped[k] == NULL; r++) {
@@ -1119,6 +1121,18 @@ static void bench_workers(void)
             t = now();
             pool_destroy(pool);
             add_value(&destroy[k], (now() - t) * 1e6 / sizes[k]);
+            /* The same from the fork server, which holds no other worker's
+             * descriptors or memory when it forks one. */
+            po.start = PMAP_START_SERVER;
+            t = now();
+            if (pool_create_with(&pool, &po) != 0)
+                continue;
+            add_value(&server_create[k], (now() - t) * 1e6 / sizes[k]);
+            rc = pool_map_with(pool, &mo, add1, SCALE_ITEMS, out, xs);
+            t = now();
+            pool_destroy(pool);
+            if (rc == 0)
+                add_value(&server_destroy[k], (now() - t) * 1e6 / sizes[k]);
         }
         if (skipped[k] == NULL)
             largest = k;
@@ -1126,12 +1140,13 @@ static void bench_workers(void)
     free(xs);
     free(out);
 
-    char title[256];
+    char title[320];
     snprintf(title, sizeof title,
              "Cost by the number of workers, forked from a small caller, best "
              "of %d pools:\nthe caller's CPU time and the wall time per batch "
              "of a map of 20,000 add1(x)\nin batches of %d; pool_create and "
-             "pool_destroy per worker", reps, SCALE_CHUNK);
+             "pool_destroy per worker (forked from the caller,\nand from the "
+             "fork server)", reps, SCALE_CHUNK);
     heading(title);
     printf("  %-30s", "workers");
     for (int k = 0; k < NSIZES; k++)
@@ -1146,7 +1161,9 @@ static void bench_workers(void)
         {"caller CPU per batch", cpu},
         {"map wall time per batch", wall},
         {"pool_create per worker", create},
+        {"  ...from the fork server", server_create},
         {"pool_destroy per worker", destroy},
+        {"  ...from the fork server", server_destroy},
     };
     for (size_t j = 0; j < sizeof rows / sizeof *rows; j++) {
         char v[32];
@@ -1158,7 +1175,7 @@ static void bench_workers(void)
                 snprintf(v, sizeof v, "-");
             printf(" %9s", v);
         }
-        if (largest > 0)
+        if (largest > 0 && rows[j].s[largest].n && rows[j].s[0].n)
             printf("   %.2fx", lowest(&rows[j].s[largest]) /
                                    lowest(&rows[j].s[0]));
         printf("\n");
@@ -1368,6 +1385,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "workers") == 0) {
+        if (pmap_init() != 0)   /* the fork server's pools */
+            return 1;
         bench_workers();    /* this section alone, in a small process */
         return 0;
     }
