@@ -16,6 +16,7 @@
 #include "test.h"
 
 #include "pmap.h"
+#include "pmap_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -539,25 +540,51 @@ static long shared_maps_seen(long x)
 }
 PMAP_EXPORT(shared_maps_seen, long, long);
 
+/* Bytes of writable shared memory this process maps (valgrind's aside). */
+static long shared_bytes_seen(long x)
+{
+    (void)x;
+    sleep_ms(5);
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    char line[4096], perms[8];
+    unsigned long lo, hi;
+    long bytes = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 &&
+            strcmp(perms, "rw-s") == 0 && strstr(line, "vgdb") == NULL)
+            bytes += (long)(hi - lo);
+    }
+    fclose(f);
+    return bytes;
+}
+PMAP_EXPORT(shared_bytes_seen, long, long);
+
 TEST(liveness_worker_sees_only_its_own_shared_memory)
 {
     if (access("/proc/self/maps", R_OK) != 0)
         SKIP("no /proc/self/maps");
     test_arm(15);
-    pool_t *a = pool_create(3), *b = pool_create(3);
+    pool_t *a = pool_create(3), *b = pool_create(10);  /* 2 groups */
     ASSERT(a != NULL && b != NULL);
-    long xs[12] = {0}, out[12];
+    long xs[20] = {0}, out[20];
     pool_map_options_t o = {.chunk = 1};
     pool_t *pools[2] = {a, b};
     for (int p = 0; p < 2; p++) {
-        ASSERT_OK(pool_map_with(pools[p], &o, shared_maps_seen, 12, out, xs));
-        for (int i = 0; i < 12; i++) {
+        ASSERT_OK(pool_map_with(pools[p], &o, shared_maps_seen, 20, out, xs));
+        for (int i = 0; i < 20; i++) {
             if (out[i] != 1)
                 test_fail(__FILE__, __LINE__,
                           "pool %d item %d: a worker sees %ld writable "
                           "shared mappings, not 1 (its own arena)",
                           p, i, out[i]);
         }
+        /* ...and of the size of one arena, though a pool's first arenas
+         * are carved from one mapping (proc.c, pmap__proc_spawn_all) */
+        ASSERT_OK(pool_map_with(pools[p], &o, shared_bytes_seen, 20, out, xs));
+        for (int i = 0; i < 20; i++)
+            ASSERT_EQ(out[i], (long)PMAP__ARENA_SIZE);
     }
     pool_destroy(b);
     pool_destroy(a);
