@@ -391,11 +391,16 @@ void pmap__kill(pid_t pid, int pidfd)
 }
 
 /* Most iovecs one sendmsg may take here, up to PMAP__IOV (POSIX
- * guarantees 16). */
+ * guarantees 16).  Asked for every frame sent: from <limits.h> where it
+ * says, rather than by sysconf each time. */
 int pmap__iov_max(void)
 {
+#if defined(IOV_MAX) && IOV_MAX >= PMAP__IOV
+    return PMAP__IOV;
+#else
     long v = sysconf(_SC_IOV_MAX);
     return v >= PMAP__IOV ? PMAP__IOV : v >= 16 ? (int)v : 16;
+#endif
 }
 
 /* ---- a child's parent ---------------------------------------------------- */
