@@ -11,7 +11,8 @@
  * forked by the caller never holds another (where that cannot be had, it
  * unmaps every other arena first thing: proc.c), and a replacement never
  * inherits what its predecessor, or a process that predecessor forked,
- * could still write.
+ * could still write.  (A new pool's first arenas are carved from one
+ * mapping, pmap__proc_spawn_all, and go the same way.)
  *
  * A worker forked by the caller inherits its arena at the same address, so
  * it is anonymous.  A worker forked by the fork server (server.c) is not

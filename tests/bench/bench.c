@@ -1015,7 +1015,7 @@ static void bench_balance(pool_t *pool, inputs_t *in)
     row("libpmap, the long item in the middle", &middle, "x", NULL);
     row("OpenMP dynamic, the long item last", &omp_last, "x", NULL);
     row("libpmap, the long item last", &last, "x",
-        "(no schedule that starts items in order beats 1.09x here)");
+        "(no schedule that comes to the long item last beats 1.09x)");
 }
 
 static void prepare(inputs_t *in);
