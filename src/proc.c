@@ -610,11 +610,14 @@ int pmap__proc_spawn_all(pool_t *pool)
     bool forks = !pool->server && pool->remote == NULL;
     int step = forks ? GROUP : 1, rc = 0, i;
     size_t size = (size_t)pool->nworkers * PMAP__ARENA_SIZE;
+    pthread_mutex_lock(&pools_lock);    /* no fork by another thread before
+                                           the mapping is kept from it */
     unsigned char *arenas = forks ? pmap__shm_map(size, NULL) : NULL;
     if (arenas != NULL && !pmap__shm_fork_inherit(arenas, size, false)) {
         pmap__shm_unmap(arenas, size);  /* an arena apiece, then */
         arenas = NULL;
     }
+    pthread_mutex_unlock(&pools_lock);
     for (i = 0; i < pool->nworkers && rc == 0; i += step) {
         int n = pool->nworkers - i < step ? pool->nworkers - i : step;
         rc = forks ? spawn_group(pool, i, n, arenas)
