@@ -605,6 +605,40 @@ TEST(map_fixed_chunk_size)
     pool_destroy(pool);
 }
 
+/*
+ * Shares and steals never cut a fixed chunk: every batch is `chunk` items
+ * but the one that ends the map, so a map of n items takes exactly
+ * ceil(n / chunk) batches, whatever the pool's size, the remainder and the
+ * steals; and every item runs once.
+ */
+TEST(map_fixed_chunk_kept_by_every_worker_share)
+{
+    static const struct { int workers, n, chunk; } cases[] = {
+        {3, 1001, 7}, {5, 37, 4}, {8, 1000, 3}, {4, 64, 16}, {2, 5, 2},
+    };
+    int xs[1001], out[1001];
+    for (int i = 0; i < 1001; i++)
+        xs[i] = i;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        pool_t *pool = pool_create(cases[c].workers);
+        ASSERT(pool != NULL);
+        int n = cases[c].n, chunk = cases[c].chunk;
+        for (int rep = 0; rep < 3; rep++) {
+            pool_map_options_t o = {.chunk = (size_t)chunk};
+            for (int i = 0; i < n; i++)
+                out[i] = -1;
+            ASSERT_OK(pool_map_with(pool, &o, add, (size_t)n, out, xs, xs));
+            for (int i = 0; i < n; i++)
+                ASSERT_EQ(out[i], 2 * i);
+            pmap_stats_t st;
+            ASSERT_OK(pool_stats(pool, &st, NULL));
+            ASSERT_EQ(st.batches, (uint64_t)((n + chunk - 1) / chunk));
+            ASSERT_EQ(st.items, (uint64_t)n);
+        }
+        pool_destroy(pool);
+    }
+}
+
 TEST(map_more_workers_than_items)
 {
     NEEDS_PROCESSES("several workers");
