@@ -198,29 +198,45 @@ static uint64_t *doomed;
 static size_t doomed_words;
 static bool doomed_ready;   /* made for the forks under way */
 
-/* A pool's own descriptors, and those of slot w (own: the slot a new child
- * is forked for, whose ch.keep and handoff[0] are that child's channel). */
-enum { POOL_FDS = 3, SLOT_FDS = 6 };
-
-static void pool_fds(const pool_t *p, int fds[POOL_FDS])
+/*
+ * Calls each(fd, ctx) on every descriptor of every pool but keep's channel
+ * (keep: the slot a new child is forked for, whose ch.keep and handoff[0]
+ * are that child's; or NULL), until one returns false.  Returns whether
+ * all returned true.  fd may be -1.
+ */
+static bool each_descriptor(const pmap__worker_t *keep,
+                            bool (*each)(int fd, void *ctx), void *ctx)
 {
-    fds[0] = p->epfd;
-    fds[1] = p->wake[0];
-    fds[2] = p->wake[1];
+    for (const pool_t *p = pools; p != NULL; p = p->next) {
+        const int own[] = {p->epfd, p->wake[0], p->wake[1]};
+        for (size_t k = 0; k < sizeof own / sizeof *own; k++) {
+            if (!each(own[k], ctx))
+                return false;
+        }
+        for (int i = 0; i < p->nworkers; i++) {
+            const pmap__worker_t *w = &p->workers[i];
+            bool mine = w == keep;
+            const int fds[] = {w->ch.in, w->ch.out, w->pidfd,
+                               mine ? -1 : w->ch.keep,
+                               mine ? -1 : w->handoff[0], w->handoff[1]};
+            for (size_t k = 0; k < sizeof fds / sizeof *fds; k++) {
+                if (!each(fds[k], ctx))
+                    return false;
+            }
+        }
+        for (size_t i = 0; i < p->nretirees; i++) {
+            if (!each(p->retirees[i].fd, ctx) ||
+                !each(p->retirees[i].pidfd, ctx))
+                return false;
+        }
+    }
+    return true;
 }
 
-static void slot_fds(const pmap__worker_t *w, bool own, int fds[SLOT_FDS])
+/* Sets fd's bit; false without the memory to. */
+static bool mark(int fd, void *ctx)
 {
-    fds[0] = w->ch.in;
-    fds[1] = w->ch.out;
-    fds[2] = w->pidfd;
-    fds[3] = own ? -1 : w->ch.keep;
-    fds[4] = own ? -1 : w->handoff[0];
-    fds[5] = w->handoff[1];
-}
-
-static bool mark(int fd)
-{
+    (void)ctx;
     if (fd < 0)
         return true;
     size_t word = (size_t)fd / 64;
@@ -243,21 +259,7 @@ static void doomed_make(void)
 {
     if (doomed != NULL)
         memset(doomed, 0, doomed_words * sizeof *doomed);
-    bool ok = true;
-    int fds[SLOT_FDS];
-    for (const pool_t *p = pools; p != NULL && ok; p = p->next) {
-        pool_fds(p, fds);
-        for (int k = 0; k < POOL_FDS; k++)
-            ok = ok && mark(fds[k]);
-        for (int i = 0; i < p->nworkers && ok; i++) {
-            slot_fds(&p->workers[i], false, fds);
-            for (int k = 0; k < SLOT_FDS; k++)
-                ok = ok && mark(fds[k]);
-        }
-        for (size_t i = 0; i < p->nretirees && ok; i++)
-            ok = mark(p->retirees[i].fd) && mark(p->retirees[i].pidfd);
-    }
-    doomed_ready = ok;
+    doomed_ready = each_descriptor(NULL, mark, NULL);
 }
 
 /* In a child: closes the descriptors of the bitmap but keep's channel. */
@@ -275,30 +277,30 @@ static void close_doomed(const pmap__worker_t *keep)
     pmap__fd_runs_flush(&runs);
 }
 
+static bool add_to_runs(int fd, void *runs)
+{
+    pmap__fd_runs_add(runs, fd);
+    return true;
+}
+
 /* In a child, without the bitmap: closes what every slot of every pool
- * shows, but keep's channel, and forgets their arenas. */
+ * shows, but keep's channel. */
 static void close_every_slot(const pmap__worker_t *keep)
 {
     pmap__fd_runs_t runs = {-1, -1};
-    int fds[SLOT_FDS];
+    each_descriptor(keep, add_to_runs, &runs);
+    pmap__fd_runs_flush(&runs);
+}
+
+/* In a child that inherited arenas (shm.c): unmaps all but keep's. */
+static void forget_arenas(const pmap__worker_t *keep)
+{
     for (const pool_t *p = pools; p != NULL; p = p->next) {
-        pool_fds(p, fds);
-        for (int k = 0; k < POOL_FDS; k++)
-            pmap__fd_runs_add(&runs, fds[k]);
         for (int i = 0; i < p->nworkers; i++) {
-            const pmap__worker_t *w = &p->workers[i];
-            slot_fds(w, w == keep, fds);
-            for (int k = 0; k < SLOT_FDS; k++)
-                pmap__fd_runs_add(&runs, fds[k]);
-            if (w != keep)
-                pmap__arena_forget(w->arena);
-        }
-        for (size_t i = 0; i < p->nretirees; i++) {
-            pmap__fd_runs_add(&runs, p->retirees[i].fd);
-            pmap__fd_runs_add(&runs, p->retirees[i].pidfd);
+            if (&p->workers[i] != keep)
+                pmap__arena_forget(p->workers[i].arena);
         }
     }
-    pmap__fd_runs_flush(&runs);
 }
 
 /*
@@ -313,10 +315,12 @@ static void close_every_slot(const pmap__worker_t *keep)
  */
 void pmap__proc_child_init(const pmap__worker_t *keep)
 {
-    if (doomed_ready && !pmap__arenas_inherited())
+    if (doomed_ready)
         close_doomed(keep);
     else
         close_every_slot(keep);
+    if (pmap__arenas_inherited())
+        forget_arenas(keep);
     forgotten = true;
     pthread_mutex_init(&pools_lock, NULL);
 }
