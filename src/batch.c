@@ -444,23 +444,34 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t first,
  * are nodes of different sizes.
  */
 
-/* Share i's size changed: the tournament above its leaf is played again.
- * Each node holds the larger share of its two children's, the root (1) the
- * largest of all, so that a steal costs no scan of every worker's share. */
+/* Shares are cut in whole chunks where the map fixes them: how many
+ * there are in count items, the last perhaps partial. */
+static size_t share_units(const pmap_job_t *job, size_t count, size_t *unit)
+{
+    *unit = job->chunk ? job->chunk : 1;
+    return count / *unit + (count % *unit != 0);
+}
+
+/* The tournament of the shares' sizes: each node holds the larger share of
+ * its two children's, the root (1) the largest of all, so that a steal
+ * costs no scan of every worker's share.  Node's match is played again. */
+static void share_play(pmap_job_t *job, size_t node)
+{
+    uint32_t l = job->largest[2 * node], r = job->largest[2 * node + 1];
+    job->largest[node] = job->shares[l].count >= job->shares[r].count ? l : r;
+}
+
+/* Share i's size changed: the matches above its leaf are played again. */
 static void share_resized(pmap_job_t *job, size_t i)
 {
-    uint32_t *t = job->largest;
-    for (size_t node = (job->leaves + i) / 2; node >= 1; node /= 2) {
-        uint32_t l = t[2 * node], r = t[2 * node + 1];
-        t[node] = job->shares[l].count >= job->shares[r].count ? l : r;
-    }
+    for (size_t node = (job->leaves + i) / 2; node >= 1; node /= 2)
+        share_play(job, node);
 }
 
 void pmap__job_share(const pool_t *pool, pmap_job_t *job)
 {
-    size_t workers = (size_t)pool->nworkers, n = job->n;
-    size_t unit = job->chunk ? job->chunk : 1;  /* shares hold whole chunks */
-    size_t chunks = n / unit + (n % unit != 0);
+    size_t workers = (size_t)pool->nworkers, n = job->n, unit;
+    size_t chunks = share_units(job, n, &unit);
     if (job->producer != NULL || job->window.size != 0 ||
         job->opts.halt != PMAP_HALT_NEVER ||
         job->output.mode == PMAP_OUTPUT_GROUP || pool->remote != NULL ||
@@ -486,11 +497,8 @@ void pmap__job_share(const pool_t *pool, pmap_job_t *job)
     job->shares[workers] = (pmap__range_t){n, 0, 0};
     for (size_t i = 0; i < leaves; i++)
         job->largest[leaves + i] = (uint32_t)(i < workers ? i : workers);
-    for (size_t node = leaves - 1; node >= 1; node--) {
-        uint32_t l = job->largest[2 * node], r = job->largest[2 * node + 1];
-        job->largest[node] =
-            job->shares[l].count >= job->shares[r].count ? l : r;
-    }
+    for (size_t node = leaves - 1; node >= 1; node--)
+        share_play(job, node);
     job->share_left = n;
     job->next = n;
 }
@@ -501,9 +509,7 @@ static void share_steal(pmap_job_t *job, const pmap__worker_t *w)
 {
     size_t victim = job->largest[1];
     pmap__range_t *own = &job->shares[w->index], *largest = &job->shares[victim];
-    size_t unit = job->chunk ? job->chunk : 1;
-    size_t chunks = largest->count / unit + (largest->count % unit != 0);
-    size_t kept = chunks / 2 * unit;
+    size_t unit, kept = share_units(job, largest->count, &unit) / 2 * unit;
     *own = (pmap__range_t){largest->first + kept, largest->count - kept, 0};
     largest->count = kept;
     share_resized(job, victim);
