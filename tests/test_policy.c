@@ -471,6 +471,31 @@ TEST(policy_halt_at_a_fraction_of_the_items_finished)
     pool_destroy(pool);
 }
 
+/* A map with a halt policy sends its items in input order (README, "Which
+ * items a worker gets"), so a halt stops a tail of them: the items never
+ * run are the last ones, whatever ran meanwhile.  (Each worker starting on
+ * a share of its own, the second would have run item M / 2 at once.) */
+TEST(policy_halt_stops_a_tail_of_the_items)
+{
+    static int in[M], res[M];
+    for (int i = 0; i < M; i++)
+        in[i] = i;
+    pool_t *pool = make_pool(2, PMAP_START_FORK);
+    pool_map_options_t mo = {.chunk = 1, .halt = PMAP_HALT_SOON};
+    ASSERT_EQ(pool_map_with(pool, &mo, flaky, M, res, in, PMAP_CONST("/"),
+                            PMAP_CONST(FAIL_ALWAYS), PMAP_CONST(M)),
+              PMAP_EHALTED);
+    size_t fails, halted, cancelled;
+    account(pool, res, M, &fails, &halted, &cancelled);
+    ASSERT_EQ(fails, 1);    /* item 0 */
+    ASSERT(halted > 0);
+    const pmap_failure_t *f;
+    size_t nf = pool_failures(pool, &f);
+    for (size_t k = 1; k < nf; k++)
+        ASSERT_EQ(f[k].index, M - (nf - k));
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* Halting NOW kills the running items: they fail as cancelled. */
 TEST(policy_halt_now_kills_running_items)
 {
