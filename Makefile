@@ -108,7 +108,10 @@ $(B)/tests/runner: $(TEST_OBJ) $(B)/libpmap.a
 demo: all
 	@sh examples/demo.sh $(B)/examples
 
+# The layers first (tests/layers.sh: each source file calls only the files
+# below it), then the tests.
 test: all $(B)/tests/runner
+	@sh tests/layers.sh $(B)/obj
 	@PMAP_BUILD=$(B) PMAP_CC="$(CC)" PMAP_CFLAGS="$(ALL_CFLAGS)" \
 	    PMAP_LIB="$(B)/libpmap.a $(ALL_LDLIBS)" \
 	    PMAP_CXX="$(if $(HAVE_CXX),$(CXX))" \

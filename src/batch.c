@@ -2,7 +2,8 @@
 /*
  * batch.c - a map's items on their way through the workers: cutting them
  * into batches, sending them, storing the results that come back, and
- * accounting for the items of a worker that died.
+ * accounting for the items of a worker that died; then the map's end (its
+ * code, failures in order, counters, END frames) and its memory.
  *
  * Every item of a map is, at any time, in exactly one of these states, and
  * the map is over when none is left in the first three:
@@ -333,7 +334,8 @@ static int64_t cancel_grace(const pool_t *pool, const pmap_job_t *job)
 /*
  * Cancels job now: items not sent fail with PMAP_ECANCELED (a producer is
  * not called again); items in flight may finish within the map's grace
- * period, after which loop.c kills their workers (at once here if it is 0).
+ * period, after which loop.c kills their workers (in the same step if it
+ * is 0).
  */
 void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
 {
@@ -341,9 +343,7 @@ void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job)
         return;
     stop(pool, job, PMAP_ECANCELED);
     int64_t grace = cancel_grace(pool, job);
-    if (grace == 0)
-        pmap__loop_kill_job(pool, job);
-    else if (grace > 0)
+    if (grace >= 0)
         job->kill_ns = pmap__now_ns() + grace;
 }
 
@@ -805,4 +805,106 @@ int pmap__job_map_error(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     job->inflight--;
     pop_batch(w);
     return 0;
+}
+
+/* ---- a map's end ------------------------------------------------------ */
+
+/* Buffers a map's memory keeps for the pool's next map, at most (bytes
+ * each): enough for a SETUP frame of a few constants and a batch of small
+ * results. */
+#define KEPT_MAX 4096
+
+/* Frees what job holds but itself, its SETUP frame's and its scratch
+ * buffers when they are small and `keep` is set. */
+void pmap__job_empty(pmap_job_t *job, bool keep)
+{
+    pmap__window_free(job);
+    pmap__iter_free(job);
+    pmap__output_free(job);
+    if (!keep || job->setup.scratch.cap > KEPT_MAX)
+        pmap__outq_free(&job->setup);
+    if (!keep || job->scratch.cap > KEPT_MAX)
+        pmap__buf_free(&job->scratch);
+    free(job->retry);
+    free(job->shares);
+    free(job->again);
+    pmap__tries_free(job);
+    pmap__failures_free(job->failures, job->nfailures);
+}
+
+void pmap__job_free(pmap_job_t *job)
+{
+    if (job != NULL) {
+        pmap__job_empty(job, false);
+        free(job);
+    }
+}
+
+static int by_index(const void *a, const void *b)
+{
+    size_t x = ((const pmap_failure_t *)a)->index;
+    size_t y = ((const pmap_failure_t *)b)->index;
+    return (x > y) - (x < y);
+}
+
+/*
+ * If job has just finished, closes it: last progress call, failures in
+ * order, its code, counters, and END frames so that workers forget it.
+ * Returns whether it did.
+ */
+bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
+{
+    if (job->finished || !pmap__job_finished(job))
+        return false;
+    pmap__progress(pool, job, true);
+    pmap__output_finish(job);
+    job->finished = true;
+    if (job->nfailures > 1)
+        qsort(job->failures, job->nfailures, sizeof *job->failures,
+              by_index);
+    job->rc = job->error ? job->error
+                         : job->failed > INT_MAX ? INT_MAX : (int)job->failed;
+    for (int i = 0; i < pool->nworkers; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        for (size_t s = 0; s < w->nsetup; s++) {
+            if (w->setup[s] != job->id)
+                continue;
+            w->setup[s] = w->setup[--w->nsetup];
+            size_t frame = pmap__outq_begin(&w->out, PMAP__END, job->id);
+            pmap__outq_end(&w->out, frame);
+            break;
+        }
+    }
+    pmap_stats_t *s = &job->stats, *t = &pool->total;
+    s->maps = 1;
+    s->items = job->done;
+    s->failed = job->failed;
+    s->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
+    t->maps++;
+    t->items += s->items;
+    t->failed += s->failed;
+    t->batches += s->batches;
+    t->bytes_sent += s->bytes_sent;
+    t->bytes_received += s->bytes_received;
+    t->busy_ns += s->busy_ns;
+    t->wall_ns += s->wall_ns;
+    t->retries += s->retries;
+    pmap__window_free(job);
+    if (job->setup.scratch.cap > KEPT_MAX)  /* else kept: job_recycle */
+        pmap__outq_free(&job->setup);
+    return true;
+}
+
+/* Frees the maps released while running, once they have finished. */
+void pmap__jobs_reap(pool_t *pool)
+{
+    for (pmap_job_t **p = &pool->jobs; *p != NULL;) {
+        pmap_job_t *job = *p;
+        if (job->released && job->finished && !job->waited) {
+            *p = job->later;
+            pmap__job_free(job);
+        } else {
+            p = &job->later;
+        }
+    }
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * iter.c - pmap_job_next: the results of a map started in the background,
- * pulled one at a time by the caller, in input order or as they finish
- * (Python's imap, imap_unordered, as_completed).
+ * iter.c - what pmap_job_next (job.c) hands out: the results of a map
+ * started in the background, pulled one at a time by the caller, in input
+ * order or as they finish (Python's imap, imap_unordered, as_completed).
+ * deliver.c marks each item here as it finishes.
  *
  * Only maps of arrays into an output array are iterated: their results
  * are already in the caller's out, so all a map keeps is two bits an item
@@ -13,7 +14,6 @@
 #include "pmap_internal.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 #define WORD_BITS 64
 
@@ -88,7 +88,7 @@ static size_t find_ready(const pmap__iter_t *it, size_t from, size_t to)
 }
 
 /* The next item to hand out, or SIZE_MAX if it has not finished yet. */
-static size_t next_ready(const pmap_job_t *job)
+size_t pmap__iter_next(const pmap_job_t *job)
 {
     const pmap__iter_t *it = &job->iter;
     if (it->pending == 0)
@@ -125,7 +125,7 @@ static const pmap_failure_t *failure_of(pmap_job_t *job, size_t index)
 }
 
 /* Hands item index out: it is the caller's from now on. */
-static void hand_out(pmap_job_t *job, size_t index, size_t *indexp,
+void pmap__iter_take(pmap_job_t *job, size_t index, size_t *indexp,
                      const pmap_failure_t **failure)
 {
     pmap__iter_t *it = &job->iter;
@@ -142,82 +142,4 @@ static void hand_out(pmap_job_t *job, size_t index, size_t *indexp,
         f = failure_of(job, index);
     if (failure != NULL)
         *failure = f;
-}
-
-static int64_t earliest(int64_t a, int64_t b)
-{
-    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
-}
-
-/* Blocks until the pool has something to do, or until `until` (-1: no
- * limit): on pool_fd's epoll set, or, without one, for at most 1 ms. */
-static void rest(pool_t *pool, int64_t until)
-{
-    if (pool->epfd >= 0) {
-        struct pollfd p = {pool->epfd, POLLIN, 0};
-        pmap__poll(&p, 1, until);
-        return;
-    }
-    int64_t soon = pmap__now_ns() + 1000000;
-    pmap__poll(NULL, 0, earliest(until, soon));
-}
-
-/*
- * Runs the pool until job has an item to hand out, has finished, or has
- * been released (pmap_job_free from a callback: PMAP_ECANCELED, and job
- * is not ours to look at any more), or until deadline (-1: no limit).
- * Returns 0, PMAP_ETIMEDOUT, or a code of the pool's.
- */
-static int wait_for_item(pmap_job_t *job, int64_t deadline)
-{
-    pool_t *pool = job->pool;
-    int rc = pmap__pool_enter(pool);
-    if (rc < 0)
-        return rc;
-    job->waited = true;     /* a callback may release it meanwhile */
-    for (;;) {
-        int64_t wake = pmap__loop_once(pool);
-        if (job->released) {
-            rc = PMAP_ECANCELED;
-            break;
-        }
-        if (next_ready(job) != SIZE_MAX || job->finished)
-            break;
-        if (deadline >= 0 && pmap__now_ns() >= deadline) {
-            rc = PMAP_ETIMEDOUT;
-            break;
-        }
-        rest(pool, earliest(wake, deadline));
-    }
-    job->waited = false;    /* the loop frees it if it was released */
-    pmap__pool_leave(pool);
-    return rc;
-}
-
-int pmap_job_next(pmap_job_t *job, size_t *index,
-                  const pmap_failure_t **failure, double timeout)
-{
-    if (job == NULL || index == NULL || timeout != timeout || !job->iter.on)
-        return PMAP_EINVAL;     /* results go to on_result, or a producer */
-    if (failure != NULL)
-        *failure = NULL;
-    size_t next = next_ready(job);
-    if (next == SIZE_MAX && !job->finished) {
-        int64_t deadline = -1;
-        if (timeout >= 0)
-            deadline = pmap__now_ns() + (timeout < 1e9
-                                             ? (int64_t)(timeout * 1e9)
-                                             : INT64_MAX / 4);
-        int rc = wait_for_item(job, deadline);
-        if (rc < 0)
-            return rc;
-        next = next_ready(job);
-    }
-    if (next != SIZE_MAX) {
-        hand_out(job, next, index, failure);
-        return 1;
-    }
-    /* Finished, and everything that finished was handed out: the end,
-     * unless the map stopped before some of its items could finish. */
-    return job->iter.handed == job->n || job->rc >= 0 ? 0 : job->rc;
 }

@@ -2,16 +2,18 @@
 /*
  * job.c - a map as the caller sees it: starting it, in whichever form it
  * was asked for (arrays or a producer, an output array or a callback, now
- * or in the background, many items or one call); waiting for it; cancelling
- * it; and its outcome: code, failures, counters.
+ * or in the background, many items or one call); waiting for it; pulling
+ * its results one at a time (pmap_job_next); cancelling it; and its
+ * outcome: code, failures, counters.
  *
  * Every form becomes one pmap_job_t in the pool's list, and every job is
  * driven by the same loop (loop.c): a map waited for and maps in the
- * background share the workers, in the order they were started.
+ * background share the workers, in the order they were started.  The
+ * loop closes a map when it has finished and frees one released meanwhile
+ * (batch.c), without coming back up here.
  */
 #include "pmap_internal.h"
 
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -100,37 +102,6 @@ static int encode_setup(pmap_job_t *job)
     return unencoded > 0 ? PMAP_ECODEC : 0;
 }
 
-/* Buffers a map's memory keeps for the pool's next map, at most (bytes
- * each): enough for a SETUP frame of a few constants and a batch of small
- * results. */
-#define KEPT_MAX 4096
-
-/* Frees what job holds but itself, its SETUP frame's and its scratch
- * buffers when they are small and `keep` is set. */
-static void job_empty(pmap_job_t *job, bool keep)
-{
-    pmap__window_free(job);
-    pmap__iter_free(job);
-    pmap__output_free(job);
-    if (!keep || job->setup.scratch.cap > KEPT_MAX)
-        pmap__outq_free(&job->setup);
-    if (!keep || job->scratch.cap > KEPT_MAX)
-        pmap__buf_free(&job->scratch);
-    free(job->retry);
-    free(job->shares);
-    free(job->again);
-    pmap__tries_free(job);
-    pmap__failures_free(job->failures, job->nfailures);
-}
-
-static void job_free(pmap_job_t *job)
-{
-    if (job != NULL) {
-        job_empty(job, false);
-        free(job);
-    }
-}
-
 /*
  * The memory of a map waited for goes to the pool's spare, for its next
  * map, with its small buffers: allocating while workers are young costs
@@ -140,10 +111,10 @@ static void job_free(pmap_job_t *job)
 static void job_recycle(pool_t *pool, pmap_job_t *job)
 {
     if (pool->spare != NULL) {
-        job_free(job);
+        pmap__job_free(job);
         return;
     }
-    job_empty(job, true);
+    pmap__job_empty(job, true);
     pmap__outq_t setup = job->setup;    /* zeroed if freed */
     pmap__buf_t scratch = job->scratch;
     memset(job, 0, sizeof *job);
@@ -232,7 +203,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job->memory_cap = 0;    /* the caller's memory is not ours */
     int invalid = pmap__output_init(pool, job);
     if (invalid < 0) {
-        job_free(job);
+        pmap__job_free(job);
         return invalid;
     }
     /* Copied, not referenced: the caller's constants may be gone before a
@@ -246,7 +217,7 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     if (rc == 0 && call->handle != NULL)
         rc = pmap__iter_init(job);
     if (rc < 0) {
-        job_free(job);
+        pmap__job_free(job);
         return rc;
     }
     pmap__job_share(pool, job);
@@ -257,61 +228,6 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
     *tail = job;
     *jobp = job;
     return 0;
-}
-
-static int by_index(const void *a, const void *b)
-{
-    size_t x = ((const pmap_failure_t *)a)->index;
-    size_t y = ((const pmap_failure_t *)b)->index;
-    return (x > y) - (x < y);
-}
-
-/*
- * If job has just finished, closes it: last progress call, failures in
- * order, its code, counters, and END frames so that workers forget it.
- * Returns whether it did.
- */
-bool pmap__job_settle(pool_t *pool, pmap_job_t *job)
-{
-    if (job->finished || !pmap__job_finished(job))
-        return false;
-    pmap__progress(pool, job, true);
-    pmap__output_finish(job);
-    job->finished = true;
-    if (job->nfailures > 1)
-        qsort(job->failures, job->nfailures, sizeof *job->failures,
-              by_index);
-    job->rc = job->error ? job->error
-                         : job->failed > INT_MAX ? INT_MAX : (int)job->failed;
-    for (int i = 0; i < pool->nworkers; i++) {
-        pmap__worker_t *w = &pool->workers[i];
-        for (size_t s = 0; s < w->nsetup; s++) {
-            if (w->setup[s] != job->id)
-                continue;
-            w->setup[s] = w->setup[--w->nsetup];
-            size_t frame = pmap__outq_begin(&w->out, PMAP__END, job->id);
-            pmap__outq_end(&w->out, frame);
-            break;
-        }
-    }
-    pmap_stats_t *s = &job->stats, *t = &pool->total;
-    s->maps = 1;
-    s->items = job->done;
-    s->failed = job->failed;
-    s->wall_ns = (uint64_t)(pmap__now_ns() - job->start_ns);
-    t->maps++;
-    t->items += s->items;
-    t->failed += s->failed;
-    t->batches += s->batches;
-    t->bytes_sent += s->bytes_sent;
-    t->bytes_received += s->bytes_received;
-    t->busy_ns += s->busy_ns;
-    t->wall_ns += s->wall_ns;
-    t->retries += s->retries;
-    pmap__window_free(job);
-    if (job->setup.scratch.cap > KEPT_MAX)  /* else kept: job_recycle */
-        pmap__outq_free(&job->setup);
-    return true;
 }
 
 /* ---- each thread's last map (pool_failures, pool_stats) ---------------- */
@@ -415,7 +331,7 @@ int pmap_job_wait(pmap_job_t *job, double timeout)
     rc = job->finished ? job->rc : rc < 0 ? rc : PMAP_ETIMEDOUT;
     if (job->released && job->finished) {
         unlink_job(pool, job);
-        job_free(job);
+        pmap__job_free(job);
     }
     pmap__pool_leave(pool);
     return rc;
@@ -489,23 +405,89 @@ void pmap_job_free(pmap_job_t *job)
         pmap__loop_run(pool, job, -1);  /* wakes another thread driving */
     }
     unlink_job(pool, job);
-    job_free(job);
+    pmap__job_free(job);
     if (rc == 0)
         pmap__pool_leave(pool);
 }
 
-/* Frees the maps released while running, once they have finished. */
-void pmap__jobs_reap(pool_t *pool)
+/* ---- pmap_job_next: a background map's results one at a time ---------- */
+
+static int64_t earliest(int64_t a, int64_t b)
 {
-    for (pmap_job_t **p = &pool->jobs; *p != NULL;) {
-        pmap_job_t *job = *p;
-        if (job->released && job->finished && !job->waited) {
-            *p = job->later;
-            job_free(job);
-        } else {
-            p = &job->later;
-        }
+    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
+}
+
+/* Blocks until the pool has something to do, or until `until` (-1: no
+ * limit): on pool_fd's epoll set, or, without one, for at most 1 ms. */
+static void rest(pool_t *pool, int64_t until)
+{
+    if (pool->epfd >= 0) {
+        struct pollfd p = {pool->epfd, POLLIN, 0};
+        pmap__poll(&p, 1, until);
+        return;
     }
+    int64_t soon = pmap__now_ns() + 1000000;
+    pmap__poll(NULL, 0, earliest(until, soon));
+}
+
+/*
+ * Runs the pool until job has an item to hand out, has finished, or has
+ * been released (pmap_job_free from a callback: PMAP_ECANCELED, and job
+ * is not ours to look at any more), or until deadline (-1: no limit).
+ * Returns 0, PMAP_ETIMEDOUT, or a code of the pool's.
+ */
+static int wait_for_item(pmap_job_t *job, int64_t deadline)
+{
+    pool_t *pool = job->pool;
+    int rc = pmap__pool_enter(pool);
+    if (rc < 0)
+        return rc;
+    job->waited = true;     /* a callback may release it meanwhile */
+    for (;;) {
+        int64_t wake = pmap__loop_once(pool);
+        if (job->released) {
+            rc = PMAP_ECANCELED;
+            break;
+        }
+        if (pmap__iter_next(job) != SIZE_MAX || job->finished)
+            break;
+        if (deadline >= 0 && pmap__now_ns() >= deadline) {
+            rc = PMAP_ETIMEDOUT;
+            break;
+        }
+        rest(pool, earliest(wake, deadline));
+    }
+    job->waited = false;    /* the loop frees it if it was released */
+    pmap__pool_leave(pool);
+    return rc;
+}
+
+int pmap_job_next(pmap_job_t *job, size_t *index,
+                  const pmap_failure_t **failure, double timeout)
+{
+    if (job == NULL || index == NULL || timeout != timeout || !job->iter.on)
+        return PMAP_EINVAL;     /* results go to on_result, or a producer */
+    if (failure != NULL)
+        *failure = NULL;
+    size_t next = pmap__iter_next(job);
+    if (next == SIZE_MAX && !job->finished) {
+        int64_t deadline = -1;
+        if (timeout >= 0)
+            deadline = pmap__now_ns() + (timeout < 1e9
+                                             ? (int64_t)(timeout * 1e9)
+                                             : INT64_MAX / 4);
+        int rc = wait_for_item(job, deadline);
+        if (rc < 0)
+            return rc;
+        next = pmap__iter_next(job);
+    }
+    if (next != SIZE_MAX) {
+        pmap__iter_take(job, next, index, failure);
+        return 1;
+    }
+    /* Finished, and everything that finished was handed out: the end,
+     * unless the map stopped before some of its items could finish. */
+    return job->iter.handed == job->n || job->rc >= 0 ? 0 : job->rc;
 }
 
 /*
@@ -522,7 +504,7 @@ void pmap__jobs_prepare(pool_t *pool)
     pmap_job_t *job = calloc(1, sizeof *job);
     if (job != NULL && (pmap__outq_reserve(&job->setup, 256) < 0 ||
                         pmap__buf_reserve(&job->scratch, 256) < 0)) {
-        job_free(job);
+        pmap__job_free(job);
         job = NULL;
     }
     pool->spare = job;
@@ -531,12 +513,12 @@ void pmap__jobs_prepare(pool_t *pool)
 /* Frees every map of a pool being destroyed. */
 void pmap__jobs_free(pool_t *pool)
 {
-    job_free(pool->spare);
+    pmap__job_free(pool->spare);
     pool->spare = NULL;
     while (pool->jobs != NULL) {
         pmap_job_t *job = pool->jobs;
         pool->jobs = job->later;
-        job_free(job);
+        pmap__job_free(job);
     }
     while (pool->lasts != NULL) {
         pmap__last_t *l = pool->lasts;

@@ -29,6 +29,7 @@
  */
 #include "pmap_internal.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -352,7 +353,7 @@ int pool_fd(const pool_t *pool)
 {
     if (pool == NULL)
         return PMAP_EINVAL;
-    /* In a worker, the pool's descriptors were closed (proc.c). */
+    /* In a worker, the pool's descriptors were closed (family.c). */
     return pool->epfd >= 0 && !pmap__pools_forgotten() ? pool->epfd
                                                         : PMAP_ENOSYS;
 }
@@ -638,19 +639,6 @@ static int64_t step(pool_t *pool)
     return pool->lost || (pool->in_process && work_left(pool)) ? 0 : wake;
 }
 
-/* The pool's poll array, with room for n entries; NULL without memory. */
-struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n)
-{
-    if (n > pool->pollfds_cap) {
-        struct pollfd *p = realloc(pool->pollfds, n * sizeof *p);
-        if (p == NULL)
-            return NULL;
-        pool->pollfds = p;
-        pool->pollfds_cap = n;
-    }
-    return pool->pollfds;
-}
-
 /* Handles what w's process has done: sent frames, taken what we wrote,
  * ended.  A callback run for an earlier worker may have killed this one
  * (pmap_job_free): then its events are stale. */
@@ -725,7 +713,7 @@ static int wait_events(pool_t *pool, int64_t wake)
         return wait_epoll(pool, wake);
 #endif
     size_t nw = (size_t)pool->nworkers, n = 3 * nw + 1 + 2 * pool->nretirees;
-    struct pollfd *pfd = pmap__loop_pollfds(pool, n);
+    struct pollfd *pfd = pmap__pollfds(pool, n);
     if (pfd == NULL)
         return PMAP_ENOMEM;
     for (size_t i = 0; i < nw; i++) {
@@ -762,6 +750,62 @@ static bool all_ready(const pool_t *pool)
             return false;
     }
     return true;
+}
+
+/* ---- the pool's lock -------------------------------------------------- */
+
+/*
+ * Checks that the calling process may use pool now, and takes its lock,
+ * waiting for the other threads' calls to let go of it (a driver lets go
+ * while it polls: below).  Returns 0, or PMAP_EINVAL, PMAP_ENESTED,
+ * PMAP_EFORKED, or PMAP_EBUSY when this thread holds the lock already: a
+ * callback of the pool calling back into it.
+ */
+int pmap__pool_enter(pool_t *pool)
+{
+    if (pool == NULL)
+        return PMAP_EINVAL;
+    if (pmap__nested())
+        return PMAP_ENESTED;
+    if (pool->owner != pmap__self())
+        return PMAP_EFORKED;
+    if (pthread_mutex_lock(&pool->lock) != 0)
+        return PMAP_EBUSY;      /* EDEADLK: ours already */
+    return 0;
+}
+
+void pmap__pool_leave(pool_t *pool)
+{
+    pthread_mutex_unlock(&pool->lock);
+}
+
+/* For the calls that only read the pool (counters, failures): takes its
+ * lock unless this thread holds it already (in a callback) or the pool is
+ * a forked copy.  Returns whether it did, for pmap__pool_unlock. */
+bool pmap__pool_lock(const pool_t *pool)
+{
+    pool_t *p = (pool_t *)pool;     /* the lock is not part of its value */
+    return p->owner == pmap__self() && pthread_mutex_lock(&p->lock) == 0;
+}
+
+void pmap__pool_unlock(const pool_t *pool, bool locked)
+{
+    if (locked)
+        pthread_mutex_unlock(&((pool_t *)pool)->lock);
+}
+
+/* Wakes the loop if it waits in poll; async-signal-safe (a cancellation
+ * may come from a signal handler running on any thread). */
+void pmap__pool_wake(pool_t *pool)
+{
+    int saved = errno;
+    char c = 0;
+    /* In a worker, the number may be its own by now (family.c). */
+    if (pool->wake[1] >= 0 && !pmap__pools_forgotten() &&
+        send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
+        /* Full: the loop is awake already. */
+    }
+    errno = saved;
 }
 
 /* ---- who drives -------------------------------------------------------- */

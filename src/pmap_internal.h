@@ -2,31 +2,45 @@
 /*
  * pmap_internal.h - what libpmap's source files share, never installed.
  *
- * The architecture, one file each (README.md, "Design", says more):
+ * The architecture, one file each, in layers (README.md, "Design", says
+ * more).  A file calls only the files listed after it, which
+ * tests/layers.sh checks on the object files: each layer can be read, and
+ * replaced, on its own, and a new transport or start method is a file of
+ * its own, not edits across the loop.
  *
+ * The API:
  *   pool.c      pool lifecycle: create, destroy, counters
- *   proc.c      worker processes: start, watch (pidfd), retire, reap
- *   loop.c      the caller's event loop: poll, channel I/O, worker deaths,
- *               timeouts, cancellation, recycling, pool_poll and pool_fd
- *   job.c       a map as the caller sees it: start, wait, cancel, outcome
- *   batch.c     a map's items through the workers: batches and results
+ *   job.c       a map as the caller sees it: start, wait, cancel, outcome;
+ *               pmap_job_next
+ * Scheduling, in the caller:
+ *   loop.c      the event loop: who drives, poll, channel I/O, worker
+ *               deaths, timeouts, cancellation, recycling, pool_poll and
+ *               pool_fd
+ *   batch.c     a map's items through the workers: batches, results, the
+ *               map's end
  *   deliver.c   where items come from and results go: arrays, producer,
  *               callbacks in order or not; failures; progress
- *   iter.c      pmap_job_next: a background map's results pulled one by one
- *   worker.c    the worker process: its setup after fork and task loop
- *   wire.c      the frame format, encoding and decoding (no I/O)
- *   registry.c  PMAP_EXPORT'ed functions, found by identifier
- *   fdio.c      every system call on a file descriptor or a child
+ *   output.c    per-item output grouped or captured
+ *   iter.c      a background map's finished items not yet handed out
+ * Processes:
+ *   proc.c      worker processes: start, watch (pidfd), retire, reap
  *   server.c    the fork server, which forks workers for pools that ask
  *   inline.c    the in-process start method: the caller is the worker
- *   shm.c       the memory shared with the workers
+ *   worker.c    the worker process: its setup after fork and task loop
+ *   capture.c   in the worker: per-item output, crash reports, memory
  *   alloc.c     pmap_alloc: memory the caller shares with every worker
  *               read-only, and the workers' views of it
+ *   family.c    this process among its children: who it is, its pools,
+ *               what a new child drops
+ * Memory, frames and descriptors:
+ *   shm.c       the memory shared with the workers
+ *   wire.c      the frame format, encoding and decoding (no I/O)
+ *   registry.c  PMAP_EXPORT'ed functions, found by identifier
  *   cpu.c       the CPUs this process may use (the default pool size)
- *   capture.c   in the worker: per-item output, crash reports, memory
- *   output.c    in the caller: per-item output grouped or captured
+ *   fdio.c      every system call on a file descriptor or a child
  *   buf.c       growable byte buffers
  *   error.c     error names and messages
+ *   version.c   the library's version, for a program to check
  *
  * Internal functions are prefixed pmap__ because libpmap.a shares the
  * caller's link namespace.  They return 0 (or a count) on success and a
@@ -672,15 +686,20 @@ typedef struct pmap__remote {
 
 extern const pmap__remote_t *pmap__remote;  /* set by libpmap-mpi */
 
-/* proc.c */
+/* family.c */
+extern bool pmap__in_worker;    /* this process is a worker (or server) */
 pid_t pmap__self(void);
-void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w);
 void pmap__pools_lock(void);
 void pmap__pools_unlock(void);
 void pmap__pools_add(pool_t *pool);
 void pmap__pools_remove(pool_t *pool);
-void pmap__proc_child_init(const pmap__worker_t *keep);
+void pmap__pools_mark(void);
+void pmap__pools_unmark(void);
+void pmap__pools_child_init(const pmap__worker_t *keep);
 bool pmap__pools_forgotten(void);
+
+/* proc.c */
+void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w);
 bool pmap__proc_taken(const pmap__worker_t *w);
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w);
 int pmap__proc_spawn_all(pool_t *pool);
@@ -690,6 +709,7 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline);
 int64_t pmap__retirees_check(pool_t *pool);
 void pmap__retirees_wait(pool_t *pool);
 void pmap__retirees_abandon(pool_t *pool);
+struct pollfd *pmap__pollfds(pool_t *pool, size_t n);
 /* What an entry of the pool's epoll set stands for (its data.u64): the
  * wake pipe, a retiree's descriptor, or one of worker index's, as
  * PMAP__EVENT(index, kind). */
@@ -700,23 +720,18 @@ int pmap__epoll_add(const pool_t *pool, int fd, uint64_t event);
 int pmap__epoll_mod(const pool_t *pool, int fd, uint64_t event);
 void pmap__epoll_del(const pool_t *pool, int fd);
 
-/* pool.c */
+/* loop.c */
 int pmap__pool_enter(pool_t *pool);
 void pmap__pool_leave(pool_t *pool);
 bool pmap__pool_lock(const pool_t *pool);
 void pmap__pool_unlock(const pool_t *pool, bool locked);
 void pmap__pool_wake(pool_t *pool);
-
-/* loop.c */
 int pmap__loop_run(pool_t *pool, const pmap_job_t *job, int64_t deadline_ns);
-struct pollfd *pmap__loop_pollfds(pool_t *pool, size_t n);
 int64_t pmap__loop_once(pool_t *pool);
 void pmap__loop_nudge(pool_t *pool);
 void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
 /* job.c */
-bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
-void pmap__jobs_reap(pool_t *pool);
 void pmap__jobs_free(pool_t *pool);
 void pmap__jobs_prepare(pool_t *pool);
 
@@ -734,6 +749,10 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
                     const pmap__death_t *death);
 void pmap__job_cancel_now(pool_t *pool, pmap_job_t *job);
 int64_t pmap__job_retry_due(const pmap_job_t *job);
+bool pmap__job_settle(pool_t *pool, pmap_job_t *job);
+void pmap__job_empty(pmap_job_t *job, bool keep);
+void pmap__job_free(pmap_job_t *job);
+void pmap__jobs_reap(pool_t *pool);
 
 /* deliver.c */
 int pmap__window_init(pool_t *pool, pmap_job_t *job);
@@ -773,6 +792,9 @@ int pmap__iter_init(pmap_job_t *job);
 void pmap__iter_mark(pmap_job_t *job, size_t first, size_t count,
                      bool failed);
 void pmap__iter_free(pmap_job_t *job);
+size_t pmap__iter_next(const pmap_job_t *job);
+void pmap__iter_take(pmap_job_t *job, size_t index, size_t *indexp,
+                     const pmap_failure_t **failure);
 
 /* What a new worker needs to know; pool.c or server.c fills it. */
 typedef struct pmap__worker_setup {
@@ -791,7 +813,6 @@ _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
                                         const pmap__worker_setup_t *setup);
 
 /* worker.c */
-extern bool pmap__in_worker;    /* this process is a worker (or server) */
 bool pmap__nested(void);
 void pmap__signals_reset(void);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);

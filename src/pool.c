@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -215,7 +214,7 @@ static void reserve(pool_t *pool)
     }
     pool->retirees = malloc(n * sizeof *pool->retirees);
     pool->retirees_cap = pool->retirees != NULL ? n : 0;
-    pmap__loop_pollfds(pool, 2 * n);    /* the retirees' (proc.c) */
+    pmap__pollfds(pool, 2 * n);    /* the retirees' (proc.c) */
 }
 
 /* Starts the pool's workers and waits until they are ready.  No other
@@ -397,58 +396,4 @@ int pool_worker_stats(const pool_t *pool, int worker,
     stats->work = w->stats;
     pmap__pool_unlock(pool, locked);
     return 0;
-}
-
-/*
- * Checks that the calling process may use pool now, and takes its lock,
- * waiting for the other threads' calls to let go of it (a driver lets go
- * while it polls: loop.c).  Returns 0, or PMAP_EINVAL, PMAP_ENESTED,
- * PMAP_EFORKED, or PMAP_EBUSY when this thread holds the lock already: a
- * callback of the pool calling back into it.
- */
-int pmap__pool_enter(pool_t *pool)
-{
-    if (pool == NULL)
-        return PMAP_EINVAL;
-    if (pmap__nested())
-        return PMAP_ENESTED;
-    if (pool->owner != pmap__self())
-        return PMAP_EFORKED;
-    if (pthread_mutex_lock(&pool->lock) != 0)
-        return PMAP_EBUSY;      /* EDEADLK: ours already */
-    return 0;
-}
-
-void pmap__pool_leave(pool_t *pool)
-{
-    pthread_mutex_unlock(&pool->lock);
-}
-
-/* For the calls that only read the pool (counters, failures): takes its
- * lock unless this thread holds it already (in a callback) or the pool is
- * a forked copy.  Returns whether it did, for pmap__pool_unlock. */
-bool pmap__pool_lock(const pool_t *pool)
-{
-    pool_t *p = (pool_t *)pool;     /* the lock is not part of its value */
-    return p->owner == pmap__self() && pthread_mutex_lock(&p->lock) == 0;
-}
-
-void pmap__pool_unlock(const pool_t *pool, bool locked)
-{
-    if (locked)
-        pthread_mutex_unlock(&((pool_t *)pool)->lock);
-}
-
-/* Wakes the loop if it waits in poll; async-signal-safe (a cancellation
- * may come from a signal handler running on any thread). */
-void pmap__pool_wake(pool_t *pool)
-{
-    int saved = errno;
-    char c = 0;
-    /* In a worker, the number may be its own by now (proc.c). */
-    if (pool->wake[1] >= 0 && !pmap__pools_forgotten() &&
-        send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
-        /* Full: the loop is awake already. */
-    }
-    errno = saved;
 }

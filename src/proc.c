@@ -17,8 +17,8 @@
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
- *    The list of pools is locked across fork, and while descriptors and
- *    arenas are made or dropped, for that reason.
+ *    The list of pools (family.c) is locked across fork, and while
+ *    descriptors and arenas are made or dropped, for that reason.
  *  - Before a fork here, stdio is flushed (or the child would print the
  *    caller's buffered text again) and every signal but the synchronous
  *    faults is blocked, so no handler of the caller runs in the child
@@ -27,10 +27,6 @@
  *    workers are its children, and it reports how they end.  Every wait
  *    has a deadline, or follows a SIGKILL.
  */
-#if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE     /* MADV_WIPEONFORK */
-#endif
-
 #include "pmap_internal.h"
 
 #include <pthread.h>
@@ -50,58 +46,12 @@
  * before its status is taken for lost. */
 #define KILLED_REPORT_NS 1000000000LL
 
-static pool_t *pools;
-static bool forgotten;  /* pmap__pools_forgotten */
 static const pmap__worker_t *taken;     /* pmap__proc_taken */
-static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* The process layer of PMAP_START_MPI, when libpmap-mpi is linked in and
  * initialized; a pool using it asks it for everything below that names a
  * pid (pool->remote). */
 const pmap__remote_t *pmap__remote;
-
-/* ---- who we are --------------------------------------------------------- */
-
-/* Our pid, in a page whose contents no child inherits (pmap__self). */
-static _Atomic pid_t *self_page;
-static pthread_once_t self_once = PTHREAD_ONCE_INIT;
-
-static void self_page_map(void)
-{
-#ifdef MADV_WIPEONFORK
-    long page = sysconf(_SC_PAGESIZE);
-    size_t size = page > 0 ? (size_t)page : 4096;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
-        self_page = p;
-    else if (p != MAP_FAILED)
-        munmap(p, size);
-#endif
-}
-
-/*
- * This process's pid.  Every call on a pool checks that this process made
- * it (a forked copy gets PMAP_EFORKED), and getpid() is a system call,
- * which costs a microsecond or more on virtual machines (one call to a
- * worker went from about 27.0 to 25.5 us here without it).  So the pid is
- * kept in a page whose copy a child sees zeroed (MADV_WIPEONFORK, Linux
- * 4.14): whatever forked it, with or without pthread_atfork handlers
- * (_Fork, clone), a child finds 0 there and asks the kernel once.  Without
- * that page, getpid() every time.
- */
-pid_t pmap__self(void)
-{
-    pthread_once(&self_once, self_page_map);
-    if (self_page == NULL)
-        return getpid();
-    pid_t pid = atomic_load_explicit(self_page, memory_order_relaxed);
-    if (pid == 0) {
-        pid = getpid();
-        atomic_store_explicit(self_page, pid, memory_order_relaxed);
-    }
-    return pid;
-}
 
 /* Kills w's process, wherever it runs. */
 void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w)
@@ -110,35 +60,6 @@ void pmap__proc_kill(const pool_t *pool, const pmap__worker_t *w)
         pool->remote->kill(w->pidfd);
     else
         pmap__kill(w->pid, w->pidfd);
-}
-
-void pmap__pools_lock(void)
-{
-    pthread_mutex_lock(&pools_lock);
-}
-
-void pmap__pools_unlock(void)
-{
-    pthread_mutex_unlock(&pools_lock);
-}
-
-/* Links pool into the list of pools; locked by the caller. */
-void pmap__pools_add(pool_t *pool)
-{
-    pool->next = pools;
-    pools = pool;
-}
-
-void pmap__pools_remove(pool_t *pool)
-{
-    pthread_mutex_lock(&pools_lock);
-    for (pool_t **p = &pools; *p != NULL; p = &(*p)->next) {
-        if (*p == pool) {
-            *p = pool->next;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&pools_lock);
 }
 
 /* ---- pool_fd's epoll set ------------------------------------------------ */
@@ -186,153 +107,6 @@ void pmap__epoll_del(const pool_t *pool, int fd)
 
 /* ---- starting ----------------------------------------------------------- */
 
-/*
- * The descriptors of every pool, as a bitmap over their numbers, which the
- * forking thread makes for the children it is about to fork (pools_lock
- * held from then to the forks): a child reads a page or two of it rather
- * than every slot of every pool, and on a paravirtualized machine each
- * page a new process first touches costs it microseconds (some 250 us a
- * child with 512 slots, 49 pages of them).
- */
-static uint64_t *doomed;
-static size_t doomed_words;
-static bool doomed_ready;   /* made for the forks under way */
-
-/*
- * Calls each(fd, ctx) on every descriptor of every pool but keep's channel
- * (keep: the slot a new child is forked for, whose ch.keep and handoff[0]
- * are that child's; or NULL), until one returns false.  Returns whether
- * all returned true.  fd may be -1.
- */
-static bool each_descriptor(const pmap__worker_t *keep,
-                            bool (*each)(int fd, void *ctx), void *ctx)
-{
-    for (const pool_t *p = pools; p != NULL; p = p->next) {
-        const int own[] = {p->epfd, p->wake[0], p->wake[1]};
-        for (size_t k = 0; k < sizeof own / sizeof *own; k++) {
-            if (!each(own[k], ctx))
-                return false;
-        }
-        for (int i = 0; i < p->nworkers; i++) {
-            const pmap__worker_t *w = &p->workers[i];
-            bool mine = w == keep;
-            const int fds[] = {w->ch.in, w->ch.out, w->pidfd,
-                               mine ? -1 : w->ch.keep,
-                               mine ? -1 : w->handoff[0], w->handoff[1]};
-            for (size_t k = 0; k < sizeof fds / sizeof *fds; k++) {
-                if (!each(fds[k], ctx))
-                    return false;
-            }
-        }
-        for (size_t i = 0; i < p->nretirees; i++) {
-            if (!each(p->retirees[i].fd, ctx) ||
-                !each(p->retirees[i].pidfd, ctx))
-                return false;
-        }
-    }
-    return true;
-}
-
-/* Sets fd's bit; false without the memory to. */
-static bool mark(int fd, void *ctx)
-{
-    (void)ctx;
-    if (fd < 0)
-        return true;
-    size_t word = (size_t)fd / 64;
-    if (word >= doomed_words) {
-        size_t words = 2 * word + 1;
-        uint64_t *p = realloc(doomed, words * sizeof *p);
-        if (p == NULL)
-            return false;
-        memset(p + doomed_words, 0, (words - doomed_words) * sizeof *p);
-        doomed = p;
-        doomed_words = words;
-    }
-    doomed[word] |= (uint64_t)1 << (fd % 64);
-    return true;
-}
-
-/* Makes the bitmap for the forks to come; pools_lock held.  Without
- * memory, the children look at the pools themselves. */
-static void doomed_make(void)
-{
-    if (doomed != NULL)
-        memset(doomed, 0, doomed_words * sizeof *doomed);
-    doomed_ready = each_descriptor(NULL, mark, NULL);
-}
-
-/* In a child: closes the descriptors of the bitmap but keep's channel. */
-static void close_doomed(const pmap__worker_t *keep)
-{
-    int own[2] = {keep ? keep->ch.keep : -1, keep ? keep->handoff[0] : -1};
-    pmap__fd_runs_t runs = {-1, -1};
-    for (size_t i = 0; i < doomed_words; i++) {
-        for (int b = 0; doomed[i] != 0 && b < 64; b++) {
-            int fd = (int)(i * 64) + b;
-            if ((doomed[i] >> b & 1) && fd != own[0] && fd != own[1])
-                pmap__fd_runs_add(&runs, fd);
-        }
-    }
-    pmap__fd_runs_flush(&runs);
-}
-
-static bool add_to_runs(int fd, void *runs)
-{
-    pmap__fd_runs_add(runs, fd);
-    return true;
-}
-
-/* In a child, without the bitmap: closes what every slot of every pool
- * shows, but keep's channel. */
-static void close_every_slot(const pmap__worker_t *keep)
-{
-    pmap__fd_runs_t runs = {-1, -1};
-    each_descriptor(keep, add_to_runs, &runs);
-    pmap__fd_runs_flush(&runs);
-}
-
-/* In a child that inherited arenas (shm.c): unmaps all but keep's. */
-static void forget_arenas(const pmap__worker_t *keep)
-{
-    for (const pool_t *p = pools; p != NULL; p = p->next) {
-        for (int i = 0; i < p->nworkers; i++) {
-            if (&p->workers[i] != keep)
-                pmap__arena_forget(p->workers[i].arena);
-        }
-    }
-}
-
-/*
- * In a new child of this process (a worker, or the fork server), before
- * anything else: closes every descriptor of every pool, keeping only
- * keep's channel, forgets every arena but keep's (shm.c), and makes the
- * list's lock usable again (the forking thread held it, and that thread
- * is the only one the child has).  The descriptors are closed in runs and
- * the pools left as they are: writing to them would copy their pages into
- * each new child (a fault each, some 15 us on a paravirtualized machine),
- * and nothing uses their descriptors here again (pmap__pools_forgotten).
- */
-void pmap__proc_child_init(const pmap__worker_t *keep)
-{
-    if (doomed_ready)
-        close_doomed(keep);
-    else
-        close_every_slot(keep);
-    if (pmap__arenas_inherited())
-        forget_arenas(keep);
-    forgotten = true;
-    pthread_mutex_init(&pools_lock, NULL);
-}
-
-/* Whether this process is a child forked here (or descends from one):
- * the descriptors and arenas in the pools it inherited are closed or
- * gone, though the pools still show them. */
-bool pmap__pools_forgotten(void)
-{
-    return forgotten;
-}
-
 /* Whether w is the slot whose buffers this worker took for its own
  * (pmap__worker_take): its pool's copy here must not free them. */
 bool pmap__proc_taken(const pmap__worker_t *w)
@@ -349,7 +123,7 @@ _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
 {
     taken = w;
     pmap__worker_take(&w->in.buf, &w->out);
-    pmap__proc_child_init(w);
+    pmap__pools_child_init(w);
     pmap__server_child_init();
     pmap__worker_main(setup);
 }
@@ -379,11 +153,11 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
                          const pmap__channel_t *theirs)
 {
     sigset_t old;
-    doomed_make();
+    pmap__pools_mark();
     pmap__fork_prepare(&old, false);
     pid_t pid = fork_one(pool, w, theirs);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    doomed_ready = false;
+    pmap__pools_unmark();
     return pid;
 }
 
@@ -400,10 +174,10 @@ static pid_t ask_server(pool_t *pool, pmap__worker_t *w,
                                   pool->opts.worker_exit,
                                   pool->opts.worker_arg};
     pid_t pid = -1;
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
     int rc = pmap__server_spawn(&setup, theirs, w->handoff[1],
                                 pmap__now_ns() + pool->start_timeout_ns, &pid);
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     return rc < 0 ? rc : pid;
 }
 
@@ -535,9 +309,9 @@ static int connect_slot(pool_t *pool, pmap__worker_t *w, pid_t pid)
 int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
 {
     pool->steady = false;   /* not ready yet */
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     pid_t pid = start(pool, w);
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
     return connect_slot(pool, w, pid);
 }
 
@@ -566,7 +340,7 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
     pid_t pid[GROUP];
     int made = 0, rc = 0;
     pool->steady = false;   /* not ready yet */
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     while (made < n &&
            (rc = prepare(pool, &pool->workers[first + made], &theirs[made],
                          arena_of(arenas, first + made))) == 0)
@@ -575,7 +349,7 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
         pmap__shm_unmap(arena_of(arenas, first + made),
                         (size_t)(n - made) * PMAP__ARENA_SIZE);
     sigset_t old;
-    doomed_make();
+    pmap__pools_mark();
     pmap__fork_prepare(&old, false);
     int forked = 0;
     while (forked < made &&
@@ -583,12 +357,12 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
                                    &theirs[forked])) > 0)
         forked++;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    doomed_ready = false;
+    pmap__pools_unmark();
     if (forked < made)
         rc = pid[forked];
     for (int i = 0; i < made; i++)
         handed(&pool->workers[first + i], i < forked ? pid[i] : rc);
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
     for (int i = 0; i < forked; i++) {
         int c = connect_slot(pool, &pool->workers[first + i], pid[i]);
         rc = rc < 0 ? rc : c;
@@ -614,14 +388,14 @@ int pmap__proc_spawn_all(pool_t *pool)
     bool forks = !pool->server && pool->remote == NULL;
     int step = forks ? GROUP : 1, rc = 0, i;
     size_t size = (size_t)pool->nworkers * PMAP__ARENA_SIZE;
-    pthread_mutex_lock(&pools_lock);    /* no fork by another thread before
+    pmap__pools_lock();    /* no fork by another thread before
                                            the mapping is kept from it */
     unsigned char *arenas = forks ? pmap__shm_map(size, NULL) : NULL;
     if (arenas != NULL && !pmap__shm_fork_inherit(arenas, size, false)) {
         pmap__shm_unmap(arenas, size);  /* an arena apiece, then */
         arenas = NULL;
     }
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
     for (i = 0; i < pool->nworkers && rc == 0; i += step) {
         int n = pool->nworkers - i < step ? pool->nworkers - i : step;
         rc = forks ? spawn_group(pool, i, n, arenas)
@@ -631,6 +405,21 @@ int pmap__proc_spawn_all(pool_t *pool)
         pmap__shm_unmap(arena_of(arenas, i),
                         (size_t)(pool->nworkers - i) * PMAP__ARENA_SIZE);
     return rc;
+}
+
+/* The pool's poll array, with room for n entries; NULL without memory.
+ * Scratch for one wait: the retirees' here, every channel's in loop.c
+ * where there is no epoll. */
+struct pollfd *pmap__pollfds(pool_t *pool, size_t n)
+{
+    if (n > pool->pollfds_cap) {
+        struct pollfd *p = realloc(pool->pollfds, n * sizeof *p);
+        if (p == NULL)
+            return NULL;
+        pool->pollfds = p;
+        pool->pollfds_cap = n;
+    }
+    return pool->pollfds;
 }
 
 /* ---- ending ------------------------------------------------------------- */
@@ -692,10 +481,10 @@ static int reap_pid(const pool_t *pool, pid_t pid, int pidfd, int *status)
  * thread must not keep a mapping that the list no longer shows. */
 static void drop_arena(pmap__worker_t *w)
 {
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
     w->arena = NULL;
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
 }
 
 /* Closes a descriptor of the pool's, under the lock: a child forked
@@ -705,10 +494,10 @@ static void close_watched(const pool_t *pool, int *fd)
 {
     if (*fd < 0)
         return;
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     pmap__epoll_del(pool, *fd);
     pmap__close(fd);
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
 }
 
 /*
@@ -746,12 +535,12 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     pool->steady = false;   /* its slot is empty */
     /* Under the lock: its descriptors move from the slot to the list of
      * retirees, both of which a child forked meanwhile must see whole. */
-    pthread_mutex_lock(&pools_lock);
+    pmap__pools_lock();
     if (pool->nretirees == pool->retirees_cap) {
         pmap__retiree_t *r =
             pmap__grow(pool->retirees, &pool->retirees_cap, sizeof *r);
         if (r == NULL) {
-            pthread_mutex_unlock(&pools_lock);
+            pmap__pools_unlock();
             int status;     /* no room to wait for it: kill it now */
             pmap__proc_reap(pool, w, &status);
             return;
@@ -777,7 +566,7 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     w->gone = w->reaped = false;
     pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
     w->arena = NULL;
-    pthread_mutex_unlock(&pools_lock);
+    pmap__pools_unlock();
 }
 
 /* Whether retiree r has ended: its pidfd, or a look without one (which
@@ -837,13 +626,13 @@ int64_t pmap__retirees_check(pool_t *pool)
         }
         if (r->pid > 0)
             reap_pid(pool, r->pid, r->pidfd, &status);
-        pthread_mutex_lock(&pools_lock);
+        pmap__pools_lock();
         pmap__epoll_del(pool, r->fd);
         pmap__epoll_del(pool, r->pidfd);
         pmap__close(&r->fd);
         pmap__close(&r->pidfd);
         pool->retirees[i] = pool->retirees[--pool->nretirees];
-        pthread_mutex_unlock(&pools_lock);
+        pmap__pools_unlock();
     }
     return next;
 }
@@ -855,7 +644,7 @@ void pmap__retirees_wait(pool_t *pool)
         int64_t next = pmap__retirees_check(pool);
         if (pool->nretirees == 0)
             return;
-        struct pollfd *pfd = pmap__loop_pollfds(pool, 2 * pool->nretirees);
+        struct pollfd *pfd = pmap__pollfds(pool, 2 * pool->nretirees);
         if (pfd == NULL) {
             pmap__poll(NULL, 0, pmap__now_ns() + PMAP__TICK_NS);
             continue;

@@ -9,7 +9,7 @@
  * Each worker process gets an arena of its own, and only its own: every
  * arena is MADV_DONTFORK but across the fork of its own worker, so a child
  * forked by the caller never holds another (where that cannot be had, it
- * unmaps every other arena first thing: proc.c), and a replacement never
+ * unmaps every other arena first thing: family.c), and a replacement never
  * inherits what its predecessor, or a process that predecessor forked,
  * could still write.  (A new pool's first arenas are carved from one
  * mapping, pmap__proc_spawn_all, and go the same way.)

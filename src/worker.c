@@ -36,8 +36,6 @@
 #define EXIT_INIT 124       /* worker_init refused to start */
 #define EXIT_BROKEN 125     /* malformed frame or no memory: cannot go on */
 
-bool pmap__in_worker;
-
 /* One map this worker has been set up for. */
 typedef struct worker_map {
     uint32_t id;
