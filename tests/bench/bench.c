@@ -338,6 +338,45 @@ static double page_cost(bool copy_on_write)
     return us;
 }
 
+/* What a new process pays for the first use of a kind of system call
+ * (us a call): a child just forked makes eight kinds once each, then each
+ * again; *later gets the second figure.  On a virtual machine that keeps
+ * page tables of its own for each process, the first use also maps the
+ * kernel's and libc's code on that call's path for the process. */
+static double first_syscall_cost(double *later)
+{
+    int fd[2];
+    double us[2] = {0, 0};
+    if (pipe(fd) < 0)
+        return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        double t[3];
+        for (int round = 0; round < 2; round++) {
+            t[round] = now();
+            (void)getppid();
+            (void)getuid();
+            (void)getgid();
+            (void)geteuid();
+            (void)getegid();
+            (void)getpgrp();
+            (void)getsid(0);
+            (void)getpriority(PRIO_PROCESS, 0);
+        }
+        t[2] = now();
+        double r[2] = {(t[1] - t[0]) * 1e6 / 8, (t[2] - t[1]) * 1e6 / 8};
+        _exit(write(fd[1], r, sizeof r) == sizeof r ? 0 : 1);
+    }
+    if (pid < 0 || read(fd[0], us, sizeof us) != sizeof us)
+        us[0] = us[1] = 0;
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    close(fd[0]);
+    close(fd[1]);
+    *later = us[1];
+    return us[0];
+}
+
 static double fork_exit_wait(void)
 {
     double t = now();
@@ -1416,6 +1455,7 @@ int main(int argc, char **argv)
     sample_t pipe_rtt = {{0}, 0}, socket_rtt = {{0}, 0}, pipe_bw = {{0}, 0};
     sample_t socket_bw = {{0}, 0}, copy_bw = {{0}, 0};
     sample_t first_read = {{0}, 0}, cow = {{0}, 0};
+    sample_t first_call = {{0}, 0}, later_call = {{0}, 0};
     char note[256];
     run_python();   /* first: it takes a while, and W5 below needs it */
     for (int r = 0; r < reps; r++) {
@@ -1426,6 +1466,11 @@ int main(int argc, char **argv)
         add_value(&copy_bw, memcpy_bandwidth());
         add_value(&first_read, page_cost(false));
         add_value(&cow, page_cost(true));
+        double f[20], l[20];
+        for (int i = 0; i < 20; i++)
+            f[i] = first_syscall_cost(&l[i]);
+        add_value(&first_call, median_of(f, 20));
+        add_value(&later_call, median_of(l, 20));
     }
     heading("Machine limits");
     row("pipe round trip (1 byte)", &pipe_rtt, "us", NULL);
@@ -1439,6 +1484,9 @@ int main(int argc, char **argv)
               median(&first_read) * 65536 / 1e3));
     row("a page, first written by a child", &cow, "us",
         "copy on write, after a fork");
+    row("a system call, first use in a child", &first_call, "us",
+        ratio(note, sizeof note, "then %.1f us; eight kinds, just after "
+              "a fork", median(&later_call)));
     bench_w5("small caller", true);
     bench_w5_heap();    /* before the inputs exist: a small caller */
 
