@@ -59,7 +59,10 @@ $(B)/mpi/mandelbrot: examples/mandelbrot.c $(MPI_LIB)
 $(B)/mpi/bench_mpi: tests/mpi/bench_mpi.c tests/bench/workloads.h $(MPI_LIB)
 	$(MPICC) $(MPI_CFLAGS) -O2 -o $@ $< $(MPI_LIB) $(ALL_LDLIBS)
 
+# The MPI layer sits beside proc.c (README, "Design"): it may use proc.c
+# and what is below it, nothing above.
 mpi-test: mpi
+	@sh tests/layers.sh $(B)/obj $(B)/mpi/pmap_mpi.o proc
 	@PMAP_WORKERS=1 $(MPI_RUN) -n 3 $(B)/mpi/test_mpi
 	@PMAP_WORKERS=1 $(MPI_RUN) -n 2 -x PMAP_WORKERS $(B)/mpi/test_mpi --here
 	@PMAP_WORKERS=1 tests/mpi/lost_rank.sh $(MPI_RUN) -n 3 -x PMAP_WORKERS \
