@@ -313,6 +313,15 @@ int pmap__map(pool_t *pool, const pmap__call_t *call, const pmap__fn_t *fn,
     return rc;
 }
 
+/* When a wait of timeout seconds ends; -1 (no end) if timeout < 0. */
+static int64_t deadline_of(double timeout)
+{
+    if (timeout < 0)
+        return -1;
+    return pmap__now_ns() + (timeout < 1e9 ? (int64_t)(timeout * 1e9)
+                                           : INT64_MAX / 4);
+}
+
 int pmap_job_wait(pmap_job_t *job, double timeout)
 {
     if (job == NULL || timeout != timeout)
@@ -321,12 +330,8 @@ int pmap_job_wait(pmap_job_t *job, double timeout)
     int rc = pmap__pool_enter(pool);
     if (rc < 0)     /* PMAP_EBUSY: in a callback, which holds the lock */
         return job->finished ? job->rc : rc;
-    int64_t deadline = -1;
-    if (timeout >= 0)
-        deadline = pmap__now_ns() + (timeout < 1e9 ? (int64_t)(timeout * 1e9)
-                                                   : INT64_MAX / 4);
     job->waited = true;     /* a callback may release it meanwhile */
-    rc = pmap__loop_run(pool, job, deadline);
+    rc = pmap__loop_run(pool, job, deadline_of(timeout));
     job->waited = false;
     rc = job->finished ? job->rc : rc < 0 ? rc : PMAP_ETIMEDOUT;
     if (job->released && job->finished) {
@@ -410,86 +415,6 @@ void pmap_job_free(pmap_job_t *job)
         pmap__pool_leave(pool);
 }
 
-/* ---- pmap_job_next: a background map's results one at a time ---------- */
-
-static int64_t earliest(int64_t a, int64_t b)
-{
-    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
-}
-
-/* Blocks until the pool has something to do, or until `until` (-1: no
- * limit): on pool_fd's epoll set, or, without one, for at most 1 ms. */
-static void rest(pool_t *pool, int64_t until)
-{
-    if (pool->epfd >= 0) {
-        struct pollfd p = {pool->epfd, POLLIN, 0};
-        pmap__poll(&p, 1, until);
-        return;
-    }
-    int64_t soon = pmap__now_ns() + 1000000;
-    pmap__poll(NULL, 0, earliest(until, soon));
-}
-
-/*
- * Runs the pool until job has an item to hand out, has finished, or has
- * been released (pmap_job_free from a callback: PMAP_ECANCELED, and job
- * is not ours to look at any more), or until deadline (-1: no limit).
- * Returns 0, PMAP_ETIMEDOUT, or a code of the pool's.
- */
-static int wait_for_item(pmap_job_t *job, int64_t deadline)
-{
-    pool_t *pool = job->pool;
-    int rc = pmap__pool_enter(pool);
-    if (rc < 0)
-        return rc;
-    job->waited = true;     /* a callback may release it meanwhile */
-    for (;;) {
-        int64_t wake = pmap__loop_once(pool);
-        if (job->released) {
-            rc = PMAP_ECANCELED;
-            break;
-        }
-        if (pmap__iter_next(job) != SIZE_MAX || job->finished)
-            break;
-        if (deadline >= 0 && pmap__now_ns() >= deadline) {
-            rc = PMAP_ETIMEDOUT;
-            break;
-        }
-        rest(pool, earliest(wake, deadline));
-    }
-    job->waited = false;    /* the loop frees it if it was released */
-    pmap__pool_leave(pool);
-    return rc;
-}
-
-int pmap_job_next(pmap_job_t *job, size_t *index,
-                  const pmap_failure_t **failure, double timeout)
-{
-    if (job == NULL || index == NULL || timeout != timeout || !job->iter.on)
-        return PMAP_EINVAL;     /* results go to on_result, or a producer */
-    if (failure != NULL)
-        *failure = NULL;
-    size_t next = pmap__iter_next(job);
-    if (next == SIZE_MAX && !job->finished) {
-        int64_t deadline = -1;
-        if (timeout >= 0)
-            deadline = pmap__now_ns() + (timeout < 1e9
-                                             ? (int64_t)(timeout * 1e9)
-                                             : INT64_MAX / 4);
-        int rc = wait_for_item(job, deadline);
-        if (rc < 0)
-            return rc;
-        next = pmap__iter_next(job);
-    }
-    if (next != SIZE_MAX) {
-        pmap__iter_take(job, next, index, failure);
-        return 1;
-    }
-    /* Finished, and everything that finished was handed out: the end,
-     * unless the map stopped before some of its items could finish. */
-    return job->iter.handed == job->n || job->rc >= 0 ? 0 : job->rc;
-}
-
 /*
  * Makes, before the pool's workers are forked, what its first map from
  * this thread would allocate: its memory (the spare) with room in its
@@ -555,4 +480,79 @@ int pool_stats(const pool_t *pool, pmap_stats_t *last, pmap_stats_t *total)
         *total = pool->total;
     pmap__pool_unlock(pool, locked);
     return 0;
+}
+
+/* ---- pmap_job_next: a background map's results one at a time ---------- */
+
+static int64_t earliest(int64_t a, int64_t b)
+{
+    return a < 0 ? b : b < 0 ? a : a < b ? a : b;
+}
+
+/* Blocks until the pool has something to do, or until `until` (-1: no
+ * limit): on pool_fd's epoll set, or, without one, for at most 1 ms. */
+static void rest(pool_t *pool, int64_t until)
+{
+    if (pool->epfd >= 0) {
+        struct pollfd p = {pool->epfd, POLLIN, 0};
+        pmap__poll(&p, 1, until);
+        return;
+    }
+    int64_t soon = pmap__now_ns() + 1000000;
+    pmap__poll(NULL, 0, earliest(until, soon));
+}
+
+/*
+ * Runs the pool until job has an item to hand out, has finished, or has
+ * been released (pmap_job_free from a callback: PMAP_ECANCELED, and job
+ * is not ours to look at any more), or until deadline (-1: no limit).
+ * Returns 0, PMAP_ETIMEDOUT, or a code of the pool's.
+ */
+static int wait_for_item(pmap_job_t *job, int64_t deadline)
+{
+    pool_t *pool = job->pool;
+    int rc = pmap__pool_enter(pool);
+    if (rc < 0)
+        return rc;
+    job->waited = true;     /* a callback may release it meanwhile */
+    for (;;) {
+        int64_t wake = pmap__loop_once(pool);
+        if (job->released) {
+            rc = PMAP_ECANCELED;
+            break;
+        }
+        if (pmap__iter_next(job) != SIZE_MAX || job->finished)
+            break;
+        if (deadline >= 0 && pmap__now_ns() >= deadline) {
+            rc = PMAP_ETIMEDOUT;
+            break;
+        }
+        rest(pool, earliest(wake, deadline));
+    }
+    job->waited = false;    /* the loop frees it if it was released */
+    pmap__pool_leave(pool);
+    return rc;
+}
+
+int pmap_job_next(pmap_job_t *job, size_t *index,
+                  const pmap_failure_t **failure, double timeout)
+{
+    if (job == NULL || index == NULL || timeout != timeout || !job->iter.on)
+        return PMAP_EINVAL;     /* results go to on_result, or a producer */
+    if (failure != NULL)
+        *failure = NULL;
+    size_t next = pmap__iter_next(job);
+    if (next == SIZE_MAX && !job->finished) {
+        int rc = wait_for_item(job, deadline_of(timeout));
+        if (rc < 0)
+            return rc;
+        next = pmap__iter_next(job);
+    }
+    if (next != SIZE_MAX) {
+        pmap__iter_take(job, next, index, failure);
+        return 1;
+    }
+    /* Finished, and everything that finished was handed out: the end,
+     * unless the map stopped before some of its items could finish. */
+    return job->iter.handed == job->n || job->rc >= 0 ? 0 : job->rc;
 }
