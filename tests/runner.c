@@ -154,6 +154,27 @@ int test_open_fds(void)
     return n;
 }
 
+/* The writable shared mappings of this process (valgrind's own for vgdb
+ * aside), those whose line contains `containing` if not NULL: their
+ * number, or with `bytes` their size; -1 without /proc. */
+long long test_shared_maps(const char *containing, bool bytes)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    char line[4096], perms[8];
+    unsigned long long lo, hi;
+    long long total = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%llx-%llx %7s", &lo, &hi, perms) == 3 &&
+            strcmp(perms, "rw-s") == 0 && strstr(line, "vgdb") == NULL &&
+            (containing == NULL || strstr(line, containing) != NULL))
+            total += bytes ? (long long)(hi - lo) : 1;
+    }
+    fclose(f);
+    return total;
+}
+
 /* Children of this process not yet reaped (0 when there are none). */
 int test_children(void)
 {

@@ -13,6 +13,7 @@
 
 #include "pmap.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +92,7 @@ int test_run(const char *command, char *output, size_t size);
 size_t test_read_all(int fd, char *text, size_t size);
 int test_open_fds(void);
 int test_children(void);
+long long test_shared_maps(const char *containing, bool bytes);
 int test_in_process(void);
 pool_t *test_pool(pool_options_t options);
 void test_pool_end(pool_t *pool, int start);

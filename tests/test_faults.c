@@ -673,25 +673,6 @@ static int free_fd_after(int n)
     }
 }
 
-/* Bytes of shared anonymous memory this process maps (workers' arenas),
- * or -1 without /proc. */
-static long long shared_anonymous(void)
-{
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    long long bytes = 0;
-    char line[512];
-    while (fgets(line, sizeof line, f) != NULL) {
-        unsigned long long lo, hi;
-        if (strstr(line, "/dev/zero") != NULL &&
-            sscanf(line, "%llx-%llx", &lo, &hi) == 2)
-            bytes += (long long)(hi - lo);
-    }
-    fclose(f);
-    return bytes;
-}
-
 /* pool_create running out of descriptors at every point of a new pool's
  * start (making the slots' channels and arenas, between forks of a group
  * and in the second group of 8): it fails with PMAP_EMFILE, leaving no
@@ -702,7 +683,7 @@ TEST(host_pool_create_out_of_descriptors_leaves_nothing)
     struct rlimit old;
     ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
     int before = test_open_fds();
-    long long mapped = shared_anonymous();
+    long long mapped = test_shared_maps("/dev/zero", true);  /* arenas */
     bool made = false;
     for (int room = 0; room < 200 && !made; room++) {
         struct rlimit tight = {(rlim_t)free_fd_after(room), old.rlim_max};
@@ -726,7 +707,7 @@ TEST(host_pool_create_out_of_descriptors_leaves_nothing)
         ASSERT(pool == NULL || made);
         ASSERT_EQ(test_open_fds(), before);
         ASSERT_EQ(test_children(), 0);
-        ASSERT_EQ(shared_anonymous(), mapped);
+        ASSERT_EQ(test_shared_maps("/dev/zero", true), mapped);
     }
     ASSERT(made);
 }

@@ -519,45 +519,20 @@ TEST(liveness_destroy_with_grandchild_holding_channel)
 
 /* ---- 4: memory isolation between workers (Linux) -------------------------- */
 
-/* Writable shared mappings this process has (but valgrind's own, which
- * it keeps for vgdb). */
+/* Writable shared mappings this process has, and their bytes. */
 static long shared_maps_seen(long x)
 {
     (void)x;
     sleep_ms(5);    /* spread the items over the workers */
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    char line[4096], perms[8];
-    long n = 0;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (sscanf(line, "%*s %7s", perms) == 1 &&
-            strcmp(perms, "rw-s") == 0 && strstr(line, "vgdb") == NULL)
-            n++;
-    }
-    fclose(f);
-    return n;
+    return (long)test_shared_maps(NULL, false);
 }
 PMAP_EXPORT(shared_maps_seen, long, long);
 
-/* Bytes of writable shared memory this process maps (valgrind's aside). */
 static long shared_bytes_seen(long x)
 {
     (void)x;
     sleep_ms(5);
-    FILE *f = fopen("/proc/self/maps", "r");
-    if (f == NULL)
-        return -1;
-    char line[4096], perms[8];
-    unsigned long lo, hi;
-    long bytes = 0;
-    while (fgets(line, sizeof line, f) != NULL) {
-        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 &&
-            strcmp(perms, "rw-s") == 0 && strstr(line, "vgdb") == NULL)
-            bytes += (long)(hi - lo);
-    }
-    fclose(f);
-    return bytes;
+    return (long)test_shared_maps(NULL, true);
 }
 PMAP_EXPORT(shared_bytes_seen, long, long);
 
