@@ -279,6 +279,18 @@ static double memcpy_bandwidth(void)
     return (double)size / t / 1e6;
 }
 
+/* The n values child pid (if above 0) writes to the pipe fd, or zeros;
+ * then waits for it, and closes the pipe. */
+static void child_values(pid_t pid, int fd[2], double *v, size_t n)
+{
+    if (pid < 0 || read(fd[0], v, n * sizeof *v) != (ssize_t)(n * sizeof *v))
+        memset(v, 0, n * sizeof *v);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    close(fd[0]);
+    close(fd[1]);
+}
+
 /* What a process pays for a page it did not touch before (us a page):
  * another process reading 64 MiB of shared memory the caller wrote,
  * mapped there anew (as a worker maps blocks of pmap_alloc), or a child
@@ -325,13 +337,8 @@ static double page_cost(bool copy_on_write)
         double us = (now() - t) * 1e6 / (double)pages;
         _exit(write(fd[1], &us, sizeof us) == sizeof us ? 0 : 1);
     }
-    double us = 0;
-    if (pid < 0 || read(fd[0], &us, sizeof us) != sizeof us)
-        us = 0;
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    close(fd[0]);
-    close(fd[1]);
+    double us;
+    child_values(pid, fd, &us, 1);
     if (shm >= 0)
         close(shm);
     munmap((void *)p, size);
@@ -346,7 +353,8 @@ static double page_cost(bool copy_on_write)
 static double first_syscall_cost(double *later)
 {
     int fd[2];
-    double us[2] = {0, 0};
+    double us[2];
+    *later = 0;
     if (pipe(fd) < 0)
         return 0;
     pid_t pid = fork();
@@ -367,12 +375,7 @@ static double first_syscall_cost(double *later)
         double r[2] = {(t[1] - t[0]) * 1e6 / 8, (t[2] - t[1]) * 1e6 / 8};
         _exit(write(fd[1], r, sizeof r) == sizeof r ? 0 : 1);
     }
-    if (pid < 0 || read(fd[0], us, sizeof us) != sizeof us)
-        us[0] = us[1] = 0;
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    close(fd[0]);
-    close(fd[1]);
+    child_values(pid, fd, us, 2);
     *later = us[1];
     return us[0];
 }
