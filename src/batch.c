@@ -439,9 +439,11 @@ static size_t chunk_size(pool_t *pool, pmap_job_t *job, size_t first,
  * of a page of pmap_alloc memory costs a process microseconds here: W3)
  * and warm in its caches.  Maps whose order shows stay on the single
  * cursor: streams and callbacks (their window keeps a stretch of items in
- * input order), a halt policy (it stops the items after a failure),
- * grouped output (written in input order), and MPI pools, whose workers
- * are nodes of different sizes.
+ * input order), pmap_job_next in input order (it hands out the front of
+ * the map, which every worker should be running), a halt policy (it stops
+ * the items after a failure), grouped output (written in input order), and
+ * MPI pools, whose workers are nodes of different sizes.  (An in-process
+ * pool has one worker.)
  */
 
 /* Shares are cut in whole chunks where the map fixes them: how many
@@ -473,9 +475,10 @@ void pmap__job_share(const pool_t *pool, pmap_job_t *job)
     size_t workers = (size_t)pool->nworkers, n = job->n, unit;
     size_t chunks = share_units(job, n, &unit);
     if (job->producer != NULL || job->window.size != 0 ||
+        (job->iter.on && !job->opts.unordered) ||
         job->opts.halt != PMAP_HALT_NEVER ||
         job->output.mode == PMAP_OUTPUT_GROUP || pool->remote != NULL ||
-        pool->in_process || workers < 2 || chunks <= workers)
+        workers < 2 || chunks <= workers)
         return;
     size_t leaves = 1;
     while (leaves < workers)

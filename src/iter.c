@@ -97,8 +97,9 @@ size_t pmap__iter_next(const pmap_job_t *job)
         return it->low;
     if (!job->opts.unordered)   /* once stopped, no gap is ever filled */
         return job->finished ? find_ready(it, it->low, job->n) : SIZE_MAX;
-    /* Items finish roughly in input order: searching on from the last one
-     * handed out usually finds the next at once. */
+    /* Items finish roughly in input order within each worker's share
+     * (batch.c): searching on from the last one handed out usually finds
+     * the next soon. */
     size_t i = find_ready(it, it->cursor, job->n);
     return i != SIZE_MAX ? i : find_ready(it, 0, it->cursor);
 }

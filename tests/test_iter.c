@@ -9,6 +9,7 @@
 
 #include "pmap_internal.h"
 
+#include <fcntl.h>
 #include <math.h>
 #include <unistd.h>
 
@@ -296,6 +297,61 @@ TEST(map_job_next_in_input_order)
     pool_destroy(pool);
     pool = make_pool(1, PMAP_START_INLINE);
     assert_iteration(pool, 300, 0);
+    pool_destroy(pool);
+}
+
+/* Appends the index of the item it runs to the file at path. */
+static int log_start(int x, const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND);
+    long i = pmap_item_index();
+    if (fd < 0 || write(fd, &i, sizeof i) != sizeof i)
+        pmap_fail(1, "cannot log item %ld", i);
+    if (fd >= 0)
+        close(fd);
+    return x;
+}
+PMAP_EXPORT(log_start, int, int, const char *);
+
+/*
+ * Iterated in order, a map sends its items in input order (README, "Which
+ * items a worker gets"): the results are handed out as the front of the
+ * map finishes, with every worker on it, not as one worker gets through a
+ * share of its own.  Whatever the timing, an item then starts after all
+ * but the few in flight on the other worker (each holds PMAP__DEPTH
+ * batches of 1): the start of item i comes at place i - 2 or later.
+ * (With one share a worker, the second worker starts with item N / 2.)
+ */
+TEST(map_job_next_in_order_sends_items_in_order)
+{
+    NEEDS_PROCESSES("each item's start, logged by its worker");
+    enum { N = 64, W = 2 };
+    char path[] = "/tmp/pmap-iter-XXXXXX";
+    int log = mkstemp(path);
+    ASSERT(log >= 0);
+    pool_t *pool = make_pool(W, PMAP_START_FORK);
+    int xs[N], out[N];
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_map_options_t o = {.chunk = 1};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &o, &job, log_start, N, out, xs,
+                             PMAP_CONST((const char *)path)));
+    size_t i, count = 0;
+    while (pmap_job_next(job, &i, NULL, -1) > 0)
+        ASSERT_EQ(i, count++);
+    ASSERT_EQ(count, N);
+    ASSERT_OK(pmap_job_wait(job, -1));
+    pmap_job_free(job);
+    long started[N];
+    ASSERT_EQ(read(log, started, sizeof started), (ssize_t)sizeof started);
+    for (int place = 0; place < N; place++) {
+        if (started[place] > place + (W - 1) * PMAP__DEPTH)
+            test_fail(__FILE__, __LINE__, "item %ld started at place %d",
+                      started[place], place);
+    }
+    close(log);
+    unlink(path);
     pool_destroy(pool);
 }
 
