@@ -204,8 +204,10 @@ static void stop(pool_t *pool, pmap_job_t *job, int error)
     static const pmap__death_t stopped = {.error = PMAP_ECANCELED};
     pmap__range_t rest = {job->next, job->n - job->next, 0};
     job->next = job->n;
-    for (int i = 0; job->shares != NULL && i < pool->nworkers; i++)
-        retry_push(pool, job, job->shares[i], &stopped);
+    if (job->shares != NULL) {
+        for (int i = 0; i < pool->nworkers; i++)
+            retry_push(pool, job, job->shares[i], &stopped);
+    }
     free(job->shares);
     job->shares = NULL;
     job->share_left = 0;

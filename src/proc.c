@@ -11,9 +11,10 @@
  *    channel; elsewhere the loop looks every PMAP__TICK_NS, with
  *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
  *  - A worker sees only its own shared memory: each process gets a new
- *    arena, unmapped when it is gone, which no child forked here but its
- *    own inherits (shm.c; or the child unmaps every other arena of every
- *    pool before anything else).
+ *    arena (a new pool's first ones carved from one mapping), unmapped
+ *    when it is gone, which no child forked here but its own inherits
+ *    (shm.c; or the child unmaps every other arena of every pool before
+ *    anything else).
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
@@ -227,7 +228,9 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
     if (pool->opts.worker_memory_limit != 0)
         pmap__arena_state(w->arena)->memory_limit =
             pool->opts.worker_memory_limit;
-    if (pool->remote == NULL)   /* no other child of ours gets it */
+    if (pool->remote == NULL && arena == NULL)  /* no other child of ours
+                                                  gets it (spawn_all keeps
+                                                  its whole mapping so) */
         pmap__arena_inherit(w->arena, false);
     return 0;
 }
@@ -384,8 +387,8 @@ int pmap__proc_spawn_all(pool_t *pool)
     bool forks = !pool->server && pool->remote == NULL;
     int step = forks ? GROUP : 1, rc = 0, i;
     size_t size = (size_t)pool->nworkers * PMAP__ARENA_SIZE;
-    pmap__pools_lock();    /* no fork by another thread before
-                                           the mapping is kept from it */
+    pmap__pools_lock();     /* no fork by another thread before the
+                               mapping is kept from it */
     unsigned char *arenas = forks ? pmap__shm_map(size, NULL) : NULL;
     if (arenas != NULL && !pmap__shm_fork_inherit(arenas, size, false)) {
         pmap__shm_unmap(arenas, size);  /* an arena apiece, then */
