@@ -55,15 +55,16 @@ typedef struct block {
     size_t size;        /* page-rounded: what is mapped */
 } block_t;
 
+/* Locked with pmap__local()->heap_lock (family.c), which no child
+ * inherits held. */
 static struct {
-    pthread_mutex_t lock;
     pid_t owner;        /* the process whose heap this is */
     int fd;             /* the heap file, or -1 */
     uint64_t end;       /* the file's size: where the next block goes */
     int holds;          /* pools and the fork server that fork workers */
     block_t *blocks;    /* live, by address */
     size_t nblocks, cap;
-} heap = {PTHREAD_MUTEX_INITIALIZER, 0, -1, 0, 0, NULL, 0, 0};
+} heap = {0, -1, 0, 0, NULL, 0, 0};
 
 static size_t page_size(void)
 {
@@ -77,21 +78,28 @@ static size_t page_size(void)
 
 /* ---- fork --------------------------------------------------------------- */
 
+static pthread_mutex_t *heap_lock(void)
+{
+    return &pmap__local()->heap_lock;
+}
+
 static void before_fork(void)
 {
-    pthread_mutex_lock(&heap.lock);
+    pthread_mutex_lock(heap_lock());
 }
 
 static void after_fork_parent(void)
 {
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
 }
 
-/* The child's copy of the lock is free again; the rest is the parent's
- * heap and is forgotten (or, in a worker, read) at the next use. */
+/* The child's lock is free again: it sees it zeroed, or it is made so;
+ * the rest is the parent's heap and is forgotten (or, in a worker, read)
+ * at the next use. */
 static void after_fork_child(void)
 {
-    pthread_mutex_init(&heap.lock, NULL);
+    if (!pmap__local_wiped())
+        pthread_mutex_init(heap_lock(), NULL);
 }
 
 static void register_fork_handlers(void)
@@ -108,7 +116,7 @@ static void lock_own(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, register_fork_handlers);
-    pthread_mutex_lock(&heap.lock);
+    pthread_mutex_lock(heap_lock());
     pid_t self = pmap__self();
     if (heap.owner != self) {
         if (heap.owner != 0)
@@ -147,7 +155,7 @@ bool pmap__heap_hold(void)
         heap.fd = pmap__shm_file("pmap-heap", 0);
     heap.holds++;
     bool have = heap.fd >= 0;
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
     return have;
 }
 
@@ -158,7 +166,7 @@ void pmap__heap_drop(void)
     if (heap.holds > 0)
         heap.holds--;
     close_if_idle();
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
 }
 
 /* The index of the first block whose base is above p.  Locked. */
@@ -212,7 +220,7 @@ void *pmap_alloc(size_t size)
     heap.nblocks++;
 out:
     close_if_idle();
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
     return p;
 }
 
@@ -234,7 +242,7 @@ void pmap_free(void *p)
         heap.nblocks--;
     }
     close_if_idle();
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
 }
 
 /*
@@ -245,7 +253,7 @@ void pmap_free(void *p)
 bool pmap__heap_find(const void *p, size_t n, uint64_t ref[3])
 {
     bool found = false;
-    pthread_mutex_lock(&heap.lock);
+    pthread_mutex_lock(heap_lock());
     if (heap.owner == pmap__self() && heap.nblocks > 0) {
         size_t i = block_after(p);
         if (i > 0) {
@@ -259,7 +267,7 @@ bool pmap__heap_find(const void *p, size_t n, uint64_t ref[3])
             }
         }
     }
-    pthread_mutex_unlock(&heap.lock);
+    pthread_mutex_unlock(heap_lock());
     return found;
 }
 

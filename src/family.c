@@ -10,9 +10,6 @@
  * across every fork, and while descriptors and arenas are made or dropped:
  * a child must find in it every descriptor it has to close.
  */
-#if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE     /* MADV_WIPEONFORK */
-#endif
 
 #include "pmap_internal.h"
 
@@ -20,54 +17,32 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 bool pmap__in_worker;    /* set by worker.c, server.c */
 
 static pool_t *pools;
 static bool forgotten;  /* pmap__pools_forgotten */
-static pthread_mutex_t pools_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- who we are --------------------------------------------------------- */
-
-/* Our pid, in a page whose contents no child inherits (pmap__self). */
-static _Atomic pid_t *self_page;
-static pthread_once_t self_once = PTHREAD_ONCE_INIT;
-
-static void self_page_map(void)
-{
-#ifdef MADV_WIPEONFORK
-    long page = sysconf(_SC_PAGESIZE);
-    size_t size = page > 0 ? (size_t)page : 4096;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
-        self_page = p;
-    else if (p != MAP_FAILED)
-        munmap(p, size);
-#endif
-}
 
 /*
  * This process's pid.  Every call on a pool checks that this process made
  * it (a forked copy gets PMAP_EFORKED), and getpid() is a system call,
  * which costs a microsecond or more on virtual machines (one call to a
  * worker went from about 27.0 to 25.5 us here without it).  So the pid is
- * kept in a page whose copy a child sees zeroed (MADV_WIPEONFORK, Linux
- * 4.14): whatever forked it, with or without pthread_atfork handlers
- * (_Fork, clone), a child finds 0 there and asks the kernel once.  Without
- * that page, getpid() every time.
+ * kept in pmap__local, where a child finds 0 and asks the kernel once;
+ * without that page, getpid() every time.
  */
 pid_t pmap__self(void)
 {
-    pthread_once(&self_once, self_page_map);
-    if (self_page == NULL)
+    if (!pmap__local_wiped())
         return getpid();
-    pid_t pid = atomic_load_explicit(self_page, memory_order_relaxed);
+    _Atomic pid_t *self = &pmap__local()->self;
+    pid_t pid = atomic_load_explicit(self, memory_order_relaxed);
     if (pid == 0) {
         pid = getpid();
-        atomic_store_explicit(self_page, pid, memory_order_relaxed);
+        atomic_store_explicit(self, pid, memory_order_relaxed);
     }
     return pid;
 }
@@ -76,12 +51,12 @@ pid_t pmap__self(void)
 
 void pmap__pools_lock(void)
 {
-    pthread_mutex_lock(&pools_lock);
+    pthread_mutex_lock(&pmap__local()->pools_lock);
 }
 
 void pmap__pools_unlock(void)
 {
-    pthread_mutex_unlock(&pools_lock);
+    pthread_mutex_unlock(&pmap__local()->pools_lock);
 }
 
 /* Links pool into the list of pools; locked by the caller. */
@@ -93,14 +68,14 @@ void pmap__pools_add(pool_t *pool)
 
 void pmap__pools_remove(pool_t *pool)
 {
-    pthread_mutex_lock(&pools_lock);
+    pthread_mutex_lock(&pmap__local()->pools_lock);
     for (pool_t **p = &pools; *p != NULL; p = &(*p)->next) {
         if (*p == pool) {
             *p = pool->next;
             break;
         }
     }
-    pthread_mutex_unlock(&pools_lock);
+    pthread_mutex_unlock(&pmap__local()->pools_lock);
 }
 
 /* ---- what a new child drops ---------------------------------------------- */
@@ -115,7 +90,6 @@ void pmap__pools_remove(pool_t *pool)
  */
 static uint64_t *doomed;
 static size_t doomed_words;
-static bool doomed_ready;   /* made for the forks under way */
 
 /*
  * Calls each(fd, ctx) on every descriptor of every pool but keep's channel
@@ -172,22 +146,18 @@ static bool mark(int fd, void *ctx)
     return true;
 }
 
-/* Makes the bitmap for the forks to come; pools_lock held until they are
- * done (pmap__pools_unmark).  Without memory, the children look at the
- * pools themselves.  A pass over every slot of every pool, once a group of
+/* Makes the bitmap for the forks to come, pools_lock held until they are
+ * done, and returns whether it could (without memory, the children look
+ * at the pools themselves): each child is told, rather than reading a
+ * flag here that the caller would clear after the forks, a write that
+ * copies the page.  A pass over every slot of every pool, once a group of
  * forks: cheap in the caller (microseconds at 512 slots), where each child
  * reading the slots cost it a fault a page. */
-void pmap__pools_mark(void)
+bool pmap__pools_mark(void)
 {
     if (doomed != NULL)
         memset(doomed, 0, doomed_words * sizeof *doomed);
-    doomed_ready = each_descriptor(NULL, mark, NULL);
-}
-
-/* The forks under way are done: the bitmap is out of date from now on. */
-void pmap__pools_unmark(void)
-{
-    doomed_ready = false;
+    return each_descriptor(NULL, mark, NULL);
 }
 
 /* In a child: closes the descriptors of the bitmap but keep's channel. */
@@ -234,24 +204,26 @@ static void forget_arenas(const pmap__worker_t *keep)
 /*
  * In a new child of this process (a worker, or the fork server), before
  * anything else: closes every descriptor of every pool, keeping only
- * keep's channel, forgets every arena but keep's (shm.c), and makes the
- * list's lock usable again (the forking thread held it, and that thread
- * is the only one the child has).  The descriptors are closed in runs and
+ * keep's channel (from the bitmap if `marked`: pmap__pools_mark made it
+ * for this fork), forgets every arena but keep's (shm.c), and makes the
+ * list's lock usable again where the child does not see it zeroed (the
+ * forking thread held it, and that thread is the only one the child
+ * has).  The descriptors are closed in runs and
  * the pools left as they are: writing to them would copy their pages into
  * each new child (a fault each, some 15 us on a paravirtualized machine),
  * and nothing uses their descriptors here again (pmap__pools_forgotten).
  */
-void pmap__pools_child_init(const pmap__worker_t *keep)
+void pmap__pools_child_init(const pmap__worker_t *keep, bool marked)
 {
-    if (doomed_ready)
+    if (marked)
         close_doomed(keep);
     else
         close_every_slot(keep);
     if (pmap__arenas_inherited())
         forget_arenas(keep);
     forgotten = true;
-    doomed_ready = false;   /* no forks of ours under way here */
-    pthread_mutex_init(&pools_lock, NULL);
+    if (!pmap__local_wiped())
+        pthread_mutex_init(&pmap__local()->pools_lock, NULL);
 }
 
 /* Whether this process is a child forked here (or descends from one):

@@ -171,9 +171,9 @@ static int job_start(pool_t *pool, const pmap__call_t *call,
         job->opts = *o;
     /* Unique in the process, not only in the pool: an in-process worker
      * (inline.c) serves the maps of every such pool. */
-    static atomic_uint last_map;
+    atomic_uint *last_map = &pmap__local()->last_map;
     unsigned id;
-    while ((id = atomic_fetch_add(&last_map, 1) + 1) == 0)
+    while ((id = atomic_fetch_add(last_map, 1) + 1) == 0)
         ;
     job->pool = pool;
     job->id = id;

@@ -33,9 +33,10 @@
  *   family.c    this process among its children: who it is, its pools,
  *               what a new child drops
  * Memory, frames and descriptors:
- *   shm.c       the memory shared with the workers
  *   wire.c      the frame format, encoding and decoding (no I/O)
  *   registry.c  PMAP_EXPORT'ed functions, found by identifier
+ *   shm.c       the memory shared with the workers, and the page kept
+ *               from them
  *   cpu.c       the CPUs this process may use (the default pool size)
  *   fdio.c      every system call on a file descriptor or a child
  *   buf.c       growable byte buffers
@@ -335,6 +336,19 @@ void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
+
+/* What this process writes right after forking, in a page no child
+ * inherits as it is (shm.c). */
+typedef struct pmap__local {
+    _Atomic pid_t self;             /* family.c: pmap__self; 0: unknown */
+    pthread_mutex_t pools_lock;     /* family.c: the list of pools */
+    pthread_mutex_t heap_lock;      /* alloc.c: pmap_alloc's heap */
+    pthread_mutex_t registry_lock;  /* registry.c */
+    atomic_uint last_map;           /* job.c: the last map's number */
+} pmap__local_t;
+
+pmap__local_t *pmap__local(void);
+bool pmap__local_wiped(void);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
@@ -688,14 +702,14 @@ extern const pmap__remote_t *pmap__remote;  /* set by libpmap-mpi */
 
 /* family.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */
+
 pid_t pmap__self(void);
 void pmap__pools_lock(void);
 void pmap__pools_unlock(void);
 void pmap__pools_add(pool_t *pool);
 void pmap__pools_remove(pool_t *pool);
-void pmap__pools_mark(void);
-void pmap__pools_unmark(void);
-void pmap__pools_child_init(const pmap__worker_t *keep);
+bool pmap__pools_mark(void);
+void pmap__pools_child_init(const pmap__worker_t *keep, bool marked);
 bool pmap__pools_forgotten(void);
 
 /* proc.c */
@@ -808,9 +822,10 @@ typedef struct pmap__worker_setup {
     void *arg;
 } pmap__worker_setup_t;
 
-/* proc.c: in a child forked for slot w */
+/* proc.c: in a child forked for slot w (marked: pmap__pools_mark) */
 _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
-                                        const pmap__worker_setup_t *setup);
+                                        const pmap__worker_setup_t *setup,
+                                        bool marked);
 
 /* worker.c */
 bool pmap__nested(void);

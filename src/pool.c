@@ -337,7 +337,8 @@ void pool_destroy(pool_t *pool)
     bool owner = pool->owner == pmap__self();
     if (owner && !wait_idle(pool))
         return;
-    pmap__pools_remove(pool);
+    if (!owner)
+        pmap__pools_remove(pool);
     if (pool->in_process) {
         if (owner)
             pmap__inline_close(pool);
@@ -355,6 +356,11 @@ void pool_destroy(pool_t *pool)
         if (!pmap__pools_forgotten())
             pmap__retirees_abandon(pool);
     }
+    /* The caller's pool leaves the list once its workers are gone: the
+     * list's head is in a page they share until then, which the write
+     * would copy.  (Its descriptors change under the list's lock.) */
+    if (owner)
+        pmap__pools_remove(pool);
     for (int i = 0; i < pool->nworkers; i++) {
         if (!pmap__proc_taken(&pool->workers[i])) {  /* else the worker's */
             pmap__outq_free(&pool->workers[i].out);

@@ -111,25 +111,28 @@ bool pmap__proc_taken(const pmap__worker_t *w)
     return w == taken;
 }
 
-/* In the child just forked for slot w, with pools_lock held at the fork:
- * drops what is not the worker's (the caller's side of its channel, every
- * other descriptor and arena of every pool, the fork server's channel)
- * and becomes the worker. */
+/* In the child just forked for slot w, with pools_lock held at the fork
+ * (and the pools' descriptors marked for it if `marked`): drops what is
+ * not the worker's (the caller's side of its channel, every other
+ * descriptor and arena of every pool, the fork server's channel) and
+ * becomes the worker. */
 _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
-                                        const pmap__worker_setup_t *setup)
+                                        const pmap__worker_setup_t *setup,
+                                        bool marked)
 {
     taken = w;
     pmap__worker_take(&w->in.buf, &w->out);
-    pmap__pools_child_init(w);
+    pmap__pools_child_init(w, marked);
     pmap__server_child_init();
     pmap__worker_main(setup);
 }
 
 /* Forks worker w from this process, pools_lock held, signals blocked and
- * stdio flushed (pmap__fork_prepare); its side of the channel is theirs.
- * Returns its pid, or a negative code. */
+ * stdio flushed (pmap__fork_prepare); its side of the channel is theirs,
+ * marked as pmap__pools_mark returned.  Returns its pid, or a negative
+ * code. */
 static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
-                      const pmap__channel_t *theirs)
+                      const pmap__channel_t *theirs, bool marked)
 {
     pid_t self = pmap__self();
     pmap__worker_setup_t setup = {
@@ -139,7 +142,7 @@ static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
     pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
     if (pid == 0)
-        pmap__proc_become_worker(w, &setup);
+        pmap__proc_become_worker(w, &setup, marked);
     int err = errno;
     pmap__arena_inherit(w->arena, false);
     return pid < 0 ? -err : pid;
@@ -150,11 +153,10 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
                          const pmap__channel_t *theirs)
 {
     sigset_t old;
-    pmap__pools_mark();
+    bool marked = pmap__pools_mark();
     pmap__fork_prepare(&old, false);
-    pid_t pid = fork_one(pool, w, theirs);
+    pid_t pid = fork_one(pool, w, theirs, marked);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pmap__pools_unmark();
     return pid;
 }
 
@@ -348,15 +350,14 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
         pmap__shm_unmap(arena_of(arenas, first + made),
                         (size_t)(n - made) * PMAP__ARENA_SIZE);
     sigset_t old;
-    pmap__pools_mark();
+    bool marked = pmap__pools_mark();
     pmap__fork_prepare(&old, false);
     int forked = 0;
     while (forked < made &&
            (pid[forked] = fork_one(pool, &pool->workers[first + forked],
-                                   &theirs[forked])) > 0)
+                                   &theirs[forked], marked)) > 0)
         forked++;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pmap__pools_unmark();
     if (forked < made)
         rc = pid[forked];
     for (int i = 0; i < made; i++)

@@ -292,7 +292,8 @@ static int start_server(void)
     if (pid == 0) {
         pmap__close(&fds[0]);
         pmap__server_child_init();      /* ctl.lock was held: usable again */
-        pmap__pools_child_init(NULL);   /* no pool's memory or descriptor */
+        /* no pool's memory or descriptor */
+        pmap__pools_child_init(NULL, false);
         server_main(fds[1], owner);
     }
     rc = pid < 0 ? -errno : 0;

@@ -18,9 +18,12 @@
  * it is anonymous.  A worker forked by the fork server (server.c) is not
  * the caller's child: its arena must be a file it is sent and maps itself
  * (memfd on Linux, an unlinked POSIX shared memory object elsewhere).
+ *
+ * And the opposite: the page of this process's own state that no child
+ * inherits as it is (pmap__local).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
-#define _GNU_SOURCE         /* memfd_create, MAP_ANONYMOUS, MADV_DONTFORK */
+#define _GNU_SOURCE /* memfd_create, MAP_ANONYMOUS, MADV_DONTFORK etc. */
 #elif !defined(_DEFAULT_SOURCE)
 #define _DEFAULT_SOURCE     /* MAP_ANONYMOUS, POSIX only since 2024 */
 #endif
@@ -109,6 +112,65 @@ void pmap__shm_unmap(void *p, size_t size)
     if (p != NULL)
         munmap(p, size);
 }
+
+/* ---- the page kept from children -------------------------------------- */
+
+/*
+ * What this process writes right after forking (pmap__local_t: its pid,
+ * its locks, the last map's number), in a page that a child sees zeroed
+ * (MADV_WIPEONFORK, Linux 4.14).  A zeroed mutex is an unlocked one, so a
+ * child forked in any way, while any thread held them, finds them free,
+ * and its pid unknown.  In the data segment, which the caller's young
+ * workers share, the first write after a fork copies the page (50 to 70
+ * us on a paravirtualized machine), and releasing these locks after each
+ * fork did.  Where no such page can be had, a static copy: a child forked
+ * by libpmap, or through pthread_atfork for the heap's lock, initializes
+ * the locks again (pmap__local_wiped says which).
+ */
+static pmap__local_t *local;
+static pmap__local_t local_static = {0, PTHREAD_MUTEX_INITIALIZER,
+                                     PTHREAD_MUTEX_INITIALIZER,
+                                     PTHREAD_MUTEX_INITIALIZER, 0};
+static pthread_once_t local_once = PTHREAD_ONCE_INIT;
+
+/* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
+static bool zero_mutex_unlocked(void)
+{
+    static const pthread_mutex_t init = PTHREAD_MUTEX_INITIALIZER, zero;
+    return memcmp(&init, &zero, sizeof init) == 0;
+}
+
+static void local_map(void)
+{
+    local = &local_static;
+#ifdef MADV_WIPEONFORK
+    long page = sysconf(_SC_PAGESIZE);
+    size_t size = page > 0 ? (size_t)page : 4096;
+    if (!zero_mutex_unlocked() || sizeof *local > size)
+        return;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
+        local = p;
+    else if (p != MAP_FAILED)
+        munmap(p, size);
+#endif
+}
+
+pmap__local_t *pmap__local(void)
+{
+    pthread_once(&local_once, local_map);
+    return local;
+}
+
+/* Whether a child sees pmap__local zeroed: else its fork handlers
+ * initialize the locks again. */
+bool pmap__local_wiped(void)
+{
+    return pmap__local() != &local_static;
+}
+
+/* ---- arenas ------------------------------------------------------------- */
 
 /* Set once an arena could not be made MADV_DONTFORK: children forked
  * since may hold arenas that are not theirs, and unmap them. */

@@ -230,6 +230,54 @@ TEST(start_threaded_caller_holding_a_lock)
     pmap_exit();
 }
 
+/* Holds the library's own locks (the list of pools, the registry) until
+ * the test lets go. */
+static void *hold_library_locks(void *arg)
+{
+    (void)arg;
+    pmap__local_t *local = pmap__local();
+    pthread_mutex_lock(&local->pools_lock);
+    pthread_mutex_lock(&local->registry_lock);
+    pthread_mutex_lock(&held);
+    pthread_mutex_lock(&go);    /* until the test lets go */
+    pthread_mutex_unlock(&go);
+    pthread_mutex_unlock(&held);
+    pthread_mutex_unlock(&local->registry_lock);
+    pthread_mutex_unlock(&local->pools_lock);
+    return NULL;
+}
+
+/* A child the program forks while another thread holds libpmap's locks
+ * finds them free (it sees their page zeroed), and its pools work. */
+TEST(start_child_forked_while_a_thread_holds_the_library_locks)
+{
+    if (!pmap__local_wiped())
+        SKIP("no MADV_WIPEONFORK: the locks are inherited as they are");
+    test_arm(30);
+    pthread_mutex_lock(&go);
+    pthread_t t;
+    ASSERT(pthread_create(&t, NULL, hold_library_locks, NULL) == 0);
+    while (pthread_mutex_trylock(&held) == 0) {     /* until it has them */
+        pthread_mutex_unlock(&held);
+        sleep_ms(1);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        pool_t *pool = pool_create(2);
+        long xs[10] = {1, 2, 3}, out[10];
+        _exit(pool != NULL && pool_map(pool, probe, 10, out, xs) == 0 &&
+                      out[2] == 6
+                  ? 0
+                  : 1);
+    }
+    ASSERT(pid > 0);
+    int status;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    pthread_mutex_unlock(&go);
+    pthread_join(t, NULL);
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 static volatile int stop_churn;
 
 static void *churn_malloc(void *arg)

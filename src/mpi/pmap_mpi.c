@@ -1023,7 +1023,7 @@ static int spawn_here(const pool_t *pool, pmap__worker_t *w,
             pmap__close(&o->loopfd);
         }
         pmap__close(&relay.wake);
-        pmap__proc_become_worker(w, &setup);
+        pmap__proc_become_worker(w, &setup, false);
     }
     int err = errno;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
