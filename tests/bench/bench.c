@@ -291,6 +291,37 @@ static void child_values(pid_t pid, int fd[2], double *v, size_t n)
     close(fd[1]);
 }
 
+/* The other side of copy on write: each page a process writes for the
+ * first time while a child it forked lives (us), as the caller does after
+ * forking its workers. */
+static double parent_page_cost(void)
+{
+    size_t size = 8u << 20, pages = size / 4096;
+    volatile unsigned char *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    int fd[2];
+    if (p == MAP_FAILED || pipe(fd) < 0)
+        return 0;
+    for (size_t i = 0; i < size; i += 4096)
+        p[i] = 1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        char c;
+        close(fd[1]);
+        _exit(read(fd[0], &c, 1) < 0);  /* lives until the parent is done */
+    }
+    double t = now();
+    for (size_t i = 0; i < size; i += 4096)
+        p[i] = 2;
+    double us = (now() - t) * 1e6 / (double)pages;
+    close(fd[0]);
+    close(fd[1]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    munmap((void *)p, size);
+    return pid > 0 ? us : 0;
+}
+
 /* What a process pays for a page it did not touch before (us a page):
  * another process reading 64 MiB of shared memory the caller wrote,
  * mapped there anew (as a worker maps blocks of pmap_alloc), or a child
@@ -1457,7 +1488,7 @@ int main(int argc, char **argv)
         return 1;
     sample_t pipe_rtt = {{0}, 0}, socket_rtt = {{0}, 0}, pipe_bw = {{0}, 0};
     sample_t socket_bw = {{0}, 0}, copy_bw = {{0}, 0};
-    sample_t first_read = {{0}, 0}, cow = {{0}, 0};
+    sample_t first_read = {{0}, 0}, cow = {{0}, 0}, parent_cow = {{0}, 0};
     sample_t first_call = {{0}, 0}, later_call = {{0}, 0};
     char note[256];
     run_python();   /* first: it takes a while, and W5 below needs it */
@@ -1469,6 +1500,7 @@ int main(int argc, char **argv)
         add_value(&copy_bw, memcpy_bandwidth());
         add_value(&first_read, page_cost(false));
         add_value(&cow, page_cost(true));
+        add_value(&parent_cow, parent_page_cost());
         double f[20], l[20];
         for (int i = 0; i < 20; i++)
             f[i] = first_syscall_cost(&l[i]);
@@ -1487,6 +1519,8 @@ int main(int argc, char **argv)
               median(&first_read) * 65536 / 1e3));
     row("a page, first written by a child", &cow, "us",
         "copy on write, after a fork");
+    row("a page, first written by a parent", &parent_cow, "us",
+        "copy on write, while its child lives");
     row("a system call, first use in a child", &first_call, "us",
         ratio(note, sizeof note, "then %.1f us; eight kinds, just after "
               "a fork", median(&later_call)));
