@@ -121,9 +121,9 @@ void pmap__shm_unmap(void *p, size_t size)
  * (MADV_WIPEONFORK, Linux 4.14).  A zeroed mutex is an unlocked one, so a
  * child forked in any way, while any thread held them, finds them free,
  * and its pid unknown.  In the data segment, which the caller's young
- * workers share, the first write after a fork copies the page (50 to 70
- * us on a paravirtualized machine), and releasing these locks after each
- * fork did.  Where no such page can be had, a static copy: a child forked
+ * workers share, the first write after a fork copies the page (20 us on
+ * a paravirtualized machine, up to 70 while the new workers start on the
+ * other CPU), and releasing these locks after each fork did.  Where no such page can be had, a static copy: a child forked
  * by libpmap, or through pthread_atfork for the heap's lock, initializes
  * the locks again (pmap__local_wiped says which).
  */
