@@ -55,8 +55,8 @@ typedef struct block {
     size_t size;        /* page-rounded: what is mapped */
 } block_t;
 
-/* Locked with pmap__local()->heap_lock (family.c), which no child
- * inherits held. */
+/* Locked with pmap__local()->heap_lock (shm.c), which no child inherits
+ * held. */
 static struct {
     pid_t owner;        /* the process whose heap this is */
     int fd;             /* the heap file, or -1 */

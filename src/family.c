@@ -208,10 +208,10 @@ static void forget_arenas(const pmap__worker_t *keep)
  * for this fork), forgets every arena but keep's (shm.c), and makes the
  * list's lock usable again where the child does not see it zeroed (the
  * forking thread held it, and that thread is the only one the child
- * has).  The descriptors are closed in runs and
- * the pools left as they are: writing to them would copy their pages into
- * each new child (a fault each, some 15 us on a paravirtualized machine),
- * and nothing uses their descriptors here again (pmap__pools_forgotten).
+ * has).  The descriptors are closed in runs and the pools left as they
+ * are: writing to them would copy their pages into each new child (a
+ * fault each, some 15 us on a paravirtualized machine), and nothing uses
+ * their descriptors here again (pmap__pools_forgotten).
  */
 void pmap__pools_child_init(const pmap__worker_t *keep, bool marked)
 {

@@ -200,16 +200,26 @@ static void *hold_the_lock(void *arg)
     return NULL;
 }
 
-TEST(start_threaded_caller_holding_a_lock)
+/* Starts a thread running hold, which takes `held` and then waits for
+ * `go` (locked here until the test lets go), and returns once the thread
+ * holds `held`: 0, or -1 if it could not be started. */
+static int start_holder(void *(*hold)(void *), pthread_t *t)
 {
-    ASSERT_OK(pmap_init());     /* before any thread: the server is clean */
     pthread_mutex_lock(&go);
-    pthread_t t;
-    ASSERT(pthread_create(&t, NULL, hold_the_lock, NULL) == 0);
+    if (pthread_create(t, NULL, hold, NULL) != 0)
+        return -1;
     while (pthread_mutex_trylock(&held) == 0) {     /* until it has it */
         pthread_mutex_unlock(&held);
         sleep_ms(1);
     }
+    return 0;
+}
+
+TEST(start_threaded_caller_holding_a_lock)
+{
+    ASSERT_OK(pmap_init());     /* before any thread: the server is clean */
+    pthread_t t;
+    ASSERT(start_holder(hold_the_lock, &t) == 0);
     /* Forked now, a worker is born with the lock held forever: it is
      * detected, and pool_create fails instead of hanging. */
     pool_options_t forked = {.workers = 2, .start = PMAP_START_FORK,
@@ -254,13 +264,8 @@ TEST(start_child_forked_while_a_thread_holds_the_library_locks)
     if (!pmap__local_wiped())
         SKIP("no MADV_WIPEONFORK: the locks are inherited as they are");
     test_arm(30);
-    pthread_mutex_lock(&go);
     pthread_t t;
-    ASSERT(pthread_create(&t, NULL, hold_library_locks, NULL) == 0);
-    while (pthread_mutex_trylock(&held) == 0) {     /* until it has them */
-        pthread_mutex_unlock(&held);
-        sleep_ms(1);
-    }
+    ASSERT(start_holder(hold_library_locks, &t) == 0);
     pid_t pid = fork();
     if (pid == 0) {
         pool_t *pool = pool_create(2);
