@@ -93,18 +93,19 @@ static void after_fork_parent(void)
     pthread_mutex_unlock(heap_lock());
 }
 
-/* The child's lock is free again: it sees it zeroed, or it is made so;
- * the rest is the parent's heap and is forgotten (or, in a worker, read)
- * at the next use. */
+/* The child's lock is made free again; the rest is the parent's heap and
+ * is forgotten (or, in a worker, read) at the next use. */
 static void after_fork_child(void)
 {
-    if (!pmap__local_wiped())
-        pthread_mutex_init(heap_lock(), NULL);
+    pthread_mutex_init(heap_lock(), NULL);
 }
 
+/* Where a child sees the lock zeroed, it has nothing to do: no handler,
+ * and no page of code for each new worker to fault in. */
 static void register_fork_handlers(void)
 {
-    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    pthread_atfork(before_fork, after_fork_parent,
+                   pmap__local_wiped() ? NULL : after_fork_child);
 }
 
 /*

@@ -21,12 +21,23 @@ int pmap__buf_reserve(pmap__buf_t *b, size_t extra)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need)
         cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    unsigned char *data = realloc(b->data, cap);
+    unsigned char *data = b->lent ? malloc(cap) : realloc(b->data, cap);
     if (data == NULL)
         return PMAP_ENOMEM;
+    if (b->lent && b->len > 0)
+        memcpy(data, b->data, b->len);
     b->data = data;
     b->cap = cap;
+    b->lent = false;
     return 0;
+}
+
+/* Gives an empty buffer size bytes at room, which it never frees: it
+ * outgrows them into memory of its own. */
+void pmap__buf_lend(pmap__buf_t *b, void *room, size_t size)
+{
+    if (b->data == NULL && room != NULL)
+        *b = (pmap__buf_t){room, 0, size, true};
 }
 
 /* Appends n uninitialized bytes and returns them, or NULL without memory. */
@@ -69,7 +80,8 @@ void pmap__buf_consume(pmap__buf_t *b, size_t n)
 
 void pmap__buf_free(pmap__buf_t *b)
 {
-    free(b->data);
+    if (!b->lent)
+        free(b->data);
     *b = (pmap__buf_t){0};
 }
 

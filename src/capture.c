@@ -59,11 +59,10 @@ static struct {
     unsigned char *arena;   /* the worker's: where a report goes */
     pid_t pid;              /* the worker (not a child a callback forked) */
     uint64_t limit;         /* its memory limit, or 0 */
-    int pipe[2];            /* backtrace_symbols_fd's way into the report */
     int files[2];           /* where fds 1 and 2 go while capturing */
     int saved[2];           /* fds 1 and 2 of before, while capturing */
     volatile sig_atomic_t capturing;
-} cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, {-1, -1}, 0};
+} cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0};
 
 /* The worker's alternate signal stack, mapped as it starts: 64 KiB of
  * .bss between the other variables would put some of them a page further,
@@ -146,21 +145,27 @@ static bool has_address(int sig, int code)
                         sig == SIGFPE);
 }
 
+/* The stack, as backtrace_symbols_fd writes it to a pipe made now (not
+ * when the worker starts: two system calls less for every new worker;
+ * pipe and fcntl may be called from a signal handler), non-blocking so
+ * that what does not fit is dropped. */
 static void put_backtrace(text_t *t)
 {
 #if HAVE_BACKTRACE
     void *frames[BACKTRACE_FRAMES];
-    char sink[256];
-    while (read(cap.pipe[0], sink, sizeof sink) > 0)
-        ;   /* nothing stale */
+    int fds[2];
+    if (pmap__pipe_open(fds) < 0)
+        return;
     int n = backtrace(frames, BACKTRACE_FRAMES);
     put_str(t, "backtrace:\n");
-    backtrace_symbols_fd(frames, n, cap.pipe[1]);
+    backtrace_symbols_fd(frames, n, fds[1]);
     ssize_t got;
-    while (t->left > 0 && (got = read(cap.pipe[0], t->p, t->left)) > 0) {
+    while (t->left > 0 && (got = read(fds[0], t->p, t->left)) > 0) {
         t->p += got;
         t->left -= (size_t)got;
     }
+    close(fds[0]);
+    close(fds[1]);
 #else
     (void)t;
 #endif
@@ -247,8 +252,9 @@ static void on_fatal(int sig, siginfo_t *info, void *context)
 void pmap__crash_prepare(void)
 {
 #if HAVE_BACKTRACE
-    static atomic_bool done;
-    if (!atomic_exchange(&done, true)) {
+    static atomic_bool done;    /* read first: a write in each new
+                                   worker would copy the page */
+    if (!atomic_load(&done) && !atomic_exchange(&done, true)) {
         void *frame[1];
         backtrace(frame, 1);
     }
@@ -259,13 +265,7 @@ void pmap__crash_arm(unsigned char *arena)
 {
     cap.arena = arena;
     cap.pid = getpid();
-#if HAVE_BACKTRACE
-    if (pmap__pipe_open(cap.pipe) == 0) {
-        pmap__crash_prepare();  /* already done, unless forked otherwise */
-    } else {
-        cap.pipe[0] = cap.pipe[1] = -1;
-    }
-#endif
+    pmap__crash_prepare();  /* already done, unless forked otherwise */
     stack_t ss;
     memset(&ss, 0, sizeof ss);
     ss.ss_sp = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE,

@@ -23,7 +23,7 @@ int pmap__inline_open(pool_t *pool)
                                   PMAP__NO_CHANNEL, NULL,
                                   pool->opts.worker_init,
                                   pool->opts.worker_exit,
-                                  pool->opts.worker_arg};
+                                  pool->opts.worker_arg, NULL};
     int rc = pmap__worker_start_inline(&setup);
     w->ready = rc == 0;
     return rc;
@@ -36,7 +36,8 @@ static void keep_ends(pool_t *pool, pmap__worker_t *w)
     pmap__buf_t *frames = &pool->frames;
     frames->len = 0;
     int rc = pmap__outq_drain(&w->out, frames);
-    pmap__reader_t queued = {{frames->data, frames->len, frames->len}, 0};
+    pmap__reader_t queued = {{frames->data, frames->len, frames->len, true},
+                             0};   /* a view: lent */
     pmap__header_t h;
     const unsigned char *payload;
     while (rc == 0 && pmap__reader_next(&queued, &h, &payload) > 0) {

@@ -418,17 +418,24 @@ void pmap_job_free(pmap_job_t *job)
 /*
  * Makes, before the pool's workers are forked, what its first map from
  * this thread would allocate: its memory (the spare) with room in its
- * buffers, and the thread's last-map entry.  Once children share the
- * caller's heap, an allocation writes pages of it and of libc's state, a
- * copy-on-write fault each (some 20 us on a paravirtualized machine).
- * Without memory, they are made when needed.
+ * buffers, at `room` if not NULL (PMAP__OUTQ_ROOM + PMAP__FIRST_FRAMES
+ * bytes that no child shares: pool.c), and the thread's last-map entry.  Once children
+ * share the caller's heap, an allocation writes pages of it and of libc's
+ * state, a copy-on-write fault each (some 20 us on a paravirtualized
+ * machine).  Without memory, they are made when needed.
  */
-void pmap__jobs_prepare(pool_t *pool)
+void pmap__jobs_prepare(pool_t *pool, unsigned char *room)
 {
     my_last_made(pool);
     pmap_job_t *job = calloc(1, sizeof *job);
-    if (job != NULL && (pmap__outq_reserve(&job->setup, 256) < 0 ||
-                        pmap__buf_reserve(&job->scratch, 256) < 0)) {
+    if (job != NULL && room != NULL) {
+        pmap__outq_lend(&job->setup, room);
+        pmap__buf_lend(&job->scratch, room + PMAP__OUTQ_ROOM,
+                       PMAP__FIRST_FRAMES);
+    }
+    if (job != NULL &&
+        (pmap__outq_reserve(&job->setup, PMAP__FIRST_FRAMES) < 0 ||
+         pmap__buf_reserve(&job->scratch, PMAP__FIRST_FRAMES) < 0)) {
         pmap__job_free(job);
         job = NULL;
     }

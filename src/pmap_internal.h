@@ -68,7 +68,13 @@ typedef struct pmap__buf {
     unsigned char *data;
     size_t len;     /* bytes in use */
     size_t cap;     /* bytes allocated */
+    bool lent;      /* data is not malloc's (pmap__buf_lend) */
 } pmap__buf_t;
+
+void pmap__buf_lend(pmap__buf_t *b, void *room, size_t size);
+
+#define PMAP__FIRST_FRAMES 256   /* room made before the forks for the
+                                    first frames a slot or a map queues */
 
 int pmap__buf_reserve(pmap__buf_t *b, size_t extra);
 void *pmap__buf_append(pmap__buf_t *b, size_t n);
@@ -174,7 +180,13 @@ typedef struct pmap__outq {
     uint64_t total;             /* bytes queued since the last reset */
     int error;                  /* first failure to queue (PMAP_ENOMEM) */
     bool owns;                  /* copy everything: keep no reference */
+    bool segs_lent;             /* segs is not malloc's (pmap__outq_lend) */
 } pmap__outq_t;
+
+/* Room pmap__outq_lend takes: first frames' bytes and 8 segments. */
+#define PMAP__OUTQ_ROOM (PMAP__FIRST_FRAMES + 8 * sizeof(pmap__segment_t))
+
+void pmap__outq_lend(pmap__outq_t *q, unsigned char *room);
 
 size_t pmap__outq_begin(pmap__outq_t *q, uint8_t type, uint32_t map);
 void pmap__outq_end(pmap__outq_t *q, size_t frame);
@@ -336,6 +348,7 @@ void *pmap__shm_map(size_t size, int *fd);
 void *pmap__shm_attach(int fd, size_t size);
 void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
+void *pmap__shm_unshared(size_t size);
 
 /* What this process writes right after forking, in a page no child
  * inherits as it is (shm.c). */
@@ -482,6 +495,8 @@ struct pool {
     const struct pmap__remote *remote;  /* PMAP_START_MPI: processes
                                    elsewhere (proc.c, src/mpi/) */
     pmap_config_t config;       /* what was chosen, and why */
+    unsigned char *room;        /* the first buffers, kept from children */
+    size_t room_size;           /* (pool.c, reserve) */
     pmap__buf_t frames;         /* in-process: frames being served */
     int64_t start_timeout_ns;   /* a worker not READY by then is stuck */
     int64_t cancel_grace_ns;    /* running items' time after a cancel;
@@ -746,7 +761,7 @@ void pmap__loop_kill_job(pool_t *pool, pmap_job_t *job);
 
 /* job.c */
 void pmap__jobs_free(pool_t *pool);
-void pmap__jobs_prepare(pool_t *pool);
+void pmap__jobs_prepare(pool_t *pool, unsigned char *room);
 
 /* batch.c */
 bool pmap__job_has_work(const pool_t *pool, const pmap_job_t *job,
@@ -819,6 +834,8 @@ typedef struct pmap__worker_setup {
     int (*init)(int, void *);   /* the pool's worker hooks */
     void (*exit)(int, void *);
     void *arg;
+    const sigset_t *caught;     /* the parent's handlers, to drop; NULL:
+                                   not known (pmap__signals_reset) */
 } pmap__worker_setup_t;
 
 /* proc.c: in a child forked for slot w (marked: pmap__pools_mark) */
@@ -828,7 +845,8 @@ _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
 
 /* worker.c */
 bool pmap__nested(void);
-void pmap__signals_reset(void);
+void pmap__signals_caught(sigset_t *caught);
+void pmap__signals_reset(const sigset_t *caught);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
 void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);

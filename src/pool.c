@@ -193,6 +193,34 @@ static void sync_destroy(pool_t *pool)
 }
 
 /*
+ * The first buffers of the pool's slots and of its spare map, in memory of
+ * the pool's own that no child gets a copy of (pmap__shm_unshared), where
+ * there is such memory: the caller writes them while its workers are
+ * young (their READY, the first batch), and in the heap they share each
+ * page written would be copied, 20 to 70 us here.  Returns the spare
+ * map's room (job.c), or NULL.
+ */
+static unsigned char *lend_room(pool_t *pool)
+{
+    size_t n = (size_t)pool->nworkers;
+    size_t map = PMAP__OUTQ_ROOM + PMAP__FIRST_FRAMES;
+    size_t size = map + n * (PMAP__OUTQ_ROOM + (size_t)PMAP__READ_SIZE);
+    pool->room = pmap__shm_unshared(size);
+    if (pool->room == NULL)
+        return NULL;
+    pool->room_size = size;
+    unsigned char *out = pool->room + map;
+    unsigned char *in = out + n * PMAP__OUTQ_ROOM;
+    for (size_t i = 0; i < n; i++) {
+        pmap__worker_t *w = &pool->workers[i];
+        pmap__outq_lend(&w->out, out + i * PMAP__OUTQ_ROOM);
+        pmap__buf_lend(&w->in.buf, in + i * (size_t)PMAP__READ_SIZE,
+                       PMAP__READ_SIZE);
+    }
+    return pool->room;
+}
+
+/*
  * Makes, before the workers are forked, what the pool's first map and its
  * end would allocate (the spare map and the caller's entry: job.c; room
  * for the slots' maps, the retirees and the poll array): once children
@@ -204,7 +232,7 @@ static void reserve(pool_t *pool)
 {
     if (pool->in_process)
         return;
-    pmap__jobs_prepare(pool);
+    pmap__jobs_prepare(pool, lend_room(pool));
     size_t n = (size_t)pool->nworkers;
     for (size_t i = 0; i < n; i++) {
         pmap__worker_t *w = &pool->workers[i];
@@ -361,8 +389,12 @@ void pool_destroy(pool_t *pool)
      * would copy.  (Its descriptors change under the list's lock.) */
     if (owner)
         pmap__pools_remove(pool);
+    bool taken = false;     /* in one of its workers, which has its slot's
+                               buffers, perhaps in the room */
     for (int i = 0; i < pool->nworkers; i++) {
-        if (!pmap__proc_taken(&pool->workers[i])) {  /* else the worker's */
+        if (pmap__proc_taken(&pool->workers[i])) {
+            taken = true;
+        } else {
             pmap__outq_free(&pool->workers[i].out);
             pmap__reader_free(&pool->workers[i].in);
         }
@@ -374,6 +406,8 @@ void pool_destroy(pool_t *pool)
         pmap__close(&pool->wake[0]);
         pmap__close(&pool->wake[1]);
     }
+    if (!taken)
+        pmap__shm_unmap(pool->room, pool->room_size);   /* what it lent */
     free(pool->retirees);
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);

@@ -127,22 +127,35 @@ _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
     pmap__worker_main(setup);
 }
 
+/* What the forking thread found out for the children it forks together:
+ * whether the pools' descriptors are marked (pmap__pools_mark), and this
+ * process's signal handlers, which they drop. */
+typedef struct forking {
+    bool marked;
+    sigset_t caught;
+} forking_t;
+
+static void forking_begin(forking_t *f)
+{
+    f->marked = pmap__pools_mark();
+    pmap__signals_caught(&f->caught);
+}
+
 /* Forks worker w from this process, pools_lock held, signals blocked and
- * stdio flushed (pmap__fork_prepare); its side of the channel is theirs,
- * marked as pmap__pools_mark returned.  Returns its pid, or a negative
- * code. */
+ * stdio flushed (pmap__fork_prepare); its side of the channel is theirs.
+ * Returns its pid, or a negative code. */
 static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
-                      const pmap__channel_t *theirs, bool marked)
+                      const pmap__channel_t *theirs, const forking_t *f)
 {
     pid_t self = pmap__self();
     pmap__worker_setup_t setup = {
         self,             self,            w->index,
         *theirs,          w->arena,        pool->opts.worker_init,
-        pool->opts.worker_exit, pool->opts.worker_arg};
+        pool->opts.worker_exit, pool->opts.worker_arg, &f->caught};
     pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
     if (pid == 0)
-        pmap__proc_become_worker(w, &setup, marked);
+        pmap__proc_become_worker(w, &setup, f->marked);
     int err = errno;
     pmap__arena_inherit(w->arena, false);
     return pid < 0 ? -err : pid;
@@ -153,9 +166,10 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
                          const pmap__channel_t *theirs)
 {
     sigset_t old;
-    bool marked = pmap__pools_mark();
+    forking_t f;
+    forking_begin(&f);
     pmap__fork_prepare(&old, false);
-    pid_t pid = fork_one(pool, w, theirs, marked);
+    pid_t pid = fork_one(pool, w, theirs, &f);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return pid;
 }
@@ -171,7 +185,7 @@ static pid_t ask_server(pool_t *pool, pmap__worker_t *w,
     pmap__worker_setup_t setup = {getpid(), 0, w->index, PMAP__NO_CHANNEL,
                                   NULL, pool->opts.worker_init,
                                   pool->opts.worker_exit,
-                                  pool->opts.worker_arg};
+                                  pool->opts.worker_arg, NULL};
     pid_t pid = -1;
     pmap__pools_unlock();
     int rc = pmap__server_spawn(&setup, theirs, w->handoff[1],
@@ -210,7 +224,7 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
      * and of libc that it shares, a copy-on-write fault each). */
     if (!pool->server && pool->remote == NULL &&
         (pmap__buf_reserve(&w->in.buf, PMAP__READ_SIZE) < 0 ||
-         pmap__outq_reserve(&w->out, 256) < 0))
+         pmap__outq_reserve(&w->out, PMAP__FIRST_FRAMES) < 0))
         return PMAP_ENOMEM;
     int rc = pmap__channel_open(&w->ch, theirs);
     if (rc < 0)
@@ -350,12 +364,13 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
         pmap__shm_unmap(arena_of(arenas, first + made),
                         (size_t)(n - made) * PMAP__ARENA_SIZE);
     sigset_t old;
-    bool marked = pmap__pools_mark();
+    forking_t f;
+    forking_begin(&f);
     pmap__fork_prepare(&old, false);
     int forked = 0;
     while (forked < made &&
            (pid[forked] = fork_one(pool, &pool->workers[first + forked],
-                                   &theirs[forked], marked)) > 0)
+                                   &theirs[forked], &f)) > 0)
         forked++;
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (forked < made)

@@ -155,9 +155,10 @@ static _Noreturn void become_worker(int control, const request_t *req,
     pmap__close(&child_pipe[1]);
     pmap__close(&control);
     signal(SIGCHLD, SIG_DFL);
+    static const sigset_t none;     /* the server has no other handler */
     pmap__worker_setup_t s = {(pid_t)req->owner, getppid(), req->index,
                               {fds[0], fds[1], -1}, NULL,
-                              req->init, req->exit, req->arg};
+                              req->init, req->exit, req->arg, &none};
     s.arena = pmap__shm_attach(fds[2], req->arena_size);
     int arena = fds[2];
     pmap__close(&arena);
@@ -213,7 +214,7 @@ static _Noreturn void serve(int control)
 static _Noreturn void server_main(int control, pid_t owner)
 {
     pmap__in_worker = true;     /* no pools in here */
-    pmap__signals_reset();      /* no child yet: SIGCHLD may come unblocked */
+    pmap__signals_reset(NULL);  /* no child yet: SIGCHLD may come unblocked */
     if (pmap__pipe_open(child_pipe) < 0)
         _exit(1);
     struct sigaction sa = {0};

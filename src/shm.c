@@ -113,6 +113,26 @@ void pmap__shm_unmap(void *p, size_t size)
         munmap(p, size);
 }
 
+/*
+ * size bytes of this process's own memory that no child gets a copy of
+ * (it sees them zeroed: MADV_WIPEONFORK), or NULL where that cannot be
+ * had.  The caller's writes there copy nothing while its workers live.
+ */
+void *pmap__shm_unshared(size_t size)
+{
+#ifdef MADV_WIPEONFORK
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
+        return p;
+    if (p != MAP_FAILED)
+        munmap(p, size);
+#else
+    (void)size;
+#endif
+    return NULL;
+}
+
 /* ---- the page kept from children -------------------------------------- */
 
 /*
@@ -127,7 +147,7 @@ void pmap__shm_unmap(void *p, size_t size)
  * by libpmap, or through pthread_atfork for the heap's lock, initializes
  * the locks again (pmap__local_wiped says which).
  */
-static pmap__local_t *local;
+static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {0, PTHREAD_MUTEX_INITIALIZER,
                                      PTHREAD_MUTEX_INITIALIZER,
                                      PTHREAD_MUTEX_INITIALIZER, 0};
@@ -142,25 +162,25 @@ static bool zero_mutex_unlocked(void)
 
 static void local_map(void)
 {
-    local = &local_static;
-#ifdef MADV_WIPEONFORK
     long page = sysconf(_SC_PAGESIZE);
     size_t size = page > 0 ? (size_t)page : 4096;
-    if (!zero_mutex_unlocked() || sizeof *local > size)
-        return;
-    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p != MAP_FAILED && madvise(p, size, MADV_WIPEONFORK) == 0)
-        local = p;
-    else if (p != MAP_FAILED)
-        munmap(p, size);
-#endif
+    void *p = zero_mutex_unlocked() && sizeof(pmap__local_t) <= size
+                  ? pmap__shm_unshared(size)
+                  : NULL;
+    atomic_store_explicit(&local, p != NULL ? p : &local_static,
+                          memory_order_release);
 }
 
+/* Once made, read without pthread_once: in a new worker, its code is one
+ * page fault less. */
 pmap__local_t *pmap__local(void)
 {
-    pthread_once(&local_once, local_map);
-    return local;
+    pmap__local_t *l = atomic_load_explicit(&local, memory_order_acquire);
+    if (l == NULL) {
+        pthread_once(&local_once, local_map);
+        l = atomic_load_explicit(&local, memory_order_acquire);
+    }
+    return l;
 }
 
 /* Whether a child sees pmap__local zeroed: else its fork handlers

@@ -96,17 +96,44 @@ int pmap__header_decode(const unsigned char *in, pmap__header_t *h)
 
 /* ---- outgoing frames --------------------------------------------------- */
 
+/* Makes room for more segments (8 at first, then twice as many), out of
+ * lent room into memory of the queue's own.  Returns false without
+ * memory, the segments intact. */
+static bool grow_segments(pmap__outq_t *q)
+{
+    size_t cap = q->cap;
+    pmap__segment_t *segs =
+        q->segs_lent ? pmap__grow(NULL, &cap, sizeof *segs)
+                     : pmap__grow(q->segs, &cap, sizeof *segs);
+    if (segs == NULL)
+        return false;
+    if (q->segs_lent)
+        memcpy(segs, q->segs, q->nsegs * sizeof *segs);
+    q->segs = segs;
+    q->cap = cap;
+    q->segs_lent = false;
+    return true;
+}
+
 static pmap__segment_t *outq_segment(pmap__outq_t *q)
 {
-    if (q->nsegs == q->cap) {
-        pmap__segment_t *segs = pmap__grow(q->segs, &q->cap, sizeof *segs);
-        if (segs == NULL) {
-            q->error = PMAP_ENOMEM;
-            return NULL;
-        }
-        q->segs = segs;
+    if (q->nsegs == q->cap && !grow_segments(q)) {
+        q->error = PMAP_ENOMEM;
+        return NULL;
     }
     return &q->segs[q->nsegs++];
+}
+
+/* Gives an empty queue room (PMAP__OUTQ_ROOM bytes, aligned for
+ * pointers) for its first frames and segments, which it never frees. */
+void pmap__outq_lend(pmap__outq_t *q, unsigned char *room)
+{
+    if (q->segs != NULL || room == NULL)
+        return;
+    pmap__buf_lend(&q->scratch, room, PMAP__FIRST_FRAMES);
+    q->segs = (pmap__segment_t *)(void *)(room + PMAP__FIRST_FRAMES);
+    q->cap = 8;
+    q->segs_lent = true;
 }
 
 /*
@@ -289,12 +316,8 @@ int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to)
  * queueing them allocates nothing.  Returns 0 or PMAP_ENOMEM. */
 int pmap__outq_reserve(pmap__outq_t *q, size_t n)
 {
-    if (q->cap == 0) {
-        pmap__segment_t *segs = pmap__grow(q->segs, &q->cap, sizeof *segs);
-        if (segs == NULL)
-            return PMAP_ENOMEM;
-        q->segs = segs;
-    }
+    if (q->cap == 0 && !grow_segments(q))
+        return PMAP_ENOMEM;
     return pmap__buf_reserve(&q->scratch, n);
 }
 
@@ -309,7 +332,8 @@ void pmap__outq_reset(pmap__outq_t *q)
 void pmap__outq_free(pmap__outq_t *q)
 {
     pmap__buf_free(&q->scratch);
-    free(q->segs);
+    if (!q->segs_lent)
+        free(q->segs);
     *q = (pmap__outq_t){0};
 }
 

@@ -86,27 +86,57 @@ static struct {
     int fail_error;             /* 0: pmap_fail's PMAP_EFAIL */
     int fail_code;
     char fail_message[PMAP__MESSAGE_MAX];
+    /* A new worker's first map, results and decoded arguments live here
+     * rather than in memory from malloc, whose first use in a child writes
+     * pages of the heap and of libc's state it shares with the caller, a
+     * copy of each (5 faults, some 17 us each here, before its first
+     * result). */
+    worker_map_t first_map;     /* map_alloc's, while not in use */
+    bool first_map_used;
+    _Alignas(max_align_t) unsigned char first_setup[256];  /* its SETUP */
+    _Alignas(max_align_t) unsigned char first_results[256];
+    _Alignas(max_align_t) unsigned char first_scratch[256];
 } self;
 
-/* In a new worker or the fork server: handlers of the caller's must never
- * run there; ignored signals stay ignored, Ctrl-C, sent to the whole
- * process group, is the caller's to handle, and nothing stays blocked.
- * (Asking for each signal's action is 64 system calls, some 90 us in a new
- * worker here; reading the caught ones from /proc/self/status was no
- * cheaper there, a new process's first look at its /proc directory being
- * slow.) */
-void pmap__signals_reset(void)
+/* The signals whose action is a handler of this process's (neither
+ * SIG_DFL nor SIG_IGN). */
+void pmap__signals_caught(sigset_t *caught)
 {
-    for (int sig = 1; sig <= SIGRTMAX; sig++) {
+    sigemptyset(caught);
+    for (int sig = 1, last = SIGRTMAX; sig <= last; sig++) {
         struct sigaction sa;
-        if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) < 0)
-            continue;
-        if ((sa.sa_flags & SA_SIGINFO) ||
-            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)) {
-            sa.sa_handler = SIG_DFL;
-            sa.sa_flags = 0;
-            sigaction(sig, &sa, NULL);
-        }
+        if (sig != SIGKILL && sig != SIGSTOP &&
+            sigaction(sig, NULL, &sa) == 0 &&
+            ((sa.sa_flags & SA_SIGINFO) ||
+             (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)))
+            sigaddset(caught, sig);
+    }
+}
+
+/*
+ * In a new worker or the fork server: handlers of the caller's must never
+ * run there, so those of `caught` (NULL: asked here) go back to SIG_DFL;
+ * ignored signals stay ignored, Ctrl-C, sent to the whole process group,
+ * is the caller's to handle, and nothing stays blocked.  Asking for each
+ * signal's action is 64 system calls, some 90 us in a new process here
+ * (its first calls of a kind are slow), so the caller asks once for the
+ * workers it forks together and tells them (proc.c); reading the caught
+ * ones from /proc/self/status was no cheaper, a new process's first look
+ * at its /proc directory being slow.
+ */
+void pmap__signals_reset(const sigset_t *caught)
+{
+    sigset_t own;
+    if (caught == NULL) {
+        pmap__signals_caught(&own);
+        caught = &own;
+    }
+    struct sigaction dfl = {0};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    for (int sig = 1, last = SIGRTMAX; sig <= last; sig++) {
+        if (sigismember(caught, sig) == 1)
+            sigaction(sig, &dfl, NULL);
     }
     struct sigaction ignore = {0};
     ignore.sa_handler = SIG_IGN;
@@ -224,6 +254,38 @@ static int decode_constants(worker_map_t *m, size_t len)
     return 0;
 }
 
+/* A map's memory, zeroed, with room for a SETUP payload of len bytes. */
+static worker_map_t *map_alloc(size_t len)
+{
+    worker_map_t *m = &self.first_map;
+    if (self.first_map_used)
+        m = calloc(1, sizeof *m);
+    else
+        memset(m, 0, sizeof *m);
+    if (m == NULL)
+        return NULL;
+    bool first = m == &self.first_map;
+    m->setup = first && len <= sizeof self.first_setup ? self.first_setup
+                                                       : malloc(len);
+    if (m->setup == NULL) {
+        if (!first)
+            free(m);
+        return NULL;
+    }
+    self.first_map_used |= first;
+    return m;
+}
+
+static void map_free(worker_map_t *m)
+{
+    if (m->setup != self.first_setup)
+        free(m->setup);
+    if (m == &self.first_map)
+        self.first_map_used = false;
+    else
+        free(m);
+}
+
 static void map_end(uint32_t id)
 {
     for (worker_map_t **p = &self.maps; *p != NULL; p = &(*p)->next) {
@@ -241,8 +303,7 @@ static void map_end(uint32_t id)
                 m->fn->params[k].codec->release(m->objects[k]);
                 free(m->objects[k]);
             }
-            free(m->setup);
-            free(m);
+            map_free(m);
             return;
         }
     }
@@ -256,9 +317,9 @@ static void map_end(uint32_t id)
  */
 static void map_setup(uint32_t id, const unsigned char *p, size_t len)
 {
-    worker_map_t *m = calloc(1, sizeof *m);
     if (self.answers != NULL && find_map(id) != NULL)
         map_end(id);    /* in-process, after a failure: set up anew */
+    worker_map_t *m = map_alloc(len);
     if (m == NULL || len < 4 * sizeof(uint64_t) || find_map(id) != NULL)
         broken();
     m->id = id;
@@ -269,9 +330,6 @@ static void map_setup(uint32_t id, const unsigned char *p, size_t len)
     m->measured = flags >> 1 & 1;
     m->output = (int)(flags >> 2 & 3);
     m->output_cap = (size_t)(flags >> 32);
-    m->setup = malloc(len);
-    if (m->setup == NULL)
-        broken();
     memcpy(m->setup, p, len);
     m->error = pmap__registry_find(pmap__get_u64(p), &m->fn);
     if (m->error == 0 && pmap__signature(m->fn) != pmap__get_u64(p + 8))
@@ -857,7 +915,7 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
                               pmap__buf_t *answers)
 {
     jmp_buf failed;
-    pmap__reader_t in = {{(unsigned char *)frames, len, len}, 0};
+    pmap__reader_t in = {{(unsigned char *)frames, len, len, true}, 0};
     self.answers = answers;
     self.broken = &failed;
     int rc = 0;
@@ -896,10 +954,14 @@ void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out)
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 {
     pmap__in_worker = true;
+    pmap__buf_lend(&self.results, self.first_results,
+                   sizeof self.first_results);
+    pmap__buf_lend(&self.scratch, self.first_scratch,
+                   sizeof self.first_scratch);
     self.answers = NULL;    /* no in-process serving is going on here */
     self.broken = NULL;
     self.running = false;
-    pmap__signals_reset();
+    pmap__signals_reset(setup->caught);
     pmap__crash_arm(setup->arena);
     /* The parent is the caller, or the fork server, which dies with it. */
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))

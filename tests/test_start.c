@@ -14,6 +14,9 @@
 #include "pmap_internal.h"
 
 #include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -281,6 +284,56 @@ TEST(start_child_forked_while_a_thread_holds_the_library_locks)
     pthread_mutex_unlock(&go);
     pthread_join(t, NULL);
     ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+/* Whether the mapping holding p is one that a child sees zeroed
+ * (MADV_WIPEONFORK: "wf" among its VmFlags in /proc/self/smaps). */
+static bool wiped_on_fork(const void *p)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (f == NULL)
+        return false;
+    char line[512];
+    unsigned long long lo = 0, hi = 0, at = (unsigned long long)(uintptr_t)p;
+    bool here = false, wiped = false;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%llx-%llx ", &lo, &hi) == 2)    /* a mapping */
+            here = at >= lo && at < hi;
+        else if (here && strncmp(line, "VmFlags:", 8) == 0)
+            wiped = strstr(line, " wf") != NULL;
+    }
+    fclose(f);
+    return wiped;
+}
+
+/* What the caller writes while its workers are young, its locks and the
+ * first buffers of the slots and of the first map, lies in memory that no
+ * child gets a copy of, so writing it copies no page. */
+TEST(start_caller_buffers_are_kept_from_children)
+{
+    if (!pmap__local_wiped())
+        SKIP("no MADV_WIPEONFORK here");
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    ASSERT(wiped_on_fork(pmap__local()));
+    ASSERT(pool->spare != NULL && wiped_on_fork(pool->spare->scratch.data));
+    ASSERT(wiped_on_fork(pool->spare->setup.segs));
+    for (int i = 0; i < 2; i++) {
+        ASSERT(wiped_on_fork(pool->workers[i].in.buf.data));
+        ASSERT(wiped_on_fork(pool->workers[i].out.scratch.data));
+        ASSERT(wiped_on_fork(pool->workers[i].out.segs));
+    }
+    ASSERT(!wiped_on_fork(pool->workers));  /* the slots: a forked copy
+                                               closes their descriptors */
+    long xs[64], out[64];
+    for (int i = 0; i < 64; i++)
+        xs[i] = i;
+    for (int round = 0; round < 3; round++) {
+        ASSERT_OK(pool_map(pool, probe, 64, out, xs));
+        for (int i = 0; i < 64; i++)
+            ASSERT_EQ(out[i], 2 * i);
+    }
+    pool_destroy(pool);
 }
 
 static volatile int stop_churn;

@@ -146,6 +146,60 @@ TEST(wire_reader_takes_frames_split_anywhere)
     close(p[1]);
 }
 
+/* Lent room (the pool's, kept from children) is used first, outgrown
+ * into memory of the buffer's or queue's own with nothing lost, and never
+ * freed: freeing it would abort here, it is not malloc's. */
+TEST(wire_lent_room_is_outgrown_and_never_freed)
+{
+    static _Alignas(max_align_t) unsigned char room[PMAP__OUTQ_ROOM + 16];
+    pmap__buf_t b = {0};
+    pmap__buf_lend(&b, room + PMAP__OUTQ_ROOM, 16);
+    ASSERT_OK(pmap__buf_put(&b, "0123456789", 10));
+    ASSERT(b.data == room + PMAP__OUTQ_ROOM);
+    ASSERT_OK(pmap__buf_put(&b, "abcdefghij", 10));     /* past 16 */
+    ASSERT(b.data != room + PMAP__OUTQ_ROOM && !b.lent);
+    ASSERT(memcmp(b.data, "0123456789abcdefghij", 20) == 0);
+    pmap__buf_free(&b);
+
+    pmap__outq_t q = {0};
+    pmap__outq_lend(&q, room);
+    ASSERT(q.segs_lent && q.cap == 8);
+    static unsigned char payload[20][4096];     /* referenced: a segment
+                                                   each, besides the
+                                                   copied bytes' */
+    for (uint32_t m = 1; m <= 20; m++) {
+        memset(payload[m - 1], (int)m, sizeof payload[0]);
+        size_t f = pmap__outq_begin(&q, PMAP__TASK, m);
+        pmap__outq_u64(&q, m);
+        pmap__outq_add(&q, payload[m - 1], sizeof payload[0]);
+        pmap__outq_end(&q, f);
+    }
+    ASSERT_EQ(q.error, 0);
+    ASSERT(!q.segs_lent && !q.scratch.lent);    /* > 8 segments, > 256 B */
+    static unsigned char flat[20 * (4096 + 64)];
+    size_t len = flatten(&q, flat, sizeof flat);
+    pmap__reader_t r = {{flat, len, len, true}, 0};
+    pmap__header_t h;
+    const unsigned char *p;
+    for (uint32_t m = 1; m <= 20; m++) {
+        ASSERT_EQ(pmap__reader_next(&r, &h, &p), 1);
+        ASSERT_EQ(h.map, m);
+        ASSERT_EQ(pmap__get_u64(p), m);
+        ASSERT(p[8] == m && p[8 + 4095] == m);
+    }
+    ASSERT_EQ(pmap__reader_next(&r, &h, &p), 0);
+    pmap__outq_free(&q);
+
+    pmap__outq_lend(&q, room);      /* freed while still in the room */
+    size_t f = pmap__outq_begin(&q, PMAP__END, 1);
+    pmap__outq_end(&q, f);
+    ASSERT(q.segs_lent && q.scratch.lent);
+    pmap__outq_free(&q);
+    pmap__buf_lend(&b, room + PMAP__OUTQ_ROOM, 16);
+    ASSERT_OK(pmap__buf_put(&b, "0123", 4));
+    pmap__buf_free(&b);
+}
+
 /* A RESULT whose failure records are out of order (or repeated) is
  * refused: each item fails at most once. */
 TEST(wire_result_failures_must_be_in_order)

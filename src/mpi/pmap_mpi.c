@@ -537,7 +537,8 @@ static void spawn_local(uint32_t id, int index, const unsigned char *data,
                         size_t n)
 {
     pmap__worker_setup_t setup = {getpid(), getpid(), index,
-                                  PMAP__NO_CHANNEL, NULL, NULL, NULL, NULL};
+                                  PMAP__NO_CHANNEL, NULL, NULL, NULL, NULL,
+                                  NULL};
     char why[512];
     if (relay.refused) {
         post(0, M_SPAWNED, id, PMAP_EPROTO, 0, 0, NULL, 0);
@@ -1010,7 +1011,7 @@ static int spawn_here(const pool_t *pool, pmap__worker_t *w,
     pmap__worker_setup_t setup = {
         getpid(),          getpid(),          w->index,
         *channel,          w->arena,          pool->opts.worker_init,
-        pool->opts.worker_exit, pool->opts.worker_arg};
+        pool->opts.worker_exit, pool->opts.worker_arg, NULL};
     sigset_t old;
     pmap__fork_prepare(&old, false);
     pid_t child = fork();
