@@ -876,7 +876,7 @@ static int w5_once(void)
 static void bench_w5(const char *when, bool spawned)
 {
     sample_t lib = {{0}, 0}, hand = {{0}, 0}, fork_cost = {{0}, 0};
-    sample_t proc = {{0}, 0}, empty = {{0}, 0};
+    sample_t proc = {{0}, 0}, empty = {{0}, 0}, hand_proc = {{0}, 0};
     for (int r = 0; r < reps; r++) {
         double v[40], h[40], f[40];
         for (int i = 0; i < 40; i++) {
@@ -893,6 +893,7 @@ static void bench_w5(const char *when, bool spawned)
         if (spawned) {
             add_value(&proc, spawn_wall("--w5"));
             add_value(&empty, spawn_wall("--nothing"));
+            add_value(&hand_proc, spawn_wall("--w5-hand"));
         }
     }
     char title[160], note[256];
@@ -909,8 +910,14 @@ static void bench_w5(const char *when, bool spawned)
               median(&lib) / median(&hand)));
     if (spawned) {
         row("a program that does nothing (spawned)", &empty, "us", NULL);
-        row("libpmap, whole program (spawned)", &proc, "us",
+        row("hand-rolled pool, whole program (spawned)", &hand_proc, "us",
             ratio(note, sizeof note, "%.0f us more than doing nothing",
+                  median(&hand_proc) - median(&empty)));
+        row("libpmap, whole program (spawned)", &proc, "us",
+            ratio(note, sizeof note,
+                  "%.2fx the hand-rolled program; %.0f us more than doing "
+                  "nothing",
+                  median(&proc) / median(&hand_proc),
                   median(&proc) - median(&empty)));
     }
 }
@@ -1425,6 +1432,8 @@ int main(int argc, char **argv)
         return w5_once();
     if (argc > 1 && strcmp(argv[1], "--nothing") == 0)
         return 0;
+    if (argc > 1 && strcmp(argv[1], "--w5-hand") == 0)
+        return hand_rolled_pool() > 0 ? 0 : 1;
     if (argc > 1)
         reps = atoi(argv[1]) > 0 && atoi(argv[1]) <= MAX_REPS ? atoi(argv[1])
                                                                 : 5;
