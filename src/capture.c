@@ -64,10 +64,6 @@ static struct {
     volatile sig_atomic_t capturing;
 } cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0};
 
-/* The worker's alternate signal stack, mapped as it starts: 64 KiB of
- * .bss between the other variables would put some of them a page further,
- * one more page for every new worker to fault in. */
-#define ALTSTACK_SIZE (64 * 1024)
 
 /* ---- crash reports ------------------------------------------------------ */
 
@@ -198,7 +194,7 @@ static void write_report(int sig, const siginfo_t *info, int err)
                                                    PMAP__REPORT_AT);
     if (atomic_load_explicit(&r->length, memory_order_relaxed) != 0)
         return;     /* a fault while reporting: only the first counts */
-    text_t t = {r->text, PMAP__ARENA_HEAD - PMAP__REPORT_AT - sizeof *r - 1};
+    text_t t = {r->text, PMAP__REPORT_END - PMAP__REPORT_AT - sizeof *r - 1};
     bool oom = cap.limit != 0 && err == ENOMEM;
     if (oom) {
         put_str(&t, "memory limit of ");
@@ -264,16 +260,19 @@ void pmap__crash_prepare(void)
 void pmap__crash_arm(unsigned char *arena)
 {
     cap.arena = arena;
-    cap.pid = getpid();
+    cap.pid = pmap__self();
     pmap__crash_prepare();  /* already done, unless forked otherwise */
-    stack_t ss;
-    memset(&ss, 0, sizeof ss);
-    ss.ss_sp = mmap(NULL, ALTSTACK_SIZE, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    ss.ss_size = ALTSTACK_SIZE;
-    int on_stack = ss.ss_sp != MAP_FAILED && sigaltstack(&ss, NULL) == 0
-                       ? SA_ONSTACK
-                       : 0;
+    /* Its stack is in the worker's arena, mapped already: an mmap of its
+     * own was a system call more for every new worker (and 64 KiB of
+     * .bss would put other variables a page further, a fault more). */
+    int on_stack = 0;
+    if (arena != NULL) {
+        stack_t ss;
+        memset(&ss, 0, sizeof ss);
+        ss.ss_sp = arena + PMAP__REPORT_END;
+        ss.ss_size = PMAP__ALTSTACK_SIZE;
+        on_stack = sigaltstack(&ss, NULL) == 0 ? SA_ONSTACK : 0;
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_fatal;

@@ -49,14 +49,19 @@ pid_t pmap__self(void)
 
 /* ---- the list of pools -------------------------------------------------- */
 
+static pthread_mutex_t *pools_lock(void)
+{
+    return &pmap__local()->pools_lock;
+}
+
 void pmap__pools_lock(void)
 {
-    pthread_mutex_lock(&pmap__local()->pools_lock);
+    pthread_mutex_lock(pools_lock());
 }
 
 void pmap__pools_unlock(void)
 {
-    pthread_mutex_unlock(&pmap__local()->pools_lock);
+    pthread_mutex_unlock(pools_lock());
 }
 
 /* Links pool into the list of pools; locked by the caller. */
@@ -68,14 +73,14 @@ void pmap__pools_add(pool_t *pool)
 
 void pmap__pools_remove(pool_t *pool)
 {
-    pthread_mutex_lock(&pmap__local()->pools_lock);
+    pthread_mutex_lock(pools_lock());
     for (pool_t **p = &pools; *p != NULL; p = &(*p)->next) {
         if (*p == pool) {
             *p = pool->next;
             break;
         }
     }
-    pthread_mutex_unlock(&pmap__local()->pools_lock);
+    pthread_mutex_unlock(pools_lock());
 }
 
 /* ---- what a new child drops ---------------------------------------------- */
@@ -223,7 +228,7 @@ void pmap__pools_child_init(const pmap__worker_t *keep, bool marked)
         forget_arenas(keep);
     forgotten = true;
     if (!pmap__local_wiped())
-        pthread_mutex_init(&pmap__local()->pools_lock, NULL);
+        pthread_mutex_init(pools_lock(), NULL);
 }
 
 /* Whether this process is a child forked here (or descends from one):

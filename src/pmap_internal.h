@@ -339,7 +339,9 @@ typedef struct pmap__report {
  * in its TASK and is used again only after the batch's RESULT has been
  * read, so the two sides never write the same bytes at once.
  */
-#define PMAP__ARENA_HEAD 16384u     /* slot, crash report */
+#define PMAP__REPORT_END 16384u     /* slot, crash report */
+#define PMAP__ALTSTACK_SIZE 65536u  /* then the crash handler's stack */
+#define PMAP__ARENA_HEAD (PMAP__REPORT_END + PMAP__ALTSTACK_SIZE)
 #define PMAP__SLOT_SIZE (4u << 20)
 #define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
 
@@ -357,6 +359,7 @@ typedef struct pmap__local {
     pthread_mutex_t pools_lock;     /* family.c: the list of pools */
     pthread_mutex_t heap_lock;      /* alloc.c: pmap_alloc's heap */
     pthread_mutex_t registry_lock;  /* registry.c */
+    pthread_mutex_t server_lock;    /* server.c: the fork server's channel */
     atomic_uint last_map;           /* job.c: the last map's number */
 } pmap__local_t;
 

@@ -138,6 +138,11 @@ static void link_type(pmap__type_t *t, const pmap__codec_t *c,
     }
 }
 
+static pthread_mutex_t *registry_lock(void)
+{
+    return &pmap__local()->registry_lock;
+}
+
 static void link_fn(pmap__fn_t *fn, const pmap__codec_t *c,
                     const pmap__codec_t *gone)
 {
@@ -149,39 +154,39 @@ static void link_fn(pmap__fn_t *fn, const pmap__codec_t *c,
 void pmap__register(pmap__fn_t *fn)
 {
     fn->id = identify(fn);
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     for (const pmap__codec_t *c = codecs; c != NULL; c = c->next)
         link_fn(fn, c, NULL);
     fn->next = registry;
     registry = fn;
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
 }
 
 void pmap__unregister(pmap__fn_t *fn)
 {
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     for (pmap__fn_t **p = &registry; *p != NULL; p = &(*p)->next) {
         if (*p == fn) {
             *p = fn->next;
             break;
         }
     }
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
 }
 
 void pmap__register_type(pmap__codec_t *codec)
 {
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     for (pmap__fn_t *fn = registry; fn != NULL; fn = fn->next)
         link_fn(fn, codec, NULL);
     codec->next = codecs;
     codecs = codec;
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
 }
 
 void pmap__unregister_type(pmap__codec_t *codec)
 {
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     for (pmap__codec_t **p = &codecs; *p != NULL; p = &(*p)->next) {
         if (*p == codec) {
             *p = codec->next;
@@ -193,7 +198,7 @@ void pmap__unregister_type(pmap__codec_t *codec)
         for (const pmap__codec_t *c = codecs; c != NULL; c = c->next)
             link_fn(fn, c, NULL);   /* another codec of the same type */
     }
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
 }
 
 /* Whether one of fn's types has two codecs (PMAP_EXPORT_TYPE twice). */
@@ -232,11 +237,11 @@ int pmap__registry_check(const pmap__fn_t *fn)
     if (fn->id == 0)
         return PMAP_ENOFUNC;
     const pmap__fn_t *found = NULL;
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     int rc = pmap__registry_find(fn->id, &found);
     if (rc == 0 && (found != fn || codec_twice(fn)))
         rc = PMAP_EAMBIGUOUS;
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
     return rc;
 }
 
@@ -248,11 +253,11 @@ int pmap__registry_check(const pmap__fn_t *fn)
 uint64_t pmap__registry_hash(void)
 {
     uint64_t sum = 0;
-    pthread_mutex_lock(&pmap__local()->registry_lock);
+    pthread_mutex_lock(registry_lock());
     for (const pmap__fn_t *fn = registry; fn != NULL; fn = fn->next) {
         uint64_t pair[2] = {fn->id, pmap__signature(fn)};
         sum += hash(0xcbf29ce484222325u, pair, sizeof pair);
     }
-    pthread_mutex_unlock(&pmap__local()->registry_lock);
+    pthread_mutex_unlock(registry_lock());
     return sum;
 }

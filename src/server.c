@@ -71,8 +71,9 @@ typedef struct report {
 } report_t;
 
 /* The caller's side: the control channel and the reports not claimed. */
+/* Locked with pmap__local()->server_lock (shm.c), which no child inherits
+ * held. */
 static struct {
-    pthread_mutex_t lock;
     int fd;             /* our end of the control channel, or -1 */
     pid_t owner;        /* the process that started the server */
     pid_t server;       /* the server */
@@ -84,8 +85,12 @@ static struct {
     pid_t stale[8];     /* workers of requests given up: their DIED
                            reports are nobody's */
     unsigned nstale;
-} ctl = {PTHREAD_MUTEX_INITIALIZER, -1, 0, 0, NULL, 0, 0, 0, false, false,
-         {0}, 0};
+} ctl = {-1, 0, 0, NULL, 0, 0, 0, false, false, {0}, 0};
+
+static pthread_mutex_t *server_lock(void)
+{
+    return &pmap__local()->server_lock;
+}
 
 /* Whether this process has a fork server (a forked child does not). */
 bool pmap__server_running(void)
@@ -292,7 +297,7 @@ static int start_server(void)
     pid_t owner = pmap__self(), pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);
-        pmap__server_child_init();      /* ctl.lock was held: usable again */
+        pmap__server_child_init();      /* its lock was held: usable again */
         /* no pool's memory or descriptor */
         pmap__pools_child_init(NULL, false);
         server_main(fds[1], owner);
@@ -319,8 +324,8 @@ int pmap_init(void)
 {
     if (pmap__in_worker)
         return PMAP_ENESTED;
-    pmap__pools_lock();     /* before ctl.lock, as pmap__proc_spawn */
-    pthread_mutex_lock(&ctl.lock);
+    pmap__pools_lock();     /* before the server's, as pmap__proc_spawn */
+    pthread_mutex_lock(server_lock());
     reap_server();
     if (ctl.fd >= 0 && (ctl.owner != pmap__self() || ctl.dead))
         forget_server();
@@ -331,7 +336,7 @@ int pmap_init(void)
         if ((rc = start_server()) < 0)
             pmap__heap_drop();
     }
-    pthread_mutex_unlock(&ctl.lock);
+    pthread_mutex_unlock(server_lock());
     pmap__pools_unlock();
     return rc;
 }
@@ -340,17 +345,18 @@ void pmap_exit(void)
 {
     if (pmap__in_worker)
         return;     /* the server is the program's, not a worker's */
-    pthread_mutex_lock(&ctl.lock);
+    pthread_mutex_lock(server_lock());
     if (ctl.fd >= 0)
         forget_server();
-    pthread_mutex_unlock(&ctl.lock);
+    pthread_mutex_unlock(server_lock());
 }
 
 /* In a worker forked by the caller: the server's channel is not its own. */
 void pmap__server_child_init(void)
 {
     pmap__close(&ctl.fd);
-    pthread_mutex_init(&ctl.lock, NULL);
+    if (!pmap__local_wiped())
+        pthread_mutex_init(server_lock(), NULL);
 }
 
 /* ---- the caller's side ------------------------------------------------- */
@@ -454,7 +460,7 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup,
     c->cmsg_len = CMSG_LEN(sizeof fds);
     memcpy(CMSG_DATA(c), fds, sizeof fds);
 
-    pthread_mutex_lock(&ctl.lock);
+    pthread_mutex_lock(server_lock());
     report_t r;
     int rc = ctl.fd >= 0 ? 0 : PMAP_ESTART;
     /* The last request was given up: its answer may be on its way (the
@@ -487,7 +493,7 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup,
             rc = r.value < 0 ? r.value : PMAP_ESTART;
         break;
     }
-    pthread_mutex_unlock(&ctl.lock);
+    pthread_mutex_unlock(server_lock());
     return rc < 0 && rc != PMAP_ENOMEM ? PMAP_ESTART : rc;
 }
 
@@ -498,7 +504,7 @@ int pmap__server_spawn(const pmap__worker_setup_t *setup,
  */
 int pmap__server_reap(pid_t pid, int *status, int64_t deadline)
 {
-    pthread_mutex_lock(&ctl.lock);
+    pthread_mutex_lock(server_lock());
     int rc = 0;
     for (;;) {
         size_t i;
@@ -518,6 +524,6 @@ int pmap__server_reap(pid_t pid, int *status, int64_t deadline)
             break;
         }
     }
-    pthread_mutex_unlock(&ctl.lock);
+    pthread_mutex_unlock(server_lock());
     return rc;
 }

@@ -22,6 +22,7 @@
  */
 #include "pmap_internal.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -98,9 +99,39 @@ static struct {
     _Alignas(max_align_t) unsigned char first_scratch[256];
 } self;
 
+/* The caught signals' mask as Linux shows it ("SigCgt:" in
+ * /proc/self/status: bit sig - 1), read in a few microseconds where
+ * asking sigaction for each signal takes 64 system calls; false where it
+ * cannot be read. */
+static bool caught_from_proc(uint64_t *mask)
+{
+#ifdef __linux__
+    char buf[4096];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof buf - 1 &&
+           (n = pmap__read(fd, buf + len, sizeof buf - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    buf[len] = '\0';
+    const char *at = strstr(buf, "\nSigCgt:");
+    char *end;
+    if (at == NULL)
+        return false;
+    *mask = strtoull(at + 8, &end, 16);
+    return end != at + 8 && *end == '\n';
+#else
+    (void)mask;
+    return false;
+#endif
+}
+
 /* The signals whose action is a handler of this process's (neither
- * SIG_DFL nor SIG_IGN). */
-void pmap__signals_caught(sigset_t *caught)
+ * SIG_DFL nor SIG_IGN), asked one by one. */
+static void caught_by_asking(sigset_t *caught)
 {
     sigemptyset(caught);
     for (int sig = 1, last = SIGRTMAX; sig <= last; sig++) {
@@ -113,22 +144,37 @@ void pmap__signals_caught(sigset_t *caught)
     }
 }
 
+/* The same, in the caller before it forks: from /proc where it can. */
+void pmap__signals_caught(sigset_t *caught)
+{
+    uint64_t mask;
+    if (!caught_from_proc(&mask)) {
+        caught_by_asking(caught);
+        return;
+    }
+    sigemptyset(caught);
+    for (int sig = 1; sig <= 64; sig++) {
+        if (mask >> (sig - 1) & 1)
+            sigaddset(caught, sig);     /* fails past the last one */
+    }
+}
+
 /*
  * In a new worker or the fork server: handlers of the caller's must never
  * run there, so those of `caught` (NULL: asked here) go back to SIG_DFL;
  * ignored signals stay ignored, Ctrl-C, sent to the whole process group,
  * is the caller's to handle, and nothing stays blocked.  Asking for each
  * signal's action is 64 system calls, some 90 us in a new process here
- * (its first calls of a kind are slow), so the caller asks once for the
- * workers it forks together and tells them (proc.c); reading the caught
- * ones from /proc/self/status was no cheaper, a new process's first look
- * at its /proc directory being slow.
+ * (its first calls of a kind are slow), and its first look at /proc is no
+ * faster; so the caller, for whom /proc/self/status takes microseconds,
+ * finds out once for the workers it forks together and tells them
+ * (proc.c).
  */
 void pmap__signals_reset(const sigset_t *caught)
 {
     sigset_t own;
     if (caught == NULL) {
-        pmap__signals_caught(&own);
+        caught_by_asking(&own);
         caught = &own;
     }
     struct sigaction dfl = {0};
@@ -181,7 +227,7 @@ static void send_ready(void)
     unsigned char frame[PMAP__HEADER_SIZE + PMAP__ALIGN] = {0};
     pmap__header_encode(frame, &(pmap__header_t){PMAP__READY, 0,
                                                  PMAP__ALIGN});
-    uint64_t pid = (uint64_t)getpid();
+    uint64_t pid = (uint64_t)pmap__self();
     memcpy(frame + PMAP__HEADER_SIZE, &pid, sizeof pid);
     for (size_t done = 0; done < sizeof frame;) {
         struct iovec iov = {frame + done, sizeof frame - done};

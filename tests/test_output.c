@@ -370,6 +370,44 @@ TEST(output_crash_report_names_signal_address_backtrace_stderr_server)
     crash_report(PMAP_START_SERVER);
 }
 
+static int deeper(int n)
+{
+    volatile char frame[4096];
+    frame[0] = (char)n;
+    return n > 0 ? deeper(n - 1) + frame[0] : 0;
+}
+
+static int overflow_at(int x)
+{
+    return x == 3 ? deeper(1 << 30) : x;
+}
+PMAP_EXPORT(overflow_at, int, int);
+
+/* A callback that overflows its stack still gets a report: the handler
+ * runs on a stack of its own (in the worker's arena). */
+TEST(output_crash_report_of_a_stack_overflow)
+{
+    NEEDS_PROCESSES("a crash");
+    if (TEST_ASAN || test_under_valgrind())
+        SKIP("the sanitizer or valgrind handles the overflow itself");
+    pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
+    int xs[8], out[8];
+    for (int i = 0; i < 8; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, overflow_at, 8, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 3);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGSEGV);
+    if (f[0].message == NULL || strstr(f[0].message, "SIGSEGV") == NULL)
+        test_fail(__FILE__, __LINE__, "no report: %s",
+                  f[0].message ? f[0].message : "(none)");
+    for (int i = 0; i < 8; i++)
+        ASSERT_EQ(out[i], i == 3 ? 0 : i);
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* A program that runs with its standard descriptors closed (a daemon):
  * the worker's crash pipe must not take 0-2, where capturing the item's
  * output puts its files, or the backtrace goes there instead of into the
