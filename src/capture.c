@@ -32,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -63,7 +62,6 @@ static struct {
     int saved[2];           /* fds 1 and 2 of before, while capturing */
     volatile sig_atomic_t capturing;
 } cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0};
-
 
 /* ---- crash reports ------------------------------------------------------ */
 
