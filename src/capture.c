@@ -192,7 +192,7 @@ static void write_report(int sig, const siginfo_t *info, int err)
                                                    PMAP__REPORT_AT);
     if (atomic_load_explicit(&r->length, memory_order_relaxed) != 0)
         return;     /* a fault while reporting: only the first counts */
-    text_t t = {r->text, PMAP__REPORT_END - PMAP__REPORT_AT - sizeof *r - 1};
+    text_t t = {r->text, PMAP__ARENA_HEAD - PMAP__REPORT_AT - sizeof *r - 1};
     bool oom = cap.limit != 0 && err == ENOMEM;
     if (oom) {
         put_str(&t, "memory limit of ");
@@ -267,7 +267,7 @@ void pmap__crash_arm(unsigned char *arena)
     if (arena != NULL) {
         stack_t ss;
         memset(&ss, 0, sizeof ss);
-        ss.ss_sp = arena + PMAP__REPORT_END;
+        ss.ss_sp = arena + PMAP__ALTSTACK_AT;
         ss.ss_size = PMAP__ALTSTACK_SIZE;
         on_stack = sigaltstack(&ss, NULL) == 0 ? SA_ONSTACK : 0;
     }

@@ -63,7 +63,7 @@ static char *take_report(const pmap__worker_t *w, size_t *length,
     const pmap__report_t *r =
         (const pmap__report_t *)(const void *)(w->arena + PMAP__REPORT_AT);
     size_t n = atomic_load_explicit(&r->length, memory_order_acquire);
-    size_t most = PMAP__REPORT_END - PMAP__REPORT_AT - sizeof *r;
+    size_t most = PMAP__ARENA_HEAD - PMAP__REPORT_AT - sizeof *r;
     char *text = n > 0 ? malloc(n < most ? n : most) : NULL;
     *length = text != NULL ? (n < most ? n : most) : 0;
     if (text != NULL)

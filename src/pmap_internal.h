@@ -335,15 +335,16 @@ typedef struct pmap__report {
 /*
  * Each worker process's arena, made for it alone and unmapped when it is
  * gone: its slot, then two argument regions and two result regions, one
- * of each per batch it may hold (PMAP__DEPTH).  A batch's region is named
- * in its TASK and is used again only after the batch's RESULT has been
- * read, so the two sides never write the same bytes at once.
+ * of each per batch it may hold (PMAP__DEPTH), then the stack its crash
+ * handler runs on (capture.c).  A batch's region is named in its TASK and
+ * is used again only after the batch's RESULT has been read, so the two
+ * sides never write the same bytes at once.
  */
-#define PMAP__REPORT_END 16384u     /* slot, crash report */
-#define PMAP__ALTSTACK_SIZE 65536u  /* then the crash handler's stack */
-#define PMAP__ARENA_HEAD (PMAP__REPORT_END + PMAP__ALTSTACK_SIZE)
+#define PMAP__ARENA_HEAD 16384u     /* slot, crash report */
 #define PMAP__SLOT_SIZE (4u << 20)
-#define PMAP__ARENA_SIZE (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
+#define PMAP__ALTSTACK_AT (PMAP__ARENA_HEAD + 4 * PMAP__SLOT_SIZE)
+#define PMAP__ALTSTACK_SIZE 65536u  /* last, the crash handler's stack */
+#define PMAP__ARENA_SIZE (PMAP__ALTSTACK_AT + PMAP__ALTSTACK_SIZE)
 
 int pmap__shm_file(const char *name, size_t size);
 void *pmap__shm_map(size_t size, int *fd);
