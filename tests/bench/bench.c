@@ -291,29 +291,40 @@ static void child_values(pid_t pid, int fd[2], double *v, size_t n)
     close(fd[1]);
 }
 
+/* Writes value into every page of [p, p + size), or reads each if value
+ * is 0; returns the time it took a page (us). */
+static double write_pages(volatile unsigned char *p, size_t size,
+                          unsigned char value)
+{
+    double t = now();
+    for (size_t i = 0; i < size; i += 4096) {
+        if (value != 0)
+            p[i] = value;
+        else
+            (void)p[i];
+    }
+    return (now() - t) * 1e6 / (double)(size / 4096);
+}
+
 /* The other side of copy on write: each page a process writes for the
  * first time while a child it forked lives (us), as the caller does after
  * forking its workers. */
 static double parent_page_cost(void)
 {
-    size_t size = 8u << 20, pages = size / 4096;
+    size_t size = 8u << 20;
     volatile unsigned char *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     int fd[2];
     if (p == MAP_FAILED || pipe(fd) < 0)
         return 0;
-    for (size_t i = 0; i < size; i += 4096)
-        p[i] = 1;
+    write_pages(p, size, 1);
     pid_t pid = fork();
     if (pid == 0) {
         char c;
         close(fd[1]);
         _exit(read(fd[0], &c, 1) < 0);  /* lives until the parent is done */
     }
-    double t = now();
-    for (size_t i = 0; i < size; i += 4096)
-        p[i] = 2;
-    double us = (now() - t) * 1e6 / (double)pages;
+    double us = write_pages(p, size, 2);
     close(fd[0]);
     close(fd[1]);
     if (pid > 0)
@@ -331,7 +342,7 @@ static double parent_page_cost(void)
  * process, both are far above the copy of a page. */
 static double page_cost(bool copy_on_write)
 {
-    size_t size = 64u << 20, pages = size / 4096;
+    size_t size = 64u << 20;
     char name[64];
     snprintf(name, sizeof name, "/pmap-bench-%ld", (long)getpid());
     int shm = copy_on_write ? -1 : shm_open(name, O_RDWR | O_CREAT | O_EXCL,
@@ -352,20 +363,15 @@ static double page_cost(bool copy_on_write)
     int fd[2];
     if (p == MAP_FAILED || pipe(fd) < 0)
         return 0;
-    for (size_t i = 0; i < size; i += 4096)
-        p[i] = 1;
+    write_pages(p, size, 1);
     pid_t pid = fork();
     if (pid == 0) {
         double t = now();
         volatile unsigned char *v =
             copy_on_write ? p : mmap(NULL, size, PROT_READ, MAP_SHARED, shm, 0);
-        for (size_t i = 0; i < size && v != MAP_FAILED; i += 4096) {
-            if (copy_on_write)
-                v[i] = 2;
-            else
-                (void)v[i];
-        }
-        double us = (now() - t) * 1e6 / (double)pages;
+        if (v != MAP_FAILED)
+            write_pages(v, size, copy_on_write ? 2 : 0);
+        double us = (now() - t) * 1e6 / (double)(size / 4096);
         _exit(write(fd[1], &us, sizeof us) == sizeof us ? 0 : 1);
     }
     double us;
