@@ -14,6 +14,7 @@
 #include <pmap.h>
 #include <signal.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #ifdef __linux__
@@ -155,6 +156,48 @@ TEST(error_pool_create_inside_a_worker)
     ASSERT_OK(pool_map(pool, nested_create, 2, out, xs));
     ASSERT_EQ(out[0], PMAP_ENESTED);
     pool_destroy(pool);
+}
+
+static int destroyed_here;  /* in each worker: its copy was destroyed */
+
+/* The pool comes as an argument: its workers were forked before
+ * pool_create returned it. */
+static int destroy_own_copy(int x, long pool)
+{
+    (void)x;
+    if (!destroyed_here) {
+        destroyed_here = 1;
+        pool_destroy((pool_t *)(intptr_t)pool);    /* the worker's copy */
+    }
+    return (int)getpid();
+}
+PMAP_EXPORT(destroy_own_copy, int, int, long);
+
+/* A callback that destroys its worker's copy of the pool, in the middle
+ * of a map: the same worker goes on serving with its channel's buffers
+ * (which may lie in memory the pool lent them: no worker is replaced),
+ * and the caller's pool is intact. */
+TEST(error_pool_destroy_inside_a_worker)
+{
+    global_pool = pool_create(2);
+    pmap_worker_stats_t before[2], after[2];
+    for (int w = 0; w < 2; w++)
+        ASSERT_OK(pool_worker_stats(global_pool, w, &before[w]));
+    int xs[64] = {0}, out[64];
+    pool_map_options_t one = {.chunk = 1};
+    for (int round = 0; round < 2; round++) {
+        ASSERT_OK(pool_map_with(global_pool, &one, destroy_own_copy, 64,
+                                out, xs,
+                                PMAP_CONST((long)(intptr_t)global_pool)));
+        for (int i = 0; i < 64; i++)
+            ASSERT(out[i] == before[0].pid || out[i] == before[1].pid);
+    }
+    assert_usable(global_pool);
+    for (int w = 0; w < 2; w++) {
+        ASSERT_OK(pool_worker_stats(global_pool, w, &after[w]));
+        ASSERT_EQ(after[w].pid, before[w].pid);     /* none replaced */
+    }
+    pool_destroy(global_pool);
 }
 
 /* In a child of the pool's process (forked by fork, or when raw, by the
