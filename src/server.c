@@ -160,7 +160,8 @@ static _Noreturn void become_worker(int control, const request_t *req,
     pmap__close(&child_pipe[1]);
     pmap__close(&control);
     signal(SIGCHLD, SIG_DFL);
-    static const sigset_t none;     /* the server has no other handler */
+    sigset_t none;      /* the server has no other handler */
+    sigemptyset(&none);
     pmap__worker_setup_t s = {(pid_t)req->owner, getppid(), req->index,
                               {fds[0], fds[1], -1}, NULL,
                               req->init, req->exit, req->arg, &none};

@@ -453,8 +453,10 @@ PMAP_EXPORT(disposition, int, int);
 
 /* No handler of the caller's is left in a worker, plain or SA_SIGINFO, a
  * standard signal or a real-time one; what the caller ignores stays
- * ignored, and so is SIGINT (the caller's to handle). */
-TEST(host_handlers_not_left_in_workers)
+ * ignored, and so is SIGINT (the caller's to handle).  Forked from the
+ * caller, which tells its workers which signals it handles, or from the
+ * fork server, started while the handlers were there. */
+static void handlers_not_left(int start)
 {
     struct sigaction plain = {0}, info = {0}, ignore = {0}, old[5];
     plain.sa_handler = on_any;
@@ -467,16 +469,26 @@ TEST(host_handlers_not_left_in_workers)
         ASSERT(sigaction(sigs[i], set[i], &old[i]) == 0);
     int in[6] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGPIPE, SIGINT};
     int out[6];
-    pool_t *pool = pool_create(2);
+    pool_t *pool = test_pool((pool_options_t){.workers = 2, .start = start});
     pool_map_options_t one = {.chunk = 1};     /* both workers */
     ASSERT_OK(pool_map_with(pool, &one, disposition, 6, out, in));
-    pool_destroy(pool);
+    test_pool_end(pool, start);
     for (int i = 0; i < 5; i++)
         sigaction(sigs[i], &old[i], NULL);
     for (int i = 0; i < 4; i++)
         ASSERT_EQ(out[i], 0);
     ASSERT_EQ(out[4], 1);
     ASSERT_EQ(out[5], 1);
+}
+
+TEST(host_handlers_not_left_in_workers)
+{
+    handlers_not_left(PMAP_START_FORK);
+}
+
+TEST(host_handlers_not_left_in_workers_server)
+{
+    handlers_not_left(PMAP_START_SERVER);
 }
 
 /* Text the caller left in stdio buffers is printed once, not once per
