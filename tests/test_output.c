@@ -326,6 +326,18 @@ static int crash_at(int x)
 }
 PMAP_EXPORT(crash_at, int, int);
 
+/* The map's only failure: item `index`, killed by SIGSEGV.  Returns its
+ * report. */
+static const char *only_segv(pool_t *pool, long index)
+{
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, index);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGSEGV);
+    return f[0].message != NULL ? f[0].message : "";
+}
+
 static void crash_report(int start)
 {
     pool_t *pool = make_pool(start, PMAP_OUTPUT_CAPTURE);
@@ -333,12 +345,7 @@ static void crash_report(int start)
     for (int i = 0; i < 20; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, crash_at, 20, out, xs), 1);
-    const pmap_failure_t *f;
-    ASSERT_EQ(pool_failures(pool, &f), 1);
-    ASSERT_EQ(f[0].index, 7);
-    ASSERT_EQ(f[0].error, PMAP_ECRASH);
-    ASSERT_EQ(f[0].code, SIGSEGV);
-    const char *m = f[0].message;
+    const char *m = only_segv(pool, 7);
     if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
                   "address 0x10\n") == NULL ||
         strstr(m, "about to fall over\n") == NULL)
@@ -352,9 +359,9 @@ static void crash_report(int start)
     /* Without capture: the report, without stderr. */
     pool_map_options_t mo = {.output = PMAP_OUTPUT_PASS};
     ASSERT_EQ(pool_map_with(pool, &mo, crash_at, 20, out, xs), 1);
-    ASSERT_EQ(pool_failures(pool, &f), 1);
-    ASSERT(strstr(f[0].message, "at address 0x10") != NULL);
-    ASSERT(strstr(f[0].message, "about to fall over") == NULL);
+    m = only_segv(pool, 7);
+    ASSERT(strstr(m, "at address 0x10") != NULL);
+    ASSERT(strstr(m, "about to fall over") == NULL);
     test_pool_end(pool, start);
 }
 
@@ -395,14 +402,9 @@ TEST(output_crash_report_of_a_stack_overflow)
     for (int i = 0; i < 8; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, overflow_at, 8, out, xs), 1);
-    const pmap_failure_t *f;
-    ASSERT_EQ(pool_failures(pool, &f), 1);
-    ASSERT_EQ(f[0].index, 3);
-    ASSERT_EQ(f[0].error, PMAP_ECRASH);
-    ASSERT_EQ(f[0].code, SIGSEGV);
-    if (f[0].message == NULL || strstr(f[0].message, "SIGSEGV") == NULL)
-        test_fail(__FILE__, __LINE__, "no report: %s",
-                  f[0].message ? f[0].message : "(none)");
+    const char *m = only_segv(pool, 3);
+    if (strstr(m, "SIGSEGV") == NULL)
+        test_fail(__FILE__, __LINE__, "no report: %s", m);
     for (int i = 0; i < 8; i++)
         ASSERT_EQ(out[i], i == 3 ? 0 : i);
     test_pool_end(pool, PMAP_START_FORK);
