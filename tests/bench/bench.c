@@ -306,47 +306,25 @@ static double write_pages(volatile unsigned char *p, size_t size,
     return (now() - t) * 1e6 / (double)(size / 4096);
 }
 
-/* The other side of copy on write: each page a process writes for the
- * first time while a child it forked lives (us), as the caller does after
- * forking its workers. */
-static double parent_page_cost(void)
-{
-    size_t size = 8u << 20;
-    volatile unsigned char *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    int fd[2];
-    if (p == MAP_FAILED || pipe(fd) < 0)
-        return 0;
-    write_pages(p, size, 1);
-    pid_t pid = fork();
-    if (pid == 0) {
-        char c;
-        close(fd[1]);
-        _exit(read(fd[0], &c, 1) < 0);  /* lives until the parent is done */
-    }
-    double us = write_pages(p, size, 2);
-    close(fd[0]);
-    close(fd[1]);
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
-    munmap((void *)p, size);
-    return pid > 0 ? us : 0;
-}
-
 /* What a process pays for a page it did not touch before (us a page):
  * another process reading 64 MiB of shared memory the caller wrote,
- * mapped there anew (as a worker maps blocks of pmap_alloc), or a child
+ * mapped there anew (as a worker maps blocks of pmap_alloc); a child
  * writing 64 MiB of the caller's private memory after a fork (a copy on
- * write).  Threads of the caller pay neither: they share its page tables.
- * On a virtual machine that keeps page tables of its own for each
- * process, both are far above the copy of a page. */
-static double page_cost(bool copy_on_write)
+ * write); or the caller writing 8 MiB of its own while a child it forked
+ * lives (the other side of it, as after forking its workers).  Threads of
+ * the caller pay none of these: they share its page tables.  On a
+ * virtual machine that keeps page tables of its own for each process,
+ * all are far above the copy of a page. */
+enum page_toucher { SHARED_READER, CHILD_WRITER, PARENT_WRITER };
+
+static double page_cost(enum page_toucher who)
 {
-    size_t size = 64u << 20;
+    size_t size = who == PARENT_WRITER ? 8u << 20 : 64u << 20;
     char name[64];
     snprintf(name, sizeof name, "/pmap-bench-%ld", (long)getpid());
-    int shm = copy_on_write ? -1 : shm_open(name, O_RDWR | O_CREAT | O_EXCL,
-                                            0600);
+    int shm = who != SHARED_READER
+                  ? -1
+                  : shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
     if (shm >= 0) {
         shm_unlink(name);
         if (ftruncate(shm, (off_t)size) != 0) {
@@ -355,27 +333,42 @@ static double page_cost(bool copy_on_write)
         }
     }
     volatile unsigned char *p =
-        copy_on_write ? mmap(NULL, size, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        : shm >= 0    ? mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                             shm, 0)
-                      : MAP_FAILED;
+        who != SHARED_READER ? mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        : shm >= 0           ? mmap(NULL, size, PROT_READ | PROT_WRITE,
+                                    MAP_SHARED, shm, 0)
+                             : MAP_FAILED;
     int fd[2];
     if (p == MAP_FAILED || pipe(fd) < 0)
         return 0;
     write_pages(p, size, 1);
     pid_t pid = fork();
+    if (pid == 0 && who == PARENT_WRITER) {
+        char c;
+        close(fd[1]);
+        _exit(read(fd[0], &c, 1) < 0);  /* lives until the parent is done */
+    }
     if (pid == 0) {
         double t = now();
         volatile unsigned char *v =
-            copy_on_write ? p : mmap(NULL, size, PROT_READ, MAP_SHARED, shm, 0);
+            who == CHILD_WRITER
+                ? p
+                : mmap(NULL, size, PROT_READ, MAP_SHARED, shm, 0);
         if (v != MAP_FAILED)
-            write_pages(v, size, copy_on_write ? 2 : 0);
+            write_pages(v, size, who == CHILD_WRITER ? 2 : 0);
         double us = (now() - t) * 1e6 / (double)(size / 4096);
         _exit(write(fd[1], &us, sizeof us) == sizeof us ? 0 : 1);
     }
-    double us;
-    child_values(pid, fd, &us, 1);
+    double us = 0;
+    if (who == PARENT_WRITER) {
+        us = pid > 0 ? write_pages(p, size, 2) : 0;
+        close(fd[0]);
+        close(fd[1]);
+        if (pid > 0)
+            waitpid(pid, NULL, 0);
+    } else {
+        child_values(pid, fd, &us, 1);
+    }
     if (shm >= 0)
         close(shm);
     munmap((void *)p, size);
@@ -1518,9 +1511,9 @@ int main(int argc, char **argv)
         add_value(&pipe_bw, stream_bandwidth(false));
         add_value(&socket_bw, stream_bandwidth(true));
         add_value(&copy_bw, memcpy_bandwidth());
-        add_value(&first_read, page_cost(false));
-        add_value(&cow, page_cost(true));
-        add_value(&parent_cow, parent_page_cost());
+        add_value(&first_read, page_cost(SHARED_READER));
+        add_value(&cow, page_cost(CHILD_WRITER));
+        add_value(&parent_cow, page_cost(PARENT_WRITER));
         double f[20], l[20];
         for (int i = 0; i < 20; i++)
             f[i] = first_syscall_cost(&l[i]);
