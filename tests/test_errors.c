@@ -122,23 +122,27 @@ TEST(error_function_unknown_to_workers)
     pool_destroy(pool);
 }
 
-static pool_t *global_pool;
-
-static int nested(int x)
+/* The pool comes as an argument: its workers were forked before
+ * pool_create returned it, so a global would be NULL in them. */
+static int nested(int x, long pool)
 {
     int out;
-    return pool_map(global_pool, twice, 1, &out, &x);
+    return pool_map((pool_t *)(intptr_t)pool, twice, 1, &out, &x);
 }
-PMAP_EXPORT(nested, int, int);
+PMAP_EXPORT(nested, int, int, long);
 
+/* A callback mapping on its worker's copy of the pool is refused, and
+ * the caller's pool is intact. */
 TEST(error_pool_map_inside_a_worker)
 {
-    global_pool = pool_create(2);
+    pool_t *pool = pool_create(2);
     int xs[4] = {1, 2, 3, 4}, out[4];
-    ASSERT_OK(pool_map(global_pool, nested, 4, out, xs));
+    ASSERT_OK(pool_map(pool, nested, 4, out, xs,
+                       PMAP_CONST((long)(intptr_t)pool)));
     for (int i = 0; i < 4; i++)
         ASSERT_EQ(out[i], PMAP_ENESTED);
-    pool_destroy(global_pool);
+    assert_usable(pool);
+    pool_destroy(pool);
 }
 
 static int nested_create(int x)
@@ -179,25 +183,25 @@ PMAP_EXPORT(destroy_own_copy, int, int, long);
  * and the caller's pool is intact. */
 TEST(error_pool_destroy_inside_a_worker)
 {
-    global_pool = pool_create(2);
+    pool_t *pool = pool_create(2);
     pmap_worker_stats_t before[2], after[2];
     for (int w = 0; w < 2; w++)
-        ASSERT_OK(pool_worker_stats(global_pool, w, &before[w]));
+        ASSERT_OK(pool_worker_stats(pool, w, &before[w]));
     int xs[64] = {0}, out[64];
     pool_map_options_t one = {.chunk = 1};
     for (int round = 0; round < 2; round++) {
-        ASSERT_OK(pool_map_with(global_pool, &one, destroy_own_copy, 64,
+        ASSERT_OK(pool_map_with(pool, &one, destroy_own_copy, 64,
                                 out, xs,
-                                PMAP_CONST((long)(intptr_t)global_pool)));
+                                PMAP_CONST((long)(intptr_t)pool)));
         for (int i = 0; i < 64; i++)
             ASSERT(out[i] == before[0].pid || out[i] == before[1].pid);
     }
-    assert_usable(global_pool);
+    assert_usable(pool);
     for (int w = 0; w < 2; w++) {
-        ASSERT_OK(pool_worker_stats(global_pool, w, &after[w]));
+        ASSERT_OK(pool_worker_stats(pool, w, &after[w]));
         ASSERT_EQ(after[w].pid, before[w].pid);     /* none replaced */
     }
-    pool_destroy(global_pool);
+    pool_destroy(pool);
 }
 
 /* In a child of the pool's process (forked by fork, or when raw, by the
