@@ -361,10 +361,12 @@ int pool_fd(const pool_t *pool)
 /* ---- one step ---------------------------------------------------------- */
 
 /* Refills empty worker slots, unless starting them has failed too often
- * lately.  Fails only when no worker is left. */
-static int keep_workers(pool_t *pool)
+ * lately; *started says whether it started any.  Fails only when no
+ * worker is left. */
+static int keep_workers(pool_t *pool, bool *started)
 {
     int alive = 0, rc = PMAP_ESTART;
+    *started = false;
     if (pool->steady)
         return 0;   /* no slot is empty */
     if (pool->start_failures > START_FAILURES_MAX &&
@@ -375,6 +377,7 @@ static int keep_workers(pool_t *pool)
         if (w->pid == 0 && pool->start_failures <= START_FAILURES_MAX) {
             rc = pmap__proc_spawn(pool, w);
             if (rc == 0) {
+                *started = true;
                 w->stats.restarts++;
                 pool->total.restarts++;
                 for (pmap_job_t *j = pool->jobs; j != NULL; j = j->later)
@@ -600,13 +603,19 @@ static int64_t tend(pool_t *pool)
     wake = earliest(wake, check_workers(pool));
     wake = earliest(wake, pmap__retirees_check(pool));
     recycle(pool);
-    int spawned = keep_workers(pool);
+    bool started;
+    int spawned = keep_workers(pool, &started);
     if (spawned < 0) {
         for (pmap_job_t *job = pool->jobs; job != NULL; job = job->later) {
             if (!job->finished && job->error == 0)
                 job->error = spawned;
         }
     }
+    /* check_workers looked before these processes existed: each has the
+     * start timeout to say READY, and nothing else may wake the loop
+     * meanwhile (a pool of one worker that hangs in worker_init). */
+    if (started)
+        wake = earliest(wake, pmap__now_ns() + pool->start_timeout_ns);
     return wake;
 }
 

@@ -1181,6 +1181,84 @@ TEST(liveness_worker_init_failing_for_a_while_recovers_server)
     init_recovers(PMAP_START_SERVER);
 }
 
+/* worker_init that never returns while the flag file exists. */
+static int init_stuck_if_flag(int worker, void *arg)
+{
+    (void)worker;
+    while (access((const char *)arg, F_OK) == 0)
+        pause();
+    return 0;
+}
+
+/* The only worker dies in a map and its replacement hangs in worker_init:
+ * it is killed at its start timeout, though nothing else happens in the
+ * pool to wake the loop meanwhile (the map hung for ever), the map ends,
+ * its other items failed or run, and the pool recovers once the
+ * replacements may start. */
+static void stuck_replacement(int start)
+{
+    snprintf(init_flag, sizeof init_flag, "/tmp/pmap-liveness-stuck-XXXXXX");
+    int fd = mkstemp(init_flag);
+    ASSERT(fd >= 0);
+    close(fd);
+    unlink(init_flag);      /* absent: the first worker starts */
+    signal(SIGALRM, remove_flag_then_die);
+    test_arm(30);
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 1, .worker_init = init_stuck_if_flag,
+                         .worker_arg = init_flag, .start = start,
+                         .start_timeout = 0.5};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    map_twice_ok(pool, 10);
+
+    fd = open(init_flag, O_CREAT | O_WRONLY, 0600);     /* now they hang */
+    ASSERT(fd >= 0);
+    close(fd);
+    long xs[6] = {0, 1, -1, 3, 4, 5}, out[6];
+    pool_map_options_t one = {.chunk = 1};
+    double t0 = now_s();
+    int rc = pool_map_with(pool, &one, stage, 6, out, xs);
+    double took = now_s() - t0;
+    if (rc >= 0 && out[3] != 6) {
+        unlink(init_flag);
+        test_fail(__FILE__, __LINE__, "rc %d, yet item 3 did not run", rc);
+    }
+    const pmap_failure_t *f;
+    size_t n = pool_failures(pool, &f);
+    unlink(init_flag);      /* they may start again */
+    ASSERT(rc != 0);        /* item 2 crashed at least */
+    ASSERT(n >= 1);
+    ASSERT(took < 15 * test_slack());
+
+    rc = -1;
+    t0 = now_s();
+    while (now_s() - t0 < 10 * test_slack()) {
+        rc = pool_map(pool, twice, 6, out, xs);
+        if (rc == 0)
+            break;
+        sleep_ms(200);
+    }
+    ASSERT_OK(rc);
+    ASSERT_EQ(out[5], 10);
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+}
+
+TEST(liveness_replacement_stuck_before_ready_is_killed_fork)
+{
+    stuck_replacement(PMAP_START_FORK);
+}
+
+TEST(liveness_replacement_stuck_before_ready_is_killed_server)
+{
+    stuck_replacement(PMAP_START_SERVER);
+}
+
 /* ---- 14: a cancel from another thread wakes pool_fd ------------------------ */
 
 struct job_canceller {
