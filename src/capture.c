@@ -344,12 +344,13 @@ void pmap__flush_item(void)
     fflush(stderr);
 }
 
-/* A file of the worker's own: a memfd, or an unlinked temporary file. */
+/* A file of the worker's own, close-on-exec and above 2 (fds 1 and 2
+ * are pointed at it): a memfd, or an unlinked temporary file. */
 static int capture_file(void)
 {
     int fd;
 #if defined(__linux__) && defined(MFD_CLOEXEC)
-    fd = memfd_create("pmap-output", MFD_CLOEXEC);
+    fd = pmap__fd_sanitize(memfd_create("pmap-output", MFD_CLOEXEC), true);
     if (fd >= 0)
         return fd;
 #endif
@@ -358,11 +359,9 @@ static int capture_file(void)
     snprintf(path, sizeof path, "%s/pmap-output-XXXXXX",
              dir != NULL && *dir != '\0' ? dir : "/tmp");
     fd = mkstemp(path);
-    if (fd < 0)
-        return -errno;
-    unlink(path);
-    fcntl(fd, F_SETFD, FD_CLOEXEC);
-    return fd;
+    if (fd >= 0)
+        unlink(path);
+    return pmap__fd_sanitize(fd, false);
 }
 
 static void empty_file(int fd)

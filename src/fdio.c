@@ -42,10 +42,13 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Moves fd to 3 or above, close-on-exec (already so if cloexec): the new
- * number, or -errno with fd closed. */
-static int fd_sanitize(int fd, bool cloexec)
+/* Moves fd, just made, to 3 or above, close-on-exec (already so if
+ * cloexec): the new number, or -errno with fd closed.  Given a failed
+ * call's -1, returns -errno. */
+int pmap__fd_sanitize(int fd, bool cloexec)
 {
+    if (fd < 0)
+        return -errno;
     if (fd > STDERR_FILENO) {
         if (!cloexec && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
             int err = errno;
@@ -60,11 +63,12 @@ static int fd_sanitize(int fd, bool cloexec)
     return moved < 0 ? -err : moved;
 }
 
-/* Sanitizes both of fds (fd_sanitize): 0, or -errno with both closed. */
+/* Sanitizes both of fds (pmap__fd_sanitize): 0, or -errno with both
+ * closed. */
 static int pair_sanitize(int fds[2], bool cloexec)
 {
     for (int i = 0; i < 2; i++) {
-        int fd = fd_sanitize(fds[i], cloexec);
+        int fd = pmap__fd_sanitize(fds[i], cloexec);
         if (fd < 0) {
             close(fds[1 - i]);
             return fd;
@@ -363,7 +367,7 @@ int pmap__pidfd_open(pid_t pid)
 {
 #if defined(__linux__) && defined(SYS_pidfd_open) && !defined(PMAP_NO_PIDFD)
     int fd = (int)syscall(SYS_pidfd_open, pid, 0);
-    return fd < 0 ? -errno : fd_sanitize(fd, true);    /* always so */
+    return pmap__fd_sanitize(fd, true);    /* always close-on-exec */
 #else
     (void)pid;
     return -ENOSYS;

@@ -102,6 +102,7 @@ void pmap__channel_close(pmap__channel_t *c);
 int pmap__socket_pair(int fds[2], bool nonblocking);
 int pmap__pipe_open(int fds[2]);
 int pmap__set_nonblocking(int fd);
+int pmap__fd_sanitize(int fd, bool cloexec);
 void pmap__close(int *fd);
 /* Descriptors closed in runs of consecutive numbers, with one system call
  * a run where there is close_range: add each, then flush.  An empty one

@@ -41,7 +41,9 @@ static void pool_open(pool_t *pool)
 {
     pmap__pools_lock();
 #ifdef __linux__
-    pool->epfd = epoll_create1(EPOLL_CLOEXEC);  /* pool_fd; optional */
+    pool->epfd = pmap__fd_sanitize(epoll_create1(EPOLL_CLOEXEC), true);
+    if (pool->epfd < 0)
+        pool->epfd = -1;    /* pool_fd, and the loop's wait, go without */
 #endif
     if (pmap__socket_pair(pool->wake, true) < 0)
         pool->wake[0] = pool->wake[1] = -1;

@@ -121,7 +121,10 @@ static void report(int fd, uint32_t type, pid_t pid, int value,
         _exit(0);   /* the caller is gone */
 }
 
-/* Receives a request and its descriptors; false at end of file. */
+/* Receives a request and its descriptors, each moved above 2 and made
+ * close-on-exec (the caller's 0 to 2 may be closed, and so ours: a
+ * received descriptor would take their numbers); false at end of file.
+ * A descriptor that could not be moved is -errno, closed. */
 static bool receive(int fd, request_t *req, int fds[HANDED], int *nfds)
 {
     union {
@@ -149,6 +152,8 @@ static bool receive(int fd, request_t *req, int fds[HANDED], int *nfds)
             memcpy(fds, CMSG_DATA(c), (size_t)*nfds * sizeof(int));
         }
     }
+    for (int i = 0; i < *nfds; i++)
+        fds[i] = pmap__fd_sanitize(fds[i], false);
     return true;
 }
 
@@ -176,15 +181,18 @@ static _Noreturn void become_worker(int control, const request_t *req,
 static void spawn(int control, const request_t *req, int fds[HANDED],
                   int nfds)
 {
-    pid_t pid = nfds == HANDED ? fork() : -1;
+    int err = nfds == HANDED ? 0 : PMAP_EPROTO;
+    for (int i = 0; i < nfds && err == 0; i++)
+        err = fds[i] < 0 ? fds[i] : 0;  /* not moved above 2 (receive) */
+    pid_t pid = err == 0 ? fork() : -1;
     if (pid == 0)
         become_worker(control, req, fds);
-    int err = errno;
+    if (err == 0)
+        err = -errno;
     for (int i = 0; i < nfds; i++)
         pmap__close(&fds[i]);
     if (pid < 0)
-        report(control, FAILED, 0, nfds == HANDED ? -err : PMAP_EPROTO,
-               req->number);
+        report(control, FAILED, 0, err, req->number);
     else
         report(control, SPAWNED, pid, 0, req->number);
 }

@@ -47,7 +47,7 @@ int pmap__shm_file(const char *name, size_t size)
 {
     int fd = -1;
 #if defined(__linux__) && defined(MFD_CLOEXEC)
-    fd = memfd_create(name, MFD_CLOEXEC);
+    fd = pmap__fd_sanitize(memfd_create(name, MFD_CLOEXEC), true);
 #endif
     if (fd < 0) {
         char path[64];
@@ -57,16 +57,11 @@ int pmap__shm_file(const char *name, size_t size)
         fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
         if (fd >= 0)
             shm_unlink(path);
+        fd = pmap__fd_sanitize(fd, false);
     }
-    if (fd >= 0 && fd < 3) {
-        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
-        close(fd);
-        fd = high;
-    }
-    if (fd >= 0 && (ftruncate(fd, (off_t)size) < 0 ||
-                    fcntl(fd, F_SETFD, FD_CLOEXEC) < 0))
+    if (fd >= 0 && ftruncate(fd, (off_t)size) < 0)
         pmap__close(&fd);
-    return fd;
+    return fd < 0 ? -1 : fd;
 }
 
 /*

@@ -13,6 +13,7 @@
 
 #include "pmap_internal.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -653,6 +654,97 @@ TEST(host_two_pools_share_no_descriptor)
     pool_destroy(b);
     ASSERT_OK(pool_map_with(a, &one, sleepy_pid, 2, pa, xs));
     pool_destroy(a);
+}
+
+/* This process's descriptors that are 0, 1 or 2, or not close-on-exec,
+ * as bits (fd 63 at most) in *bad, but the listing's own and those in
+ * `before` (the test runner's); how many descriptors it saw, or -1 without
+ * /proc. */
+static int unclean_fds(uint64_t before, uint64_t *bad)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    int seen = 0;
+    *bad = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int fd = atoi(e->d_name);
+        if (e->d_name[0] == '.' || fd == dirfd(d))
+            continue;
+        seen++;
+        uint64_t bit = (uint64_t)1 << (fd < 63 ? fd : 63);
+        int flags = fcntl(fd, F_GETFD);
+        if (!(before & bit) &&
+            (fd <= 2 || flags < 0 || !(flags & FD_CLOEXEC)))
+            *bad |= bit;
+    }
+    closedir(d);
+    return seen;
+}
+
+/* In a worker: its unclean descriptors (unclean_fds) but before's. */
+static long worker_unclean_fds(int x, long before)
+{
+    uint64_t bad;
+    (void)x;
+    return unclean_fds((uint64_t)before, &bad) < 0 ? -1 : (long)bad;
+}
+PMAP_EXPORT(worker_unclean_fds, long, int, long);
+
+/* With descriptors 0 to 2 closed, as a daemon may have them: every
+ * descriptor the library makes, in the caller (its pools' epoll sets and
+ * channels, pmap_alloc's heap, the fork server's channel) and in the
+ * workers, is above 2, so that a stray printf cannot write into one, and
+ * close-on-exec.  In a child, whose report is its exit status: 0, or 1 +
+ * the step that found a bad one. */
+static int descriptors_clean(void)
+{
+    uint64_t before, bad;
+    if (unclean_fds(0, &before) < 0)
+        return 1;
+    before &= ~(uint64_t)7;     /* 0 to 2 are closed, may come back */
+    for (int fd = 0; fd <= 2; fd++)
+        close(fd);
+    void *block = pmap_alloc(4096);
+    pool_t *pools[2] = {NULL, NULL};
+    pool_options_t fork_opts = {.workers = 2, .start = PMAP_START_FORK};
+    pool_options_t server_opts = {.workers = 2, .start = PMAP_START_SERVER};
+    if (block == NULL || pool_create_with(&pools[0], &fork_opts) != 0 ||
+        pmap_init() != 0 || pool_create_with(&pools[1], &server_opts) != 0)
+        return 1;
+    for (int p = 0; p < 2; p++) {
+        int xs[4] = {0};
+        long out[4];
+        if (pool_fd(pools[p]) <= 2 ||
+            pool_map(pools[p], worker_unclean_fds, 4, out, xs,
+                     PMAP_CONST((long)before)) != 0)
+            return 2 + p;
+        for (int i = 0; i < 4; i++) {
+            if (out[i] != 0)
+                return 4 + p;   /* a worker's */
+        }
+    }
+    if (unclean_fds(before, &bad) < 0 || bad != 0)
+        return 6;               /* the caller's */
+    for (int p = 0; p < 2; p++)
+        pool_destroy(pools[p]);
+    pmap_free(block);
+    pmap_exit();
+    return 0;
+}
+
+TEST(host_descriptors_above_stderr_and_close_on_exec)
+{
+    if (access("/proc/self/fd", R_OK) != 0)
+        SKIP("no /proc to list the descriptors");
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0)
+        _exit(descriptors_clean());
+    int status;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
 }
 
 /* Resident memory, in pages. */
