@@ -63,6 +63,32 @@ TEST(error_absurd_worker_counts)
     pool_destroy(NULL);
 }
 
+/* Every option pmap.h says is refused: a NaN or negative timeout or
+ * start_timeout, a NaN cancel_grace, an unknown start, for the pool and
+ * for a map; nothing is made, and the pool at hand still maps. */
+TEST(error_bad_options_refused)
+{
+    double nan = strtod("nan", NULL);
+    pool_options_t bad_pool[] = {
+        {.timeout = nan},       {.timeout = -1},
+        {.start_timeout = nan}, {.start_timeout = -1},
+        {.cancel_grace = nan},  {.start = 99},
+        {.start = -1}};
+    for (size_t k = 0; k < sizeof bad_pool / sizeof *bad_pool; k++) {
+        pool_t *none = (pool_t *)&none;
+        ASSERT_EQ(pool_create_with(&none, &bad_pool[k]), PMAP_EINVAL);
+        ASSERT(none == NULL);
+    }
+    pool_t *pool = pool_create(2);
+    int xs[5] = {1, 2, 3, 4, 5}, out[5];
+    pool_map_options_t bad_map[] = {{.timeout = nan}, {.cancel_grace = nan}};
+    for (size_t k = 0; k < sizeof bad_map / sizeof *bad_map; k++)
+        ASSERT_EQ(pool_map_with(pool, &bad_map[k], twice, 5, out, xs),
+                  PMAP_EINVAL);
+    assert_usable(pool);
+    pool_destroy(pool);
+}
+
 static void fake_call(void *result, void *const *argv)
 {
     *(int *)result = *(int *)argv[0];
