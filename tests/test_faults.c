@@ -747,6 +747,126 @@ TEST(host_descriptors_above_stderr_and_close_on_exec)
     ASSERT_EQ(WEXITSTATUS(status), 0);
 }
 
+/* ---- the caller's signal state --------------------------------------- */
+
+#ifdef NSIG
+#define SIGNALS NSIG
+#else
+#define SIGNALS 65
+#endif
+
+/* The caller's signal dispositions and mask, as sigaction and
+ * pthread_sigmask show them. */
+typedef struct signal_state {
+    struct sigaction act[SIGNALS];
+    sigset_t mask;
+} signal_state_t;
+
+static void signal_state(signal_state_t *s)
+{
+    memset(s, 0, sizeof *s);
+    for (int sig = 1; sig < SIGNALS; sig++)
+        sigaction(sig, NULL, &s->act[sig]);     /* fails for some: zeroed */
+    pthread_sigmask(SIG_BLOCK, NULL, &s->mask);
+}
+
+/* The first signal whose disposition or blocking differs, or 0. */
+static int signal_state_changed(const signal_state_t *a)
+{
+    signal_state_t b;
+    signal_state(&b);
+    for (int sig = 1; sig < SIGNALS; sig++) {
+        const struct sigaction *x = &a->act[sig], *y = &b.act[sig];
+        if (x->sa_handler != y->sa_handler || x->sa_flags != y->sa_flags ||
+            sigismember(&a->mask, sig) != sigismember(&b.mask, sig))
+            return sig;
+        for (int m = 1; m < SIGNALS; m++) {
+            if (sigismember(&x->sa_mask, m) != sigismember(&y->sa_mask, m))
+                return sig;
+        }
+    }
+    return 0;
+}
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+}
+
+/* -1 aborts, -2 sleeps for a minute, else x. */
+static long crash_or_sleep(long x)
+{
+    if (x == -1)
+        abort();
+    if (x == -2) {
+        struct timespec d = {60, 0};
+        nanosleep(&d, NULL);
+    }
+    return x;
+}
+PMAP_EXPORT(crash_or_sleep, long, long);
+
+/* Crashes, a timeout and a cancel in a pool of each start method: they
+ * leave the caller's signal handlers and mask as they were (a handler of
+ * its own, an ignored signal and a blocked one among them): the library
+ * installs no handler and changes no mask in the caller, not even for a
+ * moment that another thread could see after the call returns. */
+static void signals_untouched(int start)
+{
+    struct sigaction usr1 = {.sa_handler = on_usr1};
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&usr1.sa_mask);
+    sigaddset(&usr1.sa_mask, SIGUSR2);
+    sigemptyset(&ign.sa_mask);
+    ASSERT(sigaction(SIGUSR1, &usr1, NULL) == 0);
+    ASSERT(sigaction(SIGUSR2, &ign, NULL) == 0);
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGWINCH);
+    ASSERT(pthread_sigmask(SIG_BLOCK, &block, &old) == 0);
+    signal_state_t before;
+    signal_state(&before);
+
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    ASSERT_EQ(signal_state_changed(&before), 0);
+    pool_options_t po = {.workers = 2, .start = start};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_EQ(signal_state_changed(&before), 0);
+    long xs[4] = {1, -1, 3, 4}, out[4];
+    ASSERT_EQ(pool_map(pool, crash_or_sleep, 4, out, xs), 1);   /* a crash */
+    ASSERT_EQ(signal_state_changed(&before), 0);
+    pool_map_options_t quick = {.timeout = 0.2};
+    xs[1] = -2;
+    ASSERT_EQ(pool_map_with(pool, &quick, crash_or_sleep, 4, out, xs), 1);
+    ASSERT_EQ(signal_state_changed(&before), 0);
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, NULL, &job, crash_or_sleep, 4, out, xs));
+    pmap_job_cancel(job);
+    ASSERT_EQ(pmap_job_wait(job, -1), PMAP_ECANCELED);
+    pmap_job_free(job);
+    ASSERT_EQ(signal_state_changed(&before), 0);
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    ASSERT_EQ(signal_state_changed(&before), 0);
+
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    signal(SIGUSR1, SIG_DFL);
+    signal(SIGUSR2, SIG_DFL);
+}
+
+TEST(host_caller_signal_state_untouched)
+{
+    signals_untouched(PMAP_START_FORK);
+}
+
+TEST(host_caller_signal_state_untouched_server)
+{
+    signals_untouched(PMAP_START_SERVER);
+}
+
 /* Resident memory, in pages. */
 static long resident_pages(void)
 {
