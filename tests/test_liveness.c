@@ -1259,6 +1259,76 @@ TEST(liveness_replacement_stuck_before_ready_is_killed_server)
     stuck_replacement(PMAP_START_SERVER);
 }
 
+/* Where stubborn says that it runs (a pipe the workers inherit). */
+static int stubborn_started = -1;
+
+/* Never returns, and ignores what a polite stop would send. */
+static long stubborn(long x)
+{
+    signal(SIGTERM, SIG_IGN);
+    sigset_t hup;
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &hup, NULL);
+    if (write(stubborn_started, "", 1) != 1)
+        abort();
+    for (;;)
+        pause();
+    return x;
+}
+PMAP_EXPORT(stubborn, long, long);
+
+/* pool_destroy while a map in the background keeps both workers busy for
+ * ever: they are killed after the grace period, the map is abandoned
+ * with its handle, and destroy returns (the runner checks that no child
+ * or descriptor is left). */
+static void destroy_busy(int start)
+{
+    test_arm(30);
+    int started[2];
+    ASSERT(pipe(started) == 0);
+    stubborn_started = started[1];
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());     /* its workers inherit the pipe */
+    pool_options_t po = {.workers = 2, .start = start};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long xs[4] = {1, 2, 3, 4}, out[4];
+    pool_map_options_t one = {.chunk = 1};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &one, &job, stubborn, 4, out, xs));
+    char two[2];
+    for (size_t got = 0; got < 2;) {
+        ASSERT_EQ(pool_poll(pool, NULL), 0);    /* send the batches */
+        struct pollfd p = {started[0], POLLIN, 0};
+        if (poll(&p, 1, 10) == 1) {
+            ssize_t n = read(started[0], two + got, 2 - got);
+            ASSERT(n > 0);
+            got += (size_t)n;
+        }
+    }
+    double t0 = now_s();
+    pool_destroy(pool);
+    double took = now_s() - t0;
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    close(started[0]);
+    close(started[1]);
+    stubborn_started = -1;
+    ASSERT(took < 10 * test_slack());
+    alarm(0);
+}
+
+TEST(liveness_destroy_kills_workers_busy_for_ever_fork)
+{
+    destroy_busy(PMAP_START_FORK);
+}
+
+TEST(liveness_destroy_kills_workers_busy_for_ever_server)
+{
+    destroy_busy(PMAP_START_SERVER);
+}
+
 /* ---- 14: a cancel from another thread wakes pool_fd ------------------------ */
 
 struct job_canceller {
