@@ -131,6 +131,57 @@ TEST(alloc_blocks_after_pool_server)
     blocks_after_pool(PMAP_START_SERVER);
 }
 
+enum { MANY = 700 };     /* more blocks than a worker keeps views of */
+
+/* Each block's sum, after filling it with seed's bytes. */
+static void many_fill(pmap_bytes_t *in, uint64_t *want, int i, unsigned seed)
+{
+    fill(in[i].data, in[i].size, seed);
+    want[i] = fnv(in[i]);
+}
+
+/* More blocks than a worker keeps views of (alloc.c: 256): the views are
+ * dropped and made again as the maps go, in batches of one item and in
+ * one batch of all (whose views stay until it ends); half the blocks are
+ * freed and others made between maps, and every sum is right. */
+static void many_blocks(int start)
+{
+    pool_t *pool = make_pool(start, 2);
+    static pmap_bytes_t in[MANY];
+    static uint64_t want[MANY], out[MANY];
+    for (int i = 0; i < MANY; i++) {
+        in[i] = (pmap_bytes_t){pmap_alloc(4096), 4096};
+        ASSERT(in[i].data != NULL);
+        many_fill(in, want, i, (unsigned)i);
+    }
+    pool_map_options_t chunks[3] = {{.chunk = 1}, {.chunk = MANY}, {0}};
+    for (int round = 0; round < 3; round++) {
+        memset(out, 0, sizeof out);
+        ASSERT_OK(pool_map_with(pool, &chunks[round], fnv, MANY, out, in));
+        for (int i = 0; i < MANY; i++)
+            ASSERT(out[i] == want[i]);
+        for (int i = round % 2; i < MANY; i += 2) {    /* new blocks */
+            pmap_free(in[i].data);
+            in[i].data = pmap_alloc(4096);
+            ASSERT(in[i].data != NULL);
+            many_fill(in, want, i, (unsigned)(i + 1000 * (round + 1)));
+        }
+    }
+    for (int i = 0; i < MANY; i++)
+        pmap_free(in[i].data);
+    test_pool_end(pool, start);
+}
+
+TEST(alloc_more_blocks_than_views_kept_fork)
+{
+    many_blocks(PMAP_START_FORK);
+}
+
+TEST(alloc_more_blocks_than_views_kept_server)
+{
+    many_blocks(PMAP_START_SERVER);
+}
+
 TEST(alloc_blocks_after_pool_in_process)
 {
     blocks_after_pool(PMAP_START_INLINE);
