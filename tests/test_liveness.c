@@ -335,7 +335,7 @@ TEST(liveness_fork_server_killed_between_maps)
     for (int i = 0; i < 2; i++)
         wait_dead(pids[i]);     /* PR_SET_PDEATHSIG, on Linux */
 
-    /* Promptly: an error, or the map done right. */
+    /* Promptly: no worker can start until pmap_init. */
     long xs[20], out[20];
     for (int i = 0; i < 20; i++)
         xs[i] = i;
@@ -343,9 +343,7 @@ TEST(liveness_fork_server_killed_between_maps)
     int rc = pool_map(pool, twice, 20, out, xs);
     double took = now_s() - t0;
     ASSERT(took < 10 * test_slack());
-    ASSERT(rc <= 0);
-    for (int i = 0; rc == 0 && i < 20; i++)
-        ASSERT_EQ(out[i], 2 * i);
+    ASSERT_EQ(rc, PMAP_ESTART);
 
     /* A new server: the same pool works again. */
     ASSERT_OK(pmap_init());
@@ -353,6 +351,58 @@ TEST(liveness_fork_server_killed_between_maps)
     pool_destroy(pool);
     pmap_exit();
     waitpid((pid_t)server, NULL, WNOHANG);  /* if nobody reaped it */
+    alarm(0);
+}
+
+/* Item 0 kills the fork server, its worker's parent; each item then
+ * waits to die with it (PR_SET_PDEATHSIG). */
+static long kill_server_then_wait(long x)
+{
+    if (x == 0)
+        kill(getppid(), SIGKILL);
+    for (;;)
+        pause();
+    return x;
+}
+PMAP_EXPORT(kill_server_then_wait, long, long);
+
+/* The fork server killed in the middle of a map: the running items fail
+ * with PMAP_ELOST (their workers' statuses died with the server), the map
+ * with PMAP_ESTART, promptly; after pmap_init the pool works again. */
+TEST(liveness_fork_server_killed_during_a_map)
+{
+    if (!have_proc())
+        SKIP("no /proc to find the fork server");
+    test_arm(20);
+    ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long server = find_child(pool);
+    if (server == 0) {
+        pool_destroy(pool);
+        pmap_exit();
+        SKIP("fork server not found among this process's children");
+    }
+    long xs[4] = {0, 1, 2, 3}, out[4];
+    pool_map_options_t one = {.chunk = 1};
+    double t0 = now_s();
+    int rc = pool_map_with(pool, &one, kill_server_then_wait, 4, out, xs);
+    double took = now_s() - t0;
+    ASSERT(took < 10 * test_slack());
+    ASSERT_EQ(rc, PMAP_ESTART);
+    const pmap_failure_t *f;
+    size_t n = pool_failures(pool, &f);
+    ASSERT(n >= 1);
+    for (size_t i = 0; i < n; i++)
+        ASSERT(f[i].error == PMAP_ELOST || f[i].error == PMAP_ESTART);
+    ASSERT(f[0].error == PMAP_ELOST);   /* item 0, running */
+    waitpid((pid_t)server, NULL, WNOHANG);  /* if nobody reaped it */
+
+    ASSERT_OK(pmap_init());
+    map_twice_ok(pool, 20);
+    pool_destroy(pool);
+    pmap_exit();
     alarm(0);
 }
 
