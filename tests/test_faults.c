@@ -867,6 +867,116 @@ TEST(host_caller_signal_state_untouched_server)
     signals_untouched(PMAP_START_SERVER);
 }
 
+/* A worker_init that never returns. */
+static int never_ready(int worker, void *arg)
+{
+    (void)worker;
+    (void)arg;
+    for (;;)
+        pause();
+    return 0;
+}
+
+/* The parent of process pid (/proc/pid/stat), or 0. */
+static long parent_of(long pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')');
+    long ppid = 0;
+    if (p == NULL || sscanf(p + 1, " %*c %ld", &ppid) != 1)
+        return 0;
+    return ppid;
+}
+
+/* In a child whose fds 1 and 2 go to one file: malformed environment
+ * settings, crashes, a timeout, a cancel, a stuck worker_init and a
+ * killed fork server, with every start method.  Exit status 0 when all
+ * went as expected (what the library says is in return codes). */
+static int quiet_through_trouble(int out)
+{
+    if (dup2(out, 1) < 0 || dup2(out, 2) < 0)
+        return 1;
+    setenv("PMAP_WORKERS", "lots", 1);
+    setenv("PMAP_CHUNK", "-3", 1);
+    setenv("PMAP_START", "teleport", 1);
+    if (pmap_init() != 0)
+        return 2;
+    int starts[3] = {PMAP_START_FORK, PMAP_START_SERVER, PMAP_START_INLINE};
+    for (int k = 0; k < 3; k++) {
+        pool_options_t po = {.workers = 2, .start = starts[k]};
+        pool_t *pool;
+        if (pool_create_with(&pool, &po) != 0)
+            return 3;
+        long xs[4] = {1, -1, 3, -2}, out4[4];
+        pool_map_options_t quick = {.timeout = 0.3};
+        if (starts[k] != PMAP_START_INLINE &&
+            pool_map_with(pool, &quick, crash_or_sleep, 4, out4, xs) != 2)
+            return 4;
+        pmap_job_t *job;
+        xs[1] = -2;
+        if (starts[k] != PMAP_START_INLINE &&
+            (pool_map_async(pool, NULL, &job, crash_or_sleep, 4, out4, xs) !=
+                 0 ||
+             (pmap_job_cancel(job), pmap_job_wait(job, -1)) != PMAP_ECANCELED))
+            return 5;
+        if (starts[k] != PMAP_START_INLINE)
+            pmap_job_free(job);
+        pool_destroy(pool);
+    }
+    pool_options_t stuck = {.workers = 1, .start_timeout = 0.3,
+                            .worker_init = never_ready};
+    pool_t *pool;
+    if (pool_create_with(&pool, &stuck) != PMAP_ESTART)
+        return 6;
+    pool_options_t po = {.workers = 1, .start = PMAP_START_SERVER};
+    if (pool_create_with(&pool, &po) != 0)
+        return 7;
+    pmap_worker_stats_t ws;
+    if (pool_worker_stats(pool, 0, &ws) != 0)
+        return 8;
+    long server = parent_of(ws.pid);
+    if (server <= 0 || kill((pid_t)server, SIGKILL) != 0)
+        return 9;
+    long x = 1, y;
+    for (int i = 0; i < 2000 && pool_call(pool, crash_or_sleep, &y, x) == 0;
+         i++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);   /* until the
+                                                    server's death shows */
+    pool_destroy(pool);
+    waitpid((pid_t)server, NULL, 0);
+    pmap_exit();
+    return 0;
+}
+
+TEST(host_library_never_prints)
+{
+    if (access("/proc/self/stat", R_OK) != 0)
+        SKIP("no /proc to find the fork server");
+    char path[] = "/tmp/pmap-quiet-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    unlink(path);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0)
+        _exit(quiet_through_trouble(fd));
+    int status;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    struct stat st;
+    ASSERT(fstat(fd, &st) == 0);
+    close(fd);
+    ASSERT(WIFEXITED(status));
+    ASSERT_EQ(WEXITSTATUS(status), 0);
+    ASSERT_EQ(st.st_size, 0);
+}
+
 /* Resident memory, in pages. */
 static long resident_pages(void)
 {
