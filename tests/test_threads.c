@@ -335,6 +335,10 @@ TEST(threads_second_thread_maps_while_a_long_map_runs)
     ASSERT(pthread_create(&t, NULL, hold_a_worker, &call) == 0);
     char c;
     ASSERT(read(started[0], &c, 1) == 1);
+    /* That thread runs the loop: pool_poll leaves it to it, at once. */
+    double wake = 0;
+    ASSERT_EQ(pool_poll(call.pool, &wake), 0);
+    ASSERT(wake == -1);
     /* The other thread's map runs and cannot end before we let it: ours
      * must still run, and end, on the other worker (one item: a batch
      * queued behind the held one would wait for it). */
@@ -361,6 +365,38 @@ TEST(threads_second_thread_maps_while_a_long_map_runs)
     close(started[1]);
     close(release_[0]);
     close(release_[1]);
+    alarm(0);
+}
+
+/* pool_cancel from a third thread cancels the maps of both threads
+ * running at that moment (their items never end by themselves). */
+TEST(threads_pool_cancel_reaches_every_thread)
+{
+    NEEDS_PROCESSES("two held workers");
+    test_arm(20);
+    ASSERT(pipe(started) == 0 && pipe(release_) == 0);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    struct held_call calls[2] = {{pool, -1, 0}, {pool, -1, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        ASSERT(pthread_create(&t[i], NULL, hold_a_worker, &calls[i]) == 0);
+    char c;
+    for (int i = 0; i < 2; i++)
+        ASSERT(read(started[0], &c, 1) == 1);   /* both items run */
+    pool_cancel(pool);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        ASSERT_EQ(calls[i].rc, PMAP_ECANCELED);
+    }
+    close(release_[1]);     /* nothing waits on it any more */
+    int xs[1] = {4}, out[1];
+    ASSERT_OK(pool_map(pool, thr_work, 1, out, xs));   /* usable */
+    ASSERT_EQ(out[0], 13);
+    pool_destroy(pool);
+    close(started[0]);
+    close(started[1]);
+    close(release_[0]);
     alarm(0);
 }
 
