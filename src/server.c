@@ -187,8 +187,8 @@ static void spawn(int control, const request_t *req, int fds[HANDED],
     pid_t pid = err == 0 ? fork() : -1;
     if (pid == 0)
         become_worker(control, req, fds);
-    if (err == 0)
-        err = -errno;
+    if (pid < 0 && err == 0)
+        err = -errno;   /* fork's */
     for (int i = 0; i < nfds; i++)
         pmap__close(&fds[i]);
     if (pid < 0)
