@@ -313,22 +313,31 @@ TEST(liveness_worker_dies_of_its_own_alarm_while_idle)
     alarm(0);
 }
 
-TEST(liveness_fork_server_killed_between_maps)
+/* A pool of two workers from a new fork server, whose pid goes to
+ * *server; skips the test where the server cannot be found. */
+static pool_t *server_pool(long *server)
 {
     if (!have_proc())
         SKIP("no /proc to find the fork server");
-    test_arm(20);
     ASSERT_OK(pmap_init());
     pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
     pool_t *pool;
     ASSERT_OK(pool_create_with(&pool, &po));
-    map_twice_ok(pool, 10);
-    long server = find_child(pool);
-    if (server == 0) {
+    *server = find_child(pool);
+    if (*server == 0) {
         pool_destroy(pool);
         pmap_exit();
         SKIP("fork server not found among this process's children");
     }
+    return pool;
+}
+
+TEST(liveness_fork_server_killed_between_maps)
+{
+    test_arm(20);
+    long server;
+    pool_t *pool = server_pool(&server);
+    map_twice_ok(pool, 10);
     long pids[2] = {worker_pid(pool, 0), worker_pid(pool, 1)};
     ASSERT(kill((pid_t)server, SIGKILL) == 0);
     wait_dead(server);
@@ -371,19 +380,9 @@ PMAP_EXPORT(kill_server_then_wait, long, long);
  * with PMAP_ESTART, promptly; after pmap_init the pool works again. */
 TEST(liveness_fork_server_killed_during_a_map)
 {
-    if (!have_proc())
-        SKIP("no /proc to find the fork server");
     test_arm(20);
-    ASSERT_OK(pmap_init());
-    pool_options_t po = {.workers = 2, .start = PMAP_START_SERVER};
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    long server = find_child(pool);
-    if (server == 0) {
-        pool_destroy(pool);
-        pmap_exit();
-        SKIP("fork server not found among this process's children");
-    }
+    long server;
+    pool_t *pool = server_pool(&server);
     long xs[4] = {0, 1, 2, 3}, out[4];
     pool_map_options_t one = {.chunk = 1};
     double t0 = now_s();
@@ -1162,26 +1161,68 @@ static void remove_flag_then_die(int sig)
     raise(sig);
 }
 
-static void init_recovers(int start)
+/* A pool of `workers` whose worker_init (init) looks at a flag file, not
+ * there yet, that a hang (alarm in `seconds`) removes before it ends the
+ * test; the workers start, and map. */
+static pool_t *flagged_pool(int start, int workers,
+                            int (*init)(int, void *), double start_timeout,
+                            unsigned seconds)
 {
     snprintf(init_flag, sizeof init_flag, "/tmp/pmap-liveness-init-XXXXXX");
     int fd = mkstemp(init_flag);
     ASSERT(fd >= 0);
     close(fd);
-    unlink(init_flag);      /* absent: workers start */
+    unlink(init_flag);      /* absent: the first workers start */
     signal(SIGALRM, remove_flag_then_die);
-    test_arm(40);
+    test_arm(seconds);
     if (start == PMAP_START_SERVER)
         ASSERT_OK(pmap_init());     /* after the name is set: it sees it */
-    pool_options_t po = {.workers = 2, .worker_init = init_unless_flag,
-                         .worker_arg = init_flag, .start = start};
+    pool_options_t po = {.workers = workers, .worker_init = init,
+                         .worker_arg = init_flag, .start = start,
+                         .start_timeout = start_timeout};
     pool_t *pool;
     ASSERT_OK(pool_create_with(&pool, &po));
     map_twice_ok(pool, 10);
+    return pool;
+}
 
-    fd = open(init_flag, O_CREAT | O_WRONLY, 0600);     /* now they refuse */
+static void flag_raise(void)
+{
+    int fd = open(init_flag, O_CREAT | O_WRONLY, 0600);
     ASSERT(fd >= 0);
     close(fd);
+}
+
+/* With the flag gone, the pool maps right again within seconds (its
+ * replacements wait out their backoff first); then it is destroyed. */
+static void flagged_pool_recovers(pool_t *pool, int start)
+{
+    unlink(init_flag);
+    long xs[10], out[10];
+    for (int i = 0; i < 10; i++)
+        xs[i] = i;
+    int rc = -1;
+    double t0 = now_s();
+    while (now_s() - t0 < 10 * test_slack()) {
+        rc = pool_map(pool, twice, 10, out, xs);
+        if (rc == 0)
+            break;
+        sleep_ms(200);
+    }
+    ASSERT_OK(rc);
+    for (int i = 0; i < 10; i++)
+        ASSERT_EQ(out[i], 2 * i);
+    pool_destroy(pool);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+}
+
+static void init_recovers(int start)
+{
+    pool_t *pool = flagged_pool(start, 2, init_unless_flag, 0, 40);
+    flag_raise();   /* now they refuse */
     /* Both workers die in a map (not while idle: that is another test);
      * their replacements cannot start. */
     long crash[2] = {-1, -1}, out[10];
@@ -1201,24 +1242,7 @@ static void init_recovers(int start)
             test_fail(__FILE__, __LINE__, "map %d with no worker: %d", i, rc);
         }
     }
-
-    unlink(init_flag);      /* they may start again */
-    rc = -1;
-    double t0 = now_s();
-    while (now_s() - t0 < 10 * test_slack()) {
-        rc = pool_map(pool, twice, 10, out, xs);
-        if (rc == 0)
-            break;
-        sleep_ms(200);
-    }
-    ASSERT_OK(rc);
-    for (int i = 0; i < 10; i++)
-        ASSERT_EQ(out[i], 2 * i);
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
-    alarm(0);
-    signal(SIGALRM, SIG_DFL);
+    flagged_pool_recovers(pool, start);
 }
 
 TEST(liveness_worker_init_failing_for_a_while_recovers_fork)
@@ -1247,25 +1271,8 @@ static int init_stuck_if_flag(int worker, void *arg)
  * replacements may start. */
 static void stuck_replacement(int start)
 {
-    snprintf(init_flag, sizeof init_flag, "/tmp/pmap-liveness-stuck-XXXXXX");
-    int fd = mkstemp(init_flag);
-    ASSERT(fd >= 0);
-    close(fd);
-    unlink(init_flag);      /* absent: the first worker starts */
-    signal(SIGALRM, remove_flag_then_die);
-    test_arm(30);
-    if (start == PMAP_START_SERVER)
-        ASSERT_OK(pmap_init());
-    pool_options_t po = {.workers = 1, .worker_init = init_stuck_if_flag,
-                         .worker_arg = init_flag, .start = start,
-                         .start_timeout = 0.5};
-    pool_t *pool;
-    ASSERT_OK(pool_create_with(&pool, &po));
-    map_twice_ok(pool, 10);
-
-    fd = open(init_flag, O_CREAT | O_WRONLY, 0600);     /* now they hang */
-    ASSERT(fd >= 0);
-    close(fd);
+    pool_t *pool = flagged_pool(start, 1, init_stuck_if_flag, 0.5, 30);
+    flag_raise();   /* now they hang */
     long xs[6] = {0, 1, -1, 3, 4, 5}, out[6];
     pool_map_options_t one = {.chunk = 1};
     double t0 = now_s();
@@ -1277,26 +1284,12 @@ static void stuck_replacement(int start)
     }
     const pmap_failure_t *f;
     size_t n = pool_failures(pool, &f);
-    unlink(init_flag);      /* they may start again */
-    ASSERT(rc != 0);        /* item 2 crashed at least */
-    ASSERT(n >= 1);
-    ASSERT(took < 15 * test_slack());
-
-    rc = -1;
-    t0 = now_s();
-    while (now_s() - t0 < 10 * test_slack()) {
-        rc = pool_map(pool, twice, 6, out, xs);
-        if (rc == 0)
-            break;
-        sleep_ms(200);
+    if (rc == 0 || n == 0 || took >= 15 * test_slack()) {
+        unlink(init_flag);
+        test_fail(__FILE__, __LINE__, "rc %d, %zu failures, %.1f s", rc, n,
+                  took);
     }
-    ASSERT_OK(rc);
-    ASSERT_EQ(out[5], 10);
-    pool_destroy(pool);
-    if (start == PMAP_START_SERVER)
-        pmap_exit();
-    alarm(0);
-    signal(SIGALRM, SIG_DFL);
+    flagged_pool_recovers(pool, start);
 }
 
 TEST(liveness_replacement_stuck_before_ready_is_killed_fork)
