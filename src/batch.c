@@ -29,7 +29,12 @@
 #define TARGET_BATCH_NS 8000000
 #define TARGET_REMOTE_NS 25000000       /* ...over MPI, whose round trips
                                            take up to milliseconds */
-#define TARGET_BATCH_BYTES (1u << 20)   /* 1 MiB moved a batch */
+#define TARGET_BATCH_BYTES (256u << 10) /* moved a batch: each side reads
+                                           a batch whole into a buffer, whose
+                                           pages a new process touches for
+                                           the first time in its first map
+                                           (1 MiB made W1's first map of a
+                                           pool 1.3-1.4x its later ones) */
 #define FIRST_BATCH 16                  /* items, before any is measured */
 
 /* Times a range is sent again after its worker died outside any item. */

@@ -9,10 +9,10 @@
  * workers next to OpenMP at as many threads instead.
  * Timing decides nothing here: it is a report.
  *
- *     usage: bench [REPS [w3 | w4 | w5 | w5-heap | workers | scale]]
- *         REPS: runs of each figure (5); w3: only W3 (its "buffers only"
- *         row without the machine's limits); w4: only W4; w5: only W5 in a
- *         small caller; w5-heap: only W5 by start method;
+ *     usage: bench [REPS [w1 | w3 | w4 | w5 | w5-heap | workers | scale]]
+ *         REPS: runs of each figure (5); w1: only W1; w3: only W3 (its
+ *         "buffers only" row without the machine's limits); w4: only W4;
+ *         w5: only W5 in a small caller; w5-heap: only W5 by start method;
  *         workers: only the cost by the number of workers; scale: only the
  *         scaling table
  */
@@ -628,6 +628,30 @@ static double pool_w1(pool_t *pool, const int *xs, int *out, size_t n)
     return (double)n / t;
 }
 
+/*
+ * W1 in the first map of a new pool against its later ones: a new worker,
+ * and the caller's buffers for it, touch their pages for the first time.
+ * The output is written again after pool_create: a forked worker shares
+ * the pages the caller wrote before, and the first map would copy them.
+ */
+static void w1_first_map(enum pmap_start start, inputs_t *in, sample_t *first,
+                         sample_t *ratio)
+{
+    for (int r = 0; r < reps; r++) {
+        pool_options_t po = {.workers = 2, .start = start};
+        pool_t *pool;
+        if (pool_create_with(&pool, &po) != 0)
+            return;
+        memset(in->w1_out, 0, W1_N * sizeof *in->w1_out);
+        double rate = pool_w1(pool, in->xs, in->w1_out, W1_N), later[3];
+        for (int m = 0; m < 3; m++)
+            later[m] = pool_w1(pool, in->xs, in->w1_out, W1_N);
+        pool_destroy(pool);
+        add_value(first, rate);
+        add_value(ratio, median_of(later, 3) / rate);
+    }
+}
+
 static void bench_w1(pool_t *pool, inputs_t *in, double socket_mbs)
 {
     sample_t serial = {{0}, 0}, inlined = {{0}, 0}, omp = {{0}, 0};
@@ -672,6 +696,20 @@ static void bench_w1(pool_t *pool, inputs_t *in, double socket_mbs)
           1e9 / m, m / median(&serial), mp ? m / median(mp) : 0,
           100 * m / (socket_mbs * 1e6 / 12));
     row("libpmap, 2 workers", &lib, "items/s", note);
+    static const struct {
+        enum pmap_start start;
+        const char *peer;
+    } news[] = {
+        {PMAP_START_FORK, "libpmap, a new pool's first map"},
+        {PMAP_START_SERVER, "...from the fork server"},
+    };
+    for (size_t k = 0; k < sizeof news / sizeof *news; k++) {
+        sample_t first = {{0}, 0}, slower = {{0}, 0};
+        w1_first_map(news[k].start, in, &first, &slower);
+        row(news[k].peer, &first, "items/s",
+            ratio(note, sizeof note, "%.2fx the time of the same pool's "
+                  "maps 2-4 (each pool's own)", median(&slower)));
+    }
 }
 
 static double pool_w2(pool_t *pool, inputs_t *in, size_t n, long iterations)
@@ -1471,6 +1509,23 @@ int main(int argc, char **argv)
         if (pmap_init() != 0)
             return 1;
         bench_w5_heap();    /* this section alone */
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[2], "w1") == 0) {
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        pool_options_t o = {.workers = 2, .start = PMAP_START_FORK};
+        pool_t *pool;
+        if (pmap_init() != 0 || pool_create_with(&pool, &o) != 0)
+            return 1;
+        sample_t socket_bw = {{0}, 0};
+        for (int r = 0; r < reps; r++)
+            add_value(&socket_bw, stream_bandwidth(true));
+        inputs_t in;
+        prepare(&in);
+        omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
+        openmp_rest();
+        bench_w1(pool, &in, median(&socket_bw));
+        pool_destroy(pool);
         return 0;
     }
     if (argc > 2 && strcmp(argv[2], "w3") == 0) {
