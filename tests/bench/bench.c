@@ -38,6 +38,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -1217,6 +1220,110 @@ static const char *too_many(int workers)
     return NULL;
 }
 
+#ifdef __linux__
+/*
+ * The same map on a hand-rolled pool of `workers` processes, each with a
+ * pipe each way, holding two batches of SCALE_CHUNK ints at most (as
+ * libpmap's workers do) and fed as it answers, through one epoll set: what
+ * waking that many processes and touching that many pipes costs the
+ * kernel, whoever drives them.  The caller's CPU time per batch of the
+ * second of two maps (*wall: its wall time per batch), or 0.
+ */
+static double hand_rolled_batches(int workers, const int *xs, int *out,
+                                  double *wall)
+{
+    enum { CHUNK = SCALE_CHUNK, BATCHES = SCALE_ITEMS / SCALE_CHUNK };
+    int (*to)[2] = calloc((size_t)workers, sizeof *to);
+    int (*from)[2] = calloc((size_t)workers, sizeof *from);
+    pid_t *pid = calloc((size_t)workers, sizeof *pid);
+    size_t(*held)[2] = calloc((size_t)workers, sizeof *held);
+    int *nheld = calloc((size_t)workers, sizeof *nheld);
+    int ep = epoll_create1(EPOLL_CLOEXEC), started = 0;
+    double cpu = 0;
+    for (; ep >= 0 && started < workers; started++) {
+        int w = started;
+        if (pipe(to[w]) < 0 || pipe(from[w]) < 0)
+            break;
+        pid[w] = fork();
+        if (pid[w] == 0) {
+            int batch[CHUNK];
+            close(to[w][1]);
+            close(from[w][0]);
+            while (read(to[w][0], batch, sizeof batch) == sizeof batch) {
+                for (int i = 0; i < CHUNK; i++)
+                    batch[i] = w_add(batch[i], 1);
+                if (write(from[w][1], batch, sizeof batch) != sizeof batch)
+                    break;
+            }
+            _exit(0);
+        }
+        close(to[w][0]);
+        close(from[w][1]);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)w};
+        if (pid[w] < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, from[w][0], &ev) < 0)
+            break;
+    }
+    for (int pass = 0; pass < 2 && started == workers; pass++) {
+        double c = thread_cpu(), t = now();
+        size_t next = 0, done = 0;
+        for (int depth = 0; depth < 2; depth++) {   /* a round at a time */
+            for (int w = 0; w < workers && next < BATCHES; w++) {
+                if (write(to[w][1], xs + next * CHUNK, CHUNK * sizeof *xs) < 0)
+                    exit(1);
+                held[w][nheld[w]++] = next++;
+            }
+        }
+        while (done < BATCHES) {
+            struct epoll_event evs[64];
+            int n = epoll_wait(ep, evs, 64, -1);
+            for (int e = 0; e < n; e++) {
+                int w = (int)evs[e].data.u32;
+                /* one batch's results: a 64-byte write arrives whole */
+                if (read(from[w][0], out + held[w][0] * CHUNK,
+                         CHUNK * sizeof *out) != (ssize_t)sizeof(int[CHUNK]))
+                    exit(1);
+                done++;
+                held[w][0] = held[w][1];
+                if (--nheld[w] == 0 && next < BATCHES) {
+                    if (write(to[w][1], xs + next * CHUNK,
+                              CHUNK * sizeof *xs) < 0)
+                        exit(1);
+                    held[w][nheld[w]++] = next++;
+                }
+                if (nheld[w] == 1 && next < BATCHES) {
+                    if (write(to[w][1], xs + next * CHUNK,
+                              CHUNK * sizeof *xs) < 0)
+                        exit(1);
+                    held[w][nheld[w]++] = next++;
+                }
+            }
+        }
+        cpu = (thread_cpu() - c) * 1e6 / BATCHES;
+        *wall = (now() - t) * 1e6 / BATCHES;
+    }
+    /* A worker holds the ends of the pipes made before it: all closed
+     * first, they all see the end of their input. */
+    for (int w = 0; w < started; w++) {
+        close(to[w][1]);
+        close(from[w][0]);
+    }
+    for (int w = 0; w < started; w++) {
+        if (pid[w] > 0)
+            waitpid(pid[w], NULL, 0);
+    }
+    if (ep >= 0)
+        close(ep);
+    free(to);
+    free(from);
+    free(pid);
+    free(held);
+    free(nheld);
+    if (cpu > 0 && out[BATCHES * CHUNK - 1] != BATCHES * CHUNK)
+        cpu = 0;
+    return cpu;
+}
+#endif
+
 /* The caller's CPU time per batch of a map of SCALE_ITEMS trivial items in
  * batches of SCALE_CHUNK, and pool_create's and pool_destroy's wall time per
  * worker, at 2 to 512 workers forked from a small caller (this process
@@ -1228,6 +1335,7 @@ static void bench_workers(void)
     enum { NSIZES = sizeof sizes / sizeof *sizes };
     sample_t cpu[NSIZES], wall[NSIZES], create[NSIZES], destroy[NSIZES];
     sample_t server_create[NSIZES], server_destroy[NSIZES];
+    sample_t hand_cpu[NSIZES], hand_wall[NSIZES];
     const char *skipped[NSIZES] = {NULL};
     int *xs = malloc(SCALE_ITEMS * sizeof *xs);
     int *out = malloc(SCALE_ITEMS * sizeof *out);
@@ -1239,6 +1347,7 @@ static void bench_workers(void)
     for (int k = 0; k < NSIZES; k++) {
         cpu[k].n = wall[k].n = create[k].n = destroy[k].n = 0;
         server_create[k].n = server_destroy[k].n = 0;
+        hand_cpu[k].n = hand_wall[k].n = 0;
         skipped[k] = k > 0 && skipped[k - 1] ? "smaller pool failed"
                                              : too_many(sizes[k]);
         for (int r = 0; r < reps && skipped[k] == NULL; r++) {
@@ -1282,6 +1391,14 @@ static void bench_workers(void)
             pool_destroy(pool);
             if (rc == 0)
                 add_value(&server_destroy[k], (now() - t) * 1e6 / sizes[k]);
+#ifdef __linux__
+            double hand_w = 0, hand_c = hand_rolled_batches(sizes[k], xs, out,
+                                                        &hand_w);
+            if (hand_c > 0) {
+                add_value(&hand_cpu[k], hand_c);
+                add_value(&hand_wall[k], hand_w);
+            }
+#endif
         }
         if (skipped[k] == NULL)
             largest = k;
@@ -1308,7 +1425,9 @@ static void bench_workers(void)
         sample_t *s;
     } rows[] = {
         {"caller CPU per batch", cpu},
+        {"  ...hand-rolled pipe pool", hand_cpu},
         {"map wall time per batch", wall},
+        {"  ...hand-rolled pipe pool", hand_wall},
         {"pool_create per worker", create},
         {"  ...from the fork server", server_create},
         {"pool_destroy per worker", destroy},
