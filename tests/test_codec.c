@@ -5,12 +5,16 @@
  * as an argument, a constant, a method object and a result, small or of
  * several MiB, with workers forked by the caller, by the fork server or
  * run in process; a value that cannot be encoded or decoded fails its item
- * alone (PMAP_ECODEC), or, as a constant or method object, its map.
+ * alone (PMAP_ECODEC), or, as a constant or method object, its map; a
+ * decoder that kills its worker costs its batch at most three more tries.
  */
 #include "test.h"
 
 #include <pmap.h>
+#include <fcntl.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef struct codec_model {
     size_t n;           /* weights */
@@ -21,6 +25,9 @@ typedef struct codec_model {
 /* Names that make the codec fail, on the way out or the way in. */
 #define NO_ENCODE "no-encode"
 #define NO_DECODE "no-decode"
+/* ...and a name that makes decoding end its process with status 7, once
+ * it has appended a byte to the file named after the prefix. */
+#define EXIT_DECODE "exit-in-decode:"
 
 /* Models allocated and not yet released, in this process. */
 static long live;
@@ -46,6 +53,15 @@ static void model_free(codec_model_t *m)
     free(m->name);
     m->weights = NULL;
     m->name = NULL;
+}
+
+/* Counts a decoding in the file at path, then ends the process. */
+static void decoded_last(const char *path)
+{
+    int fd = open(path, O_WRONLY | O_APPEND);
+    if (fd >= 0 && write(fd, "d", 1) == 1)
+        close(fd);
+    _exit(7);
 }
 
 /* u64 n | u64 name length + 1 (0: NULL) | n doubles | name */
@@ -79,6 +95,8 @@ static int model_decode(codec_model_t *m, const void *data, size_t size)
     const char *name = (const char *)p + sizeof head + head[0] * sizeof(double);
     if (head[1] > 0 && strcmp(name, NO_DECODE) == 0)
         return -1;
+    if (head[1] > 0 && strncmp(name, EXIT_DECODE, strlen(EXIT_DECODE)) == 0)
+        decoded_last(name + strlen(EXIT_DECODE));
     *m = model_new((size_t)head[0], 0, head[1] ? name : NULL);
     if (head[0] > 0)
         memcpy(m->weights, p + sizeof head, (size_t)head[0] * sizeof(double));
@@ -317,6 +335,57 @@ TEST(codec_failure_fails_its_item_server)
 TEST(codec_failure_fails_its_item_in_process)
 {
     failures(PMAP_START_INLINE);
+}
+
+/* A constant whose decoding kills its worker each time: the worker dies
+ * with no item running, so its batch is sent again, at most three times,
+ * then its items fail with that death; the pool is fine. */
+static void decoder_kills_its_worker(int start)
+{
+    char path[] = "/tmp/pmap-decode-XXXXXX";
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    char name[64];
+    snprintf(name, sizeof name, "%s%s", EXIT_DECODE, path);
+    codec_model_t deadly = model_new(2, 1, name);
+    pool_t *pool = test_pool((pool_options_t){.workers = 1, .start = start});
+    enum { N = 6 };
+    long is[N] = {0, 1, 2, 3, 4, 5};
+    double out[N];
+    pool_map_options_t one_batch = {.chunk = N};
+    ASSERT_EQ(pool_map_with(pool, &one_batch, total, N, out,
+                            PMAP_CONST(deadly), is), N);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), N);
+    for (int i = 0; i < N; i++) {
+        ASSERT_EQ(f[i].index, (size_t)i);
+        ASSERT_EQ(f[i].error, PMAP_EEXIT);
+        ASSERT_EQ(f[i].code, 7);
+    }
+    struct stat st;
+    ASSERT_OK(fstat(fd, &st));
+    ASSERT_EQ(st.st_size, 1 + 3);   /* decoded by four workers in turn */
+    close(fd);
+    unlink(path);
+
+    codec_model_t fine = model_new(3, 2, "ok");
+    ASSERT_OK(pool_map(pool, total, N, out, PMAP_CONST(fine), is));
+    for (long i = 0; i < N; i++)
+        ASSERT(out[i] == model_sum(&fine) + (double)i);
+    model_free(&fine);
+    model_free(&deadly);
+    test_pool_end(pool, start);
+    ASSERT_EQ(live, 0);
+}
+
+TEST(codec_decoder_that_kills_its_worker_is_tried_four_times_fork)
+{
+    decoder_kills_its_worker(PMAP_START_FORK);
+}
+
+TEST(codec_decoder_that_kills_its_worker_is_tried_four_times_server)
+{
+    decoder_kills_its_worker(PMAP_START_SERVER);
 }
 
 /* Models made on demand into the producer's own memory, which it frees
