@@ -43,7 +43,7 @@ extern "C" {
 
 /* The version this header belongs to (README, "Versions"). */
 #define PMAP_VERSION_MAJOR 0
-#define PMAP_VERSION_MINOR 4
+#define PMAP_VERSION_MINOR 5
 #define PMAP_VERSION_PATCH 0
 #define PMAP_VERSION                                                          \
     (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
@@ -923,6 +923,13 @@ typedef struct pmap__fn {
     pmap__type_t result;
     pmap__type_t params[PMAP_MAX_ARGS];
     void (*call)(void *result, void *const *argv);
+    /* Calls fn on count items, item j's arguments at argv[k] + j *
+     * stride[k], its result at result[j]; stores first + j + 1 into *item
+     * (a _Atomic uint64_t) before each call, and stops after an item that
+     * raised *failed.  Returns the items called. */
+    size_t (*run)(void *result, void *const *argv, const size_t *stride,
+                  size_t count, uint64_t first, void *item,
+                  const volatile unsigned char *failed);
     /* Calls a typed producer, storing the next item into slot[k]. */
     int (*pull)(void (*producer)(void), void *ctx, void *const *slot);
     uint64_t id;            /* set by pmap__register */
@@ -1111,6 +1118,11 @@ extern "C" {
     {in##k.array, &in##k.value, in##k.is_array, in##k.is_const}
 #define PMAP__INPUT_PARAM(fn, k, T) pmap__in_##fn##_##k in##k
 #define PMAP__DEREF(fn, k, T) *(pmap__t_##fn##_##k *)argv[k]
+#define PMAP__RUN_LOCAL(fn, k, T)                                             \
+    char *const pmap__a##k = (char *)pmap__argv[k];                           \
+    const size_t pmap__s##k = pmap__stride[k];
+#define PMAP__RUN_ARG(fn, k, T)                                               \
+    *(pmap__t_##fn##_##k *)(pmap__a##k + pmap__j * pmap__s##k)
 #define PMAP__TYPE_DESC(fn, k, T) {PMAP__KIND(T), sizeof(T), #T, 0}
 
 /*
@@ -1154,6 +1166,25 @@ extern "C" {
         *(R *)result =                                                        \
             fn(ref0 PMAP__EACH(PMAP__DEREF, fn, PMAP__COMMA, __VA_ARGS__));   \
     }                                                                         \
+    /* A batch in one call: fn inlined in the loop, the arguments' places  \
+     * in registers (see pmap__fn_t's run). */                                \
+    __attribute__((unused)) static size_t pmap__run_##fn(                    \
+        void *pmap__result, void *const *pmap__argv,                          \
+        const size_t *pmap__stride, size_t pmap__count, uint64_t pmap__first, \
+        void *pmap__item, const volatile unsigned char *pmap__failed)         \
+    {                                                                         \
+        PMAP__EACH(PMAP__RUN_LOCAL, fn, PMAP__NOTHING, __VA_ARGS__)           \
+        pmap__r_##fn *pmap__out = (pmap__r_##fn *)pmap__result;               \
+        for (size_t pmap__j = 0; pmap__j < pmap__count; pmap__j++) {          \
+            __atomic_store_n((uint64_t *)pmap__item, pmap__first + pmap__j + 1, \
+                             __ATOMIC_RELEASE);                               \
+            pmap__out[pmap__j] = fn(                                          \
+                ref0 PMAP__EACH(PMAP__RUN_ARG, fn, PMAP__COMMA, __VA_ARGS__)); \
+            if (*pmap__failed)                                                \
+                return pmap__j + 1;                                           \
+        }                                                                     \
+        return pmap__count;                                                   \
+    }                                                                         \
     __attribute__((unused)) static int pmap__pull_##fn(                       \
         void (*producer)(void), void *ctx, void *const *slot)                 \
     {                                                                         \
@@ -1167,7 +1198,7 @@ extern "C" {
             #fn, file, line, PMAP__NARGS(__VA_ARGS__), method,                \
             PMAP__TYPE_DESC(fn, r, R),                                        \
             {PMAP__EACH(PMAP__TYPE_DESC, fn, PMAP__COMMA, __VA_ARGS__)},      \
-            pmap__call_##fn, pmap__pull_##fn, 0, 0};                          \
+            pmap__call_##fn, pmap__run_##fn, pmap__pull_##fn, 0, 0};          \
         *f = d;                                                               \
     }                                                                         \
     __attribute__((unused)) static inline int pmap__map_##fn(                 \

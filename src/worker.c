@@ -670,6 +670,40 @@ static void take_output(const worker_map_t *m, uint64_t index)
         broken();
 }
 
+/* call_plain's loop in the export's own code (pmap__fn_t's run), where
+ * the function is inlined: one call per stretch of items up to the next
+ * that fails (W1's workers spent as long in the loop and the call per item
+ * as in the function).  Its callbacks have not written to stdio yet: their
+ * output is flushed once, at the end.  Returns how many failed. */
+static uint64_t run_plain(const pmap__fn_t *fn, uint64_t first, size_t count,
+                          unsigned char *const *argv, const size_t *stride)
+{
+    size_t result_size = fn->result.size;
+    uint64_t nfailed = 0;
+    unsigned char *at[PMAP_MAX_ARGS];
+    for (size_t j = 0; j < count;) {
+        for (int k = 0; k < fn->nparams; k++)
+            at[k] = argv[k] + j * stride[k];
+        unsigned char *result = self.results.data + j * result_size;
+        size_t ran = fn->run(result, (void *const *)at, stride, count - j,
+                             first + j, (void *)&self.slot->item,
+                             (const volatile unsigned char *)&self.failed);
+        j += ran;
+        if (self.failed) {
+            record_failure(fn, first + j - 1, result + (ran - 1) * result_size);
+            self.failed = false;
+            nfailed++;
+        }
+    }
+    if (stdio_pending()) {
+        self.stdio_written = true;
+        pmap__flush_item();
+    }
+    self.running = false;
+    atomic_store_explicit(&self.slot->item, 0, memory_order_release);
+    return nfailed;
+}
+
 /* The hot loop, for a map that asks for nothing more (no codec, timing,
  * capture or buffer result): one slot store, one indirect call and a look
  * at stdio per item.  Returns how many failed. */
@@ -686,6 +720,8 @@ static uint64_t call_plain(const pmap__fn_t *fn, uint64_t first,
      * time: a worker does it once its callbacks have written something
      * (until then, its output is flushed at the end of each batch). */
     bool watch = self.stdio_written;
+    if (!watch && fn->run != NULL)
+        return run_plain(fn, first, count, argv, stride);
     for (size_t j = 0; j < count; j++) {
         atomic_store_explicit(&self.slot->item, first + j + 1,
                               memory_order_release);

@@ -274,6 +274,78 @@ TEST(fault_many_failures_in_one_map)
     pool_destroy(pool);
 }
 
+/* Fails the items the test lists; every item checks that pmap_item_index
+ * names it. */
+static int fail_listed(int x, unsigned long long low, unsigned long long high)
+{
+    if (pmap_item_index() != x)
+        pmap_fail(-1, "pmap_item_index says %ld in item %d",
+                  pmap_item_index(), x);
+    else if ((x < 64 ? low >> x : high >> (x - 64)) & 1)
+        pmap_fail(x + 1, "listed: %d", x);
+    return x + 1;
+}
+PMAP_EXPORT(fail_listed, int, int, unsigned long long, unsigned long long);
+
+/* Failures in a row, first and last in their batches, first and last of
+ * the map: each recorded for its own item, the others' results kept; with
+ * workers forked, from the fork server and in process. */
+static void failures_at_batch_edges(int start)
+{
+    enum { M = 100 };
+    static const int listed[] = {0, 1, 2, 9, 10, 55, 56, 57, 89, 98, 99};
+    enum { NLISTED = sizeof listed / sizeof *listed };
+    unsigned long long low = 0, high = 0;
+    for (int i = 0; i < NLISTED; i++) {
+        if (listed[i] < 64)
+            low |= 1ull << listed[i];
+        else
+            high |= 1ull << (listed[i] - 64);
+    }
+    int xs[M], out[M];
+    for (int i = 0; i < M; i++)
+        xs[i] = i;
+    pool_t *pool = test_pool((pool_options_t){.workers = 2, .start = start});
+    pool_map_options_t tens = {.chunk = 10};
+    for (int pass = 0; pass < 2; pass++) {  /* batches of 10, then any */
+        ASSERT_EQ(pool_map_with(pool, pass == 0 ? &tens : NULL, fail_listed,
+                                M, out, xs, PMAP_CONST(low),
+                                PMAP_CONST(high)),
+                  NLISTED);
+        const pmap_failure_t *f;
+        ASSERT_EQ(pool_failures(pool, &f), NLISTED);
+        for (int i = 0; i < NLISTED; i++) {
+            char msg[32];
+            snprintf(msg, sizeof msg, "listed: %d", listed[i]);
+            ASSERT_EQ(f[i].index, (size_t)listed[i]);
+            ASSERT_EQ(f[i].error, PMAP_EFAIL);
+            ASSERT_EQ(f[i].code, listed[i] + 1);
+            ASSERT_STR_EQ(f[i].message, msg);
+        }
+        for (int i = 0, k = 0; i < M; i++) {
+            bool failed = k < NLISTED && listed[k] == i;
+            ASSERT_EQ(out[i], failed ? 0 : i + 1);
+            k += failed;
+        }
+    }
+    test_pool_end(pool, start);
+}
+
+TEST(fault_failures_at_batch_edges_fork)
+{
+    failures_at_batch_edges(PMAP_START_FORK);
+}
+
+TEST(fault_failures_at_batch_edges_server)
+{
+    failures_at_batch_edges(PMAP_START_SERVER);
+}
+
+TEST(fault_failures_at_batch_edges_in_process)
+{
+    failures_at_batch_edges(PMAP_START_INLINE);
+}
+
 /* ---- the caller's process ---------------------------------------------- */
 
 static volatile sig_atomic_t chld_seen, alarms;
