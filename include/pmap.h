@@ -1166,7 +1166,7 @@ extern "C" {
         *(R *)result =                                                        \
             fn(ref0 PMAP__EACH(PMAP__DEREF, fn, PMAP__COMMA, __VA_ARGS__));   \
     }                                                                         \
-    /* A batch in one call: fn inlined in the loop, the arguments' places  \
+    /* A batch in one call: fn inlined in the loop, the arguments' places   \
      * in registers (see pmap__fn_t's run). */                                \
     __attribute__((unused)) static size_t pmap__run_##fn(                    \
         void *pmap__result, void *const *pmap__argv,                          \
@@ -1176,8 +1176,8 @@ extern "C" {
         PMAP__EACH(PMAP__RUN_LOCAL, fn, PMAP__NOTHING, __VA_ARGS__)           \
         pmap__r_##fn *pmap__out = (pmap__r_##fn *)pmap__result;               \
         for (size_t pmap__j = 0; pmap__j < pmap__count; pmap__j++) {          \
-            __atomic_store_n((uint64_t *)pmap__item, pmap__first + pmap__j + 1, \
-                             __ATOMIC_RELEASE);                               \
+            __atomic_store_n((uint64_t *)pmap__item,                          \
+                             pmap__first + pmap__j + 1, __ATOMIC_RELEASE);    \
             pmap__out[pmap__j] = fn(                                          \
                 ref0 PMAP__EACH(PMAP__RUN_ARG, fn, PMAP__COMMA, __VA_ARGS__)); \
             if (*pmap__failed)                                                \

@@ -34,7 +34,7 @@
                                            pages a new process touches for
                                            the first time in its first map
                                            (1 MiB made W1's first map of a
-                                           pool 1.3-1.4x its later ones) */
+                                           pool 1.2-1.6x its later ones) */
 #define FIRST_BATCH 16                  /* items, before any is measured */
 
 /* Times a range is sent again after its worker died outside any item. */
