@@ -670,6 +670,18 @@ static void take_output(const worker_map_t *m, uint64_t index)
         broken();
 }
 
+/* The end of a plain batch: what its callbacks wrote to stdio flushed
+ * (and after every item from now on: call_plain), and no item running. */
+static void plain_batch_over(void)
+{
+    if (stdio_pending()) {
+        self.stdio_written = true;
+        pmap__flush_item();
+    }
+    self.running = false;
+    atomic_store_explicit(&self.slot->item, 0, memory_order_release);
+}
+
 /* call_plain's loop in the export's own code (pmap__fn_t's run), where
  * the function is inlined: one call per stretch of items up to the next
  * that fails (W1's workers spent as long in the loop and the call per item
@@ -695,12 +707,7 @@ static uint64_t run_plain(const pmap__fn_t *fn, uint64_t first, size_t count,
             nfailed++;
         }
     }
-    if (stdio_pending()) {
-        self.stdio_written = true;
-        pmap__flush_item();
-    }
-    self.running = false;
-    atomic_store_explicit(&self.slot->item, 0, memory_order_release);
+    plain_batch_over();
     return nfailed;
 }
 
@@ -737,12 +744,7 @@ static uint64_t call_plain(const pmap__fn_t *fn, uint64_t first,
             argv[k] += stride[k];
         result += result_size;
     }
-    if (stdio_pending()) {
-        self.stdio_written = true;
-        pmap__flush_item();
-    }
-    self.running = false;
-    atomic_store_explicit(&self.slot->item, 0, memory_order_release);
+    plain_batch_over();
     return nfailed;
 }
 
