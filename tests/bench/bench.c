@@ -638,7 +638,7 @@ static double pool_w1(pool_t *pool, const int *xs, int *out, size_t n)
  * the pages the caller wrote before, and the first map would copy them.
  */
 static void w1_first_map(enum pmap_start start, inputs_t *in, sample_t *first,
-                         sample_t *ratio)
+                         sample_t *slower)
 {
     for (int r = 0; r < reps; r++) {
         pool_options_t po = {.workers = 2, .start = start};
@@ -651,7 +651,7 @@ static void w1_first_map(enum pmap_start start, inputs_t *in, sample_t *first,
             later[m] = pool_w1(pool, in->xs, in->w1_out, W1_N);
         pool_destroy(pool);
         add_value(first, rate);
-        add_value(ratio, median_of(later, 3) / rate);
+        add_value(slower, median_of(later, 3) / rate);
     }
 }
 
