@@ -1221,6 +1221,41 @@ static const char *too_many(int workers)
 }
 
 #ifdef __linux__
+/* The hand-rolled pool's worker w, with the batches it holds (at most two:
+ * the index of each, oldest first). */
+typedef struct hand_worker {
+    int to, from;
+    pid_t pid;
+    size_t held[2];
+    int nheld;
+} hand_worker_t;
+
+enum { HAND_CHUNK = SCALE_CHUNK, HAND_BATCHES = SCALE_ITEMS / SCALE_CHUNK };
+
+/* Gives w batches from *next until it holds `depth` of them. */
+static void hand_feed(hand_worker_t *w, int depth, const int *xs,
+                      size_t *next)
+{
+    while (w->nheld < depth && *next < HAND_BATCHES) {
+        if (write(w->to, xs + *next * HAND_CHUNK, sizeof(int[HAND_CHUNK])) < 0)
+            exit(1);
+        w->held[w->nheld++] = (*next)++;
+    }
+}
+
+/* A worker of the hand-rolled pool: add1 on each batch it reads. */
+static _Noreturn void hand_serve(int in, int out)
+{
+    int batch[HAND_CHUNK];
+    while (read(in, batch, sizeof batch) == sizeof batch) {
+        for (int i = 0; i < HAND_CHUNK; i++)
+            batch[i] = w_add(batch[i], 1);
+        if (write(out, batch, sizeof batch) != sizeof batch)
+            break;
+    }
+    _exit(0);
+}
+
 /*
  * The same map on a hand-rolled pool of `workers` processes, each with a
  * pipe each way, holding two batches of SCALE_CHUNK ints at most (as
@@ -1232,93 +1267,76 @@ static const char *too_many(int workers)
 static double hand_rolled_batches(int workers, const int *xs, int *out,
                                   double *wall)
 {
-    enum { CHUNK = SCALE_CHUNK, BATCHES = SCALE_ITEMS / SCALE_CHUNK };
-    int (*to)[2] = calloc((size_t)workers, sizeof *to);
-    int (*from)[2] = calloc((size_t)workers, sizeof *from);
-    pid_t *pid = calloc((size_t)workers, sizeof *pid);
-    size_t(*held)[2] = calloc((size_t)workers, sizeof *held);
-    int *nheld = calloc((size_t)workers, sizeof *nheld);
+    hand_worker_t *ws = calloc((size_t)workers, sizeof *ws);
     int ep = epoll_create1(EPOLL_CLOEXEC), started = 0;
     double cpu = 0;
-    for (; ep >= 0 && started < workers; started++) {
-        int w = started;
-        if (pipe(to[w]) < 0 || pipe(from[w]) < 0)
+    while (ws != NULL && ep >= 0 && started < workers) {
+        hand_worker_t *w = &ws[started];
+        int to[2], from[2];
+        if (pipe(to) < 0)
             break;
-        pid[w] = fork();
-        if (pid[w] == 0) {
-            int batch[CHUNK];
-            close(to[w][1]);
-            close(from[w][0]);
-            while (read(to[w][0], batch, sizeof batch) == sizeof batch) {
-                for (int i = 0; i < CHUNK; i++)
-                    batch[i] = w_add(batch[i], 1);
-                if (write(from[w][1], batch, sizeof batch) != sizeof batch)
-                    break;
-            }
-            _exit(0);
+        if (pipe(from) < 0) {
+            close(to[0]);
+            close(to[1]);
+            break;
         }
-        close(to[w][0]);
-        close(from[w][1]);
-        struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)w};
-        if (pid[w] < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, from[w][0], &ev) < 0)
+        w->pid = fork();
+        if (w->pid == 0) {
+            close(to[1]);
+            close(from[0]);
+            hand_serve(to[0], from[1]);
+        }
+        close(to[0]);
+        close(from[1]);
+        w->to = to[1];
+        w->from = from[0];
+        started++;      /* its ends are closed at the end, whatever comes */
+        struct epoll_event ev = {.events = EPOLLIN,
+                                 .data.u32 = (uint32_t)(started - 1)};
+        if (w->pid < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, w->from, &ev) < 0)
             break;
     }
     for (int pass = 0; pass < 2 && started == workers; pass++) {
         double c = thread_cpu(), t = now();
         size_t next = 0, done = 0;
-        for (int depth = 0; depth < 2; depth++) {   /* a round at a time */
-            for (int w = 0; w < workers && next < BATCHES; w++) {
-                if (write(to[w][1], xs + next * CHUNK, CHUNK * sizeof *xs) < 0)
-                    exit(1);
-                held[w][nheld[w]++] = next++;
-            }
+        for (int depth = 1; depth <= 2; depth++) {  /* a round at a time */
+            for (int w = 0; w < workers; w++)
+                hand_feed(&ws[w], depth, xs, &next);
         }
-        while (done < BATCHES) {
+        while (done < HAND_BATCHES) {
             struct epoll_event evs[64];
             int n = epoll_wait(ep, evs, 64, -1);
             for (int e = 0; e < n; e++) {
-                int w = (int)evs[e].data.u32;
+                hand_worker_t *w = &ws[evs[e].data.u32];
                 /* one batch's results: a 64-byte write arrives whole */
-                if (read(from[w][0], out + held[w][0] * CHUNK,
-                         CHUNK * sizeof *out) != (ssize_t)sizeof(int[CHUNK]))
+                if (read(w->from, out + w->held[0] * HAND_CHUNK,
+                         sizeof(int[HAND_CHUNK])) !=
+                    (ssize_t)sizeof(int[HAND_CHUNK]))
                     exit(1);
                 done++;
-                held[w][0] = held[w][1];
-                if (--nheld[w] == 0 && next < BATCHES) {
-                    if (write(to[w][1], xs + next * CHUNK,
-                              CHUNK * sizeof *xs) < 0)
-                        exit(1);
-                    held[w][nheld[w]++] = next++;
-                }
-                if (nheld[w] == 1 && next < BATCHES) {
-                    if (write(to[w][1], xs + next * CHUNK,
-                              CHUNK * sizeof *xs) < 0)
-                        exit(1);
-                    held[w][nheld[w]++] = next++;
-                }
+                w->held[0] = w->held[1];
+                w->nheld--;
+                hand_feed(w, 2, xs, &next);
             }
         }
-        cpu = (thread_cpu() - c) * 1e6 / BATCHES;
-        *wall = (now() - t) * 1e6 / BATCHES;
+        cpu = (thread_cpu() - c) * 1e6 / HAND_BATCHES;
+        *wall = (now() - t) * 1e6 / HAND_BATCHES;
     }
     /* A worker holds the ends of the pipes made before it: all closed
      * first, they all see the end of their input. */
     for (int w = 0; w < started; w++) {
-        close(to[w][1]);
-        close(from[w][0]);
+        close(ws[w].to);
+        close(ws[w].from);
     }
     for (int w = 0; w < started; w++) {
-        if (pid[w] > 0)
-            waitpid(pid[w], NULL, 0);
+        if (ws[w].pid > 0)
+            waitpid(ws[w].pid, NULL, 0);
     }
     if (ep >= 0)
         close(ep);
-    free(to);
-    free(from);
-    free(pid);
-    free(held);
-    free(nheld);
-    if (cpu > 0 && out[BATCHES * CHUNK - 1] != BATCHES * CHUNK)
+    free(ws);
+    if (cpu > 0 && out[HAND_BATCHES * HAND_CHUNK - 1] !=
+                       HAND_BATCHES * HAND_CHUNK)
         cpu = 0;
     return cpu;
 }
@@ -1612,6 +1630,35 @@ static void bench_w4_alone(void)
     pool_destroy(pool);
 }
 
+/* `bench REPS w1` or `w3`: that workload alone, on a pool forked while
+ * the process is small (the fork server started first, for W1's new
+ * pools), after the machine limits its ratios use: the socketpair's
+ * bandwidth for W1, the pipe's and memcpy's for W3. */
+static int workload_alone(bool w1)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    pool_options_t o = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    if (pmap_init() != 0 || pool_create_with(&pool, &o) != 0)
+        return 1;
+    sample_t channel_bw = {{0}, 0}, copy_bw = {{0}, 0};
+    for (int r = 0; r < reps; r++) {
+        add_value(&channel_bw, stream_bandwidth(w1));
+        if (!w1)
+            add_value(&copy_bw, memcpy_bandwidth());
+    }
+    inputs_t in;
+    prepare(&in);
+    omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
+    openmp_rest();
+    if (w1)
+        bench_w1(pool, &in, median(&channel_bw));
+    else
+        bench_w3(pool, &in, median(&channel_bw), median(&copy_bw));
+    pool_destroy(pool);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     self_path = argv[0];
@@ -1630,42 +1677,8 @@ int main(int argc, char **argv)
         bench_w5_heap();    /* this section alone */
         return 0;
     }
-    if (argc > 2 && strcmp(argv[2], "w1") == 0) {
-        setvbuf(stdout, NULL, _IOLBF, 0);
-        pool_options_t o = {.workers = 2, .start = PMAP_START_FORK};
-        pool_t *pool;
-        if (pmap_init() != 0 || pool_create_with(&pool, &o) != 0)
-            return 1;
-        sample_t socket_bw = {{0}, 0};
-        for (int r = 0; r < reps; r++)
-            add_value(&socket_bw, stream_bandwidth(true));
-        inputs_t in;
-        prepare(&in);
-        omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
-        openmp_rest();
-        bench_w1(pool, &in, median(&socket_bw));
-        pool_destroy(pool);
-        return 0;
-    }
-    if (argc > 2 && strcmp(argv[2], "w3") == 0) {
-        setvbuf(stdout, NULL, _IOLBF, 0);
-        pool_options_t o = {.workers = 2, .start = PMAP_START_FORK};
-        pool_t *pool;
-        if (pool_create_with(&pool, &o) != 0)
-            return 1;
-        sample_t pipe_bw = {{0}, 0}, copy_bw = {{0}, 0};
-        for (int r = 0; r < reps; r++) {
-            add_value(&pipe_bw, stream_bandwidth(false));
-            add_value(&copy_bw, memcpy_bandwidth());
-        }
-        inputs_t in;
-        prepare(&in);
-        omp_w1(in.xs, in.xs, in.w1_out, W1_N);  /* start OpenMP's threads */
-        openmp_rest();
-        bench_w3(pool, &in, median(&pipe_bw), median(&copy_bw));
-        pool_destroy(pool);
-        return 0;
-    }
+    if (argc > 2 && (strcmp(argv[2], "w1") == 0 || strcmp(argv[2], "w3") == 0))
+        return workload_alone(strcmp(argv[2], "w1") == 0);
     if (argc > 2 && strcmp(argv[2], "w5") == 0) {
         setvbuf(stdout, NULL, _IOLBF, 0);
         bench_w5("small caller", true);     /* this section alone */
