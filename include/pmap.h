@@ -292,7 +292,10 @@ PMAP_API pool_t *pool_create(int workers);
  * PMAP_ENESTED (inside a worker or a callback), PMAP_ENOMEM, PMAP_EMFILE/ENFILE
  * (channels), PMAP_EAGAIN (fork) or PMAP_ESTART (a worker died before it
  * was ready, or worker_init refused), leaving *poolp NULL.  An in-process
- * pool (PMAP_START_INLINE) has one worker, whatever workers says.
+ * pool (PMAP_START_INLINE) has one worker, whatever workers says.  With a
+ * worker_init it waits until every worker has run it; without one it
+ * returns once they are forked (nothing else in a start can fail), and
+ * the first map's batches wait for the workers still starting.
  */
 PMAP_API int pool_create_with(pool_t **poolp, const pool_options_t *opts);
 

@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #ifdef __linux__
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #endif
 #ifdef __linux__
@@ -112,6 +113,49 @@ int pmap__socket_pair(int fds[2], bool nonblocking)
         close(fds[1]);
     }
     return rc;
+}
+
+/*
+ * A pool's wake: pmap__wake_send makes wake[0] readable until
+ * pmap__wake_drain.  An eventfd where there is one (wake[1] is then -1):
+ * one descriptor, made in every pool_create in a third of a socketpair's
+ * time here (2.8 us against 8.7).  Else a non-blocking socketpair, sent to
+ * with MSG_NOSIGNAL.  Returns 0, or a negative code with both -1.
+ */
+int pmap__wake_open(int wake[2])
+{
+    wake[0] = wake[1] = -1;
+#if defined(__linux__) && defined(EFD_CLOEXEC)
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd >= 0) {
+        wake[0] = pmap__fd_sanitize(fd, true);
+        return wake[0] < 0 ? wake[0] : 0;
+    }
+#endif
+    int rc = pmap__socket_pair(wake, true);
+    if (rc < 0)
+        wake[0] = wake[1] = -1;
+    return rc;
+}
+
+/* Async-signal-safe.  A failure is a full wake: awake already. */
+void pmap__wake_send(const int wake[2])
+{
+    int saved = errno;
+    char c = 0;
+    uint64_t one = 1;
+    ssize_t rc = wake[1] >= 0   ? send(wake[1], &c, 1, MSG_NOSIGNAL)
+                 : wake[0] >= 0 ? write(wake[0], &one, sizeof one)
+                                : 0;
+    (void)rc;
+    errno = saved;
+}
+
+void pmap__wake_drain(const int wake[2])
+{
+    uint64_t sink[8];
+    while (wake[0] >= 0 && pmap__read(wake[0], sink, sizeof sink) > 0)
+        ;
 }
 
 /* A pipe, both ends close-on-exec and above stderr. */

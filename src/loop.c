@@ -506,10 +506,12 @@ static int64_t check_workers(pool_t *pool)
     return next;
 }
 
-/* Whether w may be given work: ready, and its process (if any) alive. */
+/* Whether w may be given work: ready (or, in an eager pool, started),
+ * and its process (if any) alive. */
 static bool serving(const pool_t *pool, const pmap__worker_t *w)
 {
-    return w->ready && !w->gone && (w->pid > 0 || pool->in_process);
+    return (w->ready || pool->eager) && !w->gone &&
+           (w->pid > 0 || pool->in_process);
 }
 
 /* Gives every ready worker as many batches as it may hold, one round at a
@@ -662,12 +664,10 @@ static void on_events(pool_t *pool, pmap__worker_t *w, bool input,
         bury(pool, w);
 }
 
-/* A cancellation (see cancel()) woke us: empties the wake pipe. */
+/* A cancellation (see cancel()) woke us. */
 static void on_wake(pool_t *pool)
 {
-    char sink[64];
-    while (pmap__read(pool->wake[0], sink, sizeof sink) > 0)
-        ;
+    pmap__wake_drain(pool->wake);
 }
 
 #ifdef __linux__
@@ -807,14 +807,9 @@ void pmap__pool_unlock(const pool_t *pool, bool locked)
  * may come from a signal handler running on any thread). */
 void pmap__pool_wake(pool_t *pool)
 {
-    int saved = errno;
-    char c = 0;
     /* In a worker, the number may be its own by now (family.c). */
-    if (pool->wake[1] >= 0 && !pmap__pools_forgotten() &&
-        send(pool->wake[1], &c, 1, MSG_NOSIGNAL) < 0) {
-        /* Full: the loop is awake already. */
-    }
-    errno = saved;
+    if (!pmap__pools_forgotten())
+        pmap__wake_send(pool->wake);
 }
 
 /* ---- who drives -------------------------------------------------------- */

@@ -100,6 +100,9 @@ typedef struct pmap__channel {
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
 int pmap__socket_pair(int fds[2], bool nonblocking);
+int pmap__wake_open(int wake[2]);
+void pmap__wake_send(const int wake[2]);
+void pmap__wake_drain(const int wake[2]);
 int pmap__pipe_open(int fds[2]);
 int pmap__set_nonblocking(int fd);
 int pmap__fd_sanitize(int fd, bool cloexec);
@@ -486,7 +489,7 @@ struct pool {
                                    when the driver stops */
     atomic_uint cancels;        /* pool_cancel calls: a map started before
                                    the last one is cancelled */
-    int wake[2];                /* a byte here wakes the loop (cancels) */
+    int wake[2];                /* wakes the loop (cancels): fdio.c */
     pool_options_t opts;
     int nworkers;
     pmap__worker_t *workers;
@@ -494,6 +497,9 @@ struct pool {
     size_t nretirees, retirees_cap;
     bool server;                /* workers come from the fork server */
     bool in_process;            /* PMAP_START_INLINE: no process (inline.c) */
+    bool eager;                 /* a new worker gets work before its READY,
+                                   and pool_create does not wait for it:
+                                   nothing in its start can fail (pool.c) */
     bool holds_heap;            /* holds pmap_alloc's heap (alloc.c)... */
     bool heap;                  /* ...which exists: its workers have it,
                                    and its blocks go by reference */

@@ -45,8 +45,7 @@ static void pool_open(pool_t *pool)
     if (pool->epfd < 0)
         pool->epfd = -1;    /* pool_fd, and the loop's wait, go without */
 #endif
-    if (pmap__socket_pair(pool->wake, true) < 0)
-        pool->wake[0] = pool->wake[1] = -1;
+    pmap__wake_open(pool->wake);
     pmap__epoll_add(pool, pool->wake[0], PMAP__EV_WAKE);
     pmap__pools_add(pool);
     pmap__pools_unlock();
@@ -247,14 +246,22 @@ static void reserve(pool_t *pool)
     pmap__pollfds(pool, 2 * n);    /* the retirees' (proc.c) */
 }
 
-/* Starts the pool's workers and waits until they are ready.  No other
- * thread knows the pool yet, but the loop runs with the lock held. */
+/*
+ * Starts the pool's workers.  With a worker_init, waits until each has run
+ * it and said READY, so that a worker that cannot start fails pool_create.
+ * Without one, nothing in a worker's start can fail (proc.c, worker.c): the
+ * pool is returned once they are forked, and the first map's batches wait
+ * in the channels of the workers still starting (pool->eager), where
+ * waiting for their READY first cost the caller two more sleeps and the
+ * worker a wake-up from idle, 60 to 100 us a new pool here.  No other
+ * thread knows the pool yet, but the loop runs with the lock held.
+ */
 static int start_workers(pool_t *pool)
 {
     if (pool->in_process)
         return pmap__inline_open(pool);
     int rc = pmap__proc_spawn_all(pool);
-    if (rc == 0) {
+    if (rc == 0 && !pool->eager) {
         pthread_mutex_lock(&pool->lock);
         rc = pmap__loop_run(pool, NULL,
                             pmap__now_ns() + pool->start_timeout_ns);
@@ -297,6 +304,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     pool->server = pool->config.start == PMAP_START_SERVER;
     pool->in_process = pool->config.start == PMAP_START_INLINE;
     pool->remote = pool->config.start == PMAP_START_MPI ? pmap__remote : NULL;
+    pool->eager = o.worker_init == NULL && !pool->in_process &&
+                  pool->remote == NULL;
     pool->start_timeout_ns =
         seconds_ns(o.start_timeout, (int64_t)(START_TIMEOUT_S * 1e9));
     pool->cancel_grace_ns = o.cancel_grace < 0

@@ -3,7 +3,8 @@
  * test_start.c - workers that start safely in any host: the fork server
  * (every kind of map works through it; its workers are the program as it
  * was at pmap_init), threads holding locks or calling malloc during
- * pool_create, the default size following the CPU affinity, and Ctrl-C.
+ * pool_create, the default size following the CPU affinity, Ctrl-C, and
+ * workers that get work before they are ready (no worker_init).
  */
 #if defined(__linux__) && !defined(_GNU_SOURCE)
 #define _GNU_SOURCE     /* sched_setaffinity, CPU_COUNT */
@@ -19,6 +20,8 @@
 #include <string.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -546,4 +549,141 @@ TEST(start_caller_handles_ctrl_c_by_cancelling)
     ASSERT_EQ(y, 42);
     pool_destroy(interrupted);
     signal(SIGINT, SIG_DFL);
+}
+
+/* ---- without worker_init: work before READY ------------------------------ */
+
+/*
+ * A gate that the first two workers forked from here on wait at, before
+ * anything of libpmap's runs in them (a pthread_atfork child handler), and
+ * what the first of them through it does then.  Its replacements pass.
+ */
+enum gate_then { GATE_PASS, GATE_DIE, GATE_HANG };
+static struct {
+    int fd[2];
+    enum gate_then first;
+    atomic_int *forked;     /* shared with the children */
+} gate;
+
+static void at_gate(void)
+{
+    int n = atomic_fetch_add(gate.forked, 1);
+    char c;
+    if (n >= 2)
+        return;
+    if (read(gate.fd[0], &c, 1) != 1)
+        _exit(90);
+    if (n == 0 && gate.first == GATE_DIE)
+        kill(getpid(), SIGKILL);
+    while (n == 0 && gate.first == GATE_HANG)
+        pause();    /* every signal is blocked here: until SIGKILL */
+}
+
+static int gate_install(enum gate_then first)
+{
+    gate.forked = mmap(NULL, sizeof *gate.forked, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (gate.forked == MAP_FAILED || pipe(gate.fd) < 0)
+        return -1;
+    atomic_init(gate.forked, 0);
+    gate.first = first;
+    return pthread_atfork(NULL, NULL, at_gate);
+}
+
+static void gate_open(void)
+{
+    if (write(gate.fd[1], "gg", 2) != 2)
+        abort();
+}
+
+/* The number of workers forked through the gate; closes it. */
+static int gate_close(void)
+{
+    int n = atomic_load(gate.forked);
+    close(gate.fd[0]);
+    close(gate.fd[1]);
+    munmap(gate.forked, sizeof *gate.forked);
+    return n;
+}
+
+/* Starts a map of 100 items in batches of 10 on a pool of two workers
+ * held at the gate, opens it, and checks every result.  Returns the pool,
+ * to be destroyed. */
+static pool_t *map_through_the_gate(double start_timeout)
+{
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK,
+                         .start_timeout = start_timeout};
+    pool_t *pool;
+    /* Had it waited for READY, it would wait for the start timeout and
+     * fail: nobody opens the gate before it returns. */
+    if (pool_create_with(&pool, &po) != 0)
+        return NULL;
+    long xs[100], out[100];
+    for (int i = 0; i < 100; i++)
+        xs[i] = i;
+    pool_map_options_t tens = {.chunk = 10};
+    pmap_job_t *job;
+    if (pool_map_async(pool, &tens, &job, probe, 100, out, xs) != 0)
+        return NULL;
+    int holding = 0;    /* the batches are in the workers' channels */
+    for (int i = 0; i < 2; i++)
+        holding += pool->workers[i].nbatch > 0;
+    gate_open();
+    int rc = pmap_job_wait(job, -1);
+    pmap_job_free(job);
+    for (int i = 0; i < 100 && rc == 0; i++)
+        rc = out[i] == 2 * xs[i] ? 0 : -1;
+    rc = holding == 2 ? rc : -1;
+    if (rc != 0 || pool_failures(pool, NULL) != 0) {
+        pool_destroy(pool);
+        return NULL;
+    }
+    return pool;
+}
+
+/* Without a worker_init, nothing in a worker's start can fail: pool_create
+ * returns once they are forked, and a map's batches wait in the channels
+ * of workers that have not started yet. */
+TEST(start_without_worker_init_pool_create_does_not_wait)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    ASSERT(gate_install(GATE_PASS) == 0);
+    pool_t *pool = map_through_the_gate(10 * test_slack());
+    ASSERT(pool != NULL);
+    pool_destroy(pool);
+    ASSERT_EQ(gate_close(), 2);
+}
+
+/* A worker killed before it said READY, holding its batches: they go to
+ * the other worker or its replacement, and no item fails. */
+TEST(start_worker_dying_before_ready_hands_its_batches_on)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    ASSERT(gate_install(GATE_DIE) == 0);
+    pool_t *pool = map_through_the_gate(10 * test_slack());
+    ASSERT(pool != NULL);
+    long x = 21, y = 0;
+    ASSERT_OK(pool_call(pool, probe, &y, x));   /* with its replacement */
+    ASSERT_EQ(y, 42);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT_EQ(total.restarts, 1);
+    pool_destroy(pool);
+    ASSERT_EQ(gate_close(), 3);
+}
+
+/* A worker stuck before READY, holding its batches: it is killed at the
+ * start timeout and its batches go on; the map does not wait for it
+ * longer than that. */
+TEST(start_worker_stuck_before_ready_is_killed_and_its_batches_go_on)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    ASSERT(gate_install(GATE_HANG) == 0);
+    pool_t *pool = map_through_the_gate(0.5 * test_slack());
+    ASSERT(pool != NULL);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT(total.restarts >= 1);
+    pool_destroy(pool);
+    ASSERT(gate_close() >= 3);
 }
