@@ -209,14 +209,8 @@ int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs)
         close(down[1]);
         return rc;
     }
-#ifdef F_SETPIPE_SZ
-    /* Room for a large batch in flight each way (a pipe's 64 KiB halved
-     * the rate of tiny items); the system may cap or refuse it (its
-     * pipe-max-size, the user's pipe-user-pages-soft), which is fine. */
-    fcntl(down[1], F_SETPIPE_SZ, PMAP__PIPE_BUFFER);
-    fcntl(up[1], F_SETPIPE_SZ, PMAP__PIPE_BUFFER);
-#endif
-    /* Our side never blocks (loop.c); the worker's does. */
+    /* Our side never blocks (loop.c); the worker's does.  Each side grows
+     * the pipe it writes to when it first needs to (pmap__pipe_fit). */
     if ((rc = fresh_nonblocking(up[0])) < 0 ||
         (rc = fresh_nonblocking(down[1])) < 0) {
         int fds[4] = {down[0], down[1], up[0], up[1]};
@@ -227,6 +221,35 @@ int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs)
     *ours = (pmap__channel_t){up[0], down[1], down[0]};
     *theirs = (pmap__channel_t){down[0], up[1], -1};
     return 0;
+}
+
+/*
+ * Before a write of `pending` bytes to the pipe fd: the first time they are
+ * more than a new pipe holds (64 KiB), grows it to PMAP__PIPE_BUFFER, room
+ * for a large batch in flight (a pipe's 64 KiB halved the rate of tiny
+ * items), and sets *grown.  When first needed rather than when the channel
+ * is made: that was two fcntl calls a worker in every pool_create, and
+ * pipe quota (the user's pipe-user-pages-soft) spent on pools that never
+ * send that much.  The system may cap or refuse it, which is fine.
+ */
+void pmap__pipe_fit(int fd, size_t pending, bool *grown)
+{
+    if (*grown || pending <= PMAP__PIPE_NEW)
+        return;
+    *grown = true;
+#ifdef F_SETPIPE_SZ
+    fcntl(fd, F_SETPIPE_SZ, PMAP__PIPE_BUFFER);
+#else
+    (void)fd;
+#endif
+}
+
+size_t pmap__iov_bytes(const struct iovec *iov, int n)
+{
+    size_t sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += iov[i].iov_len;
+    return sum;
 }
 
 /* Closes what c holds of a channel (keep, when it is ours, too). */

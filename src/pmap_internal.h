@@ -95,10 +95,12 @@ typedef struct pmap__channel {
 } pmap__channel_t;
 
 #define PMAP__NO_CHANNEL ((pmap__channel_t){-1, -1, -1})
-#define PMAP__PIPE_BUFFER (1 << 20)     /* asked for each pipe (Linux) */
+#define PMAP__PIPE_BUFFER (1 << 20)     /* a pipe grows to (Linux)... */
+#define PMAP__PIPE_NEW (64 << 10)       /* ...from what a new one holds */
 
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
+void pmap__pipe_fit(int fd, size_t pending, bool *grown);
 int pmap__socket_pair(int fds[2], bool nonblocking);
 int pmap__wake_open(int wake[2]);
 void pmap__wake_send(const int wake[2]);
@@ -131,6 +133,7 @@ bool pmap__die_with_parent(pid_t parent, int status);
 void pmap__fork_prepare(sigset_t *old, bool all);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
+size_t pmap__iov_bytes(const struct iovec *iov, int n);
 
 #define PMAP__IOV 64    /* iovecs one send takes at most (pmap__iov_max) */
 
@@ -420,6 +423,7 @@ typedef struct pmap__worker {
     bool reaped;                /* ...and waited for: status is its own */
     int status;                 /* its wait status, once reaped */
     bool polled_out;            /* registered for output in the epoll set */
+    bool pipe_grown;            /* its channel's way out (pmap__pipe_fit) */
     bool private;               /* its arena has no shared regions: its
                                    process is on another rank (as its
                                    arena's slot says; known here without

@@ -310,6 +310,7 @@ static int connect_slot(pool_t *pool, pmap__worker_t *w, pid_t pid)
     if (w->pidfd < 0)
         w->pidfd = -1;
     w->polled_out = false;
+    w->pipe_grown = false;
     pmap__epoll_add(pool, w->ch.in,
                     PMAP__EVENT(w->index, PMAP__EV_INPUT));
     pmap__epoll_add(pool, w->pidfd,

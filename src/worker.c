@@ -80,6 +80,7 @@ static struct {
     bool stdio_written;         /* a callback has written to stdio: look
                                    after every item (call_plain) */
     bool capturing;             /* fds 1 and 2 go to capture.c's files */
+    bool pipe_grown;            /* ch.out's pipe (pmap__pipe_fit) */
     pmap__buf_t outputs;        /* one batch's OUTPUT records */
     pmap__buf_t *answers;       /* in-process: where frames go, else NULL */
     jmp_buf *broken;            /* in-process: where a failure returns */
@@ -212,6 +213,8 @@ static void send_queued(void)
     struct iovec iov[PMAP__IOV];
     while (!pmap__outq_empty(&self.out)) {
         int n = pmap__outq_iov(&self.out, iov, pmap__iov_max());
+        pmap__pipe_fit(self.ch.out, pmap__iov_bytes(iov, n),
+                       &self.pipe_grown);
         ssize_t r = pmap__writev(self.ch.out, iov, n);
         if (r < 0)
             _exit(EXIT_DONE);   /* EPIPE (SIGPIPE ignored): the caller is
@@ -1057,6 +1060,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
         _exit(EXIT_DONE);   /* the parent died before we got here */
     self.setup = *setup;
     self.ch = setup->ch;
+    self.pipe_grown = false;    /* a new channel: its pipes are new */
     self.slot = pmap__arena_state(setup->arena);
     self.arena = setup->arena;
     self.index = setup->index;
