@@ -2,12 +2,19 @@
 /*
  * test_wire.c - the frame format alone (white box): headers and columns
  * survive a round trip, and every malformed or truncated input is refused
- * with PMAP_EPROTO instead of being read past its end.
+ * with PMAP_EPROTO instead of being read past its end.  And the pipes that
+ * carry the frames grow when first needed.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* F_GETPIPE_SZ */
+#endif
+
 #include "test.h"
 
 #include "pmap_internal.h"
 
+#include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 TEST(wire_header_round_trip)
@@ -228,4 +235,72 @@ TEST(wire_result_failures_must_be_in_order)
                   PMAP_EPROTO);
         pmap__outq_free(&q);
     }
+}
+
+static long plus_one(long x)
+{
+    return x + 1;
+}
+PMAP_EXPORT(plus_one, long, long);
+
+/* The size of a new pipe's buffer, and what asking for PMAP__PIPE_BUFFER
+ * gives one here (pipe-max-size and the user's quota may cap it); 0 where
+ * pipes cannot say. */
+static long pipe_sizes(long *grown)
+{
+    long fresh = 0;
+    *grown = 0;
+#ifdef F_GETPIPE_SZ
+    int p[2];
+    if (pipe(p) < 0)
+        return 0;
+    fresh = fcntl(p[1], F_GETPIPE_SZ);
+    if (fcntl(p[1], F_SETPIPE_SZ, PMAP__PIPE_BUFFER) >= 0)
+        *grown = fcntl(p[1], F_GETPIPE_SZ);
+    close(p[0]);
+    close(p[1]);
+#endif
+    return fresh;
+}
+
+static long pipe_size(int fd)
+{
+#ifdef F_GETPIPE_SZ
+    return fcntl(fd, F_GETPIPE_SZ);
+#else
+    (void)fd;
+    return 0;
+#endif
+}
+
+/* A channel's pipes keep a new pipe's size while the maps are small, and
+ * grow, each by its writer, the first time it has more than that to
+ * send: the caller's way out with a large batch, the worker's with its
+ * results. */
+TEST(wire_pipes_grow_when_first_needed)
+{
+    long grown, fresh = pipe_sizes(&grown);
+    if (fresh <= 0 || grown <= fresh)
+        SKIP("pipes cannot be asked for their size or grown here");
+    pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    size_t n = (size_t)2 * PMAP__PIPE_BUFFER / sizeof(long);
+    long *xs = malloc(n * sizeof *xs), *out = malloc(n * sizeof *out);
+    ASSERT(xs != NULL && out != NULL);
+    for (size_t i = 0; i < n; i++)
+        xs[i] = (long)i;
+    ASSERT_OK(pool_map(pool, plus_one, 100, out, xs));
+    const pmap__worker_t *w = &pool->workers[0];
+    ASSERT_EQ(pipe_size(w->ch.out), fresh);
+    ASSERT_EQ(pipe_size(w->ch.in), fresh);
+    pool_map_options_t one_batch = {.chunk = n};
+    ASSERT_OK(pool_map_with(pool, &one_batch, plus_one, n, out, xs));
+    for (size_t i = 0; i < n; i++)
+        ASSERT_EQ(out[i], (long)i + 1);
+    ASSERT_EQ(pipe_size(w->ch.out), grown);
+    ASSERT_EQ(pipe_size(w->ch.in), grown);
+    pool_destroy(pool);
+    free(xs);
+    free(out);
 }
