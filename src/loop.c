@@ -185,6 +185,7 @@ static int take_frames(pool_t *pool, pmap__worker_t *w)
         case PMAP__READY:
             rc = w->ready ? PMAP_EPROTO : 0;
             w->ready = true;
+            w->waiting_ns = pmap__now_ns();     /* its batches' time */
             pool->start_failures = 0;
             pool->respawn_backoff_ns = 0;
             break;
@@ -411,10 +412,15 @@ static void recycle(pool_t *pool)
 /* The deadline of w's work if it belongs to a timed map, or -1: its
  * running item's, or, while none runs, its next batch's, counted from when
  * that batch became its next work or the last item ended (a worker
- * stopped between batches must not hold them forever).  *item is the
- * running item (index + 1), or 0. */
+ * stopped between batches must not hold them forever).  A worker that has
+ * not said READY yet has none: its start timeout holds (check_workers),
+ * and its batches' time counts from its READY.  *item is the running item
+ * (index + 1), or 0. */
 static int64_t work_deadline(pool_t *pool, pmap__worker_t *w, uint64_t *item)
 {
+    *item = 0;
+    if (!w->ready)
+        return -1;
     pmap__slot_t *slot = pmap__arena_state(w->arena);
     *item = atomic_load_explicit(&slot->item, memory_order_acquire);
     int64_t since = atomic_load_explicit(&slot->started_ns,

@@ -606,10 +606,12 @@ static int gate_close(void)
     return n;
 }
 
-/* Starts a map of 100 items in batches of 10 on a pool of two workers
- * held at the gate, opens it, and checks every result.  Returns the pool,
- * to be destroyed. */
-static pool_t *map_through_the_gate(double start_timeout)
+/* Starts a map of 100 items in batches of 10 (each item given `timeout`
+ * seconds, 0: none) on a pool of two workers held at the gate, opens it
+ * `after` seconds later, and checks every result.  Returns the pool, to be
+ * destroyed. */
+static pool_t *map_through_the_gate(double start_timeout, double timeout,
+                                    double after)
 {
     pool_options_t po = {.workers = 2, .start = PMAP_START_FORK,
                          .start_timeout = start_timeout};
@@ -621,13 +623,14 @@ static pool_t *map_through_the_gate(double start_timeout)
     long xs[100], out[100];
     for (int i = 0; i < 100; i++)
         xs[i] = i;
-    pool_map_options_t tens = {.chunk = 10};
+    pool_map_options_t tens = {.chunk = 10, .timeout = timeout};
     pmap_job_t *job;
     if (pool_map_async(pool, &tens, &job, probe, 100, out, xs) != 0)
         return NULL;
     int holding = 0;    /* the batches are in the workers' channels */
     for (int i = 0; i < 2; i++)
         holding += pool->workers[i].nbatch > 0;
+    sleep_ms((int)(after * 1000));
     gate_open();
     int rc = pmap_job_wait(job, -1);
     pmap_job_free(job);
@@ -648,7 +651,7 @@ TEST(start_without_worker_init_pool_create_does_not_wait)
 {
     NEEDS_PROCESSES("workers forked by the caller");
     ASSERT(gate_install(GATE_PASS) == 0);
-    pool_t *pool = map_through_the_gate(10 * test_slack());
+    pool_t *pool = map_through_the_gate(10 * test_slack(), 0, 0);
     ASSERT(pool != NULL);
     pool_destroy(pool);
     ASSERT_EQ(gate_close(), 2);
@@ -660,7 +663,7 @@ TEST(start_worker_dying_before_ready_hands_its_batches_on)
 {
     NEEDS_PROCESSES("workers forked by the caller");
     ASSERT(gate_install(GATE_DIE) == 0);
-    pool_t *pool = map_through_the_gate(10 * test_slack());
+    pool_t *pool = map_through_the_gate(10 * test_slack(), 0, 0);
     ASSERT(pool != NULL);
     long x = 21, y = 0;
     ASSERT_OK(pool_call(pool, probe, &y, x));   /* with its replacement */
@@ -679,11 +682,28 @@ TEST(start_worker_stuck_before_ready_is_killed_and_its_batches_go_on)
 {
     NEEDS_PROCESSES("workers forked by the caller");
     ASSERT(gate_install(GATE_HANG) == 0);
-    pool_t *pool = map_through_the_gate(0.5 * test_slack());
+    pool_t *pool = map_through_the_gate(0.5 * test_slack(), 0, 0);
     ASSERT(pool != NULL);
     pmap_stats_t total;
     ASSERT_OK(pool_stats(pool, NULL, &total));
     ASSERT(total.restarts >= 1);
     pool_destroy(pool);
     ASSERT(gate_close() >= 3);
+}
+
+/* A worker slow to start holds its batches longer than the map's timeout
+ * per item: that time is its start's (start_timeout), not its items', and
+ * none of them fails. */
+TEST(start_slow_start_is_not_charged_to_the_items)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    ASSERT(gate_install(GATE_PASS) == 0);
+    double timeout = 0.2 * test_slack();
+    pool_t *pool = map_through_the_gate(30, timeout, 3 * timeout);
+    ASSERT(pool != NULL);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT_EQ(total.restarts, 0);
+    pool_destroy(pool);
+    ASSERT_EQ(gate_close(), 2);
 }
