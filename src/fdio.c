@@ -128,8 +128,9 @@ int pmap__wake_open(int wake[2])
 #if defined(__linux__) && defined(EFD_CLOEXEC)
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd >= 0) {
-        wake[0] = pmap__fd_sanitize(fd, true);
-        return wake[0] < 0 ? wake[0] : 0;
+        fd = pmap__fd_sanitize(fd, true);
+        wake[0] = fd < 0 ? -1 : fd;
+        return fd < 0 ? fd : 0;
     }
 #endif
     int rc = pmap__socket_pair(wake, true);
