@@ -625,8 +625,10 @@ static pool_t *map_through_the_gate(double start_timeout, double timeout,
         xs[i] = i;
     pool_map_options_t tens = {.chunk = 10, .timeout = timeout};
     pmap_job_t *job;
-    if (pool_map_async(pool, &tens, &job, probe, 100, out, xs) != 0)
+    if (pool_map_async(pool, &tens, &job, probe, 100, out, xs) != 0) {
+        pool_destroy(pool);
         return NULL;
+    }
     int holding = 0;    /* the batches are in the workers' channels */
     for (int i = 0; i < 2; i++)
         holding += pool->workers[i].nbatch > 0;
