@@ -301,11 +301,12 @@ void pmap__job_lost(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
         if (death->item == 0 || death->map != job->id ||
             culprit < r.first || culprit - r.first >= r.count) {
             /* Not the running batch.  If the worker was running an item
-             * of another batch it held, this one only waited behind it;
-             * otherwise (no item, or a slot the worker scribbled on) it
-             * counts against the batch, lest one that kills every worker
-             * go round forever. */
-            if (!culprit_held(w, death))
+             * of another batch it held, this one only waited behind it,
+             * and a worker that died before its READY (an eager pool)
+             * never read it; otherwise (no item, or a slot the worker
+             * scribbled on) it counts against the batch, lest one that
+             * kills every worker go round forever. */
+            if (w->ready && !culprit_held(w, death))
                 r.attempts++;
             retry_push(pool, job, r, death);
             continue;

@@ -125,7 +125,11 @@ static void lose_item(pool_t *pool, pmap__worker_t *w, int error,
         death.error = PMAP_EEXIT;
         death.code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
     }
-    if (!w->ready && ++pool->start_failures > START_FAILURES_MAX) {
+    /* Only a start that failed by itself counts: a worker killed before
+     * its READY to cancel or halt a map it held batches of (an eager pool)
+     * did not fail to start. */
+    bool failed_start = !w->ready && (error == 0 || error == PMAP_ESTART);
+    if (failed_start && ++pool->start_failures > START_FAILURES_MAX) {
         /* Give up starting workers for a while, longer each time. */
         int64_t b = pool->respawn_backoff_ns;
         b = b < RESPAWN_MIN_NS ? RESPAWN_MIN_NS

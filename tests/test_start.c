@@ -554,46 +554,64 @@ TEST(start_caller_handles_ctrl_c_by_cancelling)
 /* ---- without worker_init: work before READY ------------------------------ */
 
 /*
- * A gate that the first two workers forked from here on wait at, before
+ * A gate that the first `held` workers forked from here on wait at, before
  * anything of libpmap's runs in them (a pthread_atfork child handler), and
- * what the first of them through it does then.  Its replacements pass.
+ * what the n-th worker forked does then: die if bit n of `die` is set,
+ * hang if bit n of `hang` is.  The others pass.
  */
-enum gate_then { GATE_PASS, GATE_DIE, GATE_HANG };
 static struct {
     int fd[2];
-    enum gate_then first;
+    int held;
+    uint64_t die, hang;
     atomic_int *forked;     /* shared with the children */
 } gate;
+
+enum { GATE_PASS = 0, GATE_DIE = 1, GATE_HANG = 2 };   /* the first worker */
 
 static void at_gate(void)
 {
     int n = atomic_fetch_add(gate.forked, 1);
     char c;
-    if (n >= 2)
-        return;
-    if (read(gate.fd[0], &c, 1) != 1)
+    if (n < gate.held && read(gate.fd[0], &c, 1) != 1)
         _exit(90);
-    if (n == 0 && gate.first == GATE_DIE)
+    if (n < 64 && (gate.die >> n & 1))
         kill(getpid(), SIGKILL);
-    while (n == 0 && gate.first == GATE_HANG)
+    while (n < 64 && (gate.hang >> n & 1))
         pause();    /* every signal is blocked here: until SIGKILL */
 }
 
-static int gate_install(enum gate_then first)
+/* Holds the first `waiting` workers forked from here on; those whose bits
+ * are set in `die` or `hang` then do so. */
+static int gate_install_with(int waiting, uint64_t die, uint64_t hang)
 {
     gate.forked = mmap(NULL, sizeof *gate.forked, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (gate.forked == MAP_FAILED || pipe(gate.fd) < 0)
         return -1;
     atomic_init(gate.forked, 0);
-    gate.first = first;
+    gate.held = waiting;
+    gate.die = die;
+    gate.hang = hang;
     return pthread_atfork(NULL, NULL, at_gate);
+}
+
+static int gate_install(int first)
+{
+    return gate_install_with(2, first == GATE_DIE, first == GATE_HANG);
+}
+
+/* Lets n held workers through. */
+static void gate_let(int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (write(gate.fd[1], "g", 1) != 1)
+            abort();
+    }
 }
 
 static void gate_open(void)
 {
-    if (write(gate.fd[1], "gg", 2) != 2)
-        abort();
+    gate_let(2);
 }
 
 /* The number of workers forked through the gate; closes it. */
@@ -701,11 +719,65 @@ TEST(start_slow_start_is_not_charged_to_the_items)
     NEEDS_PROCESSES("workers forked by the caller");
     ASSERT(gate_install(GATE_PASS) == 0);
     double timeout = 0.2 * test_slack();
-    pool_t *pool = map_through_the_gate(30, timeout, 3 * timeout);
+    pool_t *pool = map_through_the_gate(30 * test_slack(), timeout,
+                                        3 * timeout);
     ASSERT(pool != NULL);
     pmap_stats_t total;
     ASSERT_OK(pool_stats(pool, NULL, &total));
     ASSERT_EQ(total.restarts, 0);
     pool_destroy(pool);
     ASSERT_EQ(gate_close(), 2);
+}
+
+/* Cancelling a map whose batches wait with workers still starting kills
+ * those workers (kill_on_cancel): no start failed, and the next map finds
+ * new workers at once rather than a pool that gave up starting them. */
+TEST(start_cancel_while_workers_start_leaves_the_pool_usable)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    ASSERT(gate_install_with(1000, 0, 0) == 0);     /* every worker waits */
+    pool_options_t po = {.workers = 4, .start = PMAP_START_FORK,
+                         .start_timeout = 30 * test_slack()};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long xs[100], out[100];
+    for (int i = 0; i < 100; i++)
+        xs[i] = i;
+    pool_map_options_t now = {.chunk = 10, .kill_on_cancel = 1};
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, &now, &job, probe, 100, out, xs));
+    pmap_job_cancel(job);
+    ASSERT_EQ(pmap_job_wait(job, -1), PMAP_ECANCELED);
+    pmap_job_free(job);
+    gate_let(1000);
+    ASSERT_OK(pool_map(pool, probe, 100, out, xs));
+    for (int i = 0; i < 100; i++)
+        ASSERT_EQ(out[i], 2 * xs[i]);
+    pool_destroy(pool);
+    gate_close();
+}
+
+/* A batch whose workers keep dying before their READY, never having read
+ * it, is not to blame: it goes on to a worker that starts, and its item
+ * does not fail (a batch that kills workers fails after four tries). */
+TEST(start_deaths_before_ready_are_not_charged_to_the_batch)
+{
+    NEEDS_PROCESSES("workers forked by the caller");
+    /* Worker 0 waits at the gate, so that the batch is sent to it, then
+     * dies, and so do its next three replacements (forks 2 to 4). */
+    ASSERT(gate_install_with(1, 0x1d, 0) == 0);
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long x = 21, y = 0;
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, NULL, &job, probe, 1, &y, &x));
+    ASSERT(pool->workers[0].nbatch == 1);
+    gate_let(1);
+    ASSERT_OK(pmap_job_wait(job, -1));
+    pmap_job_free(job);
+    ASSERT_EQ(y, 42);
+    ASSERT_EQ(pool_failures(pool, NULL), 0);
+    pool_destroy(pool);
+    ASSERT(gate_close() >= 5);
 }

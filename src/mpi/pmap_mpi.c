@@ -116,6 +116,7 @@ typedef struct chan {
     int loopfd;                 /* 0: the loop's copy of pidfd, the key */
     pmap__buf_t out;            /* bytes for ch.out not yet written */
     size_t out_at;
+    bool out_grown;             /* ch.out's pipe (pmap__pipe_fit) */
     bool in_eof;                /* ch.in said EOF: not read any more */
     bool shut;                  /* close ch.out once out is written */
     bool death;                 /* 0: DEATH came; signal once out is written */
@@ -437,6 +438,7 @@ static bool flush(chan_t *c)
 {
     bool any = false;
     while (c->ch.out >= 0 && c->out_at < c->out.len) {
+        pmap__pipe_fit(c->ch.out, c->out.len - c->out_at, &c->out_grown);
         ssize_t w = write(c->ch.out, c->out.data + c->out_at,
                           c->out.len - c->out_at);
         if (w < 0 && errno == EINTR)
