@@ -325,14 +325,14 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         return PMAP_ENOMEM;
     }
     /* Workers on this machine (forked here or by the fork server) inherit
-     * pmap_alloc's heap, held before the first fork, and the unwinder of
-     * their crash reports (loaded once; 0.14 ms here).  An in-process pool
-     * needs neither. */
+     * pmap_alloc's heap, held before the first fork; they, and those rank 0
+     * forks for PMAP_START_MPI, the unwinder of their crash reports
+     * (loaded once; 0.14 ms here).  An in-process pool needs neither. */
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
-    if (pool->holds_heap) {
+    if (pool->holds_heap)
         pool->heap = pmap__heap_hold();
+    if (!pool->in_process)
         pmap__crash_prepare();
-    }
     pool_open(pool);
     reserve(pool);
     int rc = start_workers(pool);
