@@ -664,6 +664,17 @@ static pool_t *map_through_the_gate(double start_timeout, double timeout,
     return pool;
 }
 
+/* Destroys pool and closes the gate: the workers forked through it go to
+ * *forked, and the pool's restarts are returned. */
+static uint64_t pool_and_gate_close(pool_t *pool, int *forked)
+{
+    pmap_stats_t total = {0};
+    pool_stats(pool, NULL, &total);
+    pool_destroy(pool);
+    *forked = gate_close();
+    return total.restarts;
+}
+
 /* Without a worker_init, nothing in a worker's start can fail: pool_create
  * returns once they are forked, and a map's batches wait in the channels
  * of workers that have not started yet. */
@@ -688,11 +699,9 @@ TEST(start_worker_dying_before_ready_hands_its_batches_on)
     long x = 21, y = 0;
     ASSERT_OK(pool_call(pool, probe, &y, x));   /* with its replacement */
     ASSERT_EQ(y, 42);
-    pmap_stats_t total;
-    ASSERT_OK(pool_stats(pool, NULL, &total));
-    ASSERT_EQ(total.restarts, 1);
-    pool_destroy(pool);
-    ASSERT_EQ(gate_close(), 3);
+    int forked;
+    ASSERT_EQ(pool_and_gate_close(pool, &forked), 1);
+    ASSERT_EQ(forked, 3);
 }
 
 /* A worker stuck before READY, holding its batches: it is killed at the
@@ -704,11 +713,9 @@ TEST(start_worker_stuck_before_ready_is_killed_and_its_batches_go_on)
     ASSERT(gate_install(GATE_HANG) == 0);
     pool_t *pool = map_through_the_gate(0.5 * test_slack(), 0, 0);
     ASSERT(pool != NULL);
-    pmap_stats_t total;
-    ASSERT_OK(pool_stats(pool, NULL, &total));
-    ASSERT(total.restarts >= 1);
-    pool_destroy(pool);
-    ASSERT(gate_close() >= 3);
+    int forked;
+    ASSERT(pool_and_gate_close(pool, &forked) >= 1);
+    ASSERT(forked >= 3);
 }
 
 /* A worker slow to start holds its batches longer than the map's timeout
@@ -722,11 +729,9 @@ TEST(start_slow_start_is_not_charged_to_the_items)
     pool_t *pool = map_through_the_gate(30 * test_slack(), timeout,
                                         3 * timeout);
     ASSERT(pool != NULL);
-    pmap_stats_t total;
-    ASSERT_OK(pool_stats(pool, NULL, &total));
-    ASSERT_EQ(total.restarts, 0);
-    pool_destroy(pool);
-    ASSERT_EQ(gate_close(), 2);
+    int forked;
+    ASSERT_EQ(pool_and_gate_close(pool, &forked), 0);
+    ASSERT_EQ(forked, 2);
 }
 
 /* Cancelling a map whose batches wait with workers still starting kills
