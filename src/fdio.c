@@ -225,16 +225,20 @@ int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs)
 }
 
 /*
- * Before a write of `pending` bytes to the pipe fd: the first time they are
- * more than a new pipe holds (64 KiB), grows it to PMAP__PIPE_BUFFER, room
+ * Before a write of iov[0, n) to the pipe fd: the first time it is more
+ * than a new pipe holds (64 KiB), grows it to PMAP__PIPE_BUFFER, room
  * for a large batch in flight (a pipe's 64 KiB halved the rate of tiny
  * items), and sets *grown.  When first needed rather than when the channel
  * is made: that was two fcntl calls a worker in every pool_create, and
  * pipe quota (the user's pipe-user-pages-soft) spent on pools that never
  * send that much.  The system may cap or refuse it, which is fine.
  */
-void pmap__pipe_fit(int fd, size_t pending, bool *grown)
+void pmap__pipe_fit(int fd, const struct iovec *iov, int n, bool *grown)
 {
+    size_t pending = 0;     /* counted only until it is grown: every
+                               write of a map comes here */
+    for (int i = 0; !*grown && i < n && pending <= PMAP__PIPE_NEW; i++)
+        pending += iov[i].iov_len;
     if (*grown || pending <= PMAP__PIPE_NEW)
         return;
     *grown = true;
@@ -243,14 +247,6 @@ void pmap__pipe_fit(int fd, size_t pending, bool *grown)
 #else
     (void)fd;
 #endif
-}
-
-size_t pmap__iov_bytes(const struct iovec *iov, int n)
-{
-    size_t sum = 0;
-    for (int i = 0; i < n; i++)
-        sum += iov[i].iov_len;
-    return sum;
 }
 
 /* Closes what c holds of a channel (keep, when it is ours, too). */

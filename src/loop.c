@@ -270,7 +270,7 @@ static void flush(pool_t *pool, pmap__worker_t *w)
     }
     while (w->pid > 0 && !pmap__outq_empty(&w->out)) {
         int n = pmap__outq_iov(&w->out, iov, pmap__iov_max());
-        pmap__pipe_fit(w->ch.out, pmap__iov_bytes(iov, n), &w->pipe_grown);
+        pmap__pipe_fit(w->ch.out, iov, n, &w->pipe_grown);
         ssize_t r = pmap__writev(w->ch.out, iov, n);
         if (r == -EAGAIN || r == -EWOULDBLOCK)
             return;

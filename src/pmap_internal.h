@@ -100,7 +100,7 @@ typedef struct pmap__channel {
 
 int pmap__channel_open(pmap__channel_t *ours, pmap__channel_t *theirs);
 void pmap__channel_close(pmap__channel_t *c);
-void pmap__pipe_fit(int fd, size_t pending, bool *grown);
+void pmap__pipe_fit(int fd, const struct iovec *iov, int n, bool *grown);
 int pmap__socket_pair(int fds[2], bool nonblocking);
 int pmap__wake_open(int wake[2]);
 void pmap__wake_send(const int wake[2]);
@@ -133,7 +133,6 @@ bool pmap__die_with_parent(pid_t parent, int status);
 void pmap__fork_prepare(sigset_t *old, bool all);
 int64_t pmap__now_ns(void);
 int pmap__iov_max(void);
-size_t pmap__iov_bytes(const struct iovec *iov, int n);
 
 #define PMAP__IOV 64    /* iovecs one send takes at most (pmap__iov_max) */
 

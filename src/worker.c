@@ -213,8 +213,7 @@ static void send_queued(void)
     struct iovec iov[PMAP__IOV];
     while (!pmap__outq_empty(&self.out)) {
         int n = pmap__outq_iov(&self.out, iov, pmap__iov_max());
-        pmap__pipe_fit(self.ch.out, pmap__iov_bytes(iov, n),
-                       &self.pipe_grown);
+        pmap__pipe_fit(self.ch.out, iov, n, &self.pipe_grown);
         ssize_t r = pmap__writev(self.ch.out, iov, n);
         if (r < 0)
             _exit(EXIT_DONE);   /* EPIPE (SIGPIPE ignored): the caller is

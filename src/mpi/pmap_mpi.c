@@ -438,7 +438,8 @@ static bool flush(chan_t *c)
 {
     bool any = false;
     while (c->ch.out >= 0 && c->out_at < c->out.len) {
-        pmap__pipe_fit(c->ch.out, c->out.len - c->out_at, &c->out_grown);
+        struct iovec left = {c->out.data + c->out_at, c->out.len - c->out_at};
+        pmap__pipe_fit(c->ch.out, &left, 1, &c->out_grown);
         ssize_t w = write(c->ch.out, c->out.data + c->out_at,
                           c->out.len - c->out_at);
         if (w < 0 && errno == EINTR)
