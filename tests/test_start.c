@@ -557,7 +557,8 @@ TEST(start_caller_handles_ctrl_c_by_cancelling)
  * A gate that the first `held` workers forked from here on wait at, before
  * anything of libpmap's runs in them (a pthread_atfork child handler), and
  * what the n-th worker forked does then: die if bit n of `die` is set,
- * hang if bit n of `hang` is.  The others pass.
+ * hang if bit n of `hang` is (stopped, then, if continued, in pause).  The
+ * others pass.
  */
 static struct {
     int fd[2];
@@ -576,6 +577,8 @@ static void at_gate(void)
         _exit(90);
     if (n < 64 && (gate.die >> n & 1))
         kill(getpid(), SIGKILL);
+    if (n < 64 && (gate.hang >> n & 1))
+        kill(getpid(), SIGSTOP);
     while (n < 64 && (gate.hang >> n & 1))
         pause();    /* every signal is blocked here: until SIGKILL */
 }
@@ -708,8 +711,8 @@ TEST(start_worker_dying_before_ready_hands_its_batches_on)
     ASSERT_EQ(forked, 3);
 }
 
-/* A worker stuck before READY, holding its batches: it is killed at the
- * start timeout and its batches go on; the map does not wait for it
+/* A worker stuck before READY (stopped), holding its batches: it is killed
+ * at the start timeout and its batches go on; the map does not wait for it
  * longer than that. */
 TEST(start_worker_stuck_before_ready_is_killed_and_its_batches_go_on)
 {
