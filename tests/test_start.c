@@ -14,6 +14,7 @@
 
 #include "pmap_internal.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -554,16 +555,15 @@ TEST(start_caller_handles_ctrl_c_by_cancelling)
 /* ---- without worker_init: work before READY ------------------------------ */
 
 /*
- * A gate that the first `held` workers forked from here on wait at, before
- * anything of libpmap's runs in them (a pthread_atfork child handler), and
- * what the n-th worker forked does then: die if bit n of `die` is set,
+ * A gate that the n-th worker forked from here on waits at if bit n of
+ * `wait` is set, before anything of libpmap's runs in it (a pthread_atfork
+ * child handler), and what it does then: die if bit n of `die` is set,
  * hang if bit n of `hang` is (stopped, then, if continued, in pause).  The
  * others pass.
  */
 static struct {
     int fd[2];
-    int held;
-    uint64_t die, hang;
+    uint64_t wait, die, hang;
     atomic_int *forked;     /* shared with the children */
 } gate;
 
@@ -573,7 +573,7 @@ static void at_gate(void)
 {
     int n = atomic_fetch_add(gate.forked, 1);
     char c;
-    if (n < gate.held && read(gate.fd[0], &c, 1) != 1)
+    if (n < 64 && (gate.wait >> n & 1) && read(gate.fd[0], &c, 1) != 1)
         _exit(90);
     if (n < 64 && (gate.die >> n & 1))
         kill(getpid(), SIGKILL);
@@ -583,16 +583,16 @@ static void at_gate(void)
         pause();    /* every signal is blocked here: until SIGKILL */
 }
 
-/* Holds the first `waiting` workers forked from here on; those whose bits
- * are set in `die` or `hang` then do so. */
-static int gate_install_with(int waiting, uint64_t die, uint64_t hang)
+/* Holds the workers forked from here on whose bits are set in `wait`;
+ * those whose bits are set in `die` or `hang` then do so. */
+static int gate_install_with(uint64_t wait, uint64_t die, uint64_t hang)
 {
     gate.forked = mmap(NULL, sizeof *gate.forked, PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (gate.forked == MAP_FAILED || pipe(gate.fd) < 0)
         return -1;
     atomic_init(gate.forked, 0);
-    gate.held = waiting;
+    gate.wait = wait;
     gate.die = die;
     gate.hang = hang;
     static bool registered;     /* once: handlers cannot be removed */
@@ -604,7 +604,7 @@ static int gate_install_with(int waiting, uint64_t die, uint64_t hang)
 
 static int gate_install(int first)
 {
-    return gate_install_with(2, first == GATE_DIE, first == GATE_HANG);
+    return gate_install_with(0x3, first == GATE_DIE, first == GATE_HANG);
 }
 
 /* Lets n held workers through. */
@@ -747,7 +747,7 @@ TEST(start_slow_start_is_not_charged_to_the_items)
 TEST(start_cancel_while_workers_start_leaves_the_pool_usable)
 {
     NEEDS_PROCESSES("workers forked by the caller");
-    ASSERT(gate_install_with(1000, 0, 0) == 0);     /* every worker waits */
+    ASSERT(gate_install_with(UINT64_MAX, 0, 0) == 0);   /* all wait */
     pool_options_t po = {.workers = 4, .start = PMAP_START_FORK,
                          .start_timeout = 30 * test_slack()};
     pool_t *pool;
@@ -761,7 +761,7 @@ TEST(start_cancel_while_workers_start_leaves_the_pool_usable)
     pmap_job_cancel(job);
     ASSERT_EQ(pmap_job_wait(job, -1), PMAP_ECANCELED);
     pmap_job_free(job);
-    gate_let(1000);
+    gate_let(64);
     ASSERT_OK(pool_map(pool, probe, 100, out, xs));
     for (int i = 0; i < 100; i++)
         ASSERT_EQ(out[i], 2 * xs[i]);
@@ -772,31 +772,49 @@ TEST(start_cancel_while_workers_start_leaves_the_pool_usable)
 /* A batch whose workers keep dying before their READY, never having read
  * it, is not to blame: it goes on to a worker that starts, and its item
  * does not fail (a batch that kills workers fails after four tries). */
+/* Runs pool's loop as a program's own loop would (pool_fd, pool_poll)
+ * until worker slot 0 holds a batch in a process other than `before`:
+ * returns that process, or -1 if a map ended first. */
+static pid_t slot0_takes_a_batch(pool_t *pool, pid_t before)
+{
+    for (double wake = 0;;) {
+        const pmap__worker_t *w = &pool->workers[0];
+        if (w->pid > 0 && w->pid != before && w->nbatch > 0)
+            return w->pid;
+        struct pollfd ready = {.fd = pool_fd(pool), .events = POLLIN};
+        if (poll(&ready, 1, wake < 0 ? -1 : (int)(wake * 1000) + 1) < 0 ||
+            pool_poll(pool, &wake) != 0)
+            return -1;
+    }
+}
+
 TEST(start_deaths_before_ready_are_not_charged_to_the_batch)
 {
     NEEDS_PROCESSES("workers forked by the caller");
-    /* Worker 0 waits at the gate, so that the batch is sent to it, then
-     * dies, and so do its next three replacements (forks 2 to 4), each
-     * given the batch again.  A round where the loop gave it to worker 1
-     * sooner (a loaded machine) proves less: up to five rounds, until
-     * one has seen all four deaths. */
-    int forked = 0;
-    for (int round = 0; round < 5 && forked < 5; round++) {
-        ASSERT(gate_install_with(1, 0x1d, 0) == 0);
-        pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
-        pool_t *pool;
-        ASSERT_OK(pool_create_with(&pool, &po));
-        long x = 21, y = 0;
-        pmap_job_t *job;
-        ASSERT_OK(pool_map_async(pool, NULL, &job, probe, 1, &y, &x));
-        ASSERT(pool->workers[0].nbatch == 1);
+    /* Forks 0, 2, 3 and 4 wait at the gate, then die: worker 0 and its
+     * next three replacements, each let through once the batch is in its
+     * channel (the loop refills a slot before it hands out work, as long
+     * as starts have not failed more than three times in a row).  Fork 1,
+     * worker 1, is sound: the batch goes to it after the fourth death,
+     * which would have been one attempt too many had each death counted. */
+    ASSERT(gate_install_with(0x1d, 0x1d, 0) == 0);
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    long x = 21, y = 0;
+    pmap_job_t *job;
+    ASSERT_OK(pool_map_async(pool, NULL, &job, probe, 1, &y, &x));
+    pid_t holder = 0;
+    for (int death = 0; death < 4; death++) {
+        holder = slot0_takes_a_batch(pool, holder);
+        ASSERT(holder > 0);
+        ASSERT_EQ(pool->workers[1].nbatch, 0);
         gate_let(1);
-        ASSERT_OK(pmap_job_wait(job, -1));
-        pmap_job_free(job);
-        ASSERT_EQ(y, 42);
-        ASSERT_EQ(pool_failures(pool, NULL), 0);
-        pool_destroy(pool);
-        forked = gate_close();
     }
-    ASSERT(forked >= 5);
+    ASSERT_OK(pmap_job_wait(job, -1));
+    pmap_job_free(job);
+    ASSERT_EQ(y, 42);
+    ASSERT_EQ(pool_failures(pool, NULL), 0);
+    pool_destroy(pool);
+    ASSERT(gate_close() >= 5);
 }
