@@ -824,8 +824,8 @@ typedef struct pmap_stats {
     uint64_t items;         /* items finished (results stored or failed) */
     uint64_t failed;        /* items failed */
     uint64_t batches;       /* batches sent to workers */
-    uint64_t bytes_sent;    /* bytes written to workers */
-    uint64_t bytes_received;/* bytes read from workers */
+    uint64_t bytes_sent;    /* bytes written to workers' channels */
+    uint64_t bytes_received;/* bytes read from their channels */
     uint64_t busy_ns;       /* time workers spent running items */
     uint64_t wall_ns;       /* from the start to the end of each map */
     uint64_t restarts;      /* workers replaced (died or recycled) */

@@ -366,9 +366,12 @@ static double item_bytes(pool_t *pool, pmap_job_t *job, size_t i)
 {
     const pmap__fn_t *fn = job->fn;
     if (job->sent_items > 0) {
-        double b = (double)job->stats.bytes_sent / (double)job->sent_items;
+        /* Fixed-size values in shared memory count as moved: their pages
+         * are touched like a buffer's. */
+        double b = (double)(job->stats.bytes_sent + job->shared_values) /
+                   (double)job->sent_items;
         if (job->busy_items > 0)
-            b += (double)job->stats.bytes_received /
+            b += (double)(job->stats.bytes_received + job->shared_results) /
                  (double)job->busy_items;
         return b > 1 ? b : 1;
     }
@@ -620,17 +623,30 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     pmap__outq_u64(q, r.count);
     unsigned slot = w->next_slot++ % 2;
     pmap__outq_u64(q, slot);
+    size_t in_region_at = q->scratch.len;  /* filled in below */
+    pmap__outq_u64(q, 0);
+    pmap__outq_u64(q, 0);
     pmap__region_t shared = pmap__arena_slot(w->arena, w->private,
                                              slot, false);
     if (pool->heap && shared.base != NULL)  /* not private: reads the heap */
         shared.heap_find = pmap__heap_find;
+    uint64_t in_region = 0;
     for (int k = 0; k < job->fn->nparams; k++) {
         if (job->constants >> k & 1)
             continue;
-        size_t size = job->fn->params[k].size;
-        pmap__column_encode(q, job->fn->params[k], pmap__input(job, k, r.first),
-                            size, r.count, &shared);
+        pmap__type_t type = job->fn->params[k];
+        const unsigned char *column = pmap__input(job, k, r.first);
+        if (pmap__column_share(q, type, column, type.size, r.count,
+                               &shared)) {
+            in_region |= (uint64_t)1 << k;
+            job->shared_values += r.count * type.size;
+        } else {
+            pmap__column_encode(q, type, column, type.size, r.count,
+                                &shared);
+        }
     }
+    if (q->error == 0)
+        memcpy(q->scratch.data + in_region_at, &in_region, sizeof in_region);
     pmap__outq_end(q, frame);
     job->stats.bytes_sent += q->total - queued;
     job->shared_sent += shared.used;
@@ -792,6 +808,8 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     job->inflight--;
     job->busy_items += r.count;
     job->stats.bytes_received += len;
+    if (shared.base != NULL && res.column.base == shared.base)
+        job->shared_results += r.count * fn->result.size;
     job->stats.busy_ns += res.busy_ns;
     w->stats.busy_ns += res.busy_ns;
     w->stats.items += r.count;

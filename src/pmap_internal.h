@@ -235,8 +235,16 @@ typedef struct pmap__region {
 
 #define PMAP__SHARED_FLAG ((uint64_t)1 << 62) /* length: data is shared */
 #define PMAP__SHARED_MIN (64u << 10)    /* smallest item put there */
+#define PMAP__VALUES_SHARED_MIN (16u << 10) /* smallest column of values */
 #define PMAP__HEAP_MIN 4096u    /* smallest item of pmap_alloc referenced */
 
+bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
+                        const unsigned char *base, size_t stride,
+                        size_t count, pmap__region_t *shared);
+int pmap__column_shared_decode(const unsigned char *p, size_t avail,
+                               pmap__type_t type, size_t count,
+                               const pmap__region_t *shared,
+                               pmap__column_t *col, size_t *used);
 size_t pmap__column_encode(pmap__outq_t *q, pmap__type_t type,
                            const unsigned char *base, size_t stride,
                            size_t count, pmap__region_t *shared);
@@ -266,6 +274,12 @@ typedef struct pmap__failure_record {
     const char *message;        /* not NUL-terminated */
     size_t length;
 } pmap__failure_record_t;
+
+/* A RESULT payload's first words (see pmap__result_decode), and where its
+ * column is. */
+#define PMAP__RESULT_META (6 * sizeof(uint64_t))
+#define PMAP__TASK_META (6 * sizeof(uint64_t))     /* see worker.c */
+enum { PMAP__COLUMN_IN_FRAME = 0, PMAP__COLUMN_IN_REGION = 1 };
 
 int pmap__result_decode(const unsigned char *p, size_t len,
                         pmap__type_t type, uint64_t first, uint64_t count,
@@ -676,7 +690,11 @@ struct pmap_job {
     uint64_t sent_items;        /* items in stats.bytes_sent */
     uint64_t shared_sent;       /* ...and the bytes of theirs copied into
                                    the workers' shared memory instead */
-    uint64_t busy_items;        /* items in stats.busy_ns, bytes_received */
+    uint64_t shared_values;     /* ...of which fixed-size arguments */
+    uint64_t busy_items;        /* items in stats.busy_ns, bytes_received
+                                   and shared_results */
+    uint64_t shared_results;    /* bytes of results read from the workers'
+                                   shared memory */
     int64_t start_ns;
     int64_t progress_ns;        /* last progress callback */
     pmap__buf_t scratch;        /* for decoding variable results */

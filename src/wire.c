@@ -676,6 +676,59 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
     return 0;
 }
 
+/*
+ * Copies count fixed-size values, read from base + i * stride, into the
+ * shared region if they are PMAP__VALUES_SHARED_MIN bytes or more and it
+ * has room, and queues their place instead of them: u64 offset | u64
+ * bytes.  Both sides then copy them once in user space, where through a
+ * pipe each copy also took a page of the pipe's, and the worker reads
+ * them in place.  Returns whether it did.
+ */
+bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
+                        const unsigned char *base, size_t stride,
+                        size_t count, pmap__region_t *shared)
+{
+    if (kind_is_variable(type.kind) || type.size == 0 ||
+        count > SIZE_MAX / type.size)
+        return false;
+    size_t bytes = count * type.size;
+    if (bytes < PMAP__VALUES_SHARED_MIN || shared == NULL ||
+        bytes > shared->size - shared->used)
+        return false;
+    unsigned char *at = shared->base + shared->used;
+    if (stride == type.size) {
+        memcpy(at, base, bytes);
+    } else {
+        for (size_t i = 0; i < count; i++)
+            memcpy(at + i * type.size, base + i * stride, type.size);
+    }
+    pmap__outq_u64(q, shared->used);
+    pmap__outq_u64(q, bytes);
+    shared->used += pmap__pad(bytes);
+    return true;
+}
+
+/* Decodes the place pmap__column_share queued, at p (avail bytes), into
+ * col: count values of type in the region.  Stores the bytes consumed in
+ * *used.  Returns 0 or PMAP_EPROTO. */
+int pmap__column_shared_decode(const unsigned char *p, size_t avail,
+                               pmap__type_t type, size_t count,
+                               const pmap__region_t *shared,
+                               pmap__column_t *col, size_t *used)
+{
+    if (avail < 2 * sizeof(uint64_t) || kind_is_variable(type.kind) ||
+        shared == NULL || shared->base == NULL)
+        return PMAP_EPROTO;
+    uint64_t offset = pmap__get_u64(p), bytes = pmap__get_u64(p + 8);
+    if (type.size == 0 || count > SIZE_MAX / type.size ||
+        bytes != count * type.size || offset % PMAP__ALIGN != 0 ||
+        offset > shared->size || bytes > shared->size - offset)
+        return PMAP_EPROTO;
+    *col = (pmap__column_t){shared->base + offset, type.size, NULL};
+    *used = 2 * sizeof(uint64_t);
+    return 0;
+}
+
 /* ---- results ----------------------------------------------------------- */
 
 /* Bytes of a failure record: u64 index | i64 code | u64 length | text. */
@@ -686,10 +739,12 @@ static size_t record_size(uint64_t msglen)
 
 /*
  * Decodes a RESULT payload that must answer items [first, first + count):
- *   u64 first | u64 count | u64 busy ns | u64 failures | result column |
- *   failure records (for items of the batch, in increasing order, text <=
- *   512 bytes) | for a logged map (timed), u64 start ns, u64 end ns per
- *   item.
+ *   u64 first | u64 count | u64 busy ns | u64 failures | u64 where the
+ *   column is (PMAP__COLUMN_IN_FRAME, or PMAP__COLUMN_IN_REGION: the first
+ *   bytes of the batch's result region, shared) | u64 0 | result column
+ *   (none if in the region) | failure records (for items of the batch, in
+ *   increasing order, text <= 512 bytes) | for a logged map (timed), u64
+ *   start ns, u64 end ns per item.
  * scratch holds pmap__column_scratch(type, count) bytes.  Returns 0, or
  * PMAP_EPROTO if any part is inconsistent or runs past len.
  */
@@ -698,16 +753,26 @@ int pmap__result_decode(const unsigned char *p, size_t len,
                         bool timed, void *scratch, pmap__result_t *r,
                         const pmap__region_t *shared)
 {
-    size_t off = 4 * sizeof(uint64_t), used;
+    size_t off = PMAP__RESULT_META, used = 0;
     if (len < off || pmap__get_u64(p) != first ||
-        pmap__get_u64(p + 8) != count || count > SIZE_MAX)
+        pmap__get_u64(p + 8) != count || count > SIZE_MAX ||
+        pmap__get_u64(p + 40) != 0)
         return PMAP_EPROTO;
     r->busy_ns = pmap__get_u64(p + 16);
     r->nfailed = pmap__get_u64(p + 24);
-    if (r->nfailed > count ||
-        pmap__column_decode(p + off, len - off, type, (size_t)count,
-                            scratch, &r->column, &used, shared) < 0)
+    uint64_t where = pmap__get_u64(p + 32);
+    if (r->nfailed > count || where > PMAP__COLUMN_IN_REGION)
         return PMAP_EPROTO;
+    if (where == PMAP__COLUMN_IN_REGION) {
+        if (kind_is_variable(type.kind) || shared == NULL ||
+            shared->base == NULL || type.size == 0 ||
+            count > shared->size / type.size)
+            return PMAP_EPROTO;
+        r->column = (pmap__column_t){shared->base, type.size, NULL};
+    } else if (pmap__column_decode(p + off, len - off, type, (size_t)count,
+                                   scratch, &r->column, &used, shared) < 0) {
+        return PMAP_EPROTO;
+    }
     off += used;
     r->failures = p + off;
     uint64_t least = first;     /* records come in item order, once each */
@@ -824,7 +889,7 @@ uint64_t pmap__result_bound(pmap__type_t type, uint64_t count)
 {
     if (type.kind != PMAP__VALUE || count > SIZE_MAX / 1024 / type.size)
         return UINT64_MAX;
-    return 4 * sizeof(uint64_t) + pmap__pad((size_t)count * type.size) +
+    return PMAP__RESULT_META + pmap__pad((size_t)count * type.size) +
            count * (record_size(PMAP__MESSAGE_MAX) + 2 * sizeof(uint64_t));
 }
 

@@ -68,6 +68,8 @@ static struct {
     pmap__outq_t out;
     worker_map_t *maps;
     pmap__buf_t results;        /* one batch's results */
+    unsigned char *result_column;   /* ...there, or in the batch's result
+                                       region (pmap__column_share) */
     pmap__buf_t scratch;        /* one batch's decoded variable arguments */
     pmap__buf_t failures;       /* one batch's failure records */
     pmap__buf_t timing;         /* logged maps: a batch's item times */
@@ -401,7 +403,10 @@ static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
     unsigned char *scratch = pmap__buf_append(&self.scratch, need);
     if (scratch == NULL)
         broken();
-    size_t off = 4 * sizeof(uint64_t);
+    uint64_t in_region = pmap__get_u64(p + 32);
+    if (pmap__get_u64(p + 40) != 0 || in_region >> fn->nparams != 0)
+        return false;
+    size_t off = PMAP__TASK_META;
     for (int k = 0; k < fn->nparams; k++) {
         if (m->constants >> k & 1) {
             col[k] = m->column[k];
@@ -409,9 +414,13 @@ static bool decode_arguments(const worker_map_t *m, const unsigned char *p,
         }
         size_t used;
         pmap__type_t t = fn->params[k];
-        if (off > len || pmap__column_decode(p + off, len - off, t, count,
-                                             scratch, &col[k], &used,
-                                             shared) < 0)
+        int rc = off > len ? PMAP_EPROTO
+                 : in_region >> k & 1
+                     ? pmap__column_shared_decode(p + off, len - off, t, count,
+                                                  shared, &col[k], &used)
+                     : pmap__column_decode(p + off, len - off, t, count,
+                                           scratch, &col[k], &used, shared);
+        if (rc < 0)
             return false;
         scratch += pmap__column_scratch(t, count);
         off += used;
@@ -698,7 +707,7 @@ static uint64_t run_plain(const pmap__fn_t *fn, uint64_t first, size_t count,
     for (size_t j = 0; j < count;) {
         for (int k = 0; k < fn->nparams; k++)
             at[k] = argv[k] + j * stride[k];
-        unsigned char *result = self.results.data + j * result_size;
+        unsigned char *result = self.result_column + j * result_size;
         size_t ran = fn->run(result, (void *const *)at, stride, count - j,
                              first + j, (void *)&self.slot->item,
                              (const volatile unsigned char *)&self.failed);
@@ -723,7 +732,7 @@ static uint64_t call_plain(const pmap__fn_t *fn, uint64_t first,
     void (*call)(void *, void *const *) = fn->call;
     int nparams = fn->nparams;
     size_t result_size = fn->result.size;
-    unsigned char *result = self.results.data;
+    unsigned char *result = self.result_column;
     uint64_t nfailed = 0;
     /* Looking at stdio after every item costs a tiny item a sixth of its
      * time: a worker does it once its callbacks have written something
@@ -758,7 +767,7 @@ static uint64_t call_items(const worker_map_t *m, uint64_t first,
     void (*call)(void *, void *const *) = fn->call;
     int nparams = fn->nparams;
     size_t result_size = fn->result.size;
-    unsigned char *argv[PMAP_MAX_ARGS], *result = self.results.data;
+    unsigned char *argv[PMAP_MAX_ARGS], *result = self.result_column;
     size_t stride[PMAP_MAX_ARGS];
     for (int k = 0; k < nparams; k++) {
         argv[k] = (unsigned char *)col[k].base;
@@ -844,14 +853,16 @@ static void send_outputs(uint32_t id)
 
 /*
  * TASK payload: u64 function id | u64 first item | u64 count | u64 arena
- * slot | one column per parameter that is not a constant.  Answered by RESULT:
- * u64 first | u64 count | u64 busy ns | u64 failures | result column |
- * failure records | logged maps: u64 start ns, u64 end ns per item.
+ * slot | u64 the parameters whose columns are in the slot's argument
+ * region (bit k: parameter k's; pmap__column_share) | u64 0 | one column
+ * per parameter that is not a constant.  Answered by RESULT (see
+ * pmap__result_decode), whose fixed-size results are written straight
+ * into the slot's result region when they are many enough and fit.
  */
 static void run_task(uint32_t id, const unsigned char *p, size_t len)
 {
     worker_map_t *m = find_map(id);
-    if (m == NULL || len < 4 * sizeof(uint64_t))
+    if (m == NULL || len < PMAP__TASK_META)
         broken();
     if (m->error != 0) {
         send_map_error(id, m->error);
@@ -874,12 +885,20 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
         send_map_error(id, PMAP_EPROTO);
         return;
     }
+    size_t bytes = (size_t)count * fn->result.size;
+    uint64_t where = fn->result.kind == PMAP__VALUE &&
+                             bytes >= PMAP__VALUES_SHARED_MIN &&
+                             bytes <= results_area.size
+                         ? PMAP__COLUMN_IN_REGION
+                         : PMAP__COLUMN_IN_FRAME;
     self.results.len = 0;
-    unsigned char *results =
-        pmap__buf_append(&self.results, (size_t)count * fn->result.size);
+    unsigned char *results = where == PMAP__COLUMN_IN_REGION
+                                 ? results_area.base
+                                 : pmap__buf_append(&self.results, bytes);
     if (results == NULL)
         broken();
-    memset(results, 0, (size_t)count * fn->result.size);
+    memset(results, 0, bytes);
+    self.result_column = results;
     bool encoded = fn->result.kind == PMAP__CODEC;
     if (encoded && prepare_blobs((size_t)count) < 0)
         broken();
@@ -912,8 +931,11 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__outq_u64(&self.out, count);
     pmap__outq_u64(&self.out, busy);
     pmap__outq_u64(&self.out, nfailed);
-    pmap__column_encode(&self.out, result_type, results, result_type.size,
-                        (size_t)count, &results_area);
+    pmap__outq_u64(&self.out, where);
+    pmap__outq_u64(&self.out, 0);
+    if (where == PMAP__COLUMN_IN_FRAME)
+        pmap__column_encode(&self.out, result_type, results, result_type.size,
+                            (size_t)count, &results_area);
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
     pmap__outq_add(&self.out, self.timing.data, self.timing.len);
     pmap__outq_end(&self.out, frame);

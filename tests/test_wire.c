@@ -119,6 +119,163 @@ TEST(wire_value_column_limits)
               PMAP_EPROTO);
 }
 
+/* A column of values in a shared region is a record, offset | bytes, that
+ * must lie in the region, aligned, and hold exactly the column. */
+TEST(wire_shared_value_column_limits)
+{
+    static unsigned char room[1 << 16] __attribute__((aligned(16)));
+    pmap__region_t region = {.base = room, .size = sizeof room};
+    pmap__type_t t = {.kind = PMAP__VALUE, .size = sizeof(int)};
+    enum { N = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)) };
+    static int values[N];
+    for (int i = 0; i < N; i++)
+        values[i] = 3 * i;
+    pmap__outq_t q = {0};
+    ASSERT(!pmap__column_share(&q, t, (const unsigned char *)values,
+                               sizeof(int), N - 1, &region));  /* small */
+    ASSERT(pmap__column_share(&q, t, (const unsigned char *)values,
+                              sizeof(int), N, &region));
+    ASSERT_EQ(region.used, sizeof values);
+    static unsigned char flat[64] __attribute__((aligned(16)));
+    ASSERT_EQ(flatten(&q, flat, sizeof flat), 16);
+    pmap__column_t col;
+    size_t used;
+    ASSERT_OK(pmap__column_shared_decode(flat, 16, t, N, &region, &col,
+                                         &used));
+    ASSERT_EQ(used, 16);
+    ASSERT(col.base == room);
+    ASSERT_EQ(memcmp(col.base, values, sizeof values), 0);
+    static const struct {
+        uint64_t offset, bytes;
+        size_t count;
+    } bad[] = {
+        {0, sizeof values, N + 1},          /* not the column's size */
+        {8, sizeof values, N},              /* not aligned */
+        {sizeof room, 16, 4},               /* past the region */
+        {sizeof room - 16, 32, 8},          /* runs past it */
+        {UINT64_MAX - 15, 16, 4},           /* wraps */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        uint64_t record[2] = {bad[i].offset, bad[i].bytes};
+        ASSERT_EQ(pmap__column_shared_decode((unsigned char *)record, 16, t,
+                                             bad[i].count, &region, &col,
+                                             &used),
+                  PMAP_EPROTO);
+    }
+    ASSERT_EQ(pmap__column_shared_decode(flat, 8, t, N, &region, &col, &used),
+              PMAP_EPROTO);                 /* truncated */
+    ASSERT_EQ(pmap__column_shared_decode(flat, 16, t, N, NULL, &col, &used),
+              PMAP_EPROTO);                 /* no region: remote */
+    pmap__type_t s = {.kind = PMAP__STRING, .size = sizeof(char *)};
+    ASSERT_EQ(pmap__column_shared_decode(flat, 16, s, N, &region, &col,
+                                         &used),
+              PMAP_EPROTO);                 /* only fixed-size values */
+    pmap__outq_free(&q);
+}
+
+/* A RESULT says where its column is: in the frame, or in the batch's
+ * result region, which only a column of fixed-size values may be, and
+ * then only one that fits there. */
+TEST(wire_result_column_in_the_region)
+{
+    static unsigned char room[4096] __attribute__((aligned(16)));
+    pmap__region_t region = {.base = room, .size = sizeof room};
+    pmap__type_t t = {.kind = PMAP__VALUE, .size = sizeof(int)};
+    pmap__type_t s = {.kind = PMAP__STRING, .size = sizeof(char *)};
+    static const struct {
+        uint64_t count, where, reserved;
+        bool strings, ok;
+    } cases[] = {
+        {4, PMAP__COLUMN_IN_REGION, 0, false, true},
+        {1024, PMAP__COLUMN_IN_REGION, 0, false, true},     /* just fits */
+        {1025, PMAP__COLUMN_IN_REGION, 0, false, false},
+        {4, PMAP__COLUMN_IN_REGION, 0, true, false},
+        {4, 2, 0, false, false},
+        {4, PMAP__COLUMN_IN_REGION, 1, false, false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint64_t p[6] = {0, cases[i].count, 0, 0, cases[i].where,
+                         cases[i].reserved};
+        pmap__result_t r;
+        int rc = pmap__result_decode((unsigned char *)p, sizeof p,
+                                     cases[i].strings ? s : t, 0,
+                                     cases[i].count, false, NULL, &r,
+                                     &region);
+        ASSERT_EQ(rc, cases[i].ok ? 0 : PMAP_EPROTO);
+        if (cases[i].ok)
+            ASSERT(r.column.base == room);
+    }
+    uint64_t p[6] = {0, 4, 0, 0, PMAP__COLUMN_IN_REGION, 0};
+    pmap__result_t r;
+    ASSERT_EQ(pmap__result_decode((unsigned char *)p, sizeof p, t, 0, 4,
+                                  false, NULL, &r, NULL),
+              PMAP_EPROTO);                 /* no region */
+}
+
+static int tenth_fails(int x, int y)
+{
+    if (x == 70001)
+        abort();        /* once: the item is not run again */
+    if (x % 1000 == 0)
+        pmap_fail(x, "round: %d", x);
+    return x + y;
+}
+PMAP_EXPORT(tenth_fails, int, int, int);
+
+/* Columns of fixed-size values large enough go through the workers'
+ * shared regions, both ways, with failures and a crash among them: every
+ * other result is right, with workers forked and from the fork server. */
+static void values_through_shared_memory(int start)
+{
+    enum { M = 100000 };
+    int *xs = malloc(M * sizeof *xs), *ys = malloc(M * sizeof *ys);
+    int *out = malloc(M * sizeof *out);
+    ASSERT(xs != NULL && ys != NULL && out != NULL);
+    for (int i = 0; i < M; i++) {
+        xs[i] = i;
+        ys[i] = 7 * i;
+        out[i] = -1;
+    }
+    pool_t *pool = test_pool((pool_options_t){.workers = 2, .start = start});
+    pool_map_options_t big = {.chunk = 8192};  /* 32 KiB columns */
+    for (int pass = 0; pass < 2; pass++) {     /* batches of 8192, then any */
+        ASSERT_EQ(pool_map_with(pool, pass == 0 ? &big : NULL, tenth_fails, M,
+                                out, xs, ys),
+                  M / 1000 + 1);
+        const pmap_failure_t *f;
+        ASSERT_EQ(pool_failures(pool, &f), M / 1000 + 1);
+        for (int i = 0, k = 0; i < M; i++) {
+            bool failed = i % 1000 == 0 || i == 70001;
+            ASSERT_EQ(out[i], failed ? 0 : 8 * i);
+            if (failed) {
+                ASSERT_EQ(f[k].index, (size_t)i);
+                ASSERT_EQ(f[k].error, i == 70001 ? PMAP_ECRASH : PMAP_EFAIL);
+                k++;
+            }
+        }
+    }
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, NULL, &st));
+    /* Most of the 2 x 12 bytes an item moved, both passes, were not in
+     * the frames (the small batches at a map's end and around the crash
+     * are). */
+    ASSERT(st.bytes_sent + st.bytes_received < (uint64_t)M * 12 * 2 / 2);
+    test_pool_end(pool, start);
+    free(xs);
+    free(ys);
+    free(out);
+}
+
+TEST(wire_values_through_shared_memory_fork)
+{
+    values_through_shared_memory(PMAP_START_FORK);
+}
+
+TEST(wire_values_through_shared_memory_server)
+{
+    values_through_shared_memory(PMAP_START_SERVER);
+}
+
 TEST(wire_reader_takes_frames_split_anywhere)
 {
     int p[2];
@@ -219,6 +376,8 @@ TEST(wire_result_failures_must_be_in_order)
         pmap__outq_u64(&q, 4);      /* count */
         pmap__outq_u64(&q, 0);      /* busy */
         pmap__outq_u64(&q, 2);      /* failures */
+        pmap__outq_u64(&q, PMAP__COLUMN_IN_FRAME);
+        pmap__outq_u64(&q, 0);
         pmap__column_encode(&q, t, (const unsigned char *)values, sizeof(int),
                             4, NULL);
         uint64_t a[3] = {order ? 12u : 11u, 1, 0}, b[3] = {11, 1, 0};
@@ -285,7 +444,9 @@ TEST(wire_pipes_grow_when_first_needed)
     pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
     pool_t *pool;
     ASSERT_OK(pool_create_with(&pool, &po));
-    size_t n = (size_t)2 * PMAP__PIPE_BUFFER / sizeof(long);
+    /* Columns too large for the worker's shared regions travel in the
+     * frames (pmap__column_share). */
+    size_t n = (size_t)2 * PMAP__SLOT_SIZE / sizeof(long);
     long *xs = malloc(n * sizeof *xs), *out = malloc(n * sizeof *out);
     ASSERT(xs != NULL && out != NULL);
     for (size_t i = 0; i < n; i++)

@@ -31,6 +31,8 @@ static void result(pmap__outq_t *q, pmap__type_t t, const void *values)
     pmap__outq_u64(q, 3);
     pmap__outq_u64(q, 1000);
     pmap__outq_u64(q, 1);
+    pmap__outq_u64(q, PMAP__COLUMN_IN_FRAME);
+    pmap__outq_u64(q, 0);
     pmap__column_encode(q, t, values, t.size, 3, NULL);
     uint64_t record[3] = {6, (uint64_t)-7, 5};
     pmap__outq_copy(q, record, sizeof record);
