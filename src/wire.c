@@ -680,9 +680,9 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
  * Copies count fixed-size values, read from base + i * stride, into the
  * shared region if they are PMAP__VALUES_SHARED_MIN bytes or more and it
  * has room, and queues their place instead of them: u64 offset | u64
- * bytes.  Both sides then copy them once in user space, where through a
- * pipe each copy also took a page of the pipe's, and the worker reads
- * them in place.  Returns whether it did.
+ * bytes.  The worker reads them there in place: through a pipe the kernel
+ * copied them twice, and allocated and freed a page of the pipe's for
+ * every 4 KiB.  Returns whether it did.
  */
 bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
                         const unsigned char *base, size_t stride,

@@ -4,7 +4,9 @@
  *
  * Pools of both start methods run random maps of every form (arrays of one
  * to three arguments with a constant and strings; a producer with results
- * to a callback; a map in the background; a single call) while faults
+ * to a callback; a map in the background; a single call), a fifth of them
+ * large enough that their columns go through the workers' shared memory,
+ * while faults
  * strike: items crash, exit, loop, stop themselves, fail on purpose, or
  * crash leaving a helper process on their channel; a thread kills or stops
  * workers and the fork server, or cancels the map, at a random time;
@@ -36,7 +38,10 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { NMAX = 400, NPOOLS = 4, MARGIN_S = 10, RSS_BOUND_MIB = 64 };
+enum { NMAX = 4096, NPOOLS = 4, MARGIN_S = 10, RSS_BOUND_MIB = 64 };
+enum { NSMALL = 400, NLARGE = 2048 };   /* a large map's columns, and its
+                                           batches', go through the workers'
+                                           shared memory */
 
 /* Every fault: in an item (its code travels in the item's input), from the
  * fault thread during a map (O_), or between maps (E_). */
@@ -501,8 +506,10 @@ static bool between_maps(struct map *m)
 static void plan_items(struct map *m, bool timed)
 {
     for (size_t i = 0; i < m->n; i++) {
-        m->x[i] = pick(0, 1000000) << 5 |
-                  (m->outside || chance(0.05) ? SLOW : 0);
+        bool slow = m->n >= NLARGE ? (m->outside && i % 64 == 0) ||
+                                         chance(0.001)
+                                   : m->outside || chance(0.05);
+        m->x[i] = pick(0, 1000000) << 5 | (slow ? SLOW : 0);
         m->k[i] = pick(-1000, 1000);
         snprintf(m->text[i], sizeof m->text[i], "i%zu-%ld", i, pick(0, 99999));
         m->s[i] = chance(0.1) ? NULL : m->text[i];
@@ -555,11 +562,15 @@ static void plan_map(struct map *m, bool force_timed)
     m->p = pools[m->pool].pool;
     m->form = forms[pick(0, force_timed ? 6 : 7)];
     m->fn = m->form == STREAM || m->form == CALL ? 3 : (int)pick(1, 3);
-    m->n = m->form == CALL ? 1 : (size_t)pick(1, NMAX);
+    bool large = m->form != CALL && chance(0.2);
+    m->n = m->form == CALL ? 1 : large ? (size_t)pick(NLARGE, NMAX)
+                                       : (size_t)pick(1, NSMALL);
     bool timed = m->form != CALL && (force_timed || chance(0.5));
     m->opts.timeout = timed ? (double)pick(50, 100) / 100 : 0;
     if (m->form != CALL) {      /* pool_call has the pool's options */
-        m->opts.chunk = chance(0.5) ? 0 : (size_t)pick(1, 16);
+        m->opts.chunk = chance(0.5) ? 0
+                        : large ? (size_t)pick(NLARGE, NMAX)
+                                : (size_t)pick(1, 16);
         m->opts.kill_on_cancel = chance(0.3);
     }
     if (m->form == STREAM) {
