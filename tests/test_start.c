@@ -21,7 +21,6 @@
 #include <string.h>
 #include <sched.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -559,19 +558,26 @@ TEST(start_caller_handles_ctrl_c_by_cancelling)
  * `wait` is set, before anything of libpmap's runs in it (a pthread_atfork
  * child handler), and what it does then: die if bit n of `die` is set,
  * hang if bit n of `hang` is (stopped, then, if continued, in pause).  The
- * others pass.
+ * others pass.  Forks are numbered in the caller, as they are made (the
+ * children may run in any order).
  */
 static struct {
     int fd[2];
     uint64_t wait, die, hang;
-    atomic_int *forked;     /* shared with the children */
+    int forked;     /* forks made since the gate was installed */
+    int n;          /* in a child: its number */
 } gate;
 
 enum { GATE_PASS = 0, GATE_DIE = 1, GATE_HANG = 2 };   /* the first worker */
 
+static void gate_count(void)
+{
+    gate.n = gate.forked++;
+}
+
 static void at_gate(void)
 {
-    int n = atomic_fetch_add(gate.forked, 1);
+    int n = gate.n;
     char c;
     if (n < 64 && (gate.wait >> n & 1) && read(gate.fd[0], &c, 1) != 1)
         _exit(90);
@@ -587,11 +593,9 @@ static void at_gate(void)
  * those whose bits are set in `die` or `hang` then do so. */
 static int gate_install_with(uint64_t wait, uint64_t die, uint64_t hang)
 {
-    gate.forked = mmap(NULL, sizeof *gate.forked, PROT_READ | PROT_WRITE,
-                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (gate.forked == MAP_FAILED || pipe(gate.fd) < 0)
+    if (pipe(gate.fd) < 0)
         return -1;
-    atomic_init(gate.forked, 0);
+    gate.forked = 0;
     gate.wait = wait;
     gate.die = die;
     gate.hang = hang;
@@ -599,7 +603,7 @@ static int gate_install_with(uint64_t wait, uint64_t die, uint64_t hang)
     if (registered)
         return 0;
     registered = true;
-    return pthread_atfork(NULL, NULL, at_gate);
+    return pthread_atfork(gate_count, NULL, at_gate);
 }
 
 static int gate_install(int first)
@@ -621,14 +625,14 @@ static void gate_open(void)
     gate_let(2);
 }
 
-/* The number of workers forked through the gate; closes it. */
+/* The number of workers forked through the gate; closes it (later forks
+ * pass). */
 static int gate_close(void)
 {
-    int n = atomic_load(gate.forked);
     close(gate.fd[0]);
     close(gate.fd[1]);
-    munmap(gate.forked, sizeof *gate.forked);
-    return n;
+    gate.wait = gate.die = gate.hang = 0;
+    return gate.forked;
 }
 
 /* Starts a map of 100 items in batches of 10 (each item given `timeout`
