@@ -696,6 +696,61 @@ TEST(liveness_worker_scribbling_shared_memory_harms_no_other)
     alarm(0);
 }
 
+static int scribble_or_add(int scribble, int x)
+{
+    if (scribble) {
+        scribble_shared();
+        _exit(7);
+    }
+    if (x % 4096 == 1)
+        sleep_ms(20);   /* the scribbler strikes meanwhile */
+    return x + 1;
+}
+PMAP_EXPORT(scribble_or_add, int, int, int);
+
+/* The same with columns of values large enough to travel through the
+ * workers' arenas, both ways ("Large columns of values"): the scribbler's
+ * items fail, the others' results are right. */
+TEST(liveness_worker_scribbling_its_value_regions_harms_no_other)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    test_arm(30);
+    enum { CHUNK = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)), N = 4 * CHUNK };
+    int *modes = calloc(N, sizeof *modes), *xs = malloc(N * sizeof *xs);
+    int *out = malloc(N * sizeof *out);
+    ASSERT(modes != NULL && xs != NULL && out != NULL);
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    modes[0] = 1;
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    pool_map_options_t o = {.chunk = CHUNK};
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < N; i++)
+            out[i] = -1;
+        /* Its slot scribbled too, the worker cannot say which item it ran:
+         * its batch may fail whole, but no other. */
+        int rc = pool_map_with(pool, &o, scribble_or_add, N, out, modes, xs);
+        ASSERT(rc >= 1 && rc <= CHUNK);
+        const pmap_failure_t *f;
+        ASSERT_EQ(pool_failures(pool, &f), rc);
+        ASSERT_EQ(f[0].index, 0);
+        for (int k = 0; k < rc; k++)
+            ASSERT(f[k].index < CHUNK && f[k].error == PMAP_EEXIT);
+        for (int i = 1; i < N; i++)
+            ASSERT(out[i] == i + 1 || failure_of(f, (size_t)rc, i) != NULL);
+    }
+    pmap_stats_t st;
+    ASSERT_OK(pool_stats(pool, NULL, &st));
+    ASSERT(st.bytes_sent < (uint64_t)N * 2 * sizeof(int)); /* in the arenas */
+    pool_destroy(pool);
+    free(modes);
+    free(xs);
+    free(out);
+    alarm(0);
+}
+
 /* ---- 5: a stopped idle worker, then a timed map --------------------------- */
 
 TEST(liveness_stopped_idle_worker_under_timeout)
