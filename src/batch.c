@@ -636,8 +636,7 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
             continue;
         pmap__type_t type = job->fn->params[k];
         const unsigned char *column = pmap__input(job, k, r.first);
-        if (pmap__column_share(q, type, column, type.size, r.count,
-                               &shared)) {
+        if (pmap__column_share(q, type, column, r.count, &shared)) {
             in_region |= (uint64_t)1 << k;
             job->shared_values += r.count * type.size;
         } else {

@@ -238,9 +238,11 @@ typedef struct pmap__region {
 #define PMAP__VALUES_SHARED_MIN (16u << 10) /* smallest column of values */
 #define PMAP__HEAP_MIN 4096u    /* smallest item of pmap_alloc referenced */
 
+bool pmap__values_shared(const pmap__region_t *shared, pmap__type_t type,
+                         size_t count, size_t *bytes);
 bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
-                        const unsigned char *base, size_t stride,
-                        size_t count, pmap__region_t *shared);
+                        const unsigned char *base, size_t count,
+                        pmap__region_t *shared);
 int pmap__column_shared_decode(const unsigned char *p, size_t avail,
                                pmap__type_t type, size_t count,
                                const pmap__region_t *shared,

@@ -677,31 +677,37 @@ int pmap__column_decode(const unsigned char *p, size_t avail,
 }
 
 /*
- * Copies count fixed-size values, read from base + i * stride, into the
- * shared region if they are PMAP__VALUES_SHARED_MIN bytes or more and it
- * has room, and queues their place instead of them: u64 offset | u64
- * bytes.  The worker reads them there in place: through a pipe the kernel
- * copied them twice, and allocated and freed a page of the pipe's for
- * every 4 KiB.  Returns whether it did.
+ * Whether count values of type go into what is left of the shared region
+ * rather than into the frame: values of a fixed size, at least
+ * PMAP__VALUES_SHARED_MIN bytes of them (*bytes), that fit.  The one rule
+ * for the caller's arguments and the worker's results.
  */
-bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
-                        const unsigned char *base, size_t stride,
-                        size_t count, pmap__region_t *shared)
+bool pmap__values_shared(const pmap__region_t *shared, pmap__type_t type,
+                         size_t count, size_t *bytes)
 {
     if (kind_is_variable(type.kind) || type.size == 0 ||
-        count > SIZE_MAX / type.size)
+        count > SIZE_MAX / type.size || shared == NULL)
         return false;
-    size_t bytes = count * type.size;
-    if (bytes < PMAP__VALUES_SHARED_MIN || shared == NULL ||
-        bytes > shared->size - shared->used)
+    *bytes = count * type.size;
+    return *bytes >= PMAP__VALUES_SHARED_MIN &&
+           *bytes <= shared->size - shared->used;
+}
+
+/*
+ * Copies the column of count fixed-size values at base into the shared
+ * region if pmap__values_shared says so, and queues their place instead of
+ * them: u64 offset | u64 bytes.  The worker reads them there in place:
+ * through a pipe the kernel copied them twice, and allocated and freed a
+ * page of the pipe's for every 4 KiB.  Returns whether it did.
+ */
+bool pmap__column_share(pmap__outq_t *q, pmap__type_t type,
+                        const unsigned char *base, size_t count,
+                        pmap__region_t *shared)
+{
+    size_t bytes;
+    if (!pmap__values_shared(shared, type, count, &bytes))
         return false;
-    unsigned char *at = shared->base + shared->used;
-    if (stride == type.size) {
-        memcpy(at, base, bytes);
-    } else {
-        for (size_t i = 0; i < count; i++)
-            memcpy(at + i * type.size, base + i * stride, type.size);
-    }
+    memcpy(shared->base + shared->used, base, bytes);
     pmap__outq_u64(q, shared->used);
     pmap__outq_u64(q, bytes);
     shared->used += pmap__pad(bytes);
@@ -763,10 +769,9 @@ int pmap__result_decode(const unsigned char *p, size_t len,
     uint64_t where = pmap__get_u64(p + 32);
     if (r->nfailed > count || where > PMAP__COLUMN_IN_REGION)
         return PMAP_EPROTO;
+    size_t bytes;
     if (where == PMAP__COLUMN_IN_REGION) {
-        if (kind_is_variable(type.kind) || shared == NULL ||
-            shared->base == NULL || type.size == 0 ||
-            count > shared->size / type.size)
+        if (!pmap__values_shared(shared, type, (size_t)count, &bytes))
             return PMAP_EPROTO;
         r->column = (pmap__column_t){shared->base, type.size, NULL};
     } else if (pmap__column_decode(p + off, len - off, type, (size_t)count,

@@ -886,9 +886,8 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
         return;
     }
     size_t bytes = (size_t)count * fn->result.size;
-    uint64_t where = fn->result.kind == PMAP__VALUE &&
-                             bytes >= PMAP__VALUES_SHARED_MIN &&
-                             bytes <= results_area.size
+    uint64_t where = pmap__values_shared(&results_area, fn->result,
+                                         (size_t)count, &bytes)
                          ? PMAP__COLUMN_IN_REGION
                          : PMAP__COLUMN_IN_FRAME;
     self.results.len = 0;

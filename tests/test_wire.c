@@ -131,10 +131,10 @@ TEST(wire_shared_value_column_limits)
     for (int i = 0; i < N; i++)
         values[i] = 3 * i;
     pmap__outq_t q = {0};
-    ASSERT(!pmap__column_share(&q, t, (const unsigned char *)values,
-                               sizeof(int), N - 1, &region));  /* small */
-    ASSERT(pmap__column_share(&q, t, (const unsigned char *)values,
-                              sizeof(int), N, &region));
+    ASSERT(!pmap__column_share(&q, t, (const unsigned char *)values, N - 1,
+                               &region));   /* too small */
+    ASSERT(pmap__column_share(&q, t, (const unsigned char *)values, N,
+                              &region));
     ASSERT_EQ(region.used, sizeof values);
     static unsigned char flat[64] __attribute__((aligned(16)));
     ASSERT_EQ(flatten(&q, flat, sizeof flat), 16);
@@ -175,23 +175,26 @@ TEST(wire_shared_value_column_limits)
 
 /* A RESULT says where its column is: in the frame, or in the batch's
  * result region, which only a column of fixed-size values may be, and
- * then only one that fits there. */
+ * then only one as large as the worker puts there, and that fits. */
 TEST(wire_result_column_in_the_region)
 {
-    static unsigned char room[4096] __attribute__((aligned(16)));
+    static unsigned char room[1 << 16] __attribute__((aligned(16)));
     pmap__region_t region = {.base = room, .size = sizeof room};
     pmap__type_t t = {.kind = PMAP__VALUE, .size = sizeof(int)};
     pmap__type_t s = {.kind = PMAP__STRING, .size = sizeof(char *)};
+    enum { LEAST = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)),
+           MOST = (int)(sizeof room / sizeof(int)) };
     static const struct {
         uint64_t count, where, reserved;
         bool strings, ok;
     } cases[] = {
-        {4, PMAP__COLUMN_IN_REGION, 0, false, true},
-        {1024, PMAP__COLUMN_IN_REGION, 0, false, true},     /* just fits */
-        {1025, PMAP__COLUMN_IN_REGION, 0, false, false},
-        {4, PMAP__COLUMN_IN_REGION, 0, true, false},
-        {4, 2, 0, false, false},
-        {4, PMAP__COLUMN_IN_REGION, 1, false, false},
+        {LEAST, PMAP__COLUMN_IN_REGION, 0, false, true},
+        {MOST, PMAP__COLUMN_IN_REGION, 0, false, true},     /* just fits */
+        {MOST + 1, PMAP__COLUMN_IN_REGION, 0, false, false},
+        {LEAST - 1, PMAP__COLUMN_IN_REGION, 0, false, false},   /* small */
+        {LEAST, PMAP__COLUMN_IN_REGION, 0, true, false},
+        {LEAST, 2, 0, false, false},
+        {LEAST, PMAP__COLUMN_IN_REGION, 1, false, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         uint64_t p[6] = {0, cases[i].count, 0, 0, cases[i].where,
@@ -205,9 +208,9 @@ TEST(wire_result_column_in_the_region)
         if (cases[i].ok)
             ASSERT(r.column.base == room);
     }
-    uint64_t p[6] = {0, 4, 0, 0, PMAP__COLUMN_IN_REGION, 0};
+    uint64_t p[6] = {0, LEAST, 0, 0, PMAP__COLUMN_IN_REGION, 0};
     pmap__result_t r;
-    ASSERT_EQ(pmap__result_decode((unsigned char *)p, sizeof p, t, 0, 4,
+    ASSERT_EQ(pmap__result_decode((unsigned char *)p, sizeof p, t, 0, LEAST,
                                   false, NULL, &r, NULL),
               PMAP_EPROTO);                 /* no region */
 }
