@@ -623,8 +623,7 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     pmap__outq_u64(q, r.count);
     unsigned slot = w->next_slot++ % 2;
     pmap__outq_u64(q, slot);
-    size_t in_region_at = q->scratch.len;  /* filled in below */
-    pmap__outq_u64(q, 0);
+    size_t in_region_at = pmap__outq_u64_later(q);
     pmap__outq_u64(q, 0);
     pmap__region_t shared = pmap__arena_slot(w->arena, w->private,
                                              slot, false);
@@ -644,8 +643,7 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
                                 &shared);
         }
     }
-    if (q->error == 0)
-        memcpy(q->scratch.data + in_region_at, &in_region, sizeof in_region);
+    pmap__outq_set(q, in_region_at, in_region);
     pmap__outq_end(q, frame);
     job->stats.bytes_sent += q->total - queued;
     job->shared_sent += shared.used;

@@ -201,6 +201,8 @@ void pmap__outq_copy(pmap__outq_t *q, const void *data, size_t n);
 void pmap__outq_add(pmap__outq_t *q, const void *data, size_t n);
 void pmap__outq_trim(pmap__outq_t *q, size_t n);
 void pmap__outq_u64(pmap__outq_t *q, uint64_t v);
+size_t pmap__outq_u64_later(pmap__outq_t *q);
+void pmap__outq_set(pmap__outq_t *q, size_t at, uint64_t v);
 void pmap__outq_pad(pmap__outq_t *q);
 void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
 bool pmap__outq_empty(const pmap__outq_t *q);

@@ -209,6 +209,20 @@ void pmap__outq_u64(pmap__outq_t *q, uint64_t v)
     pmap__outq_copy(q, &v, sizeof v);
 }
 
+/* Queues a u64 that pmap__outq_set fills in later; returns its place. */
+size_t pmap__outq_u64_later(pmap__outq_t *q)
+{
+    size_t at = q->scratch.len;
+    pmap__outq_u64(q, 0);
+    return at;
+}
+
+void pmap__outq_set(pmap__outq_t *q, size_t at, uint64_t v)
+{
+    if (q->error == 0)
+        memcpy(q->scratch.data + at, &v, sizeof v);
+}
+
 /* Pads the queue with zeros to a multiple of PMAP__ALIGN. */
 void pmap__outq_pad(pmap__outq_t *q)
 {
