@@ -14,6 +14,7 @@
 #include "pmap_internal.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -226,8 +227,9 @@ static int tenth_fails(int x, int y)
 PMAP_EXPORT(tenth_fails, int, int, int);
 
 /* Columns of fixed-size values large enough go through the workers'
- * shared regions, both ways, with failures and a crash among them: every
- * other result is right, with workers forked and from the fork server. */
+ * shared regions, both ways, with failures and a crash among them, and
+ * both workers killed between two maps: every other result is right, with
+ * workers forked and from the fork server. */
 static void values_through_shared_memory(int start)
 {
     enum { M = 100000 };
@@ -242,6 +244,13 @@ static void values_through_shared_memory(int start)
     pool_t *pool = test_pool((pool_options_t){.workers = 2, .start = start});
     pool_map_options_t big = {.chunk = 8192};  /* 32 KiB columns */
     for (int pass = 0; pass < 2; pass++) {     /* batches of 8192, then any */
+        if (pass == 1) {    /* both workers killed between the maps */
+            for (int i = 0; i < 2; i++)
+                if (pool->workers[i].pid > 0)
+                    kill(pool->workers[i].pid, SIGKILL);
+            for (int i = 0; i < M; i++)
+                out[i] = -1;
+        }
         ASSERT_EQ(pool_map_with(pool, pass == 0 ? &big : NULL, tenth_fails, M,
                                 out, xs, ys),
                   M / 1000 + 1);
