@@ -70,6 +70,24 @@ $(B)/obj/%.o: src/%.c $(FLAGS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -fPIC $(NO_PLT) -fvisibility=hidden -MMD -MP -c -o $@ $<
 
+# The crash reports' unwinder (src/stack.c) is libgcc's, linked into
+# stack.o from libgcc_eh.a with every symbol but stack.c's own made local:
+# no program then loads libgcc_s for it, nor clashes with its copy.  Where
+# the compiler has no libgcc_eh.a (or there is no objcopy), stack.o is
+# stack.c alone and a program's link takes the unwinder from libgcc_s.
+OBJCOPY ?= objcopy
+LIBGCC_EH := $(shell p=`$(CC) -print-file-name=libgcc_eh.a 2>/dev/null`; \
+    [ -f "$$p" ] && command -v $(OBJCOPY) >/dev/null && echo "$$p")
+STACK_SYMBOLS = pmap__stack_walk pmap__stack_prepare
+
+$(B)/obj/stack.o: src/stack.c $(FLAGS)
+	@mkdir -p $(@D) $(B)/unwind
+	$(CC) $(ALL_CFLAGS) -fPIC $(NO_PLT) -fvisibility=hidden -MMD -MP \
+	    -MF $(B)/obj/stack.d -MT $@ -c -o $(B)/unwind/stack.o $<
+	$(if $(LIBGCC_EH),$(CC) -r -nostdlib -o $@ $(B)/unwind/stack.o \
+	    $(LIBGCC_EH) && $(OBJCOPY) $(STACK_SYMBOLS:%=-G %) $@, \
+	    cp $(B)/unwind/stack.o $@)
+
 $(B)/libpmap.a: $(LIB_OBJ)
 	rm -f $@
 	$(AR) rcs $@ $^

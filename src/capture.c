@@ -36,15 +36,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* glibc's backtrace(), where there is one (not on every POSIX libc). */
+/* glibc's backtrace_symbols_fd, where there is one (not on every POSIX
+ * libc): it names each frame's object and function without allocating. */
 #if defined(__GLIBC__) && defined(__has_include)
 #if __has_include(<execinfo.h>)
 #include <execinfo.h>
-#define HAVE_BACKTRACE 1
+#define HAVE_BACKTRACE_SYMBOLS 1
 #endif
 #endif
-#ifndef HAVE_BACKTRACE
-#define HAVE_BACKTRACE 0
+#ifndef HAVE_BACKTRACE_SYMBOLS
+#define HAVE_BACKTRACE_SYMBOLS 0
 #endif
 
 #if defined(__GLIBC__)
@@ -139,19 +140,23 @@ static bool has_address(int sig, int code)
                         sig == SIGFPE);
 }
 
-/* The stack, as backtrace_symbols_fd writes it to a pipe made now (not
- * when the worker starts: two system calls less for every new worker;
- * pipe and fcntl may be called from a signal handler), non-blocking so
- * that what does not fit is dropped. */
+/* The stack (stack.c), each frame as backtrace_symbols_fd writes it where
+ * there is one (glibc: "object(symbol+offset) [address]"), to a pipe made
+ * now (not when the worker starts: two system calls less for every new
+ * worker; pipe and fcntl may be called from a signal handler),
+ * non-blocking so that what does not fit is dropped; elsewhere its
+ * address. */
 static void put_backtrace(text_t *t)
 {
-#if HAVE_BACKTRACE
     void *frames[BACKTRACE_FRAMES];
+    int n = pmap__stack_walk(frames, BACKTRACE_FRAMES);
+    if (n == 0)
+        return;
+    put_str(t, "backtrace:\n");
+#if HAVE_BACKTRACE_SYMBOLS
     int fds[2];
     if (pmap__pipe_open(fds) < 0)
         return;
-    int n = backtrace(frames, BACKTRACE_FRAMES);
-    put_str(t, "backtrace:\n");
     backtrace_symbols_fd(frames, n, fds[1]);
     ssize_t got;
     while (t->left > 0 && (got = read(fds[0], t->p, t->left)) > 0) {
@@ -161,7 +166,11 @@ static void put_backtrace(text_t *t)
     close(fds[0]);
     close(fds[1]);
 #else
-    (void)t;
+    for (int i = 0; i < n; i++) {
+        put_str(t, "[");
+        put_num(t, (uint64_t)(uintptr_t)frames[i], 16);
+        put_str(t, "]\n");
+    }
 #endif
 }
 
@@ -232,29 +241,16 @@ static void on_fatal(int sig, siginfo_t *info, void *context)
     raise(sig);
 }
 
-/*
- * Installs the crash handler in this worker process, on its own stack (a
- * stack overflow is reported too).  backtrace() is called once here:
- * its first call loads libgcc_s, which a signal handler may not do.
- */
-/*
- * In the process that forks workers (the caller, the fork server), before
- * it does: glibc's first backtrace() loads libgcc_s, which no signal
- * handler may do, and which would cost each new worker a millisecond; done
- * once here, every worker forked later has it.
- */
+/* In the process that forks workers (the caller, the fork server), before
+ * it does: every worker forked later has the unwinder of its crash report
+ * ready (stack.c). */
 void pmap__crash_prepare(void)
 {
-#if HAVE_BACKTRACE
-    static atomic_bool done;    /* read first: a write in each new
-                                   worker would copy the page */
-    if (!atomic_load(&done) && !atomic_exchange(&done, true)) {
-        void *frame[1];
-        backtrace(frame, 1);
-    }
-#endif
+    pmap__stack_prepare();
 }
 
+/* Installs the crash handler in this worker process, on its own stack (a
+ * stack overflow is reported too). */
 void pmap__crash_arm(unsigned char *arena)
 {
     cap.arena = arena;

@@ -28,6 +28,7 @@
  *   inline.c    the in-process start method: the caller is the worker
  *   worker.c    the worker process: its setup after fork and task loop
  *   capture.c   in the worker: per-item output, crash reports, memory
+ *   stack.c     a crashed worker's call stack (libgcc's unwinder, built in)
  *   alloc.c     pmap_alloc: memory the caller shares with every worker
  *               read-only, and the workers' views of it
  *   family.c    this process among its children: who it is, its pools,
@@ -893,6 +894,10 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
 /* capture.c: the worker's side of per-item output, crash reports and
  * memory caps */
 void pmap__crash_prepare(void);
+
+/* stack.c */
+int pmap__stack_walk(void **frames, int max);
+void pmap__stack_prepare(void);
 void pmap__crash_arm(unsigned char *arena);
 void pmap__memory_limit_apply(const unsigned char *arena);
 void pmap__memory_note(unsigned char *arena);

@@ -326,8 +326,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
     }
     /* Workers on this machine (forked here or by the fork server) inherit
      * pmap_alloc's heap, held before the first fork; they, and those rank 0
-     * forks for PMAP_START_MPI, the unwinder of their crash reports
-     * (loaded once; 0.14 ms here).  An in-process pool needs neither. */
+     * forks for PMAP_START_MPI, the unwinder of their crash reports, set
+     * up once.  An in-process pool needs neither. */
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
     if (pool->holds_heap)
         pool->heap = pmap__heap_hold();

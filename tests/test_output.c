@@ -410,6 +410,45 @@ TEST(output_crash_report_of_a_stack_overflow)
     test_pool_end(pool, PMAP_START_FORK);
 }
 
+/* Whether this process has libgcc_s mapped. */
+static bool libgcc_s_mapped(void)
+{
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    bool found = false;
+    while (maps != NULL && fgets(line, sizeof line, maps) != NULL)
+        found = found || strstr(line, "/libgcc_s.so") != NULL;
+    if (maps != NULL)
+        fclose(maps);
+    return found;
+}
+
+/* The unwinder of crash reports is built into libpmap (src/stack.c):
+ * a pool loads no library into the caller for it, where glibc's
+ * backtrace() loaded libgcc_s at every process's first pool_create, and
+ * the report still has its backtrace. */
+TEST(output_crash_report_loads_no_library_into_the_caller)
+{
+    NEEDS_PROCESSES("a crash");
+#if !defined(__linux__)
+    SKIP("needs /proc/self/maps");
+#endif
+    if (libgcc_s_mapped())
+        SKIP("libgcc_s was loaded before any pool (a sanitizer's runtime, "
+             "or a build that found no libgcc_eh.a)");
+    pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
+    int xs[8], out[8];
+    for (int i = 0; i < 8; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, crash_at, 8, out, xs), 1);
+    const char *m = only_segv(pool, 7);
+    const char *frames = strstr(m, "backtrace:\n");
+    if (frames == NULL || strstr(frames, "[0x") == NULL)
+        test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
+    ASSERT(!libgcc_s_mapped());
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* A program that runs with its standard descriptors closed (a daemon):
  * the worker's crash pipe must not take 0-2, where capturing the item's
  * output puts its files, or the backtrace goes there instead of into the
