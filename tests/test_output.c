@@ -410,6 +410,56 @@ TEST(output_crash_report_of_a_stack_overflow)
     test_pool_end(pool, PMAP_START_FORK);
 }
 
+/* Overwrites the size of its own heap block, then frees it: glibc's
+ * free() finds the heap corrupted and aborts, from inside the allocator. */
+static volatile ptrdiff_t header = -(ptrdiff_t)sizeof(size_t);
+
+static int smash_heap_at(int x)
+{
+    if (x == 5) {
+        char *p = malloc(24);
+        /* a size below the smallest block (volatile: a store into memory
+         * about to be freed is otherwise dropped) */
+        *(volatile size_t *)(void *)(p + header) = 0x11;
+        free(p);
+    }
+    return x;
+}
+PMAP_EXPORT(smash_heap_at, int, int);
+
+/* A callback that corrupts malloc's heap dies inside the allocator: its
+ * worker still writes the report, backtrace and glibc's last words
+ * included, without allocating, and the other items and the next map are
+ * unharmed. */
+TEST(output_crash_report_of_a_corrupted_heap)
+{
+    NEEDS_PROCESSES("a crash");
+#if !defined(__GLIBC__)
+    SKIP("how a corrupted heap dies is the C library's own");
+#endif
+    if (TEST_ASAN || test_under_valgrind())
+        SKIP("the sanitizer or valgrind catches the corruption itself");
+    pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
+    int xs[12], out[12];
+    for (int i = 0; i < 12; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, smash_heap_at, 12, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 5);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGABRT);
+    const char *m = f[0].message != NULL ? f[0].message : "";
+    const char *frames = strstr(m, "backtrace:\n");
+    if (strncmp(m, "SIGABRT", 7) != 0 || frames == NULL ||
+        strstr(frames, "[0x") == NULL || strstr(m, "stderr (last") == NULL)
+        test_fail(__FILE__, __LINE__, "crash report: %s", m);
+    for (int i = 0; i < 12; i++)
+        ASSERT_EQ(out[i], i == 5 ? 0 : i);
+    ASSERT_EQ(pool_map(pool, smash_heap_at, 5, out, xs), 0);
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* Whether this process has libgcc_s mapped. */
 static bool libgcc_s_mapped(void)
 {
