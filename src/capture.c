@@ -9,9 +9,9 @@
  *    the OUTPUT frame that precedes the batch's RESULT.  Whatever writes
  *    there is caught: stdio, write(2), the child processes a callback runs;
  *  - crash reports: a handler on the worker's own alternate stack, for the
- *    signals of a fault, writes the signal's name, the faulting address, a
- *    backtrace and the tail of the item's captured stderr into the
- *    worker's arena (async-signal-safe: no malloc, no stdio, numbers
+ *    signals of a fault, writes the signal's name, the faulting address,
+ *    the tail of the item's captured stderr and a backtrace (stack.c) into
+ *    the worker's arena (async-signal-safe: no malloc, no stdio, numbers
  *    formatted by hand), then lets the signal kill the worker as it would
  *    have: the caller still sees the real signal, and reads the report
  *    before it unmaps the arena (loop.c).  Only ever installed in a worker
@@ -195,6 +195,17 @@ static void put_stderr_tail(text_t *t)
     }
 }
 
+/* Makes what t holds so far the report the caller reads: each part is
+ * published as it is done, so that a fault in the next (the unwinder
+ * reading a stack the callback wrecked), which kills the worker at once,
+ * loses only that part. */
+static void publish(pmap__report_t *r, text_t *t)
+{
+    *t->p = '\0';
+    atomic_store_explicit(&r->length, (uint32_t)(t->p - r->text),
+                          memory_order_release);
+}
+
 static void write_report(int sig, const siginfo_t *info, int err)
 {
     pmap__report_t *r = (pmap__report_t *)(void *)(cap.arena +
@@ -216,13 +227,13 @@ static void write_report(int sig, const siginfo_t *info, int err)
         put_num(&t, (uint64_t)(uintptr_t)info->si_addr, 16);
     }
     put_str(&t, "\n");
-    put_backtrace(&t);
-    put_stderr_tail(&t);
-    *t.p = '\0';
     r->out_of_memory = oom;
     r->signal = (uint32_t)sig;
-    atomic_store_explicit(&r->length, (uint32_t)(t.p - r->text),
-                          memory_order_release);
+    publish(r, &t);
+    put_stderr_tail(&t);
+    publish(r, &t);
+    put_backtrace(&t);
+    publish(r, &t);
 }
 
 static void on_fatal(int sig, siginfo_t *info, void *context)

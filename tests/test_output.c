@@ -460,6 +460,53 @@ TEST(output_crash_report_of_a_corrupted_heap)
     test_pool_end(pool, PMAP_START_FORK);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* Points its stack pointer at an unmapped page and pushes there. */
+static int lose_stack_at(int x)
+{
+    if (x == 2)
+        __asm__ volatile("mov $0x1000, %%rsp\n\tpush %%rax" ::: "memory");
+    return x;
+}
+#define CAN_LOSE_STACK 1
+#else
+static int lose_stack_at(int x)
+{
+    return x;
+}
+#define CAN_LOSE_STACK 0
+#endif
+PMAP_EXPORT(lose_stack_at, int, int);
+
+/* A callback that loses its stack pointer: the handler runs on its own
+ * stack, but the unwinder, walking into the callback's frame, reads where
+ * that pointer says and faults in turn, which kills the worker at once.
+ * What the report said before the walk still reaches the caller. */
+TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
+{
+    NEEDS_PROCESSES("a crash");
+    if (!CAN_LOSE_STACK)
+        SKIP("losing the stack pointer takes x86-64 assembly");
+    pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
+    int xs[6], out[6];
+    for (int i = 0; i < 6; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, lose_stack_at, 6, out, xs), 1);
+    const pmap_failure_t *f;
+    ASSERT_EQ(pool_failures(pool, &f), 1);
+    ASSERT_EQ(f[0].index, 2);
+    ASSERT_EQ(f[0].error, PMAP_ECRASH);
+    ASSERT_EQ(f[0].code, SIGSEGV);
+    const char *m = f[0].message != NULL ? f[0].message : "";
+    if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
+                  "address 0xff8\n") != m)
+        test_fail(__FILE__, __LINE__, "crash report: %s", m);
+    for (int i = 0; i < 6; i++)
+        ASSERT_EQ(out[i], i == 2 ? 0 : i);
+    ASSERT_EQ(pool_map(pool, lose_stack_at, 2, out, xs), 0);
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* Whether this process has libgcc_s mapped. */
 static bool libgcc_s_mapped(void)
 {
