@@ -894,10 +894,6 @@ int pmap__worker_serve_inline(const unsigned char *frames, size_t len,
 /* capture.c: the worker's side of per-item output, crash reports and
  * memory caps */
 void pmap__crash_prepare(void);
-
-/* stack.c */
-int pmap__stack_walk(void **frames, int max);
-void pmap__stack_prepare(void);
 void pmap__crash_arm(unsigned char *arena);
 void pmap__memory_limit_apply(const unsigned char *arena);
 void pmap__memory_note(unsigned char *arena);
@@ -905,6 +901,10 @@ void pmap__flush_item(void);
 int pmap__capture_begin(void);
 int pmap__capture_take(size_t cap, uint64_t index, pmap__buf_t *into);
 void pmap__capture_end(void);
+
+/* stack.c: a crashed worker's call stack */
+int pmap__stack_walk(void **frames, int max);
+void pmap__stack_prepare(void);
 
 /* inline.c */
 int pmap__inline_open(pool_t *pool);
