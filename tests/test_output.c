@@ -326,15 +326,15 @@ static int crash_at(int x)
 }
 PMAP_EXPORT(crash_at, int, int);
 
-/* The map's only failure: item `index`, killed by SIGSEGV.  Returns its
- * report. */
-static const char *only_segv(pool_t *pool, long index)
+/* The map's only failure: item `index`, killed by signal `sig`.  Returns
+ * its report. */
+static const char *only_crash(pool_t *pool, long index, int sig)
 {
     const pmap_failure_t *f;
     ASSERT_EQ(pool_failures(pool, &f), 1);
     ASSERT_EQ(f[0].index, index);
     ASSERT_EQ(f[0].error, PMAP_ECRASH);
-    ASSERT_EQ(f[0].code, SIGSEGV);
+    ASSERT_EQ(f[0].code, sig);
     return f[0].message != NULL ? f[0].message : "";
 }
 
@@ -345,7 +345,7 @@ static void crash_report(int start)
     for (int i = 0; i < 20; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, crash_at, 20, out, xs), 1);
-    const char *m = only_segv(pool, 7);
+    const char *m = only_crash(pool, 7, SIGSEGV);
     if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
                   "address 0x10\n") == NULL ||
         strstr(m, "about to fall over\n") == NULL)
@@ -359,7 +359,7 @@ static void crash_report(int start)
     /* Without capture: the report, without stderr. */
     pool_map_options_t mo = {.output = PMAP_OUTPUT_PASS};
     ASSERT_EQ(pool_map_with(pool, &mo, crash_at, 20, out, xs), 1);
-    m = only_segv(pool, 7);
+    m = only_crash(pool, 7, SIGSEGV);
     ASSERT(strstr(m, "at address 0x10") != NULL);
     ASSERT(strstr(m, "about to fall over") == NULL);
     test_pool_end(pool, start);
@@ -402,7 +402,7 @@ TEST(output_crash_report_of_a_stack_overflow)
     for (int i = 0; i < 8; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, overflow_at, 8, out, xs), 1);
-    const char *m = only_segv(pool, 3);
+    const char *m = only_crash(pool, 3, SIGSEGV);
     if (strstr(m, "SIGSEGV") == NULL)
         test_fail(__FILE__, __LINE__, "no report: %s", m);
     for (int i = 0; i < 8; i++)
@@ -444,12 +444,7 @@ TEST(output_crash_report_of_a_corrupted_heap)
     for (int i = 0; i < 12; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, smash_heap_at, 12, out, xs), 1);
-    const pmap_failure_t *f;
-    ASSERT_EQ(pool_failures(pool, &f), 1);
-    ASSERT_EQ(f[0].index, 5);
-    ASSERT_EQ(f[0].error, PMAP_ECRASH);
-    ASSERT_EQ(f[0].code, SIGABRT);
-    const char *m = f[0].message != NULL ? f[0].message : "";
+    const char *m = only_crash(pool, 5, SIGABRT);
     const char *frames = strstr(m, "backtrace:\n");
     if (strncmp(m, "SIGABRT", 7) != 0 || frames == NULL ||
         strstr(frames, "[0x") == NULL || strstr(m, "stderr (last") == NULL)
@@ -492,12 +487,7 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
     for (int i = 0; i < 6; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, lose_stack_at, 6, out, xs), 1);
-    const pmap_failure_t *f;
-    ASSERT_EQ(pool_failures(pool, &f), 1);
-    ASSERT_EQ(f[0].index, 2);
-    ASSERT_EQ(f[0].error, PMAP_ECRASH);
-    ASSERT_EQ(f[0].code, SIGSEGV);
-    const char *m = f[0].message != NULL ? f[0].message : "";
+    const char *m = only_crash(pool, 2, SIGSEGV);
     if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
                   "address 0xff8\n") != m)
         test_fail(__FILE__, __LINE__, "crash report: %s", m);
@@ -538,7 +528,7 @@ TEST(output_crash_report_loads_no_library_into_the_caller)
     for (int i = 0; i < 8; i++)
         xs[i] = i;
     ASSERT_EQ(pool_map(pool, crash_at, 8, out, xs), 1);
-    const char *m = only_segv(pool, 7);
+    const char *m = only_crash(pool, 7, SIGSEGV);
     const char *frames = strstr(m, "backtrace:\n");
     if (frames == NULL || strstr(frames, "[0x") == NULL)
         test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
