@@ -459,8 +459,10 @@ TEST(output_crash_report_of_a_corrupted_heap)
 /* Points its stack pointer at an unmapped page and pushes there. */
 static int lose_stack_at(int x)
 {
-    if (x == 2)
+    if (x == 2) {
+        fprintf(stderr, "losing my stack\n");
         __asm__ volatile("mov $0x1000, %%rsp\n\tpush %%rax" ::: "memory");
+    }
     return x;
 }
 #define CAN_LOSE_STACK 1
@@ -476,7 +478,8 @@ PMAP_EXPORT(lose_stack_at, int, int);
 /* A callback that loses its stack pointer: the handler runs on its own
  * stack, but the unwinder, walking into the callback's frame, reads where
  * that pointer says and faults in turn, which kills the worker at once.
- * What the report said before the walk still reaches the caller. */
+ * What the report said before the walk (the signal, the address, the
+ * item's stderr) still reaches the caller. */
 TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
 {
     NEEDS_PROCESSES("a crash");
@@ -489,7 +492,8 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
     ASSERT_EQ(pool_map(pool, lose_stack_at, 6, out, xs), 1);
     const char *m = only_crash(pool, 2, SIGSEGV);
     if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
-                  "address 0xff8\n") != m)
+                  "address 0xff8\n") != m ||
+        strstr(m, "stderr (last 16 bytes):\nlosing my stack\n") == NULL)
         test_fail(__FILE__, __LINE__, "crash report: %s", m);
     for (int i = 0; i < 6; i++)
         ASSERT_EQ(out[i], i == 2 ? 0 : i);
