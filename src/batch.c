@@ -805,7 +805,7 @@ int pmap__job_result(pool_t *pool, pmap_job_t *job, pmap__worker_t *w,
     job->inflight--;
     job->busy_items += r.count;
     job->stats.bytes_received += len;
-    if (shared.base != NULL && res.column.base == shared.base)
+    if (res.in_region)
         job->shared_results += r.count * fn->result.size;
     job->stats.busy_ns += res.busy_ns;
     w->stats.busy_ns += res.busy_ns;

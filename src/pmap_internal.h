@@ -269,6 +269,7 @@ typedef struct pmap__result {
     uint64_t nfailed;           /* failure records... */
     const unsigned char *failures;  /* ...starting here */
     pmap__column_t column;      /* the results */
+    bool in_region;             /* ...read in place in the result region */
 } pmap__result_t;
 
 /* One record of pmap__result_t.failures. */

@@ -783,8 +783,9 @@ int pmap__result_decode(const unsigned char *p, size_t len,
     uint64_t where = pmap__get_u64(p + 32);
     if (r->nfailed > count || where > PMAP__COLUMN_IN_REGION)
         return PMAP_EPROTO;
+    r->in_region = where == PMAP__COLUMN_IN_REGION;
     size_t bytes;
-    if (where == PMAP__COLUMN_IN_REGION) {
+    if (r->in_region) {
         if (!pmap__values_shared(shared, type, (size_t)count, &bytes))
             return PMAP_EPROTO;
         r->column = (pmap__column_t){shared->base, type.size, NULL};

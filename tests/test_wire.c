@@ -207,13 +207,18 @@ TEST(wire_result_column_in_the_region)
                                      &region);
         ASSERT_EQ(rc, cases[i].ok ? 0 : PMAP_EPROTO);
         if (cases[i].ok)
-            ASSERT(r.column.base == room);
+            ASSERT(r.column.base == room && r.in_region);
     }
     uint64_t p[6] = {0, LEAST, 0, 0, PMAP__COLUMN_IN_REGION, 0};
     pmap__result_t r;
     ASSERT_EQ(pmap__result_decode((unsigned char *)p, sizeof p, t, 0, LEAST,
                                   false, NULL, &r, NULL),
               PMAP_EPROTO);                 /* no region */
+    uint64_t none[6] = {0, 0, 0, 0, PMAP__COLUMN_IN_FRAME, 0};
+    ASSERT_EQ(pmap__result_decode((unsigned char *)none, sizeof none, t, 0, 0,
+                                  false, NULL, &r, &region),
+              0);                           /* in the frame: empty */
+    ASSERT(!r.in_region);
 }
 
 static int tenth_fails(int x, int y)
