@@ -604,10 +604,13 @@ static bool retiree_gone(const pool_t *pool, pmap__retiree_t *r, int *status)
 }
 
 /* Reads and drops what a retiree sends (a worker finishing a batch when
- * its pool is destroyed must not block writing it); closes at EOF. */
+ * its pool is destroyed must not block writing it); closes at EOF.  A
+ * small sink: a frame a page deep is probed at entry (stack clash
+ * protection), and a page of stack that deep is one the caller's young
+ * workers share, its first write a copy. */
 static void drain(const pool_t *pool, pmap__retiree_t *r)
 {
-    char sink[4096];
+    char sink[1024];
     ssize_t n;
     if (r->fd < 0)
         return;
@@ -617,10 +620,20 @@ static void drain(const pool_t *pool, pmap__retiree_t *r)
         close_watched(pool, &r->fd);
 }
 
+/* When to look at retiree r again if nothing comes: its deadline, or
+ * without a pidfd to tell of its end, a tick from now. */
+static int64_t look_again(const pmap__retiree_t *r, int64_t now)
+{
+    if (r->pidfd < 0 && now + PMAP__TICK_NS < r->deadline_ns)
+        return now + PMAP__TICK_NS;
+    return r->deadline_ns;
+}
+
 /*
- * Drains the retirees' channels, waits for the ones that have ended and
- * kills the ones past their deadline.  Returns when to look again at the
- * latest, or -1 when none is left.
+ * Waits for the retirees that have ended (their channel is then dropped
+ * unread), drains the others' channels and kills the ones past their
+ * deadline.  Returns when to look again at the latest, or -1 when none is
+ * left.
  */
 int64_t pmap__retirees_check(pool_t *pool)
 {
@@ -629,12 +642,12 @@ int64_t pmap__retirees_check(pool_t *pool)
     int64_t now = pmap__now_ns(), next = -1;
     for (size_t i = 0; i < pool->nretirees;) {
         pmap__retiree_t *r = &pool->retirees[i];
-        drain(pool, r);
         int status;
-        if (!retiree_gone(pool, r, &status) && r->deadline_ns > now) {
-            int64_t at = r->deadline_ns;
-            if (r->pidfd < 0 && now + PMAP__TICK_NS < at)
-                at = now + PMAP__TICK_NS;
+        bool gone = retiree_gone(pool, r, &status);
+        if (!gone)
+            drain(pool, r);
+        if (!gone && r->deadline_ns > now) {
+            int64_t at = look_again(r, now);
             if (next < 0 || at < next)
                 next = at;
             i++;
@@ -653,24 +666,29 @@ int64_t pmap__retirees_check(pool_t *pool)
     return next;
 }
 
-/* Waits until every retiree has ended or been killed at its deadline. */
+/* Waits until every retiree has ended or been killed at its deadline.
+ * It waits first and looks after: workers just told to leave have not
+ * left yet, and a look at each before was a read and a poll apiece. */
 void pmap__retirees_wait(pool_t *pool)
 {
-    for (;;) {
-        int64_t next = pmap__retirees_check(pool);
-        if (pool->nretirees == 0)
-            return;
+    int64_t now = pmap__now_ns(), next = -1;
+    for (size_t i = 0; i < pool->nretirees; i++) {
+        int64_t at = look_again(&pool->retirees[i], now);
+        next = next < 0 || at < next ? at : next;
+    }
+    while (pool->nretirees > 0) {
         struct pollfd *pfd = pmap__pollfds(pool, 2 * pool->nretirees);
         if (pfd == NULL) {
             pmap__poll(NULL, 0, pmap__now_ns() + PMAP__TICK_NS);
-            continue;
+        } else {
+            for (size_t i = 0; i < pool->nretirees; i++) {
+                const pmap__retiree_t *r = &pool->retirees[i];
+                pfd[2 * i] = (struct pollfd){r->fd, POLLIN, 0};
+                pfd[2 * i + 1] = (struct pollfd){r->pidfd, POLLIN, 0};
+            }
+            pmap__poll(pfd, 2 * pool->nretirees, next);
         }
-        for (size_t i = 0; i < pool->nretirees; i++) {
-            pfd[2 * i] = (struct pollfd){pool->retirees[i].fd, POLLIN, 0};
-            pfd[2 * i + 1] = (struct pollfd){pool->retirees[i].pidfd, POLLIN,
-                                             0};
-        }
-        pmap__poll(pfd, 2 * pool->nretirees, next);
+        next = pmap__retirees_check(pool);
     }
 }
 

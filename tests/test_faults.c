@@ -531,27 +531,30 @@ PMAP_EXPORT(disposition, int, int);
  * fork server, started while the handlers were there. */
 static void handlers_not_left(int start)
 {
-    struct sigaction plain = {0}, info = {0}, ignore = {0}, old[5];
+    struct sigaction plain = {0}, info = {0}, ignore = {0}, old[6];
     plain.sa_handler = on_any;
     info.sa_sigaction = on_any_info;
     info.sa_flags = SA_SIGINFO;
     ignore.sa_handler = SIG_IGN;
-    int sigs[5] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGPIPE};
-    const struct sigaction *set[5] = {&plain, &info, &plain, &info, &ignore};
-    for (int i = 0; i < 5; i++)
+    /* SIGRTMAX: the mask's last bit (the 64th, where /proc says it). */
+    int sigs[6] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGRTMAX, SIGPIPE};
+    const struct sigaction *set[6] = {&plain, &info, &plain,
+                                      &info,  &plain, &ignore};
+    for (int i = 0; i < 6; i++)
         ASSERT(sigaction(sigs[i], set[i], &old[i]) == 0);
-    int in[6] = {SIGUSR1, SIGUSR2, SIGTERM, SIGRTMIN + 2, SIGPIPE, SIGINT};
-    int out[6];
+    int in[7] = {SIGUSR1,  SIGUSR2, SIGTERM, SIGRTMIN + 2,
+                 SIGRTMAX, SIGPIPE, SIGINT};
+    int out[7];
     pool_t *pool = test_pool((pool_options_t){.workers = 2, .start = start});
     pool_map_options_t one = {.chunk = 1};     /* both workers */
-    ASSERT_OK(pool_map_with(pool, &one, disposition, 6, out, in));
+    ASSERT_OK(pool_map_with(pool, &one, disposition, 7, out, in));
     test_pool_end(pool, start);
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         sigaction(sigs[i], &old[i], NULL);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 5; i++)
         ASSERT_EQ(out[i], 0);
-    ASSERT_EQ(out[4], 1);
     ASSERT_EQ(out[5], 1);
+    ASSERT_EQ(out[6], 1);
 }
 
 TEST(host_handlers_not_left_in_workers)
