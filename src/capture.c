@@ -62,7 +62,8 @@ static struct {
     int files[2];           /* where fds 1 and 2 go while capturing */
     int saved[2];           /* fds 1 and 2 of before, while capturing */
     volatile sig_atomic_t capturing;
-} cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0};
+    volatile sig_atomic_t reporting;    /* the signal being reported, or 0 */
+} cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0, 0};
 
 /* ---- crash reports ------------------------------------------------------ */
 
@@ -236,20 +237,40 @@ static void write_report(int sig, const siginfo_t *info, int err)
     publish(r, &t);
 }
 
-static void on_fatal(int sig, siginfo_t *info, void *context)
+/* Dies of sig, by its default action, now. */
+static _Noreturn void die_of(int sig)
 {
-    (void)context;
-    int err = errno;
-    if (getpid() == cap.pid)    /* not a child forked by a callback */
-        write_report(sig, info, err);
-    /* Dies of the same signal: pending until this handler returns (a
-     * fault's instruction would also run again, now fatally). */
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, NULL);
-    raise(sig);
+    raise(sig);     /* pending while blocked (in its handler), until: */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, sig);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    _exit(128 + sig);   /* not reached */
+}
+
+/*
+ * A fault while a report is written (its backtrace, walking a wrecked
+ * stack) runs this handler again for another signal: the worker then dies
+ * at once of the signal it was reporting, the one its report names, and
+ * what the report published so far stands.  (A fault of the same signal
+ * kills it at once without a handler: that one is blocked.)
+ */
+static void on_fatal(int sig, siginfo_t *info, void *context)
+{
+    (void)context;
+    int err = errno;
+    int reported = cap.reporting;
+    if (reported != 0)
+        die_of(reported);
+    cap.reporting = sig;
+    if (getpid() == cap.pid)    /* not a child forked by a callback */
+        write_report(sig, info, err);
+    die_of(sig);
 }
 
 /* In the process that forks workers (the caller, the fork server), before

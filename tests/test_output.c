@@ -501,6 +501,55 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
     test_pool_end(pool, PMAP_START_FORK);
 }
 
+#if CAN_LOSE_STACK
+/* Loses its stack pointer, then sends itself SIGABRT by a bare system
+ * call (nothing that needs a stack). */
+static int abort_without_stack_at(int x)
+{
+    if (x == 3) {
+        fprintf(stderr, "aborting without a stack\n");
+        __asm__ volatile("mov %0, %%rdi\n\t"
+                         "mov $0x1000, %%rsp\n\t"
+                         "mov $6, %%esi\n\t"      /* SIGABRT */
+                         "mov $62, %%eax\n\t"     /* kill */
+                         "syscall\n"
+                         "1:\tjmp 1b" ::"r"((long)getpid())
+                         : "rax", "rdi", "rsi", "rcx", "r11", "memory");
+    }
+    return x;
+}
+#else
+static int abort_without_stack_at(int x)
+{
+    return x;
+}
+#endif
+PMAP_EXPORT(abort_without_stack_at, int, int);
+
+/* A fault while the report of another signal is written (here in the
+ * backtrace, of a callback aborted without a stack) does not change what
+ * the worker died of: the report and the failure both say SIGABRT, and
+ * what was published before the fault reaches the caller. */
+TEST(output_crash_report_and_failure_agree_when_the_report_faults)
+{
+    NEEDS_PROCESSES("a crash");
+    if (!CAN_LOSE_STACK)
+        SKIP("losing the stack pointer takes x86-64 assembly");
+    pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
+    int xs[6], out[6];
+    for (int i = 0; i < 6; i++)
+        xs[i] = i;
+    ASSERT_EQ(pool_map(pool, abort_without_stack_at, 6, out, xs), 1);
+    const char *m = only_crash(pool, 3, SIGABRT);
+    if (strncmp(m, "SIGABRT", 7) != 0 ||
+        strstr(m, "stderr (last 25 bytes):\naborting without a stack\n") ==
+            NULL)
+        test_fail(__FILE__, __LINE__, "crash report: %s", m);
+    for (int i = 0; i < 6; i++)
+        ASSERT_EQ(out[i], i == 3 ? 0 : i);
+    test_pool_end(pool, PMAP_START_FORK);
+}
+
 /* Whether this process has libgcc_s mapped. */
 static bool libgcc_s_mapped(void)
 {
