@@ -47,6 +47,16 @@ pid_t pmap__self(void)
     return pid;
 }
 
+/* In a new child: its pid, stored before anything reads it.  Its page is
+ * wiped at the fork: a read first would map the zero page, and the store
+ * after it copy that, two faults where the store alone takes one. */
+void pmap__self_forked(void)
+{
+    if (pmap__local_wiped())
+        atomic_store_explicit(&pmap__local()->self, getpid(),
+                              memory_order_relaxed);
+}
+
 /* ---- the list of pools -------------------------------------------------- */
 
 static pthread_mutex_t *pools_lock(void)

@@ -756,6 +756,7 @@ extern const pmap__remote_t *pmap__remote;  /* set by libpmap-mpi */
 /* family.c */
 extern bool pmap__in_worker;    /* this process is a worker (or server) */
 pid_t pmap__self(void);
+void pmap__self_forked(void);
 void pmap__pools_lock(void);
 void pmap__pools_unlock(void);
 void pmap__pools_add(pool_t *pool);

@@ -1066,6 +1066,7 @@ void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out)
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 {
     pmap__in_worker = true;
+    pmap__self_forked();
     pmap__buf_lend(&self.results, self.first_results,
                    sizeof self.first_results);
     pmap__buf_lend(&self.scratch, self.first_scratch,
@@ -1084,6 +1085,10 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.slot = pmap__arena_state(setup->arena);
     self.arena = setup->arena;
     self.index = setup->index;
+    /* Its slot's page comes in one fault if written first (the running
+     * item: none yet), where reading the memory limit first and writing
+     * the first item later took two. */
+    atomic_store_explicit(&self.slot->item, 0, memory_order_relaxed);
     pmap__memory_limit_apply(setup->arena);
     self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
