@@ -194,6 +194,49 @@ static void sync_destroy(pool_t *pool)
 }
 
 /*
+ * The room of the last pool destroyed, kept for the next one (under the
+ * pools' lock) if no larger than SPARE_ROOM_MAX: mapping a room, marking
+ * it and unmapping it were three system calls a pool, and its first
+ * writes a fault a page.  No child ever sees what it holds (it is wiped
+ * at fork).
+ */
+#define SPARE_ROOM_MAX ((size_t)1 << 20)
+static unsigned char *spare_room;
+static size_t spare_room_size;
+
+/* A room of at least size bytes: the spare if large enough, or new;
+ * *got is its size.  NULL if none can be had. */
+static unsigned char *room_take(size_t size, size_t *got)
+{
+    unsigned char *p = NULL;
+    pmap__pools_lock();
+    if (spare_room != NULL && spare_room_size >= size) {
+        p = spare_room;
+        *got = spare_room_size;
+        spare_room = NULL;
+    }
+    pmap__pools_unlock();
+    if (p == NULL && (p = pmap__shm_unshared(size)) != NULL)
+        *got = size;
+    return p;
+}
+
+/* Keeps a destroyed pool's room for the next pool, or unmaps it. */
+static void room_give_back(unsigned char *p, size_t size)
+{
+    if (p == NULL)
+        return;
+    pmap__pools_lock();
+    if (spare_room == NULL && size <= SPARE_ROOM_MAX) {
+        spare_room = p;
+        spare_room_size = size;
+        p = NULL;
+    }
+    pmap__pools_unlock();
+    pmap__shm_unmap(p, size);
+}
+
+/*
  * The first buffers of the pool's slots and of its spare map, in memory of
  * the pool's own that no child gets a copy of (pmap__shm_unshared), where
  * there is such memory: the caller writes them while its workers are
@@ -206,10 +249,9 @@ static unsigned char *lend_room(pool_t *pool)
     size_t n = (size_t)pool->nworkers;
     size_t map = PMAP__OUTQ_ROOM + PMAP__FIRST_FRAMES;
     size_t size = map + n * (PMAP__OUTQ_ROOM + (size_t)PMAP__READ_SIZE);
-    pool->room = pmap__shm_unshared(size);
+    pool->room = room_take(size, &pool->room_size);
     if (pool->room == NULL)
         return NULL;
-    pool->room_size = size;
     unsigned char *out = pool->room + map;
     unsigned char *in = out + n * PMAP__OUTQ_ROOM;
     for (size_t i = 0; i < n; i++) {
@@ -421,8 +463,10 @@ void pool_destroy(pool_t *pool)
         pmap__close(&pool->wake[0]);
         pmap__close(&pool->wake[1]);
     }
-    if (!taken)
-        pmap__shm_unmap(pool->room, pool->room_size);   /* what it lent */
+    if (!taken && owner)
+        room_give_back(pool->room, pool->room_size);    /* what it lent */
+    else if (!taken)
+        pmap__shm_unmap(pool->room, pool->room_size);
     free(pool->retirees);
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);
