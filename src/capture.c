@@ -245,11 +245,11 @@ static _Noreturn void die_of(int sig)
     dfl.sa_handler = SIG_DFL;
     sigemptyset(&dfl.sa_mask);
     sigaction(sig, &dfl, NULL);
-    raise(sig);     /* pending while blocked (in its handler), until: */
+    raise(sig);     /* pending: blocked in its own handler */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, sig);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);   /* delivered here */
     _exit(128 + sig);   /* not reached */
 }
 

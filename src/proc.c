@@ -620,10 +620,13 @@ static void drain(const pool_t *pool, pmap__retiree_t *r)
         close_watched(pool, &r->fd);
 }
 
-/* When to look at retiree r again if nothing comes: its deadline, or
- * without a pidfd to tell of its end, a tick from now. */
+/* When to look at retiree r again if nothing comes: now if it was waited
+ * for already, else its deadline, or without a pidfd to tell of its end,
+ * a tick from now. */
 static int64_t look_again(const pmap__retiree_t *r, int64_t now)
 {
+    if (r->pid == 0)
+        return now;
     if (r->pidfd < 0 && now + PMAP__TICK_NS < r->deadline_ns)
         return now + PMAP__TICK_NS;
     return r->deadline_ns;
