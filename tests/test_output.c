@@ -475,6 +475,19 @@ static int lose_stack_at(int x)
 #endif
 PMAP_EXPORT(lose_stack_at, int, int);
 
+/* After a map of 6 items (i -> i) in which item `index` crashed of sig:
+ * the failure, its report's first line (starting with head) and what it
+ * kept of stderr (tail), and the other items' results. */
+static void check_one_crash(pool_t *pool, const int out[6], long index,
+                            int sig, const char *head, const char *tail)
+{
+    const char *m = only_crash(pool, index, sig);
+    if (strncmp(m, head, strlen(head)) != 0 || strstr(m, tail) == NULL)
+        test_fail(__FILE__, __LINE__, "crash report: %s", m);
+    for (int i = 0; i < 6; i++)
+        ASSERT_EQ(out[i], i == index ? 0 : i);
+}
+
 /* A callback that loses its stack pointer: the handler runs on its own
  * stack, but the unwinder, walking into the callback's frame, reads where
  * that pointer says and faults in turn, which kills the worker at once.
@@ -486,17 +499,12 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
     if (!CAN_LOSE_STACK)
         SKIP("losing the stack pointer takes x86-64 assembly");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
-    int xs[6], out[6];
-    for (int i = 0; i < 6; i++)
-        xs[i] = i;
+    int xs[6] = {0, 1, 2, 3, 4, 5}, out[6];
     ASSERT_EQ(pool_map(pool, lose_stack_at, 6, out, xs), 1);
-    const char *m = only_crash(pool, 2, SIGSEGV);
-    if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
-                  "address 0xff8\n") != m ||
-        strstr(m, "stderr (last 16 bytes):\nlosing my stack\n") == NULL)
-        test_fail(__FILE__, __LINE__, "crash report: %s", m);
-    for (int i = 0; i < 6; i++)
-        ASSERT_EQ(out[i], i == 2 ? 0 : i);
+    check_one_crash(pool, out, 2, SIGSEGV,
+                    "SIGSEGV (segmentation fault: address not mapped) at "
+                    "address 0xff8\n",
+                    "stderr (last 16 bytes):\nlosing my stack\n");
     ASSERT_EQ(pool_map(pool, lose_stack_at, 2, out, xs), 0);
     test_pool_end(pool, PMAP_START_FORK);
 }
@@ -536,17 +544,10 @@ TEST(output_crash_report_and_failure_agree_when_the_report_faults)
     if (!CAN_LOSE_STACK)
         SKIP("losing the stack pointer takes x86-64 assembly");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
-    int xs[6], out[6];
-    for (int i = 0; i < 6; i++)
-        xs[i] = i;
+    int xs[6] = {0, 1, 2, 3, 4, 5}, out[6];
     ASSERT_EQ(pool_map(pool, abort_without_stack_at, 6, out, xs), 1);
-    const char *m = only_crash(pool, 3, SIGABRT);
-    if (strncmp(m, "SIGABRT", 7) != 0 ||
-        strstr(m, "stderr (last 25 bytes):\naborting without a stack\n") ==
-            NULL)
-        test_fail(__FILE__, __LINE__, "crash report: %s", m);
-    for (int i = 0; i < 6; i++)
-        ASSERT_EQ(out[i], i == 3 ? 0 : i);
+    check_one_crash(pool, out, 3, SIGABRT, "SIGABRT",
+                    "stderr (last 25 bytes):\naborting without a stack\n");
     test_pool_end(pool, PMAP_START_FORK);
 }
 
