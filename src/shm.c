@@ -59,8 +59,8 @@ int pmap__shm_file(const char *name, size_t size)
             shm_unlink(path);
         fd = pmap__fd_sanitize(fd, false);
     }
-    if (fd >= 0 && ftruncate(fd, (off_t)size) < 0)
-        pmap__close(&fd);
+    if (fd >= 0 && size > 0 && ftruncate(fd, (off_t)size) < 0)
+        pmap__close(&fd);     /* (a new file is empty already) */
     return fd < 0 ? -1 : fd;
 }
 
