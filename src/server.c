@@ -157,9 +157,13 @@ static bool receive(int fd, request_t *req, int fds[HANDED], int *nfds)
     return true;
 }
 
-/* In the new worker: its arena, then the worker's own life. */
+/* In the new worker, forked by the server `server`: its arena, then the
+ * worker's own life.  The server's pid is the one it had before the fork:
+ * asked here, getppid() would name init if the server had been killed
+ * meanwhile, and the worker, taking init for its parent, would never die
+ * with it. */
 static _Noreturn void become_worker(int control, const request_t *req,
-                                    const int fds[HANDED])
+                                    const int fds[HANDED], pid_t server)
 {
     pmap__close(&child_pipe[0]);
     pmap__close(&child_pipe[1]);
@@ -167,7 +171,7 @@ static _Noreturn void become_worker(int control, const request_t *req,
     signal(SIGCHLD, SIG_DFL);
     sigset_t none;      /* the server has no other handler */
     sigemptyset(&none);
-    pmap__worker_setup_t s = {(pid_t)req->owner, getppid(), req->index,
+    pmap__worker_setup_t s = {(pid_t)req->owner, server, req->index,
                               {fds[0], fds[1], -1}, NULL,
                               req->init, req->exit, req->arg, &none};
     s.arena = pmap__shm_attach(fds[2], req->arena_size);
@@ -184,9 +188,10 @@ static void spawn(int control, const request_t *req, int fds[HANDED],
     int err = nfds == HANDED ? 0 : PMAP_EPROTO;
     for (int i = 0; i < nfds && err == 0; i++)
         err = fds[i] < 0 ? fds[i] : 0;  /* not moved above 2 (receive) */
+    pid_t server = getpid();
     pid_t pid = err == 0 ? fork() : -1;
     if (pid == 0)
-        become_worker(control, req, fds);
+        become_worker(control, req, fds, server);
     if (pid < 0 && err == 0)
         err = -errno;   /* fork's */
     for (int i = 0; i < nfds; i++)
