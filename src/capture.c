@@ -62,7 +62,7 @@ static struct {
     int files[2];           /* where fds 1 and 2 go while capturing */
     int saved[2];           /* fds 1 and 2 of before, while capturing */
     volatile sig_atomic_t capturing;
-    volatile sig_atomic_t reporting;    /* the signal being reported, or 0 */
+    atomic_int reporting;   /* the signal being reported, or 0 */
 } cap = {NULL, 0, 0, {-1, -1}, {-1, -1}, 0, 0};
 
 /* ---- crash reports ------------------------------------------------------ */
@@ -254,20 +254,20 @@ static _Noreturn void die_of(int sig)
 }
 
 /*
- * A fault while a report is written (its backtrace, walking a wrecked
- * stack) runs this handler again for another signal: the worker then dies
- * at once of the signal it was reporting, the one its report names, and
- * what the report published so far stands.  (A fault of the same signal
- * kills it at once without a handler: that one is blocked.)
+ * One report a worker: a fault while it is written (its backtrace, walking
+ * a wrecked stack) runs this handler again for another signal, as does a
+ * fatal signal of another of the callback's threads meanwhile, and the
+ * worker then dies at once of the signal being reported, the one its
+ * report names; what the report published so far stands.  (A fault of the
+ * same signal kills it at once without a handler: that one is blocked.)
  */
 static void on_fatal(int sig, siginfo_t *info, void *context)
 {
     (void)context;
     int err = errno;
-    int reported = cap.reporting;
+    int reported = atomic_exchange(&cap.reporting, sig);
     if (reported != 0)
         die_of(reported);
-    cap.reporting = sig;
     if (getpid() == cap.pid)    /* not a child forked by a callback */
         write_report(sig, info, err);
     die_of(sig);

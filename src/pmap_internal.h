@@ -388,6 +388,8 @@ typedef struct pmap__local {
     pthread_mutex_t registry_lock;  /* registry.c */
     pthread_mutex_t server_lock;    /* server.c: the fork server's channel */
     atomic_uint last_map;           /* job.c: the last map's number */
+    unsigned char *spare_room;      /* pool.c: a destroyed pool's room */
+    size_t spare_room_size;
 } pmap__local_t;
 
 pmap__local_t *pmap__local(void);

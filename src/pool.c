@@ -194,26 +194,27 @@ static void sync_destroy(pool_t *pool)
 }
 
 /*
- * The room of the last pool destroyed, kept for the next one (under the
- * pools' lock) if no larger than SPARE_ROOM_MAX: mapping a room, marking
- * it and unmapping it were three system calls a pool, and its first
- * writes a fault a page.  No child ever sees what it holds (it is wiped
- * at fork).
+ * The room of the last pool destroyed, kept for the next one if no larger
+ * than SPARE_ROOM_MAX: mapping a room, marking it and unmapping it were
+ * three system calls a pool, and its first writes a fault a page.  It is
+ * noted in the page that children see wiped (pmap__local), under the
+ * pools' lock: a child forked meanwhile by another thread finds no spare,
+ * never half of one, and noting it copies no page the workers share.  No
+ * child ever sees what it holds (it is wiped at fork too).
  */
 #define SPARE_ROOM_MAX ((size_t)1 << 20)
-static unsigned char *spare_room;
-static size_t spare_room_size;
 
 /* A room of at least size bytes: the spare if large enough, or new;
  * *got is its size.  NULL if none can be had. */
 static unsigned char *room_take(size_t size, size_t *got)
 {
+    pmap__local_t *l = pmap__local();
     unsigned char *p = NULL;
     pmap__pools_lock();
-    if (spare_room != NULL && spare_room_size >= size) {
-        p = spare_room;
-        *got = spare_room_size;
-        spare_room = NULL;
+    if (l->spare_room != NULL && l->spare_room_size >= size) {
+        p = l->spare_room;
+        *got = l->spare_room_size;
+        l->spare_room = NULL;
     }
     pmap__pools_unlock();
     if (p == NULL && (p = pmap__shm_unshared(size)) != NULL)
@@ -224,12 +225,14 @@ static unsigned char *room_take(size_t size, size_t *got)
 /* Keeps a destroyed pool's room for the next pool, or unmaps it. */
 static void room_give_back(unsigned char *p, size_t size)
 {
+    pmap__local_t *l = pmap__local();
     if (p == NULL)
         return;
     pmap__pools_lock();
-    if (spare_room == NULL && size <= SPARE_ROOM_MAX) {
-        spare_room = p;
-        spare_room_size = size;
+    if (pmap__local_wiped() && l->spare_room == NULL &&
+        size <= SPARE_ROOM_MAX) {
+        l->spare_room = p;
+        l->spare_room_size = size;
         p = NULL;
     }
     pmap__pools_unlock();

@@ -145,7 +145,7 @@ void *pmap__shm_unshared(size_t size)
 static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0};
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */

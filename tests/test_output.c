@@ -456,12 +456,16 @@ TEST(output_crash_report_of_a_corrupted_heap)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* Points its stack pointer at an unmapped page and pushes there. */
+/* Points its stack and frame pointers at an unmapped page (both: the
+ * unwinder of a build with frame pointers walks from the frame pointer)
+ * and pushes there. */
 static int lose_stack_at(int x)
 {
     if (x == 2) {
         fprintf(stderr, "losing my stack\n");
-        __asm__ volatile("mov $0x1000, %%rsp\n\tpush %%rax" ::: "memory");
+        __asm__ volatile("mov $0x1000, %%rsp\n\t"
+                         "mov $0x1000, %%rbp\n\t"
+                         "push %%rax" ::: "memory");
     }
     return x;
 }
@@ -475,14 +479,16 @@ static int lose_stack_at(int x)
 #endif
 PMAP_EXPORT(lose_stack_at, int, int);
 
-/* After a map of 6 items (i -> i) in which item `index` crashed of sig:
- * the failure, its report's first line (starting with head) and what it
- * kept of stderr (tail), and the other items' results. */
+/* After a map of 6 items (i -> i) in which item `index` crashed of sig
+ * with its stack wrecked: the failure, its report's first line (starting
+ * with head) and what it kept of stderr (tail), but no backtrace, whose
+ * walk faulted; and the other items' results. */
 static void check_one_crash(pool_t *pool, const int out[6], long index,
                             int sig, const char *head, const char *tail)
 {
     const char *m = only_crash(pool, index, sig);
-    if (strncmp(m, head, strlen(head)) != 0 || strstr(m, tail) == NULL)
+    if (strncmp(m, head, strlen(head)) != 0 || strstr(m, tail) == NULL ||
+        strstr(m, "backtrace:") != NULL)
         test_fail(__FILE__, __LINE__, "crash report: %s", m);
     for (int i = 0; i < 6; i++)
         ASSERT_EQ(out[i], i == index ? 0 : i);
@@ -510,14 +516,15 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
 }
 
 #if CAN_LOSE_STACK
-/* Loses its stack pointer, then sends itself SIGABRT by a bare system
- * call (nothing that needs a stack). */
+/* Loses its stack and frame pointers, then sends itself SIGABRT by a bare
+ * system call (nothing that needs a stack). */
 static int abort_without_stack_at(int x)
 {
     if (x == 3) {
         fprintf(stderr, "aborting without a stack\n");
         __asm__ volatile("mov %0, %%rdi\n\t"
                          "mov $0x1000, %%rsp\n\t"
+                         "mov $0x1000, %%rbp\n\t"
                          "mov $6, %%esi\n\t"      /* SIGABRT */
                          "mov $62, %%eax\n\t"     /* kill */
                          "syscall\n"
