@@ -326,15 +326,26 @@ static int crash_at(int x)
 }
 PMAP_EXPORT(crash_at, int, int);
 
-/* The map's only failure: item `index`, killed by signal `sig`.  Returns
- * its report. */
-static const char *only_crash(pool_t *pool, long index, int sig)
+/* Inputs 0, 1, ... n - 1. */
+static void iota(int *xs, int n)
+{
+    for (int i = 0; i < n; i++)
+        xs[i] = i;
+}
+
+/* After a map of n items i -> i (out): its only failure is item `index`,
+ * killed by signal `sig`, and every other item has its result.  Returns
+ * the crash's report. */
+static const char *only_crash(pool_t *pool, const int *out, int n,
+                              long index, int sig)
 {
     const pmap_failure_t *f;
     ASSERT_EQ(pool_failures(pool, &f), 1);
     ASSERT_EQ(f[0].index, index);
     ASSERT_EQ(f[0].error, PMAP_ECRASH);
     ASSERT_EQ(f[0].code, sig);
+    for (int i = 0; i < n; i++)
+        ASSERT_EQ(out[i], i == index ? 0 : i);
     return f[0].message != NULL ? f[0].message : "";
 }
 
@@ -342,10 +353,9 @@ static void crash_report(int start)
 {
     pool_t *pool = make_pool(start, PMAP_OUTPUT_CAPTURE);
     int xs[20], out[20];
-    for (int i = 0; i < 20; i++)
-        xs[i] = i;
+    iota(xs, 20);
     ASSERT_EQ(pool_map(pool, crash_at, 20, out, xs), 1);
-    const char *m = only_crash(pool, 7, SIGSEGV);
+    const char *m = only_crash(pool, out, 20, 7, SIGSEGV);
     if (strstr(m, "SIGSEGV (segmentation fault: address not mapped) at "
                   "address 0x10\n") == NULL ||
         strstr(m, "about to fall over\n") == NULL)
@@ -354,12 +364,10 @@ static void crash_report(int start)
     if (strstr(m, "backtrace:\n") == NULL)
         test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
 #endif
-    for (int i = 0; i < 20; i++)
-        ASSERT_EQ(out[i], i == 7 ? 0 : i);
     /* Without capture: the report, without stderr. */
     pool_map_options_t mo = {.output = PMAP_OUTPUT_PASS};
     ASSERT_EQ(pool_map_with(pool, &mo, crash_at, 20, out, xs), 1);
-    m = only_crash(pool, 7, SIGSEGV);
+    m = only_crash(pool, out, 20, 7, SIGSEGV);
     ASSERT(strstr(m, "at address 0x10") != NULL);
     ASSERT(strstr(m, "about to fall over") == NULL);
     test_pool_end(pool, start);
@@ -399,14 +407,11 @@ TEST(output_crash_report_of_a_stack_overflow)
         SKIP("the sanitizer or valgrind handles the overflow itself");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
     int xs[8], out[8];
-    for (int i = 0; i < 8; i++)
-        xs[i] = i;
+    iota(xs, 8);
     ASSERT_EQ(pool_map(pool, overflow_at, 8, out, xs), 1);
-    const char *m = only_crash(pool, 3, SIGSEGV);
+    const char *m = only_crash(pool, out, 8, 3, SIGSEGV);
     if (strstr(m, "SIGSEGV") == NULL)
         test_fail(__FILE__, __LINE__, "no report: %s", m);
-    for (int i = 0; i < 8; i++)
-        ASSERT_EQ(out[i], i == 3 ? 0 : i);
     test_pool_end(pool, PMAP_START_FORK);
 }
 
@@ -441,16 +446,13 @@ TEST(output_crash_report_of_a_corrupted_heap)
         SKIP("the sanitizer or valgrind catches the corruption itself");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
     int xs[12], out[12];
-    for (int i = 0; i < 12; i++)
-        xs[i] = i;
+    iota(xs, 12);
     ASSERT_EQ(pool_map(pool, smash_heap_at, 12, out, xs), 1);
-    const char *m = only_crash(pool, 5, SIGABRT);
+    const char *m = only_crash(pool, out, 12, 5, SIGABRT);
     const char *frames = strstr(m, "backtrace:\n");
     if (strncmp(m, "SIGABRT", 7) != 0 || frames == NULL ||
         strstr(frames, "[0x") == NULL || strstr(m, "stderr (last") == NULL)
         test_fail(__FILE__, __LINE__, "crash report: %s", m);
-    for (int i = 0; i < 12; i++)
-        ASSERT_EQ(out[i], i == 5 ? 0 : i);
     ASSERT_EQ(pool_map(pool, smash_heap_at, 5, out, xs), 0);
     test_pool_end(pool, PMAP_START_FORK);
 }
@@ -479,19 +481,13 @@ static int lose_stack_at(int x)
 #endif
 PMAP_EXPORT(lose_stack_at, int, int);
 
-/* After a map of 6 items (i -> i) in which item `index` crashed of sig
- * with its stack wrecked: the failure, its report's first line (starting
- * with head) and what it kept of stderr (tail), but no backtrace, whose
- * walk faulted; and the other items' results. */
-static void check_one_crash(pool_t *pool, const int out[6], long index,
-                            int sig, const char *head, const char *tail)
+/* Whether report m of a callback that wrecked its stack starts with head
+ * and keeps tail of its stderr, but has no backtrace: its walk faulted. */
+static void check_wrecked(const char *m, const char *head, const char *tail)
 {
-    const char *m = only_crash(pool, index, sig);
     if (strncmp(m, head, strlen(head)) != 0 || strstr(m, tail) == NULL ||
         strstr(m, "backtrace:") != NULL)
         test_fail(__FILE__, __LINE__, "crash report: %s", m);
-    for (int i = 0; i < 6; i++)
-        ASSERT_EQ(out[i], i == index ? 0 : i);
 }
 
 /* A callback that loses its stack pointer: the handler runs on its own
@@ -505,12 +501,13 @@ TEST(output_crash_report_outlives_a_fault_in_its_backtrace)
     if (!CAN_LOSE_STACK)
         SKIP("losing the stack pointer takes x86-64 assembly");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
-    int xs[6] = {0, 1, 2, 3, 4, 5}, out[6];
+    int xs[6], out[6];
+    iota(xs, 6);
     ASSERT_EQ(pool_map(pool, lose_stack_at, 6, out, xs), 1);
-    check_one_crash(pool, out, 2, SIGSEGV,
-                    "SIGSEGV (segmentation fault: address not mapped) at "
-                    "address 0xff8\n",
-                    "stderr (last 16 bytes):\nlosing my stack\n");
+    check_wrecked(only_crash(pool, out, 6, 2, SIGSEGV),
+                  "SIGSEGV (segmentation fault: address not mapped) at "
+                  "address 0xff8\n",
+                  "stderr (last 16 bytes):\nlosing my stack\n");
     ASSERT_EQ(pool_map(pool, lose_stack_at, 2, out, xs), 0);
     test_pool_end(pool, PMAP_START_FORK);
 }
@@ -551,10 +548,11 @@ TEST(output_crash_report_and_failure_agree_when_the_report_faults)
     if (!CAN_LOSE_STACK)
         SKIP("losing the stack pointer takes x86-64 assembly");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
-    int xs[6] = {0, 1, 2, 3, 4, 5}, out[6];
+    int xs[6], out[6];
+    iota(xs, 6);
     ASSERT_EQ(pool_map(pool, abort_without_stack_at, 6, out, xs), 1);
-    check_one_crash(pool, out, 3, SIGABRT, "SIGABRT",
-                    "stderr (last 25 bytes):\naborting without a stack\n");
+    check_wrecked(only_crash(pool, out, 6, 3, SIGABRT), "SIGABRT",
+                  "stderr (last 25 bytes):\naborting without a stack\n");
     test_pool_end(pool, PMAP_START_FORK);
 }
 
@@ -586,10 +584,9 @@ TEST(output_crash_report_loads_no_library_into_the_caller)
              "or a build that found no libgcc_eh.a)");
     pool_t *pool = make_pool(PMAP_START_FORK, PMAP_OUTPUT_CAPTURE);
     int xs[8], out[8];
-    for (int i = 0; i < 8; i++)
-        xs[i] = i;
+    iota(xs, 8);
     ASSERT_EQ(pool_map(pool, crash_at, 8, out, xs), 1);
-    const char *m = only_crash(pool, 7, SIGSEGV);
+    const char *m = only_crash(pool, out, 8, 7, SIGSEGV);
     const char *frames = strstr(m, "backtrace:\n");
     if (frames == NULL || strstr(frames, "[0x") == NULL)
         test_fail(__FILE__, __LINE__, "no backtrace: %s", m);
