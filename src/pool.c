@@ -222,7 +222,9 @@ static unsigned char *room_take(size_t size, size_t *got)
     return p;
 }
 
-/* Keeps a destroyed pool's room for the next pool, or unmaps it. */
+/* Keeps a destroyed pool's room for this process's next pool, or unmaps
+ * it (in a forked copy of the pool's owner too: the room is its own there,
+ * wiped). */
 static void room_give_back(unsigned char *p, size_t size)
 {
     pmap__local_t *l = pmap__local();
@@ -466,10 +468,8 @@ void pool_destroy(pool_t *pool)
         pmap__close(&pool->wake[0]);
         pmap__close(&pool->wake[1]);
     }
-    if (!taken && owner)
+    if (!taken)
         room_give_back(pool->room, pool->room_size);    /* what it lent */
-    else if (!taken)
-        pmap__shm_unmap(pool->room, pool->room_size);
     free(pool->retirees);
     pmap__buf_free(&pool->frames);
     free(pool->pollfds);

@@ -182,7 +182,7 @@ static pid_t fork_worker(pool_t *pool, pmap__worker_t *w,
 static pid_t ask_server(pool_t *pool, pmap__worker_t *w,
                         const pmap__channel_t *theirs)
 {
-    pmap__worker_setup_t setup = {getpid(), 0, w->index, PMAP__NO_CHANNEL,
+    pmap__worker_setup_t setup = {pmap__self(), 0, w->index, PMAP__NO_CHANNEL,
                                   NULL, pool->opts.worker_init,
                                   pool->opts.worker_exit,
                                   pool->opts.worker_arg, NULL};

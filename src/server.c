@@ -188,7 +188,7 @@ static void spawn(int control, const request_t *req, int fds[HANDED],
     int err = nfds == HANDED ? 0 : PMAP_EPROTO;
     for (int i = 0; i < nfds && err == 0; i++)
         err = fds[i] < 0 ? fds[i] : 0;  /* not moved above 2 (receive) */
-    pid_t server = getpid();
+    pid_t server = pmap__self();
     pid_t pid = err == 0 ? fork() : -1;
     if (pid == 0)
         become_worker(control, req, fds, server);
