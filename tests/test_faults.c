@@ -1153,6 +1153,49 @@ TEST(host_thousand_create_destroy_cycles_leak_nothing)
         ASSERT(resident_pages() - rss < 64);    /* < 256 KiB of growth */
 }
 
+/* This process's mapped pages, all of them (-1 without /proc). */
+static long mapped_pages(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = -1;
+    if (f != NULL) {
+        if (fscanf(f, "%ld", &size) != 1)
+            size = -1;
+        fclose(f);
+    }
+    return size;
+}
+
+/* pool_destroy keeps the first buffers of its pool (its room, at most
+ * 1 MiB) for the next pool, which takes it if it is large enough: pools
+ * growing and shrinking in turn, past that limit too, get their results
+ * right, and no room is left behind (the process's mappings do not grow). */
+TEST(host_pools_of_changing_sizes_share_one_spare_room)
+{
+    static const int sizes[] = {1, 6, 2, 12, 3, 24};
+    int xs[300], out[300];
+    for (int i = 0; i < 300; i++)
+        xs[i] = i;
+    pool_map_options_t one = {.chunk = 1};  /* every worker, small frames */
+    long before = -1;
+    int cycles = (int)test_scaled(120);
+    for (int c = 0; c < cycles; c++) {
+        int n = sizes[c % 6];
+        pool_t *pool = pool_create(n);
+        ASSERT(pool != NULL);
+        ASSERT_OK(pool_map_with(pool, &one, plus_one, 300, out, xs));
+        for (int i = 0; i < 300; i++)
+            ASSERT_EQ(out[i], i + 1);
+        pool_destroy(pool);
+        if (c == 5)
+            before = mapped_pages();
+    }
+    ASSERT_EQ(test_children(), 0);
+    /* A room left behind a cycle would be some 50 MiB by now. */
+    if (before >= 0 && !TEST_ASAN && !test_under_valgrind())
+        ASSERT(mapped_pages() - before < 1024);     /* 4 MiB */
+}
+
 TEST(host_ten_thousand_maps_leak_nothing)
 {
     pool_t *pool = pool_create(2);
