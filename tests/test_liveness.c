@@ -716,7 +716,10 @@ TEST(liveness_worker_scribbling_its_value_regions_harms_no_other)
     if (access("/proc/self/maps", R_OK) != 0)
         SKIP("no /proc/self/maps");
     test_arm(30);
-    enum { CHUNK = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)), N = 4 * CHUNK };
+    enum {
+        CHUNK = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)),
+        N = 4 * CHUNK
+    };
     int *modes = calloc(N, sizeof *modes), *xs = malloc(N * sizeof *xs);
     int *out = malloc(N * sizeof *out);
     ASSERT(modes != NULL && xs != NULL && out != NULL);
