@@ -645,6 +645,8 @@ int pmap__job_dispatch(pool_t *pool, pmap_job_t *job, pmap__worker_t *w)
     }
     pmap__outq_set(q, in_region_at, in_region);
     pmap__outq_end(q, frame);
+    if (shared.used > w->depth)
+        w->depth = shared.used;     /* what its arena holds: shm.c */
     job->stats.bytes_sent += q->total - queued;
     job->shared_sent += shared.used;
     job->sent_items += r.count;

@@ -340,6 +340,11 @@ typedef struct pmap__slot {
     uint32_t private;           /* set before the worker starts: no shared
                                    regions (a worker on another machine,
                                    src/mpi/): every value travels in frames */
+    uint32_t kept;              /* set by the worker: its children do not
+                                   inherit the arena (shm.c, spare arenas) */
+    _Atomic uint64_t reach;     /* set by the worker before it writes there:
+                                   how deep its results went into a result
+                                   region */
 } pmap__slot_t;
 
 /*
@@ -379,6 +384,13 @@ void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void *pmap__shm_unshared(size_t size);
 
+/* An arena kept for a later worker, and the bytes it may hold (shm.c). */
+#define PMAP__SPARE_ARENAS 64
+typedef struct pmap__spare_arena {
+    unsigned char *arena;
+    size_t bytes;
+} pmap__spare_arena_t;
+
 /* What this process writes right after forking, in a page no child
  * inherits as it is (shm.c). */
 typedef struct pmap__local {
@@ -390,6 +402,9 @@ typedef struct pmap__local {
     atomic_uint last_map;           /* job.c: the last map's number */
     unsigned char *spare_room;      /* pool.c: a destroyed pool's room */
     size_t spare_room_size;
+    unsigned nspare_arenas;         /* shm.c: ended workers' arenas */
+    size_t spare_arena_bytes;
+    pmap__spare_arena_t spare_arenas[PMAP__SPARE_ARENAS];
 } pmap__local_t;
 
 pmap__local_t *pmap__local(void);
@@ -397,6 +412,10 @@ bool pmap__local_wiped(void);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
+unsigned char *pmap__arena_take(void);
+int pmap__arenas_spare(void);
+void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth);
+void pmap__arena_keep_from_children(unsigned char *arena);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
                                 unsigned slot, bool results);
@@ -458,6 +477,8 @@ typedef struct pmap__worker {
     int nbatch;
     unsigned next_slot;         /* arena slot of the next batch */
     unsigned char *arena;       /* this process's own (shm.c) */
+    size_t depth;               /* how deep its argument regions were
+                                   written (shm.c, spare arenas) */
     int handoff[2];             /* being handed to its process: the write
                                    end of its result pipe (the read end of
                                    its task pipe is ch.keep), its arena
@@ -471,10 +492,13 @@ typedef struct pmap__worker {
 /* A worker told to leave (recycled, or its pool destroyed): its slot is
  * free for a replacement; it is killed if it is still there at deadline. */
 typedef struct pmap__retiree {
-    pid_t pid;
+    pid_t pid;                  /* 0 once waited for */
     int fd;                     /* its channel, drained until it ends */
     int pidfd;                  /* or -1 */
     int64_t deadline_ns;
+    unsigned char *arena;       /* given back once it has ended, or NULL */
+    size_t depth;               /* as pmap__worker_t's */
+    bool clean;                 /* waited for: it left as told */
 } pmap__retiree_t;
 
 /* How often processes without a pidfd are looked at, while it matters. */

@@ -210,11 +210,32 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
     return rc < 0 ? rc : pid;
 }
 
+/* Whether w's process is forked here (not by the fork server, not on
+ * another rank): its arena is anonymous, one of the spare ones if any. */
+static bool forked_here(const pool_t *pool)
+{
+    return !pool->server && pool->remote == NULL;
+}
+
+/* A new arena of w's own, kept from every other child of ours. */
+static unsigned char *new_arena(const pool_t *pool, pmap__worker_t *w)
+{
+    unsigned char *arena = forked_here(pool) ? pmap__arena_take() : NULL;
+    if (arena != NULL)
+        return arena;   /* kept from children already */
+    arena = pmap__shm_map(PMAP__ARENA_SIZE,
+                          pool->server ? &w->handoff[1] : NULL);
+    if (arena != NULL && pool->remote == NULL)
+        pmap__arena_inherit(arena, false);
+    return arena;
+}
+
 /* Makes the channel and the arena of w's next process, pools_lock held:
  * our side of the channel goes to w->ch, theirs to *theirs (its write end
  * also to w->handoff[0], so that a child forked meanwhile closes it); the
- * arena is a new mapping, or `arena` if not NULL (spawn_all).  Returns 0,
- * or a negative code with nothing made (`arena` is still the caller's). */
+ * arena is `arena` if not NULL (spawn_all), else a spare or new one.
+ * Returns 0, or a negative code with nothing made (`arena` is still the
+ * caller's). */
 static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
                    unsigned char *arena)
 {
@@ -230,10 +251,8 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
     if (rc < 0)
         return rc;
     w->handoff[0] = theirs->out;    /* theirs->in is w->ch.keep */
-    w->arena = arena != NULL ? arena
-                             : pmap__shm_map(PMAP__ARENA_SIZE,
-                                             pool->server ? &w->handoff[1]
-                                                          : NULL);
+    w->arena = arena != NULL ? arena : new_arena(pool, w);
+    w->depth = 0;
     if (w->arena == NULL) {
         pmap__close(&w->handoff[0]);
         pmap__channel_close(&w->ch);
@@ -244,10 +263,6 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
     if (pool->opts.worker_memory_limit != 0)
         pmap__arena_state(w->arena)->memory_limit =
             pool->opts.worker_memory_limit;
-    if (pool->remote == NULL && arena == NULL)  /* no other child of ours
-                                                  gets it (spawn_all keeps
-                                                  its whole mapping so) */
-        pmap__arena_inherit(w->arena, false);
     return 0;
 }
 
@@ -334,10 +349,28 @@ int pmap__proc_spawn(pool_t *pool, pmap__worker_t *w)
 /* Slots a new pool forks at once, at most (spawn_group). */
 #define GROUP 8
 
-/* Slot i's arena, carved from a new pool's (spawn_all), or NULL. */
-static unsigned char *arena_of(unsigned char *arenas, int i)
+/* A new pool's arenas carved from one mapping (spawn_all), for its slots
+ * from `first` on; the slots before take spare ones. */
+typedef struct carved {
+    unsigned char *base;    /* or NULL: none */
+    int first;
+} carved_t;
+
+/* Slot i's arena, carved from a new pool's, or NULL. */
+static unsigned char *arena_of(const carved_t *c, int i)
 {
-    return arenas != NULL ? arenas + (size_t)i * PMAP__ARENA_SIZE : NULL;
+    return c->base != NULL && i >= c->first
+               ? c->base + (size_t)(i - c->first) * PMAP__ARENA_SIZE
+               : NULL;
+}
+
+/* Unmaps the carved arenas of slots [from, to), never given to a slot. */
+static void carved_drop(const carved_t *c, int from, int to)
+{
+    from = from > c->first ? from : c->first;
+    if (c->base != NULL && from < to)
+        pmap__shm_unmap(arena_of(c, from),
+                        (size_t)(to - from) * PMAP__ARENA_SIZE);
 }
 
 /*
@@ -350,7 +383,7 @@ static unsigned char *arena_of(unsigned char *arenas, int i)
  * after each fork.  Returns 0 or the first negative code (the slots from
  * the failed one on then stay empty).
  */
-static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
+static int spawn_group(pool_t *pool, int first, int n, const carved_t *arenas)
 {
     pmap__channel_t theirs[GROUP];
     pid_t pid[GROUP];
@@ -361,9 +394,7 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
            (rc = prepare(pool, &pool->workers[first + made], &theirs[made],
                          arena_of(arenas, first + made))) == 0)
         made++;
-    if (arenas != NULL && made < n)     /* those of the slots not made */
-        pmap__shm_unmap(arena_of(arenas, first + made),
-                        (size_t)(n - made) * PMAP__ARENA_SIZE);
+    carved_drop(arenas, first + made, first + n);   /* slots not made */
     sigset_t old;
     forking_t f;
     forking_begin(&f);
@@ -392,34 +423,39 @@ static int spawn_group(pool_t *pool, int first, int n, unsigned char *arenas)
  * remote layer start them one by one.  Returns 0 or the first negative
  * code.
  *
- * The arenas of a pool forked here are carved from one mapping, kept from
- * every child but across the fork of each slot's own: fork copies the
- * caller's mappings one by one, even those it does not pass on, and with
- * an arena apiece the 512th worker's fork took hundreds of microseconds
- * more than the first's.  (A replacement gets an arena of its own, that
- * nothing its predecessor forked can still hold: start.)
+ * The arenas of a pool forked here are the spare ones (shm.c), then
+ * carved from one mapping, kept from every child but across the fork of
+ * each slot's own: fork copies the caller's mappings one by one, even
+ * those it does not pass on, and with an arena apiece the 512th worker's
+ * fork took hundreds of microseconds more than the first's.  (A
+ * replacement gets a spare or new arena, that nothing its predecessor
+ * forked can hold: start.)
  */
 int pmap__proc_spawn_all(pool_t *pool)
 {
-    bool forks = !pool->server && pool->remote == NULL;
+    bool forks = forked_here(pool);
     int step = forks ? GROUP : 1, rc = 0, i;
-    size_t size = (size_t)pool->nworkers * PMAP__ARENA_SIZE;
     pmap__pools_lock();     /* no fork by another thread before the
                                mapping is kept from it */
-    unsigned char *arenas = forks ? pmap__shm_map(size, NULL) : NULL;
-    if (arenas != NULL && !pmap__shm_fork_inherit(arenas, size, false)) {
-        pmap__shm_unmap(arenas, size);  /* an arena apiece, then */
-        arenas = NULL;
+    carved_t arenas = {NULL, forks ? pmap__arenas_spare() : 0};
+    size_t size = arenas.first < pool->nworkers
+                      ? (size_t)(pool->nworkers - arenas.first) *
+                            PMAP__ARENA_SIZE
+                      : 0;
+    if (forks && size > 0)
+        arenas.base = pmap__shm_map(size, NULL);
+    if (arenas.base != NULL &&
+        !pmap__shm_fork_inherit(arenas.base, size, false)) {
+        pmap__shm_unmap(arenas.base, size);     /* an arena apiece, then */
+        arenas.base = NULL;
     }
     pmap__pools_unlock();
     for (i = 0; i < pool->nworkers && rc == 0; i += step) {
         int n = pool->nworkers - i < step ? pool->nworkers - i : step;
-        rc = forks ? spawn_group(pool, i, n, arenas)
+        rc = forks ? spawn_group(pool, i, n, &arenas)
                    : pmap__proc_spawn(pool, &pool->workers[i]);
     }
-    if (arenas != NULL && i < pool->nworkers)   /* groups never tried */
-        pmap__shm_unmap(arena_of(arenas, i),
-                        (size_t)(pool->nworkers - i) * PMAP__ARENA_SIZE);
+    carved_drop(&arenas, i, pool->nworkers);    /* groups never tried */
     return rc;
 }
 
@@ -493,12 +529,21 @@ static int reap_pid(const pool_t *pool, pid_t pid, int pidfd, int *status)
     return pmap__reap(pid, status);
 }
 
-/* Drops w's arena, under the lock: a child forked meanwhile by another
- * thread must not keep a mapping that the list no longer shows. */
-static void drop_arena(pmap__worker_t *w)
+/* Whether a process forked here that was waited for (wait status
+ * `status`) left as a worker told to leave does (worker.c: EXIT_DONE):
+ * its arena may then be another worker's (shm.c, spare arenas). */
+static bool left_as_told(const pool_t *pool, int status)
+{
+    return forked_here(pool) && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+/* Drops w's arena, whose process was waited for (`clean`: it left as
+ * told), under the lock: a child forked meanwhile by another thread must
+ * not keep a mapping that the list no longer shows. */
+static void drop_arena(pmap__worker_t *w, bool clean)
 {
     pmap__pools_lock();
-    pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+    pmap__arena_give_back(w->arena, clean, w->depth);
     w->arena = NULL;
     pmap__pools_unlock();
 }
@@ -536,7 +581,7 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
         rc = reap_pid(pool, w->pid, w->pidfd, status);
     }
     close_watched(pool, &w->pidfd);
-    drop_arena(w);
+    drop_arena(w, rc == 0 && left_as_told(pool, *status));
     w->pid = 0;
     w->gone = w->reaped = false;
     return rc;
@@ -574,13 +619,19 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     pmap__epoll_mod(pool, w->pidfd, PMAP__EV_RETIREE);
     if (pool->remote != NULL)
         pool->remote->detach(w->pidfd);     /* its arena goes now */
+    /* Its arena is kept until it has ended, unless children forked
+     * meanwhile would inherit it (family.c forgets only the slots'). */
+    if (pmap__arenas_inherited()) {
+        pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
+        w->arena = NULL;
+    }
     pool->retirees[pool->nretirees] = (pmap__retiree_t){
-        w->reaped ? 0 : w->pid, w->ch.in, w->pidfd, deadline};
+        w->reaped ? 0 : w->pid, w->ch.in, w->pidfd, deadline, w->arena,
+        w->depth, w->reaped && left_as_told(pool, w->status)};
     pool->nretirees++;  /* 0: already waited for (pmap__proc_check) */
     w->ch.in = w->pidfd = -1;
     w->pid = 0;
     w->gone = w->reaped = false;
-    pmap__shm_unmap(w->arena, PMAP__ARENA_SIZE);
     w->arena = NULL;
     pmap__pools_unlock();
 }
@@ -598,6 +649,8 @@ static bool retiree_gone(const pool_t *pool, pmap__retiree_t *r, int *status)
     pid_t got = pool->server
                     ? (pmap__server_reap(r->pid, status, 0) == 0 ? r->pid : 0)
                     : waitpid(r->pid, status, WNOHANG);
+    if (got == r->pid)
+        r->clean = left_as_told(pool, *status);
     if (got == r->pid || got < 0)
         r->pid = 0;
     return r->pid == 0;
@@ -657,12 +710,14 @@ int64_t pmap__retirees_check(pool_t *pool)
             continue;
         }
         if (r->pid > 0)
-            reap_pid(pool, r->pid, r->pidfd, &status);
+            r->clean = reap_pid(pool, r->pid, r->pidfd, &status) == 0 &&
+                       left_as_told(pool, status);
         pmap__pools_lock();
         pmap__epoll_del(pool, r->fd);
         pmap__epoll_del(pool, r->pidfd);
         pmap__close(&r->fd);
         pmap__close(&r->pidfd);
+        pmap__arena_give_back(r->arena, r->clean, r->depth);
         pool->retirees[i] = pool->retirees[--pool->nretirees];
         pmap__pools_unlock();
     }
@@ -695,12 +750,14 @@ void pmap__retirees_wait(pool_t *pool)
     }
 }
 
-/* In a forked copy of the pool's owner: the retirees are not ours. */
+/* In a forked copy of the pool's owner: the retirees are not ours (nor
+ * their arenas: not inherited, their range may hold a mapping of ours). */
 void pmap__retirees_abandon(pool_t *pool)
 {
     for (size_t i = 0; i < pool->nretirees; i++) {
         pmap__close(&pool->retirees[i].fd);
         pmap__close(&pool->retirees[i].pidfd);
+        pool->retirees[i].arena = NULL;
     }
     pool->nretirees = 0;
 }

@@ -145,7 +145,8 @@ void *pmap__shm_unshared(size_t size)
 static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0};
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0,
+    {{NULL, 0}}};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
@@ -251,6 +252,90 @@ void pmap__arena_forget(void *p)
 {
     if (atomic_load(&arenas_inherited))
         pmap__shm_unmap(p, PMAP__ARENA_SIZE);
+}
+
+/* ---- spare arenas -------------------------------------------------------- */
+
+/*
+ * The arenas of workers that ended cleanly, kept for this process's next
+ * workers forked here: a new arena cost its mapping, its marking and its
+ * unmapping, and each of its pages a first touch in the caller, in a new
+ * pool's first map (1.5 times its later ones in W1; bench/NOTES.md).
+ *
+ * Kept only where nothing else can still write one: the caller keeps every
+ * arena from its children but its own worker (MADV_DONTFORK), that worker
+ * kept it from the processes its callback forked (its slot's `kept`,
+ * worker.c), and it has exited of its own accord, so no process holds it
+ * but this one.  At most PMAP__SPARE_ARENAS of them, holding at most
+ * SPARE_ARENA_BYTES between them, as reckoned from how deep each batch
+ * went into its regions: an arena used deeper goes.
+ */
+#define SPARE_ARENA_BYTES ((size_t)8 << 20)
+#define SPARE_ARENA_DEPTH ((size_t)256 << 10)
+
+/* Whether arenas can be kept for later workers here. */
+static bool arenas_recyclable(void)
+{
+    return pmap__local_wiped() && !pmap__arenas_inherited() &&
+           !under_valgrind();
+}
+
+/*
+ * A spare arena for a worker forked here, its slot and report cleared as
+ * a new one's are, or NULL.  pools_lock held.
+ */
+unsigned char *pmap__arena_take(void)
+{
+    pmap__local_t *l = pmap__local();
+    if (l->nspare_arenas == 0)
+        return NULL;
+    pmap__spare_arena_t *a = &l->spare_arenas[--l->nspare_arenas];
+    l->spare_arena_bytes -= a->bytes;
+    memset(a->arena, 0, sizeof(pmap__slot_t));
+    memset(a->arena + PMAP__REPORT_AT, 0, sizeof(pmap__report_t));
+    return a->arena;
+}
+
+/* How many spare arenas there are now.  pools_lock held. */
+int pmap__arenas_spare(void)
+{
+    return (int)pmap__local()->nspare_arenas;
+}
+
+/*
+ * Gives back the arena of a worker forked here that has been waited for:
+ * kept for a later worker if `clean` (it exited of its own accord), its
+ * worker kept it from its children, its batches' arguments went no deeper
+ * than `depth` into their regions, and there is room; else unmapped.
+ * pools_lock held.
+ */
+void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth)
+{
+    if (arena == NULL)
+        return;
+    pmap__local_t *l = pmap__local();
+    const pmap__slot_t *slot = pmap__arena_state(arena);
+    uint64_t results = atomic_load_explicit(&slot->reach, memory_order_relaxed);
+    depth = results > depth ? (size_t)results : depth;
+    size_t bytes = PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE + 4 * depth;
+    if (clean && slot->kept && depth <= SPARE_ARENA_DEPTH &&
+        arenas_recyclable() && l->nspare_arenas < PMAP__SPARE_ARENAS &&
+        l->spare_arena_bytes + bytes <= SPARE_ARENA_BYTES) {
+        l->spare_arenas[l->nspare_arenas++] =
+            (pmap__spare_arena_t){arena, bytes};
+        l->spare_arena_bytes += bytes;
+        return;
+    }
+    pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
+}
+
+/* In a worker: keeps its arena from the processes its callback forks, so
+ * that none can still write it once it is another worker's.  Says so in
+ * its slot (pmap__arena_give_back). */
+void pmap__arena_keep_from_children(unsigned char *arena)
+{
+    pmap__slot_t *slot = pmap__arena_state(arena);
+    slot->kept = pmap__shm_fork_inherit(arena, PMAP__ARENA_SIZE, false);
 }
 
 /* The slot at the head of a worker's arena. */

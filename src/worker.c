@@ -851,6 +851,17 @@ static void send_outputs(uint32_t id)
     pmap__outq_end(&self.out, frame);
 }
 
+/* How deep this batch's results go into its result region, for the
+ * caller to know what the arena holds once this worker has left (shm.c,
+ * spare arenas): noted before they are sent, the callback's before it
+ * runs (it may exit). */
+static void note_reach(size_t depth)
+{
+    if (self.slot != NULL &&
+        depth > atomic_load_explicit(&self.slot->reach, memory_order_relaxed))
+        atomic_store_explicit(&self.slot->reach, depth, memory_order_relaxed);
+}
+
 /*
  * TASK payload: u64 function id | u64 first item | u64 count | u64 arena
  * slot | u64 the parameters whose columns are in the slot's argument
@@ -890,6 +901,8 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
                                          (size_t)count, &bytes)
                          ? PMAP__COLUMN_IN_REGION
                          : PMAP__COLUMN_IN_FRAME;
+    if (where == PMAP__COLUMN_IN_REGION)
+        note_reach(bytes);      /* before the callback writes them there */
     self.results.len = 0;
     unsigned char *results = where == PMAP__COLUMN_IN_REGION
                                  ? results_area.base
@@ -938,6 +951,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
     pmap__outq_add(&self.out, self.timing.data, self.timing.len);
     pmap__outq_end(&self.out, frame);
+    note_reach(results_area.used);      /* values encoded there */
     send_queued();
     free_results(fn, (size_t)count);
 }
@@ -1076,6 +1090,8 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.running = false;
     pmap__signals_reset(setup->caught);
     pmap__crash_arm(setup->arena);
+    if (setup->arena != NULL)
+        pmap__arena_keep_from_children(setup->arena);
     /* The parent is the caller, or the fork server, which dies with it. */
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
         _exit(EXIT_DONE);   /* the parent died before we got here */

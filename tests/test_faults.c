@@ -1090,6 +1090,23 @@ static int free_fd_after(int n)
     }
 }
 
+/* Arenas kept for later workers (shm.c, spare arenas). */
+static int spare_arenas(void)
+{
+    pmap__pools_lock();
+    int n = pmap__arenas_spare();
+    pmap__pools_unlock();
+    return n;
+}
+
+/* Bytes of the workers' arenas this process has mapped, less the spare
+ * ones. */
+static long long arenas_in_use(void)
+{
+    return test_shared_maps("/dev/zero", true) -
+           (long long)spare_arenas() * PMAP__ARENA_SIZE;
+}
+
 /* pool_create running out of descriptors at every point of a new pool's
  * start (making the slots' channels and arenas, between forks of a group
  * and in the second group of 8): it fails with PMAP_EMFILE, leaving no
@@ -1100,7 +1117,7 @@ TEST(host_pool_create_out_of_descriptors_leaves_nothing)
     struct rlimit old;
     ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
     int before = test_open_fds();
-    long long mapped = test_shared_maps("/dev/zero", true);  /* arenas */
+    long long mapped = arenas_in_use();
     bool made = false;
     for (int room = 0; room < 200 && !made; room++) {
         struct rlimit tight = {(rlim_t)free_fd_after(room), old.rlim_max};
@@ -1124,7 +1141,7 @@ TEST(host_pool_create_out_of_descriptors_leaves_nothing)
         ASSERT(pool == NULL || made);
         ASSERT_EQ(test_open_fds(), before);
         ASSERT_EQ(test_children(), 0);
-        ASSERT_EQ(test_shared_maps("/dev/zero", true), mapped);
+        ASSERT_EQ(arenas_in_use(), mapped);
     }
     ASSERT(made);
 }
@@ -1194,6 +1211,72 @@ TEST(host_pools_of_changing_sizes_share_one_spare_room)
     /* A room left behind a cycle would be some 50 MiB by now. */
     if (before >= 0 && !TEST_ASAN && !test_under_valgrind())
         ASSERT(mapped_pages() - before < 1024);     /* 4 MiB */
+}
+
+/* A pool of n workers forked here, one map of m items through it (chunk
+ * items a batch), the pool destroyed; returns the spare arenas while it
+ * lived. */
+static int pool_cycle(int n, const long *xs, long *out, size_t m,
+                      size_t chunk)
+{
+    pool_options_t po = {.workers = n, .start = PMAP_START_FORK};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    pool_map_options_t mo = {.chunk = chunk};
+    int rc = pool_map_with(pool, &mo, crash_or_sleep, m, out, xs);
+    for (size_t i = 0; i < m; i++)
+        ASSERT(out[i] == xs[i] || (xs[i] == -1 && rc == 1));
+    ASSERT(rc == 0 || rc == 1);
+    int spare = spare_arenas();
+    pool_destroy(pool);
+    return spare;
+}
+
+/* The arenas of workers that left as told serve the next workers forked
+ * here: a new pool takes them and maps none, and pool_destroy keeps them,
+ * but not the arena of a worker that crashed, nor one whose batches went
+ * deep into its regions, nor more than 64. */
+TEST(host_ended_workers_arenas_serve_the_next_pools)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    if (test_under_valgrind())
+        SKIP("valgrind: every child inherits the arenas, none is kept");
+    enum { M = 300000 };
+    long *xs = malloc(M * sizeof *xs), *out = malloc(M * sizeof *out);
+    ASSERT(xs != NULL && out != NULL);
+    for (long i = 0; i < M; i++)
+        xs[i] = i;
+    ASSERT_EQ(spare_arenas(), 0);
+    ASSERT_EQ(pool_cycle(3, xs, out, 30, 1), 0);
+    ASSERT_EQ(spare_arenas(), 3);
+    ASSERT_EQ(arenas_in_use(), 0);
+    for (int c = 0; c < 20; c++) {
+        long long mapped = test_shared_maps("/dev/zero", true);
+        ASSERT_EQ(pool_cycle(c % 3 + 1, xs, out, 30, 1), 3 - (c % 3 + 1));
+        ASSERT_EQ(test_shared_maps("/dev/zero", true), mapped);
+        ASSERT_EQ(spare_arenas(), 3);
+    }
+    /* Columns of values in shared memory, 256 KiB a batch: kept. */
+    ASSERT_EQ(pool_cycle(2, xs, out, M, 256 * 1024 / sizeof(long)), 1);
+    ASSERT_EQ(spare_arenas(), 3);
+    /* A crash: the crashed worker's arena goes, its replacement takes the
+     * last spare one and keeps it. */
+    xs[7] = -1;
+    ASSERT_EQ(pool_cycle(2, xs, out, 30, 1), 0);
+    xs[7] = 7;
+    ASSERT_EQ(spare_arenas(), 2);
+    /* More than 256 KiB a batch: not kept. */
+    ASSERT_EQ(pool_cycle(2, xs, out, M, M / 4), 0);
+    ASSERT_EQ(spare_arenas(), 0);
+    ASSERT_EQ(arenas_in_use(), 0);
+    /* 64 at most. */
+    ASSERT_EQ(pool_cycle(66, xs, out, 66, 1), 0);
+    ASSERT_EQ(spare_arenas(), 64);
+    ASSERT_EQ(arenas_in_use(), 0);
+    ASSERT_EQ(test_children(), 0);
+    free(xs);
+    free(out);
 }
 
 TEST(host_ten_thousand_maps_leak_nothing)

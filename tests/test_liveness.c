@@ -615,10 +615,11 @@ TEST(liveness_worker_sees_only_its_own_shared_memory)
     alarm(0);
 }
 
-/* Overwrites every writable shared mapping this process can see: 0xFF,
- * with a NUL at the end of each page so that a string read from there
- * gives a wrong length rather than a crash. */
-static void scribble_shared(void)
+/* Overwrites every writable shared mapping this process can see (whose
+ * line in /proc/self/maps holds `containing`, if not NULL): 0xFF, with a
+ * NUL at the end of each page so that a string read from there gives a
+ * wrong length rather than a crash. */
+static void scribble_shared(const char *containing)
 {
     FILE *f = fopen("/proc/self/maps", "r");
     if (f == NULL)
@@ -628,7 +629,8 @@ static void scribble_shared(void)
     int n = 0;
     while (n < 128 && fgets(line, sizeof line, f) != NULL) {
         if (sscanf(line, "%lx-%lx %7s", &lo[n], &hi[n], perms) == 3 &&
-            strcmp(perms, "rw-s") == 0)
+            strcmp(perms, "rw-s") == 0 &&
+            (containing == NULL || strstr(line, containing) != NULL))
             n++;
     }
     fclose(f);
@@ -644,7 +646,7 @@ static void scribble_shared(void)
 static size_t scribble_or_measure(int scribble, const char *s)
 {
     if (scribble) {
-        scribble_shared();
+        scribble_shared(NULL);
         _exit(7);   /* its own items are sent again, to a new worker */
     }
     sleep_ms(40);   /* the scribbler strikes meanwhile */
@@ -699,7 +701,7 @@ TEST(liveness_worker_scribbling_shared_memory_harms_no_other)
 static int scribble_or_add(int scribble, int x)
 {
     if (scribble) {
-        scribble_shared();
+        scribble_shared(NULL);
         _exit(7);
     }
     if (x % 4096 == 1)
@@ -749,6 +751,93 @@ TEST(liveness_worker_scribbling_its_value_regions_harms_no_other)
     ASSERT(st.bytes_sent < (uint64_t)N * 2 * sizeof(int)); /* in the arenas */
     pool_destroy(pool);
     free(modes);
+    free(xs);
+    free(out);
+    alarm(0);
+}
+
+/* Item 0 forks a process that, once its worker has left, overwrites all
+ * the anonymous shared memory it holds (the arenas of workers: shm.c)
+ * again and again, for 20 s at most.  Its pid goes to grandchild_pipe,
+ * then a byte once it has started. */
+static long fork_scribbler(long x)
+{
+    if (x != 0)
+        return x + 10;
+    pid_t worker = getpid(), h = fork();
+    if (h == 0) {
+        while (getppid() == worker)
+            sleep_ms(1);
+        scribble_shared("/dev/zero");
+        char started = 1;   /* the test goes on from here */
+        if (write(grandchild_pipe[1], &started, 1) != 1)
+            _exit(9);
+        for (double end = now_s() + 20; now_s() < end;)
+            scribble_shared("/dev/zero");
+        _exit(0);
+    }
+    long hp = (long)h;
+    if (write(grandchild_pipe[1], &hp, sizeof hp) != sizeof hp)
+        _exit(9);
+    return x + 10;
+}
+PMAP_EXPORT(fork_scribbler, long, long);
+
+static int add_one(int x)
+{
+    return x + 1;
+}
+PMAP_EXPORT(add_one, int, int);
+
+/* The arenas of a destroyed pool's workers serve the next pools (shm.c,
+ * spare arenas): a process its callback forked, outliving it, must hold
+ * none of them.  Each later pool moves columns of values through its
+ * workers' arenas, both ways, while that process overwrites whatever
+ * shared memory it holds; every result must be right. */
+TEST(liveness_callback_child_scribbling_arenas_harms_no_later_pool)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    test_arm(60);
+    enum {
+        CHUNK = (int)(PMAP__VALUES_SHARED_MIN / sizeof(int)),
+        N = 8 * CHUNK
+    };
+    int *xs = malloc(N * sizeof *xs), *out = malloc(N * sizeof *out);
+    ASSERT(xs != NULL && out != NULL);
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    ASSERT(pipe(grandchild_pipe) == 0);     /* before: workers inherit it */
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    long ids[4] = {0, 1, 2, 3}, res[4];
+    pool_map_options_t one = {.chunk = 1}, columns = {.chunk = CHUNK};
+    ASSERT_OK(pool_map_with(pool, &one, fork_scribbler, 4, res, ids));
+    long helper = read_helper();
+    pool_destroy(pool);     /* the scribbler starts */
+    char started;
+    ASSERT(read(grandchild_pipe[0], &started, 1) == 1);
+    for (int round = 0; round < 30; round++) {
+        pool = pool_create(2);
+        ASSERT(pool != NULL);
+        for (int m = 0; m < 3; m++) {
+            memset(out, 0, N * sizeof *out);
+            int rc = pool_map_with(pool, &columns, add_one, N, out, xs);
+            if (rc != 0)
+                test_fail(__FILE__, __LINE__, "round %d map %d: %s", round,
+                          m, rc < 0 ? pmap_err_name(rc) : "failed items");
+            for (int i = 0; i < N; i++) {
+                if (out[i] != i + 1)
+                    test_fail(__FILE__, __LINE__,
+                              "round %d map %d item %d: %d", round, m, i,
+                              out[i]);
+            }
+        }
+        pool_destroy(pool);
+    }
+    kill((pid_t)helper, SIGKILL);
+    close(grandchild_pipe[0]);
+    close(grandchild_pipe[1]);
     free(xs);
     free(out);
     alarm(0);

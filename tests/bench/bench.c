@@ -655,6 +655,60 @@ static void w1_first_map(enum pmap_start start, inputs_t *in, sample_t *first,
     }
 }
 
+/*
+ * `bench --w1-first`: W1 in the first pool of a new process, which has no
+ * spare arenas yet (README, "Spare arenas"): prints the first map's items
+ * per second and how many times longer it took than the pool's maps 2-4.
+ */
+static int w1_first_pool(void)
+{
+    int *xs = malloc(W1_N * sizeof *xs), *out = malloc(W1_N * sizeof *out);
+    if (xs == NULL || out == NULL)
+        return 1;
+    for (size_t i = 0; i < W1_N; i++)
+        xs[i] = (int)i;
+    pool_options_t po = {.workers = 2, .start = PMAP_START_FORK};
+    pool_t *pool;
+    if (pool_create_with(&pool, &po) != 0)
+        return 1;
+    memset(out, 0, W1_N * sizeof *out);     /* as w1_first_map */
+    double rate = pool_w1(pool, xs, out, W1_N), later[3];
+    for (int m = 0; m < 3; m++)
+        later[m] = pool_w1(pool, xs, out, W1_N);
+    pool_destroy(pool);
+    printf("%.6g %.6g\n", rate, median_of(later, 3) / rate);
+    return 0;
+}
+
+/* Runs `bench --w1-first` in a new process; its two figures go to first
+ * and slower.  Returns whether it gave them. */
+static bool spawn_w1_first(sample_t *first, sample_t *slower)
+{
+    char *argv[] = {(char *)self_path, (char *)"--w1-first", NULL};
+    int fds[2];
+    posix_spawn_file_actions_t fa;
+    if (pipe(fds) != 0)
+        return false;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addclose(&fa, fds[0]);
+    pid_t pid;
+    int rc = posix_spawn(&pid, self_path, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
+    char text[64] = "";
+    ssize_t n = rc == 0 ? read(fds[0], text, sizeof text - 1) : -1;
+    close(fds[0]);
+    if (rc == 0)
+        waitpid(pid, NULL, 0);
+    double r, x;
+    if (n <= 0 || sscanf(text, "%lf %lf", &r, &x) != 2)
+        return false;
+    add_value(first, r);
+    add_value(slower, x);
+    return true;
+}
+
 static void bench_w1(pool_t *pool, inputs_t *in, double socket_mbs)
 {
     sample_t serial = {{0}, 0}, inlined = {{0}, 0}, omp = {{0}, 0};
@@ -712,6 +766,14 @@ static void bench_w1(pool_t *pool, inputs_t *in, double socket_mbs)
         row(news[k].peer, &first, "items/s",
             ratio(note, sizeof note, "%.2fx the time of the same pool's "
                   "maps 2-4 (each pool's own)", median(&slower)));
+        if (news[k].start != PMAP_START_FORK)
+            continue;
+        first.n = slower.n = 0;
+        for (int r = 0; r < reps && spawn_w1_first(&first, &slower); r++)
+            ;
+        row("...the first pool of a process", &first, "items/s",
+            ratio(note, sizeof note, "%.2fx the time of the same pool's "
+                  "maps 2-4 (a new program each)", median(&slower)));
     }
 }
 
@@ -1693,6 +1755,8 @@ int main(int argc, char **argv)
         return w5_once();
     if (argc > 1 && strcmp(argv[1], "--nothing") == 0)
         return 0;
+    if (argc > 1 && strcmp(argv[1], "--w1-first") == 0)
+        return w1_first_pool();
     if (argc > 1 && strcmp(argv[1], "--w5-hand") == 0)
         return hand_rolled_pool() > 0 ? 0 : 1;
     if (argc > 1)
