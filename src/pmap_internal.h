@@ -340,8 +340,9 @@ typedef struct pmap__slot {
     uint32_t private;           /* set before the worker starts: no shared
                                    regions (a worker on another machine,
                                    src/mpi/): every value travels in frames */
-    uint32_t kept;              /* set by the worker: its children do not
-                                   inherit the arena (shm.c, spare arenas) */
+    _Atomic uint32_t alone;     /* set by the worker as it starts, cleared
+                                   when a process holding the arena forks
+                                   (shm.c, spare arenas) */
     _Atomic uint64_t reach;     /* set by the worker before it writes there:
                                    how deep its results went into a result
                                    region */
@@ -384,10 +385,11 @@ void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void *pmap__shm_unshared(size_t size);
 
-/* An arena kept for a later worker, and the bytes it may hold (shm.c). */
+/* An arena kept for a later worker, and what it may hold (shm.c). */
 #define PMAP__SPARE_ARENAS 64
 typedef struct pmap__spare_arena {
     unsigned char *arena;
+    size_t depth;               /* how deep its regions were used */
     size_t bytes;
 } pmap__spare_arena_t;
 
@@ -412,10 +414,10 @@ bool pmap__local_wiped(void);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
-unsigned char *pmap__arena_take(void);
+void pmap__arenas_watch_forks(void);
+unsigned char *pmap__arena_take(size_t *depth);
 int pmap__arenas_spare(void);
 void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth);
-void pmap__arena_keep_from_children(unsigned char *arena);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
                                 unsigned slot, bool results);
@@ -913,6 +915,7 @@ bool pmap__nested(void);
 void pmap__signals_caught(sigset_t *caught);
 void pmap__signals_reset(const sigset_t *caught);
 _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup);
+void pmap__worker_forking(void);
 void pmap__worker_take(const pmap__buf_t *in, const pmap__outq_t *out);
 int pmap__worker_start_inline(const pmap__worker_setup_t *setup);
 void pmap__worker_stop_inline(void);

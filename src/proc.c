@@ -10,11 +10,11 @@
  *    worker died.  On Linux each worker has a pidfd, polled beside its
  *    channel; elsewhere the loop looks every PMAP__TICK_NS, with
  *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
- *  - A worker sees only its own shared memory: each process gets a new
- *    arena (a new pool's first ones carved from one mapping), unmapped
- *    when it is gone, which no child forked here but its own inherits
- *    (shm.c; or the child unmaps every other arena of every pool before
- *    anything else).
+ *  - A worker sees only its own shared memory: each process gets an arena
+ *    (a spare one, or new: a new pool's carved from one mapping), which no
+ *    child forked here but its own inherits (shm.c; or the child unmaps
+ *    every other arena of every pool before anything else), kept for a
+ *    later worker once it is gone only if no other process can hold it.
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
@@ -217,10 +217,13 @@ static bool forked_here(const pool_t *pool)
     return !pool->server && pool->remote == NULL;
 }
 
-/* A new arena of w's own, kept from every other child of ours. */
+/* A new arena of w's own, kept from every other child of ours: a spare
+ * one (how deep its regions were used goes to w->depth), or a new one. */
 static unsigned char *new_arena(const pool_t *pool, pmap__worker_t *w)
 {
-    unsigned char *arena = forked_here(pool) ? pmap__arena_take() : NULL;
+    w->depth = 0;
+    unsigned char *arena = forked_here(pool) ? pmap__arena_take(&w->depth)
+                                             : NULL;
     if (arena != NULL)
         return arena;   /* kept from children already */
     arena = pmap__shm_map(PMAP__ARENA_SIZE,
@@ -251,8 +254,8 @@ static int prepare(pool_t *pool, pmap__worker_t *w, pmap__channel_t *theirs,
     if (rc < 0)
         return rc;
     w->handoff[0] = theirs->out;    /* theirs->in is w->ch.keep */
-    w->arena = arena != NULL ? arena : new_arena(pool, w);
     w->depth = 0;
+    w->arena = arena != NULL ? arena : new_arena(pool, w);
     if (w->arena == NULL) {
         pmap__close(&w->handoff[0]);
         pmap__channel_close(&w->ch);
@@ -435,6 +438,8 @@ int pmap__proc_spawn_all(pool_t *pool)
 {
     bool forks = forked_here(pool);
     int step = forks ? GROUP : 1, rc = 0, i;
+    if (forks)
+        pmap__arenas_watch_forks();
     pmap__pools_lock();     /* no fork by another thread before the
                                mapping is kept from it */
     carved_t arenas = {NULL, forks ? pmap__arenas_spare() : 0};

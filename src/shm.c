@@ -10,9 +10,9 @@
  * arena is MADV_DONTFORK but across the fork of its own worker, so a child
  * forked by the caller never holds another (where that cannot be had, it
  * unmaps every other arena first thing: family.c), and a replacement never
- * inherits what its predecessor, or a process that predecessor forked,
- * could still write.  (A new pool's first arenas are carved from one
- * mapping, pmap__proc_spawn_all, and go the same way.)
+ * gets what its predecessor, or a process that predecessor forked, could
+ * still write (spare arenas, below).  (A new pool's first arenas are
+ * carved from one mapping, pmap__proc_spawn_all, and go the same way.)
  *
  * A worker forked by the caller inherits its arena at the same address, so
  * it is anonymous.  A worker forked by the fork server (server.c) is not
@@ -146,7 +146,7 @@ static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0,
-    {{NULL, 0}}};
+    {{NULL, 0, 0}}};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
@@ -263,34 +263,55 @@ void pmap__arena_forget(void *p)
  * pool's first map (1.5 times its later ones in W1; bench/NOTES.md).
  *
  * Kept only where nothing else can still write one: the caller keeps every
- * arena from its children but its own worker (MADV_DONTFORK), that worker
- * kept it from the processes its callback forked (its slot's `kept`,
- * worker.c), and it has exited of its own accord, so no process holds it
- * but this one.  At most PMAP__SPARE_ARENAS of them, holding at most
- * SPARE_ARENA_BYTES between them, as reckoned from how deep each batch
- * went into its regions: an arena used deeper goes.
+ * arena from its children but its own worker (MADV_DONTFORK); no process
+ * that held it has forked since that worker started (its slot's `alone`,
+ * which a fork handler clears: pmap__worker_forking); and that worker has
+ * exited of its own accord and been waited for.  (vfork and posix_spawn
+ * lend the worker's memory until an exec, which a worker that exits
+ * waited for; a raw clone system call runs no fork handler and is not
+ * seen.)  At most PMAP__SPARE_ARENAS of them, holding at most
+ * SPARE_ARENA_BYTES between them, as reckoned from how deep batches went
+ * into an arena's regions under every worker that had it: an arena used
+ * deeper goes.
  */
 #define SPARE_ARENA_BYTES ((size_t)8 << 20)
 #define SPARE_ARENA_DEPTH ((size_t)256 << 10)
 
+static bool forks_watched;  /* the fork handler is registered */
+
+static void watch_forks(void)
+{
+    forks_watched = pthread_atfork(pmap__worker_forking, NULL, NULL) == 0;
+}
+
+/* Before the first fork of a worker here: registers, once, the handler
+ * that tells when a worker's arena is no longer its alone. */
+void pmap__arenas_watch_forks(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, watch_forks);
+}
+
 /* Whether arenas can be kept for later workers here. */
 static bool arenas_recyclable(void)
 {
-    return pmap__local_wiped() && !pmap__arenas_inherited() &&
-           !under_valgrind();
+    return forks_watched && pmap__local_wiped() &&
+           !pmap__arenas_inherited() && !under_valgrind();
 }
 
 /*
  * A spare arena for a worker forked here, its slot and report cleared as
- * a new one's are, or NULL.  pools_lock held.
+ * a new one's are, or NULL; *depth is how deep its regions were used
+ * (pmap__arena_give_back).  pools_lock held.
  */
-unsigned char *pmap__arena_take(void)
+unsigned char *pmap__arena_take(size_t *depth)
 {
     pmap__local_t *l = pmap__local();
     if (l->nspare_arenas == 0)
         return NULL;
     pmap__spare_arena_t *a = &l->spare_arenas[--l->nspare_arenas];
     l->spare_arena_bytes -= a->bytes;
+    *depth = a->depth;
     memset(a->arena, 0, sizeof(pmap__slot_t));
     memset(a->arena + PMAP__REPORT_AT, 0, sizeof(pmap__report_t));
     return a->arena;
@@ -304,38 +325,29 @@ int pmap__arenas_spare(void)
 
 /*
  * Gives back the arena of a worker forked here that has been waited for:
- * kept for a later worker if `clean` (it exited of its own accord), its
- * worker kept it from its children, its batches' arguments went no deeper
- * than `depth` into their regions, and there is room; else unmapped.
- * pools_lock held.
+ * kept for a later worker if `clean` (it exited of its own accord), it
+ * held the arena alone, the regions went no deeper than `depth` (its
+ * batches' arguments, and before them the arena's earlier workers') or
+ * its results, and there is room; else unmapped.  pools_lock held.
  */
 void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth)
 {
     if (arena == NULL)
         return;
     pmap__local_t *l = pmap__local();
-    const pmap__slot_t *slot = pmap__arena_state(arena);
+    pmap__slot_t *slot = pmap__arena_state(arena);
     uint64_t results = atomic_load_explicit(&slot->reach, memory_order_relaxed);
     depth = results > depth ? (size_t)results : depth;
     size_t bytes = PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE + 4 * depth;
-    if (clean && slot->kept && depth <= SPARE_ARENA_DEPTH &&
+    if (clean && atomic_load(&slot->alone) && depth <= SPARE_ARENA_DEPTH &&
         arenas_recyclable() && l->nspare_arenas < PMAP__SPARE_ARENAS &&
         l->spare_arena_bytes + bytes <= SPARE_ARENA_BYTES) {
         l->spare_arenas[l->nspare_arenas++] =
-            (pmap__spare_arena_t){arena, bytes};
+            (pmap__spare_arena_t){arena, depth, bytes};
         l->spare_arena_bytes += bytes;
         return;
     }
     pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
-}
-
-/* In a worker: keeps its arena from the processes its callback forks, so
- * that none can still write it once it is another worker's.  Says so in
- * its slot (pmap__arena_give_back). */
-void pmap__arena_keep_from_children(unsigned char *arena)
-{
-    pmap__slot_t *slot = pmap__arena_state(arena);
-    slot->kept = pmap__shm_fork_inherit(arena, PMAP__ARENA_SIZE, false);
 }
 
 /* The slot at the head of a worker's arena. */

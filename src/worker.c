@@ -1090,8 +1090,6 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.running = false;
     pmap__signals_reset(setup->caught);
     pmap__crash_arm(setup->arena);
-    if (setup->arena != NULL)
-        pmap__arena_keep_from_children(setup->arena);
     /* The parent is the caller, or the fork server, which dies with it. */
     if (!pmap__die_with_parent(setup->parent, EXIT_DONE))
         _exit(EXIT_DONE);   /* the parent died before we got here */
@@ -1103,14 +1101,26 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     self.index = setup->index;
     /* Its slot's page comes in one fault if written first (the running
      * item: none yet), where reading the memory limit first and writing
-     * the first item later took two. */
+     * the first item later took two.  It holds the arena alone, until a
+     * fork (pmap__worker_forking). */
     atomic_store_explicit(&self.slot->item, 0, memory_order_relaxed);
+    atomic_store_explicit(&self.slot->alone, 1, memory_order_relaxed);
     pmap__memory_limit_apply(setup->arena);
     self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);
     send_ready();
     serve();
+}
+
+/* Before every fork of a process that descends from the caller (its
+ * pthread_atfork handler: shm.c): in a worker, or in a process its
+ * callbacks forked, the child will hold the worker's arena too, which is
+ * then no longer the worker's alone (shm.c, spare arenas). */
+void pmap__worker_forking(void)
+{
+    if (pmap__in_worker && self.arena != NULL)
+        atomic_store_explicit(&self.slot->alone, 0, memory_order_relaxed);
 }
 
 /* Whether a pool may not be used here: in a worker, or inside a callback

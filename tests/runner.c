@@ -21,6 +21,8 @@
  */
 #include "test.h"
 
+#include "pmap_internal.h"      /* test_spare_arenas */
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -173,6 +175,17 @@ long long test_shared_maps(const char *containing, bool bytes)
     }
     fclose(f);
     return total;
+}
+
+/* The arenas this process keeps for later workers (shm.c, spare
+ * arenas), and with `bytes` what they may hold. */
+long long test_spare_arenas(bool bytes)
+{
+    pmap__pools_lock();
+    long long n = bytes ? (long long)pmap__local()->spare_arena_bytes
+                        : pmap__arenas_spare();
+    pmap__pools_unlock();
+    return n;
 }
 
 /* Children of this process not yet reaped (0 when there are none). */

@@ -93,6 +93,7 @@ size_t test_read_all(int fd, char *text, size_t size);
 int test_open_fds(void);
 int test_children(void);
 long long test_shared_maps(const char *containing, bool bytes);
+long long test_spare_arenas(bool bytes);
 int test_in_process(void);
 pool_t *test_pool(pool_options_t options);
 void test_pool_end(pool_t *pool, int start);

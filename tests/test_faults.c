@@ -1090,21 +1090,12 @@ static int free_fd_after(int n)
     }
 }
 
-/* Arenas kept for later workers (shm.c, spare arenas). */
-static int spare_arenas(void)
-{
-    pmap__pools_lock();
-    int n = pmap__arenas_spare();
-    pmap__pools_unlock();
-    return n;
-}
-
 /* Bytes of the workers' arenas this process has mapped, less the spare
  * ones. */
 static long long arenas_in_use(void)
 {
     return test_shared_maps("/dev/zero", true) -
-           (long long)spare_arenas() * PMAP__ARENA_SIZE;
+           test_spare_arenas(false) * PMAP__ARENA_SIZE;
 }
 
 /* pool_create running out of descriptors at every point of a new pool's
@@ -1227,7 +1218,7 @@ static int pool_cycle(int n, const long *xs, long *out, size_t m,
     for (size_t i = 0; i < m; i++)
         ASSERT(out[i] == xs[i] || (xs[i] == -1 && rc == 1));
     ASSERT(rc == 0 || rc == 1);
-    int spare = spare_arenas();
+    int spare = (int)test_spare_arenas(false);
     pool_destroy(pool);
     return spare;
 }
@@ -1247,32 +1238,38 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
     ASSERT(xs != NULL && out != NULL);
     for (long i = 0; i < M; i++)
         xs[i] = i;
-    ASSERT_EQ(spare_arenas(), 0);
+    ASSERT_EQ(test_spare_arenas(false), 0);
     ASSERT_EQ(pool_cycle(3, xs, out, 30, 1), 0);
-    ASSERT_EQ(spare_arenas(), 3);
+    ASSERT_EQ(test_spare_arenas(false), 3);
     ASSERT_EQ(arenas_in_use(), 0);
     for (int c = 0; c < 20; c++) {
         long long mapped = test_shared_maps("/dev/zero", true);
         ASSERT_EQ(pool_cycle(c % 3 + 1, xs, out, 30, 1), 3 - (c % 3 + 1));
         ASSERT_EQ(test_shared_maps("/dev/zero", true), mapped);
-        ASSERT_EQ(spare_arenas(), 3);
+        ASSERT_EQ(test_spare_arenas(false), 3);
     }
-    /* Columns of values in shared memory, 256 KiB a batch: kept. */
+    /* Columns of values in shared memory, 256 KiB a batch: kept, and
+     * still reckoned that deep after a pool of small batches had them. */
+    long long shallow = test_spare_arenas(true);
     ASSERT_EQ(pool_cycle(2, xs, out, M, 256 * 1024 / sizeof(long)), 1);
-    ASSERT_EQ(spare_arenas(), 3);
+    ASSERT_EQ(test_spare_arenas(false), 3);
+    long long deep = test_spare_arenas(true);
+    ASSERT(deep > shallow + 2 * 4 * 200 * 1024);
+    ASSERT_EQ(pool_cycle(2, xs, out, 30, 1), 1);
+    ASSERT_EQ(test_spare_arenas(true), deep);
     /* A crash: the crashed worker's arena goes, its replacement takes the
      * last spare one and keeps it. */
     xs[7] = -1;
     ASSERT_EQ(pool_cycle(2, xs, out, 30, 1), 0);
     xs[7] = 7;
-    ASSERT_EQ(spare_arenas(), 2);
+    ASSERT_EQ(test_spare_arenas(false), 2);
     /* More than 256 KiB a batch: not kept. */
     ASSERT_EQ(pool_cycle(2, xs, out, M, M / 4), 0);
-    ASSERT_EQ(spare_arenas(), 0);
+    ASSERT_EQ(test_spare_arenas(false), 0);
     ASSERT_EQ(arenas_in_use(), 0);
     /* 64 at most. */
     ASSERT_EQ(pool_cycle(66, xs, out, 66, 1), 0);
-    ASSERT_EQ(spare_arenas(), 64);
+    ASSERT_EQ(test_spare_arenas(false), 64);
     ASSERT_EQ(arenas_in_use(), 0);
     ASSERT_EQ(test_children(), 0);
     free(xs);

@@ -790,10 +790,11 @@ static int add_one(int x)
 PMAP_EXPORT(add_one, int, int);
 
 /* The arenas of a destroyed pool's workers serve the next pools (shm.c,
- * spare arenas): a process its callback forked, outliving it, must hold
- * none of them.  Each later pool moves columns of values through its
+ * spare arenas), but not one that a process forked by a callback may
+ * still hold.  Each later pool moves columns of values through its
  * workers' arenas, both ways, while that process overwrites whatever
- * shared memory it holds; every result must be right. */
+ * shared memory it holds; every result must be right.  The other
+ * worker's arena is kept and taken again. */
 TEST(liveness_callback_child_scribbling_arenas_harms_no_later_pool)
 {
     if (access("/proc/self/maps", R_OK) != 0)
@@ -817,9 +818,12 @@ TEST(liveness_callback_child_scribbling_arenas_harms_no_later_pool)
     pool_destroy(pool);     /* the scribbler starts */
     char started;
     ASSERT(read(grandchild_pipe[0], &started, 1) == 1);
+    bool kept = test_spare_arenas(false) > 0;
+    ASSERT(test_spare_arenas(false) == (test_under_valgrind() ? 0 : 1));
     for (int round = 0; round < 30; round++) {
         pool = pool_create(2);
         ASSERT(pool != NULL);
+        ASSERT(!kept || test_spare_arenas(false) == 0);
         for (int m = 0; m < 3; m++) {
             memset(out, 0, N * sizeof *out);
             int rc = pool_map_with(pool, &columns, add_one, N, out, xs);
@@ -840,6 +844,41 @@ TEST(liveness_callback_child_scribbling_arenas_harms_no_later_pool)
     close(grandchild_pipe[1]);
     free(xs);
     free(out);
+    alarm(0);
+}
+
+/* x: a child forked by this callback aborts (0), or reports the item
+ * running (1); returns how the child ended, as WTERMSIG or 100 + its exit
+ * status. */
+static int child_of_callback(int x)
+{
+    pid_t c = fork();
+    if (c == 0) {
+        if (x == 0)
+            abort();
+        _exit((int)pmap_item_index());
+    }
+    int status;
+    if (c < 0 || waitpid(c, &status, 0) != c)
+        return -1;
+    return WIFSIGNALED(status) ? WTERMSIG(status) : 100 + WEXITSTATUS(status);
+}
+PMAP_EXPORT(child_of_callback, int, int);
+
+/* A process a callback forks is a copy of its worker: it dies of the
+ * signal it raises (its crash handler's stack is there), and knows the
+ * item that forked it. */
+TEST(liveness_callback_child_is_a_whole_copy_of_its_worker)
+{
+    test_arm(30);
+    pool_t *pool = pool_create(2);
+    ASSERT(pool != NULL);
+    int xs[6] = {0, 1, 1, 0, 1, 1}, out[6];
+    pool_map_options_t o = {.chunk = 1};
+    ASSERT_OK(pool_map_with(pool, &o, child_of_callback, 6, out, xs));
+    for (int i = 0; i < 6; i++)
+        ASSERT_EQ(out[i], xs[i] == 0 ? SIGABRT : 100 + i);
+    pool_destroy(pool);
     alarm(0);
 }
 
