@@ -414,7 +414,6 @@ bool pmap__local_wiped(void);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
-void pmap__arenas_watch_forks(void);
 unsigned char *pmap__arena_take(size_t *depth);
 int pmap__arenas_spare(void);
 void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth);

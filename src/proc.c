@@ -210,6 +210,17 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
     return rc < 0 ? rc : pid;
 }
 
+/* Whether the fork handler that tells when a worker's arena is no longer
+ * its alone (pmap__worker_forking) is registered: once, in this process,
+ * before its first worker is forked here (pmap__proc_spawn_all).  Its
+ * workers, and what they fork, inherit it. */
+static bool forks_watched;
+
+static void watch_forks(void)
+{
+    forks_watched = pthread_atfork(pmap__worker_forking, NULL, NULL) == 0;
+}
+
 /* Whether w's process is forked here (not by the fork server, not on
  * another rank): its arena is anonymous, one of the spare ones if any. */
 static bool forked_here(const pool_t *pool)
@@ -221,7 +232,6 @@ static bool forked_here(const pool_t *pool)
  * one (how deep its regions were used goes to w->depth), or a new one. */
 static unsigned char *new_arena(const pool_t *pool, pmap__worker_t *w)
 {
-    w->depth = 0;
     unsigned char *arena = forked_here(pool) ? pmap__arena_take(&w->depth)
                                              : NULL;
     if (arena != NULL)
@@ -438,8 +448,9 @@ int pmap__proc_spawn_all(pool_t *pool)
 {
     bool forks = forked_here(pool);
     int step = forks ? GROUP : 1, rc = 0, i;
+    static pthread_once_t watching = PTHREAD_ONCE_INIT;
     if (forks)
-        pmap__arenas_watch_forks();
+        pthread_once(&watching, watch_forks);
     pmap__pools_lock();     /* no fork by another thread before the
                                mapping is kept from it */
     carved_t arenas = {NULL, forks ? pmap__arenas_spare() : 0};
@@ -534,12 +545,15 @@ static int reap_pid(const pool_t *pool, pid_t pid, int pidfd, int *status)
     return pmap__reap(pid, status);
 }
 
-/* Whether a process forked here that was waited for (wait status
- * `status`) left as a worker told to leave does (worker.c: EXIT_DONE):
- * its arena may then be another worker's (shm.c, spare arenas). */
+/* Whether the arena of a process forked here that was waited for (wait
+ * status `status`) may be another worker's (shm.c, spare arenas): it left
+ * as a worker told to leave does (worker.c: EXIT_DONE), and the fork
+ * handler that says whether a process it forked holds the arena too was
+ * registered before it was forked. */
 static bool left_as_told(const pool_t *pool, int status)
 {
-    return forked_here(pool) && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    return forks_watched && forked_here(pool) && WIFEXITED(status) &&
+           WEXITSTATUS(status) == 0;
 }
 
 /* Drops w's arena, whose process was waited for (`clean`: it left as

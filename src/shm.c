@@ -265,8 +265,9 @@ void pmap__arena_forget(void *p)
  * Kept only where nothing else can still write one: the caller keeps every
  * arena from its children but its own worker (MADV_DONTFORK); no process
  * that held it has forked since that worker started (its slot's `alone`,
- * which a fork handler clears: pmap__worker_forking); and that worker has
- * exited of its own accord and been waited for.  (vfork and posix_spawn
+ * which a fork handler clears: pmap__worker_forking, registered by
+ * proc.c); and that worker has exited of its own accord and been waited
+ * for.  (vfork and posix_spawn
  * lend the worker's memory until an exec, which a worker that exits
  * waited for; a raw clone system call runs no fork handler and is not
  * seen.)  At most PMAP__SPARE_ARENAS of them, holding at most
@@ -277,26 +278,11 @@ void pmap__arena_forget(void *p)
 #define SPARE_ARENA_BYTES ((size_t)8 << 20)
 #define SPARE_ARENA_DEPTH ((size_t)256 << 10)
 
-static bool forks_watched;  /* the fork handler is registered */
-
-static void watch_forks(void)
-{
-    forks_watched = pthread_atfork(pmap__worker_forking, NULL, NULL) == 0;
-}
-
-/* Before the first fork of a worker here: registers, once, the handler
- * that tells when a worker's arena is no longer its alone. */
-void pmap__arenas_watch_forks(void)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, watch_forks);
-}
-
 /* Whether arenas can be kept for later workers here. */
 static bool arenas_recyclable(void)
 {
-    return forks_watched && pmap__local_wiped() &&
-           !pmap__arenas_inherited() && !under_valgrind();
+    return pmap__local_wiped() && !pmap__arenas_inherited() &&
+           !under_valgrind();
 }
 
 /*
@@ -325,8 +311,8 @@ int pmap__arenas_spare(void)
 
 /*
  * Gives back the arena of a worker forked here that has been waited for:
- * kept for a later worker if `clean` (it exited of its own accord), it
- * held the arena alone, the regions went no deeper than `depth` (its
+ * kept for a later worker if `clean` (it exited of its own accord, with
+ * the fork handler registered), it held the arena alone, the regions went no deeper than `depth` (its
  * batches' arguments, and before them the arena's earlier workers') or
  * its results, and there is room; else unmapped.  pools_lock held.
  */
