@@ -340,9 +340,9 @@ typedef struct pmap__slot {
     uint32_t private;           /* set before the worker starts: no shared
                                    regions (a worker on another machine,
                                    src/mpi/): every value travels in frames */
-    _Atomic uint32_t alone;     /* set by the worker as it starts, cleared
-                                   when a process holding the arena forks
-                                   (shm.c, spare arenas) */
+    _Atomic int32_t alone;      /* the worker's pid, stored as it starts;
+                                   0 once a process holding the arena has
+                                   forked (shm.c, spare arenas) */
     _Atomic uint64_t reach;     /* set by the worker before it writes there:
                                    how deep its results went into a result
                                    region */
@@ -416,7 +416,7 @@ bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
 unsigned char *pmap__arena_take(size_t *depth);
 int pmap__arenas_spare(void);
-void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth);
+void pmap__arena_give_back(unsigned char *arena, pid_t left, size_t depth);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);
 pmap__region_t pmap__arena_slot(unsigned char *arena, bool private,
                                 unsigned slot, bool results);
@@ -499,7 +499,8 @@ typedef struct pmap__retiree {
     int64_t deadline_ns;
     unsigned char *arena;       /* given back once it has ended, or NULL */
     size_t depth;               /* as pmap__worker_t's */
-    bool clean;                 /* waited for: it left as told */
+    pid_t left;                 /* its pid once waited for, if it left as
+                                   told; else 0 */
 } pmap__retiree_t;
 
 /* How often processes without a pidfd are looked at, while it matters. */

@@ -545,24 +545,26 @@ static int reap_pid(const pool_t *pool, pid_t pid, int pidfd, int *status)
     return pmap__reap(pid, status);
 }
 
-/* Whether the arena of a process forked here that was waited for (wait
- * status `status`) may be another worker's (shm.c, spare arenas): it left
- * as a worker told to leave does (worker.c: EXIT_DONE), and the fork
- * handler that says whether a process it forked holds the arena too was
- * registered before it was forked. */
-static bool left_as_told(const pool_t *pool, int status)
+/* For process pid, forked here and waited for (wait status `status`):
+ * pid if its arena may be another worker's (shm.c, spare arenas), else 0.
+ * It must have left as a worker told to leave does (worker.c: EXIT_DONE),
+ * and the fork handler that says whether a process it forked holds the
+ * arena too must have been registered before it was forked. */
+static pid_t left_as_told(const pool_t *pool, pid_t pid, int status)
 {
     return forks_watched && forked_here(pool) && WIFEXITED(status) &&
-           WEXITSTATUS(status) == 0;
+                   WEXITSTATUS(status) == 0
+               ? pid
+               : 0;
 }
 
-/* Drops w's arena, whose process was waited for (`clean`: it left as
- * told), under the lock: a child forked meanwhile by another thread must
- * not keep a mapping that the list no longer shows. */
-static void drop_arena(pmap__worker_t *w, bool clean)
+/* Drops w's arena, whose process was waited for (`left`: its pid if it
+ * left as told, else 0), under the lock: a child forked meanwhile by
+ * another thread must not keep a mapping that the list no longer shows. */
+static void drop_arena(pmap__worker_t *w, pid_t left)
 {
     pmap__pools_lock();
-    pmap__arena_give_back(w->arena, clean, w->depth);
+    pmap__arena_give_back(w->arena, left, w->depth);
     w->arena = NULL;
     pmap__pools_unlock();
 }
@@ -600,7 +602,7 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
         rc = reap_pid(pool, w->pid, w->pidfd, status);
     }
     close_watched(pool, &w->pidfd);
-    drop_arena(w, rc == 0 && left_as_told(pool, *status));
+    drop_arena(w, rc == 0 ? left_as_told(pool, w->pid, *status) : 0);
     w->pid = 0;
     w->gone = w->reaped = false;
     return rc;
@@ -646,7 +648,7 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     }
     pool->retirees[pool->nretirees] = (pmap__retiree_t){
         w->reaped ? 0 : w->pid, w->ch.in, w->pidfd, deadline, w->arena,
-        w->depth, w->reaped && left_as_told(pool, w->status)};
+        w->depth, w->reaped ? left_as_told(pool, w->pid, w->status) : 0};
     pool->nretirees++;  /* 0: already waited for (pmap__proc_check) */
     w->ch.in = w->pidfd = -1;
     w->pid = 0;
@@ -669,7 +671,7 @@ static bool retiree_gone(const pool_t *pool, pmap__retiree_t *r, int *status)
                     ? (pmap__server_reap(r->pid, status, 0) == 0 ? r->pid : 0)
                     : waitpid(r->pid, status, WNOHANG);
     if (got == r->pid)
-        r->clean = left_as_told(pool, *status);
+        r->left = left_as_told(pool, r->pid, *status);
     if (got == r->pid || got < 0)
         r->pid = 0;
     return r->pid == 0;
@@ -729,14 +731,15 @@ int64_t pmap__retirees_check(pool_t *pool)
             continue;
         }
         if (r->pid > 0)
-            r->clean = reap_pid(pool, r->pid, r->pidfd, &status) == 0 &&
-                       left_as_told(pool, status);
+            r->left = reap_pid(pool, r->pid, r->pidfd, &status) == 0
+                          ? left_as_told(pool, r->pid, status)
+                          : 0;
         pmap__pools_lock();
         pmap__epoll_del(pool, r->fd);
         pmap__epoll_del(pool, r->pidfd);
         pmap__close(&r->fd);
         pmap__close(&r->pidfd);
-        pmap__arena_give_back(r->arena, r->clean, r->depth);
+        pmap__arena_give_back(r->arena, r->left, r->depth);
         pool->retirees[i] = pool->retirees[--pool->nretirees];
         pmap__pools_unlock();
     }

@@ -264,10 +264,10 @@ void pmap__arena_forget(void *p)
  *
  * Kept only where nothing else can still write one: the caller keeps every
  * arena from its children but its own worker (MADV_DONTFORK); no process
- * that held it has forked since that worker started (its slot's `alone`,
- * which a fork handler clears: pmap__worker_forking, registered by
- * proc.c); and that worker has exited of its own accord and been waited
- * for.  (vfork and posix_spawn
+ * that held it has forked since that worker started (its slot's `alone`
+ * still holds its pid, which a fork handler clears: pmap__worker_forking,
+ * registered by proc.c; a stray write there is not taken for it either);
+ * and that worker has exited of its own accord and been waited for.  (vfork and posix_spawn
  * lend the worker's memory until an exec, which a worker that exits
  * waited for; a raw clone system call runs no fork handler and is not
  * seen.)  At most PMAP__SPARE_ARENAS of them, holding at most
@@ -311,12 +311,13 @@ int pmap__arenas_spare(void)
 
 /*
  * Gives back the arena of a worker forked here that has been waited for:
- * kept for a later worker if `clean` (it exited of its own accord, with
- * the fork handler registered), it held the arena alone, the regions went no deeper than `depth` (its
- * batches' arguments, and before them the arena's earlier workers') or
- * its results, and there is room; else unmapped.  pools_lock held.
+ * kept for a later worker if that worker, pid `left` (0: it did not
+ * exit of its own accord, or the fork handler is not registered), held
+ * the arena alone, the regions went no deeper than `depth` (its batches'
+ * arguments, and before them the arena's earlier workers') or its
+ * results, and there is room; else unmapped.  pools_lock held.
  */
-void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth)
+void pmap__arena_give_back(unsigned char *arena, pid_t left, size_t depth)
 {
     if (arena == NULL)
         return;
@@ -325,7 +326,8 @@ void pmap__arena_give_back(unsigned char *arena, bool clean, size_t depth)
     uint64_t results = atomic_load_explicit(&slot->reach, memory_order_relaxed);
     depth = results > depth ? (size_t)results : depth;
     size_t bytes = PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE + 4 * depth;
-    if (clean && atomic_load(&slot->alone) && depth <= SPARE_ARENA_DEPTH &&
+    if (left > 0 && atomic_load(&slot->alone) == left &&
+        depth <= SPARE_ARENA_DEPTH &&
         arenas_recyclable() && l->nspare_arenas < PMAP__SPARE_ARENAS &&
         l->spare_arena_bytes + bytes <= SPARE_ARENA_BYTES) {
         l->spare_arenas[l->nspare_arenas++] =

@@ -1104,7 +1104,8 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
      * the first item later took two.  It holds the arena alone, until a
      * fork (pmap__worker_forking). */
     atomic_store_explicit(&self.slot->item, 0, memory_order_relaxed);
-    atomic_store_explicit(&self.slot->alone, 1, memory_order_relaxed);
+    atomic_store_explicit(&self.slot->alone, (int32_t)pmap__self(),
+                          memory_order_relaxed);
     pmap__memory_limit_apply(setup->arena);
     self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
