@@ -1233,7 +1233,7 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
         SKIP("no /proc/self/maps");
     if (test_under_valgrind())
         SKIP("valgrind: every child inherits the arenas, none is kept");
-    enum { M = 300000 };
+    enum { DEEP = 256 << 10, M = 20 * DEEP / sizeof(long) };
     long *xs = malloc(M * sizeof *xs), *out = malloc(M * sizeof *out);
     ASSERT(xs != NULL && out != NULL);
     for (long i = 0; i < M; i++)
@@ -1251,7 +1251,7 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
     /* Columns of values in shared memory, 256 KiB a batch: kept, and
      * still reckoned that deep after a pool of small batches had them. */
     long long shallow = test_spare_arenas(true);
-    ASSERT_EQ(pool_cycle(2, xs, out, M, 256 * 1024 / sizeof(long)), 1);
+    ASSERT_EQ(pool_cycle(2, xs, out, M, DEEP / sizeof(long)), 1);
     ASSERT_EQ(test_spare_arenas(false), 3);
     long long deep = test_spare_arenas(true);
     ASSERT(deep > shallow + 2 * 4 * 200 * 1024);
@@ -1270,6 +1270,15 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
     /* 64 at most. */
     ASSERT_EQ(pool_cycle(66, xs, out, 66, 1), 0);
     ASSERT_EQ(test_spare_arenas(false), 64);
+    ASSERT_EQ(arenas_in_use(), 0);
+    /* 8 MiB at most, as reckoned: ten of them used 256 KiB deep each (two
+     * full batches apiece) reckon four times that, and their slot and
+     * crash handler's stack; beside the 54 others, only so many fit. */
+    ASSERT_EQ(pool_cycle(10, xs, out, M, DEEP / sizeof(long)), 54);
+    long long bare = PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE;
+    ASSERT_EQ(test_spare_arenas(false),
+              54 + ((8 << 20) - 54 * bare) / (bare + 4 * DEEP));
+    ASSERT(test_spare_arenas(true) <= 8 << 20);
     ASSERT_EQ(arenas_in_use(), 0);
     ASSERT_EQ(test_children(), 0);
     free(xs);
