@@ -385,12 +385,12 @@ void pmap__shm_unmap(void *p, size_t size);
 bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit);
 void *pmap__shm_unshared(size_t size);
 
-/* An arena kept for a later worker, and what it may hold (shm.c). */
+/* An arena kept for a later worker, and how deep its regions were used
+ * (shm.c). */
 #define PMAP__SPARE_ARENAS 64
 typedef struct pmap__spare_arena {
     unsigned char *arena;
-    size_t depth;               /* how deep its regions were used */
-    size_t bytes;
+    size_t depth;
 } pmap__spare_arena_t;
 
 /* What this process writes right after forking, in a page no child

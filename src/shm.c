@@ -146,7 +146,7 @@ static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0,
-    {{NULL, 0, 0}}};
+    {{NULL, 0}}};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
@@ -278,6 +278,14 @@ void pmap__arena_forget(void *p)
 #define SPARE_ARENA_BYTES ((size_t)8 << 20)
 #define SPARE_ARENA_DEPTH ((size_t)256 << 10)
 
+/* What an arena whose regions were used `depth` deep may hold, reckoned:
+ * each of its four regions that deep, its slot's page and report, and the
+ * crash handler's stack. */
+static size_t reckoned(size_t depth)
+{
+    return PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE + 4 * depth;
+}
+
 /* Whether arenas can be kept for later workers here. */
 static bool arenas_recyclable(void)
 {
@@ -296,7 +304,7 @@ unsigned char *pmap__arena_take(size_t *depth)
     if (l->nspare_arenas == 0)
         return NULL;
     pmap__spare_arena_t *a = &l->spare_arenas[--l->nspare_arenas];
-    l->spare_arena_bytes -= a->bytes;
+    l->spare_arena_bytes -= reckoned(a->depth);
     *depth = a->depth;
     memset(a->arena, 0, sizeof(pmap__slot_t));
     memset(a->arena + PMAP__REPORT_AT, 0, sizeof(pmap__report_t));
@@ -325,13 +333,13 @@ void pmap__arena_give_back(unsigned char *arena, pid_t left, size_t depth)
     pmap__slot_t *slot = pmap__arena_state(arena);
     uint64_t results = atomic_load_explicit(&slot->reach, memory_order_relaxed);
     depth = results > depth ? (size_t)results : depth;
-    size_t bytes = PMAP__ARENA_HEAD + PMAP__ALTSTACK_SIZE + 4 * depth;
+    size_t bytes = reckoned(depth);
     if (left > 0 && atomic_load(&slot->alone) == left &&
-        depth <= SPARE_ARENA_DEPTH &&
-        arenas_recyclable() && l->nspare_arenas < PMAP__SPARE_ARENAS &&
+        depth <= SPARE_ARENA_DEPTH && arenas_recyclable() &&
+        l->nspare_arenas < PMAP__SPARE_ARENAS &&
         l->spare_arena_bytes + bytes <= SPARE_ARENA_BYTES) {
         l->spare_arenas[l->nspare_arenas++] =
-            (pmap__spare_arena_t){arena, depth, bytes};
+            (pmap__spare_arena_t){arena, depth};
         l->spare_arena_bytes += bytes;
         return;
     }

@@ -615,17 +615,17 @@ TEST(liveness_worker_sees_only_its_own_shared_memory)
     alarm(0);
 }
 
-/* Overwrites every writable shared mapping this process can see (whose
- * line in /proc/self/maps holds `containing`, if not NULL): 0xFF, with a
- * NUL at the end of each page so that a string read from there gives a
- * wrong length rather than a crash. */
-static void scribble_shared(const char *containing)
+/* The writable shared mappings this process can see (whose line in
+ * /proc/self/maps holds `containing`, if not NULL): their bounds, up to
+ * 128, go to lo and hi; returns how many.  Ends the process (a worker,
+ * or a process it forked) without /proc. */
+static int shared_mappings(const char *containing, unsigned long lo[128],
+                           unsigned long hi[128])
 {
     FILE *f = fopen("/proc/self/maps", "r");
     if (f == NULL)
         _exit(8);
     char line[4096], perms[8];
-    unsigned long lo[128], hi[128];
     int n = 0;
     while (n < 128 && fgets(line, sizeof line, f) != NULL) {
         if (sscanf(line, "%lx-%lx %7s", &lo[n], &hi[n], perms) == 3 &&
@@ -634,6 +634,16 @@ static void scribble_shared(const char *containing)
             n++;
     }
     fclose(f);
+    return n;
+}
+
+/* Overwrites every writable shared mapping this process can see (as
+ * shared_mappings): 0xFF, with a NUL at the end of each page so that a
+ * string read from there gives a wrong length rather than a crash. */
+static void scribble_shared(const char *containing)
+{
+    unsigned long lo[128], hi[128];
+    int n = shared_mappings(containing, lo, hi);
     for (int i = 0; i < n; i++) {
         unsigned char *p = (unsigned char *)(uintptr_t)lo[i];
         size_t len = (size_t)(hi[i] - lo[i]);
@@ -760,17 +770,12 @@ TEST(liveness_worker_scribbling_its_value_regions_harms_no_other)
  * alone (a stray write: it is not that process's pid). */
 static void stray_write_on_holder(void)
 {
-    FILE *f = fopen("/proc/self/maps", "r");
-    char line[4096], perms[8];
-    unsigned long lo, hi;
-    while (f != NULL && fgets(line, sizeof line, f) != NULL) {
-        if (sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 &&
-            strcmp(perms, "rw-s") == 0 && strstr(line, "/dev/zero") &&
-            hi - lo == PMAP__ARENA_SIZE)
-            atomic_store(&((pmap__slot_t *)(uintptr_t)lo)->alone, 1);
+    unsigned long lo[128], hi[128];
+    int n = shared_mappings("/dev/zero", lo, hi);
+    for (int i = 0; i < n; i++) {
+        if (hi[i] - lo[i] == PMAP__ARENA_SIZE)
+            atomic_store(&((pmap__slot_t *)(uintptr_t)lo[i])->alone, 1);
     }
-    if (f != NULL)
-        fclose(f);
 }
 
 /* Item 0 forks a process that, once its worker has left, overwrites all
