@@ -344,8 +344,9 @@ typedef struct pmap__slot {
                                    0 once a process holding the arena has
                                    forked (shm.c, spare arenas) */
     _Atomic uint64_t reach;     /* set by the worker before it writes there:
-                                   how deep its results went into a result
-                                   region */
+                                   how deep results went into a result
+                                   region, its own and, in a spare arena,
+                                   its earlier workers' (shm.c) */
 } pmap__slot_t;
 
 /*
@@ -415,6 +416,7 @@ void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);
 unsigned char *pmap__arena_take(size_t *depth);
+void pmap__arena_prefault(unsigned char *arena);
 int pmap__arenas_spare(void);
 void pmap__arena_give_back(unsigned char *arena, pid_t left, size_t depth);
 pmap__slot_t *pmap__arena_state(unsigned char *arena);

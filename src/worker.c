@@ -1107,6 +1107,7 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
     atomic_store_explicit(&self.slot->alone, (int32_t)pmap__self(),
                           memory_order_relaxed);
     pmap__memory_limit_apply(setup->arena);
+    pmap__arena_prefault(setup->arena);
     self.user_ran = setup->init != NULL;
     if (setup->init != NULL && setup->init(setup->index, setup->arg) != 0)
         _exit(EXIT_INIT);

@@ -9,6 +9,9 @@
  * do: its own children and SIGCHLD handler, a fast timer without
  * SA_RESTART, unflushed stdio, being killed, two pools, many cycles.
  */
+#if defined(__linux__) && !defined(_GNU_SOURCE)
+#define _GNU_SOURCE     /* MADV_POPULATE_WRITE */
+#endif
 #include "test.h"
 
 #include "pmap_internal.h"
@@ -17,6 +20,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -1281,6 +1285,82 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
     ASSERT(test_spare_arenas(true) <= 8 << 20);
     ASSERT_EQ(arenas_in_use(), 0);
     ASSERT_EQ(test_children(), 0);
+    free(xs);
+    free(out);
+}
+
+/* The resident KiB of this process's shared mappings of /dev/zero: in a
+ * worker, its arena's pages in its page tables. */
+static long arena_resident_kib(long x)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (f == NULL)
+        return -1;
+    char line[4096], perms[8];
+    unsigned long long lo, hi;
+    bool arena = false;
+    long kib, total = 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, "%llx-%llx %7s", &lo, &hi, perms) == 3)
+            arena = strcmp(perms, "rw-s") == 0 &&
+                    strstr(line, "/dev/zero") != NULL;
+        else if (arena && sscanf(line, "Rss: %ld kB", &kib) == 1)
+            total += kib;
+    }
+    fclose(f);
+    return total + 0 * x;
+}
+PMAP_EXPORT(arena_resident_kib, long, long);
+
+/* Whether this system can map pages in ahead of use (Linux 5.14). */
+static bool populate_works(void)
+{
+#ifdef MADV_POPULATE_WRITE
+    size_t size = 4096;
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    bool works = p != MAP_FAILED && madvise(p, size, MADV_POPULATE_WRITE) == 0;
+    if (p != MAP_FAILED)
+        munmap(p, size);
+    return works;
+#else
+    return false;
+#endif
+}
+
+/* A worker given a spare arena has the result pages that its earlier
+ * worker wrote mapped before its first batch (pmap__arena_prefault), where
+ * a worker of a new arena maps each as it first writes it. */
+TEST(host_spare_arena_comes_with_its_result_pages_mapped)
+{
+    if (access("/proc/self/smaps", R_OK) != 0)
+        SKIP("no /proc/self/smaps");
+    if (test_under_valgrind())
+        SKIP("valgrind: every child inherits the arenas, none is kept");
+    if (!populate_works())
+        SKIP("pages cannot be mapped ahead of use here (MADV_POPULATE_WRITE)");
+    enum { DEEP = 256 << 10, M = 2 * DEEP / sizeof(long) };
+    long *xs = malloc(M * sizeof *xs), *out = malloc(M * sizeof *out);
+    ASSERT(xs != NULL && out != NULL);
+    for (long i = 0; i < M; i++)
+        xs[i] = i;
+    ASSERT_EQ(test_spare_arenas(false), 0);
+    pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
+    pool_t *pool;
+    long fresh, taken;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_OK(pool_map(pool, arena_resident_kib, 1, &fresh, xs));
+    pool_destroy(pool);
+    /* Both result regions written 256 KiB deep, the arena kept. */
+    ASSERT_EQ(test_spare_arenas(false), 1);     /* the first worker's */
+    ASSERT_EQ(pool_cycle(1, xs, out, M, DEEP / sizeof(long)), 0);
+    ASSERT_EQ(test_spare_arenas(false), 1);
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_EQ(test_spare_arenas(false), 0);
+    ASSERT_OK(pool_map(pool, arena_resident_kib, 1, &taken, xs));
+    pool_destroy(pool);
+    ASSERT(fresh >= 0 && fresh < DEEP / 1024);
+    ASSERT(taken >= fresh + 2 * DEEP / 1024 - 8);
     free(xs);
     free(out);
 }
