@@ -1308,7 +1308,8 @@ static long arena_resident_kib(long x)
             total += kib;
     }
     fclose(f);
-    return total + 0 * x;
+    (void)x;
+    return total;
 }
 PMAP_EXPORT(arena_resident_kib, long, long);
 
@@ -1351,8 +1352,8 @@ TEST(host_spare_arena_comes_with_its_result_pages_mapped)
     ASSERT_OK(pool_create_with(&pool, &po));
     ASSERT_OK(pool_map(pool, arena_resident_kib, 1, &fresh, xs));
     pool_destroy(pool);
-    /* Both result regions written 256 KiB deep, the arena kept. */
     ASSERT_EQ(test_spare_arenas(false), 1);     /* the first worker's */
+    /* Both result regions written 256 KiB deep, the arena kept. */
     ASSERT_EQ(pool_cycle(1, xs, out, M, DEEP / sizeof(long)), 0);
     ASSERT_EQ(test_spare_arenas(false), 1);
     ASSERT_OK(pool_create_with(&pool, &po));
