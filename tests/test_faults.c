@@ -1208,6 +1208,18 @@ TEST(host_pools_of_changing_sizes_share_one_spare_room)
         ASSERT(mapped_pages() - before < 1024);     /* 4 MiB */
 }
 
+/* 0, 1, ... m - 1, and room for as many results (both freed by the
+ * caller). */
+static long *counted(size_t m, long **out)
+{
+    long *xs = malloc(m * sizeof *xs);
+    *out = malloc(m * sizeof **out);
+    ASSERT(xs != NULL && *out != NULL);
+    for (size_t i = 0; i < m; i++)
+        xs[i] = (long)i;
+    return xs;
+}
+
 /* A pool of n workers forked here, one map of m items through it (chunk
  * items a batch), the pool destroyed; returns the spare arenas while it
  * lived. */
@@ -1238,10 +1250,7 @@ TEST(host_ended_workers_arenas_serve_the_next_pools)
     if (test_under_valgrind())
         SKIP("valgrind: every child inherits the arenas, none is kept");
     enum { DEEP = 256 << 10, M = 20 * DEEP / sizeof(long) };
-    long *xs = malloc(M * sizeof *xs), *out = malloc(M * sizeof *out);
-    ASSERT(xs != NULL && out != NULL);
-    for (long i = 0; i < M; i++)
-        xs[i] = i;
+    long *out, *xs = counted(M, &out);
     ASSERT_EQ(test_spare_arenas(false), 0);
     ASSERT_EQ(pool_cycle(3, xs, out, 30, 1), 0);
     ASSERT_EQ(test_spare_arenas(false), 3);
@@ -1341,10 +1350,7 @@ TEST(host_spare_arena_comes_with_its_result_pages_mapped)
     if (!populate_works())
         SKIP("pages cannot be mapped ahead of use here (MADV_POPULATE_WRITE)");
     enum { DEEP = 256 << 10, M = 2 * DEEP / sizeof(long) };
-    long *xs = malloc(M * sizeof *xs), *out = malloc(M * sizeof *out);
-    ASSERT(xs != NULL && out != NULL);
-    for (long i = 0; i < M; i++)
-        xs[i] = i;
+    long *out, *xs = counted(M, &out);
     ASSERT_EQ(test_spare_arenas(false), 0);
     pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
     pool_t *pool;
