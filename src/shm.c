@@ -325,13 +325,15 @@ unsigned char *pmap__arena_take(size_t *depth)
 void pmap__arena_prefault(unsigned char *arena)
 {
 #ifdef MADV_POPULATE_WRITE
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t reach = (size_t)atomic_load_explicit(
         &pmap__arena_state(arena)->reach, memory_order_relaxed);
+    if (reach == 0)
+        return;     /* a new arena: no call, no page of libc's code */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
     reach = (reach + page - 1) / page * page;
     if (reach > PMAP__SLOT_SIZE)
         reach = PMAP__SLOT_SIZE;
-    for (unsigned slot = 0; reach > 0 && slot < PMAP__DEPTH; slot++)
+    for (unsigned slot = 0; slot < PMAP__DEPTH; slot++)
         (void)madvise(pmap__arena_slot(arena, false, slot, true).base, reach,
                       MADV_POPULATE_WRITE);
 #else
