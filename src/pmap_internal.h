@@ -321,6 +321,8 @@ uint64_t pmap__registry_hash(void);
 
 /* ---- shm.c ------------------------------------------------------------ */
 
+#define PMAP__DEPTH 2   /* batches a worker holds at most: one runs, one waits */
+
 /*
  * What a worker tells the caller through shared memory, without a system
  * call: the item it is running, so that a crash is charged to that item
@@ -343,10 +345,10 @@ typedef struct pmap__slot {
     _Atomic int32_t alone;      /* the worker's pid, stored as it starts;
                                    0 once a process holding the arena has
                                    forked (shm.c, spare arenas) */
-    _Atomic uint64_t reach;     /* set by the worker before it writes there:
-                                   how deep results went into a result
-                                   region, its own and, in a spare arena,
-                                   its earlier workers' (shm.c) */
+    _Atomic uint64_t reach[PMAP__DEPTH];    /* how deep results went into
+                                   each result region, set by the worker
+                                   before it writes there; a new worker
+                                   finds its predecessor's (shm.c) */
 } pmap__slot_t;
 
 /*
@@ -438,8 +440,6 @@ void pmap__heap_unpin(const void *p);
 int pmap__cpu_count(void);
 
 /* ---- the engine: pool.c, loop.c, job.c, batch.c, deliver.c --------------- */
-
-#define PMAP__DEPTH 2   /* batches a worker holds at most: one runs, one waits */
 
 /* Items [first, first + count), tried `attempts` times before. */
 typedef struct pmap__range {

@@ -37,6 +37,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#if defined(__linux__) && !defined(MADV_POPULATE_WRITE)
+#define MADV_POPULATE_WRITE 23  /* Linux 5.14, beyond older C libraries'
+                                   headers; older kernels refuse it */
+#endif
+
 /*
  * A new file of size zeroed bytes for shared memory, named name where the
  * system shows it (memfd; else an unlinked POSIX shared memory object),
@@ -307,38 +312,41 @@ unsigned char *pmap__arena_take(size_t *depth)
     l->spare_arena_bytes -= reckoned(a->depth);
     *depth = a->depth;
     pmap__slot_t *slot = pmap__arena_state(a->arena);
-    uint64_t reach = atomic_load_explicit(&slot->reach, memory_order_relaxed);
+    uint64_t reach[PMAP__DEPTH];
+    for (int r = 0; r < PMAP__DEPTH; r++)
+        reach[r] = atomic_load_explicit(&slot->reach[r], memory_order_relaxed);
     memset(a->arena, 0, sizeof(pmap__slot_t));
     memset(a->arena + PMAP__REPORT_AT, 0, sizeof(pmap__report_t));
-    atomic_store_explicit(&slot->reach, reach, memory_order_relaxed);
+    for (int r = 0; r < PMAP__DEPTH; r++)    /* for pmap__arena_prefault */
+        atomic_store_explicit(&slot->reach[r], reach[r], memory_order_relaxed);
     return a->arena;
 }
 
 /*
- * In a new worker: maps in one call the pages of its result regions that
- * its arena's earlier workers wrote (a spare arena's: the slot's `reach`),
- * which writing its first results would otherwise fault in one by one, a
- * trap each, in the first map of every pool but a process's first (W1: a
- * new pool's first map 1.23 times its later ones, against 1.15 with this;
- * bench/NOTES.md).  Where the system cannot, they are faulted in as used.
+ * In a new worker: maps, in one call a region, the pages of its result
+ * regions that its predecessor wrote (a spare arena's: the slot's `reach`,
+ * which then starts again from 0 for this worker's own), where writing its
+ * first results would fault them in one by one, a trap each, in the first
+ * map of every pool but a process's first (W1: a new pool's first map 1.21
+ * times its later ones, against 1.15 with this; bench/NOTES.md).  Where
+ * the system cannot, they are faulted in as used.
  */
 void pmap__arena_prefault(unsigned char *arena)
 {
+    pmap__slot_t *slot = pmap__arena_state(arena);
+    for (unsigned r = 0; r < PMAP__DEPTH; r++) {
+        size_t reach = (size_t)atomic_exchange_explicit(
+            &slot->reach[r], 0, memory_order_relaxed);
+        if (reach == 0)
+            continue;   /* a new arena: no call, no page of libc's code */
 #ifdef MADV_POPULATE_WRITE
-    size_t reach = (size_t)atomic_load_explicit(
-        &pmap__arena_state(arena)->reach, memory_order_relaxed);
-    if (reach == 0)
-        return;     /* a new arena: no call, no page of libc's code */
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    reach = (reach + page - 1) / page * page;
-    if (reach > PMAP__SLOT_SIZE)
-        reach = PMAP__SLOT_SIZE;
-    for (unsigned slot = 0; slot < PMAP__DEPTH; slot++)
-        (void)madvise(pmap__arena_slot(arena, false, slot, true).base, reach,
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        reach = (reach + page - 1) / page * page;
+        (void)madvise(pmap__arena_slot(arena, false, r, true).base,
+                      reach < PMAP__SLOT_SIZE ? reach : PMAP__SLOT_SIZE,
                       MADV_POPULATE_WRITE);
-#else
-    (void)arena;
 #endif
+    }
 }
 
 /* How many spare arenas there are now.  pools_lock held. */
@@ -361,8 +369,11 @@ void pmap__arena_give_back(unsigned char *arena, pid_t left, size_t depth)
         return;
     pmap__local_t *l = pmap__local();
     pmap__slot_t *slot = pmap__arena_state(arena);
-    uint64_t results = atomic_load_explicit(&slot->reach, memory_order_relaxed);
-    depth = results > depth ? (size_t)results : depth;
+    for (int r = 0; r < PMAP__DEPTH; r++) {
+        uint64_t results =
+            atomic_load_explicit(&slot->reach[r], memory_order_relaxed);
+        depth = results > depth ? (size_t)results : depth;
+    }
     size_t bytes = reckoned(depth);
     if (left > 0 && atomic_load(&slot->alone) == left &&
         depth <= SPARE_ARENA_DEPTH && arenas_recyclable() &&

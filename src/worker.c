@@ -855,11 +855,13 @@ static void send_outputs(uint32_t id)
  * caller to know what the arena holds once this worker has left (shm.c,
  * spare arenas): noted before they are sent, the callback's before it
  * runs (it may exit). */
-static void note_reach(size_t depth)
+static void note_reach(unsigned slot, size_t depth)
 {
     if (self.slot != NULL &&
-        depth > atomic_load_explicit(&self.slot->reach, memory_order_relaxed))
-        atomic_store_explicit(&self.slot->reach, depth, memory_order_relaxed);
+        depth > atomic_load_explicit(&self.slot->reach[slot],
+                                     memory_order_relaxed))
+        atomic_store_explicit(&self.slot->reach[slot], depth,
+                              memory_order_relaxed);
 }
 
 /*
@@ -902,7 +904,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
                          ? PMAP__COLUMN_IN_REGION
                          : PMAP__COLUMN_IN_FRAME;
     if (where == PMAP__COLUMN_IN_REGION)
-        note_reach(bytes);      /* before the callback writes them there */
+        note_reach(slot, bytes);    /* before the callback writes there */
     self.results.len = 0;
     unsigned char *results = where == PMAP__COLUMN_IN_REGION
                                  ? results_area.base
@@ -951,7 +953,7 @@ static void run_task(uint32_t id, const unsigned char *p, size_t len)
     pmap__outq_add(&self.out, self.failures.data, self.failures.len);
     pmap__outq_add(&self.out, self.timing.data, self.timing.len);
     pmap__outq_end(&self.out, frame);
-    note_reach(results_area.used);      /* values encoded there */
+    note_reach(slot, results_area.used);    /* values encoded there */
     send_queued();
     free_results(fn, (size_t)count);
 }
