@@ -272,10 +272,10 @@ void pmap__arena_forget(void *p)
  * that held it has forked since that worker started (its slot's `alone`
  * still holds its pid, which a fork handler clears: pmap__worker_forking,
  * registered by proc.c; a stray write there is not taken for it either);
- * and that worker has exited of its own accord and been waited for.  (vfork and posix_spawn
- * lend the worker's memory until an exec, which a worker that exits
- * waited for; a raw clone system call runs no fork handler and is not
- * seen.)  At most PMAP__SPARE_ARENAS of them, holding at most
+ * and that worker has exited of its own accord and been waited for.
+ * (vfork and posix_spawn lend the worker's memory until an exec, which a
+ * worker that exits waited for; a raw clone system call runs no fork
+ * handler and is not seen.)  At most PMAP__SPARE_ARENAS of them, holding at most
  * SPARE_ARENA_BYTES between them, as reckoned from how deep batches went
  * into an arena's regions under every worker that had it: an arena used
  * deeper goes.
@@ -340,8 +340,7 @@ void pmap__arena_prefault(unsigned char *arena)
         if (reach == 0)
             continue;   /* a new arena: no call, no page of libc's code */
 #ifdef MADV_POPULATE_WRITE
-        size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        reach = (reach + page - 1) / page * page;
+        /* The kernel rounds the length up to a whole page. */
         (void)madvise(pmap__arena_slot(arena, false, r, true).base,
                       reach < PMAP__SLOT_SIZE ? reach : PMAP__SLOT_SIZE,
                       MADV_POPULATE_WRITE);

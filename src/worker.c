@@ -1118,9 +1118,10 @@ _Noreturn void pmap__worker_main(const pmap__worker_setup_t *setup)
 }
 
 /* Before every fork of a process that descends from the caller (its
- * pthread_atfork handler: shm.c): in a worker, or in a process its
- * callbacks forked, the child will hold the worker's arena too, which is
- * then no longer the worker's alone (shm.c, spare arenas). */
+ * pthread_atfork handler, registered by proc.c): in a worker, or in a
+ * process its callbacks forked, the child will hold the worker's arena
+ * too, which is then no longer the worker's alone (shm.c, spare
+ * arenas). */
 void pmap__worker_forking(void)
 {
     if (pmap__in_worker && self.arena != NULL)
