@@ -21,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -766,16 +767,24 @@ TEST(liveness_worker_scribbling_its_value_regions_harms_no_other)
     alarm(0);
 }
 
-/* Writes 1 where the arena of this worker says which process holds it
- * alone (a stray write: it is not that process's pid). */
-static void stray_write_on_holder(void)
+/* In a worker forked by the caller: the slot at the head of its arena,
+ * the one shared mapping of an arena's size it holds. */
+static pmap__slot_t *own_slot(void)
 {
     unsigned long lo[128], hi[128];
     int n = shared_mappings("/dev/zero", lo, hi);
     for (int i = 0; i < n; i++) {
         if (hi[i] - lo[i] == PMAP__ARENA_SIZE)
-            atomic_store(&((pmap__slot_t *)(uintptr_t)lo[i])->alone, 1);
+            return (pmap__slot_t *)(uintptr_t)lo[i];
     }
+    _exit(8);
+}
+
+/* Writes 1 where the arena of this worker says which process holds it
+ * alone (a stray write: it is not that process's pid). */
+static void stray_write_on_holder(void)
+{
+    atomic_store(&own_slot()->alone, 1);
 }
 
 /* Item 0 forks a process that, once its worker has left, overwrites all
@@ -869,6 +878,63 @@ TEST(liveness_callback_child_scribbling_arenas_harms_no_later_pool)
     free(xs);
     free(out);
     alarm(0);
+}
+
+/* Writes `depth` where the arena of this worker says how deep its first
+ * result region was written (a stray write), and returns it. */
+static long stray_write_on_depth(long depth)
+{
+    atomic_store(&own_slot()->reach[0], (uint64_t)depth);
+    return depth;
+}
+PMAP_EXPORT(stray_write_on_depth, long, long);
+
+/* A pool of one worker forked here, that writes `depth` over its arena's
+ * record of how deep its results went, then is destroyed. */
+static void stray_depth_cycle(long depth)
+{
+    pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
+    pool_t *pool;
+    long out = 0;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_OK(pool_map(pool, stray_write_on_depth, 1, &out, &depth));
+    ASSERT_EQ(out, depth);
+    pool_destroy(pool);
+}
+
+/* That record decides whether the arena is kept and how much of it the
+ * next worker maps ahead (shm.c, spare arenas): a callback that writes
+ * there the largest depth (which, reckoned four times over, wraps
+ * around) gets its arena dropped; one that writes a plausible depth gets
+ * it kept, reckoned that deep, and the next worker's results are right. */
+TEST(liveness_worker_writing_its_arenas_depth_harms_no_later_worker)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    if (test_under_valgrind())
+        SKIP("valgrind: every child inherits the arenas, none is kept");
+    ASSERT_EQ(test_spare_arenas(false), 0);
+    stray_depth_cycle(LONG_MAX);
+    ASSERT_EQ(test_spare_arenas(false), 0);
+    stray_depth_cycle(200 * 1024);
+    ASSERT_EQ(test_spare_arenas(false), 1);
+    ASSERT(test_spare_arenas(true) >= 4 * 200 * 1024);
+    enum { N = 100000 };
+    int *xs = malloc(N * sizeof *xs), *out = malloc(N * sizeof *out);
+    ASSERT(xs != NULL && out != NULL);
+    for (int i = 0; i < N; i++)
+        xs[i] = i;
+    pool_options_t po = {.workers = 1, .start = PMAP_START_FORK};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT_EQ(test_spare_arenas(false), 0);     /* taken */
+    ASSERT_OK(pool_map(pool, add_one, N, out, xs));
+    for (int i = 0; i < N; i++)
+        ASSERT_EQ(out[i], i + 1);
+    pool_destroy(pool);
+    ASSERT_EQ(test_children(), 0);
+    free(xs);
+    free(out);
 }
 
 /* x: a child forked by this callback aborts (0), or reports the item
