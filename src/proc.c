@@ -12,9 +12,11 @@
  *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
  *  - A worker sees only its own shared memory: each process gets an arena
  *    (a spare one, or new: a new pool's carved from one mapping), which no
- *    child forked here but its own inherits (shm.c; or the child unmaps
- *    every other arena of every pool before anything else), kept for a
- *    later worker once it is gone only if no other process can hold it.
+ *    child forked here but its own inherits (shm.c; a child that another
+ *    thread forks meanwhile unmaps it: drop_open_arena; or the child
+ *    unmaps every other arena of every pool before anything else), kept
+ *    for a later worker once it is gone only if no other process can hold
+ *    it.
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
@@ -141,6 +143,20 @@ static void forking_begin(forking_t *f)
     pmap__signals_caught(&f->caught);
 }
 
+/*
+ * The arena that fork_one opens to its worker's fork (MADV_DOFORK), and
+ * the thread that forks: a child that another thread of this process
+ * forks meanwhile (the program's own fork, or the fork server's) inherits
+ * that arena too, and unmaps it before anything else runs there
+ * (drop_open_arena), so that no process but the worker and what the
+ * worker forks ever holds it.  fork_one runs under the pools lock: one
+ * arena at a time.
+ */
+static struct {
+    unsigned char *_Atomic arena;
+    pthread_t by;
+} opened;
+
 /* Forks worker w from this process, pools_lock held, signals blocked and
  * stdio flushed (pmap__fork_prepare); its side of the channel is theirs.
  * Returns its pid, or a negative code. */
@@ -152,13 +168,29 @@ static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
         self,             self,            w->index,
         *theirs,          w->arena,        pool->opts.worker_init,
         pool->opts.worker_exit, pool->opts.worker_arg, &f->caught};
+    opened.by = pthread_self();
+    atomic_store(&opened.arena, w->arena);
     pmap__arena_inherit(w->arena, true);    /* this child's alone */
     pid_t pid = fork();
     if (pid == 0)
         pmap__proc_become_worker(w, &setup, f->marked);
     int err = errno;
     pmap__arena_inherit(w->arena, false);
+    atomic_store(&opened.arena, NULL);
     return pid < 0 ? -err : pid;
+}
+
+/* In every child forked after the first worker forked here (a
+ * pthread_atfork handler), before fork returns there: drops the arena
+ * open to a worker's fork, unless this is that worker.  What a worker or
+ * the fork server forks keeps what it has: the arena their copy names is
+ * the worker's own, or one they do not hold. */
+static void drop_open_arena(void)
+{
+    unsigned char *arena = atomic_load(&opened.arena);
+    if (arena != NULL && !pmap__in_worker &&
+        !pthread_equal(opened.by, pthread_self()))
+        pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
 }
 
 /* Forks worker w from this process, pools_lock held. */
@@ -210,15 +242,18 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
     return rc < 0 ? rc : pid;
 }
 
-/* Whether the fork handler that tells when a worker's arena is no longer
- * its alone (pmap__worker_forking) is registered: once, in this process,
- * before its first worker is forked here (pmap__proc_spawn_all).  Its
- * workers, and what they fork, inherit it. */
+/* Whether the fork handlers are registered: the one that tells when a
+ * worker's arena is no longer its alone (pmap__worker_forking), and the
+ * one that keeps an arena open to its worker's fork from every other
+ * child (drop_open_arena).  Once, in this process, before its first
+ * worker is forked here (pmap__proc_spawn_all).  Its workers, and what
+ * they fork, inherit them. */
 static bool forks_watched;
 
 static void watch_forks(void)
 {
-    forks_watched = pthread_atfork(pmap__worker_forking, NULL, NULL) == 0;
+    forks_watched = pthread_atfork(pmap__worker_forking, NULL,
+                                   drop_open_arena) == 0;
 }
 
 /* Whether w's process is forked here (not by the fork server, not on

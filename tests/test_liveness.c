@@ -937,17 +937,32 @@ TEST(liveness_worker_writing_its_arenas_depth_harms_no_later_worker)
     free(out);
 }
 
-/* x: a child forked by this callback aborts (0), or reports the item
- * running (1); returns how the child ended, as WTERMSIG or 100 + its exit
- * status. */
-static int child_of_callback(int x)
+/* Forks the child of child_of_callback: it aborts (x & 1 clear) or
+ * reports the item running.  Its pid replaces x. */
+static void *fork_child(void *arg)
 {
+    int *x = arg;
     pid_t c = fork();
     if (c == 0) {
-        if (x == 0)
+        if (!(*x & 1))
             abort();
         _exit((int)pmap_item_index());
     }
+    *x = (int)c;
+    return NULL;
+}
+
+/* Forks a child (fork_child), from a thread of its own if x & 2; returns
+ * how the child ended, as WTERMSIG or 100 + its exit status. */
+static int child_of_callback(int x)
+{
+    int c = x;
+    pthread_t t;
+    if (!(x & 2))
+        fork_child(&c);
+    else if (pthread_create(&t, NULL, fork_child, &c) != 0 ||
+             pthread_join(t, NULL) != 0)
+        return -1;
     int status;
     if (c < 0 || waitpid(c, &status, 0) != c)
         return -1;
@@ -955,20 +970,82 @@ static int child_of_callback(int x)
 }
 PMAP_EXPORT(child_of_callback, int, int);
 
-/* A process a callback forks is a copy of its worker: it dies of the
- * signal it raises (its crash handler's stack is there), and knows the
- * item that forked it. */
+/* A process a callback forks is a copy of its worker, whichever of its
+ * threads forks it: it dies of the signal it raises (its crash handler's
+ * stack is there), and knows the item that forked it. */
 TEST(liveness_callback_child_is_a_whole_copy_of_its_worker)
 {
     test_arm(30);
     pool_t *pool = pool_create(2);
     ASSERT(pool != NULL);
-    int xs[6] = {0, 1, 1, 0, 1, 1}, out[6];
+    int xs[12] = {0, 1, 1, 0, 1, 1, 2, 3, 3, 2, 3, 3}, out[12];
     pool_map_options_t o = {.chunk = 1};
-    ASSERT_OK(pool_map_with(pool, &o, child_of_callback, 6, out, xs));
-    for (int i = 0; i < 6; i++)
-        ASSERT_EQ(out[i], xs[i] == 0 ? SIGABRT : 100 + i);
+    ASSERT_OK(pool_map_with(pool, &o, child_of_callback, 12, out, xs));
+    for (int i = 0; i < 12; i++)
+        ASSERT_EQ(out[i], (xs[i] & 1) == 0 ? SIGABRT : 100 + i);
     pool_destroy(pool);
+    alarm(0);
+}
+
+/* Forks by another thread of the caller while pools start, for as long as
+ * `starting` says; each child counts the arenas it holds (writable shared
+ * mappings of an arena's size) and overwrites them, as a hostile child
+ * would.  The forks whose child held one go to held[0], all to held[1]. */
+static atomic_bool starting;
+
+static void *fork_meanwhile(void *arg)
+{
+    long *held = arg;
+    while (atomic_load(&starting)) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            unsigned long lo[128], hi[128];
+            int n = shared_mappings(NULL, lo, hi), arenas = 0;
+            for (int i = 0; i < n; i++)
+                arenas += hi[i] - lo[i] == PMAP__ARENA_SIZE;
+            if (arenas > 0)
+                scribble_shared(NULL);
+            _exit(arenas > 0);
+        }
+        int status = 0;
+        if (pid < 0 || waitpid(pid, &status, 0) != pid)
+            break;
+        held[0] += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        held[1]++;
+    }
+    return NULL;
+}
+
+/* A worker's arena is open to a fork only across its own worker's: a
+ * process that another thread forks meanwhile (and it forks all the time
+ * here) holds none, so it cannot write there; and every pool's results
+ * are right. */
+TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    if (test_under_valgrind())
+        SKIP("valgrind does not keep arenas from children (MADV_DONTFORK)");
+    test_arm(60);
+    long held[2] = {0, 0};
+    pthread_t forker;
+    atomic_store(&starting, true);
+    ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
+    for (int round = 0; round < 300; round++) {
+        pool_t *pool = pool_create(2);
+        ASSERT(pool != NULL);
+        int xs[2] = {round, round + 1}, out[2] = {0, 0};
+        ASSERT_OK(pool_map(pool, add_one, 2, out, xs));
+        ASSERT(out[0] == round + 1 && out[1] == round + 2);
+        pool_destroy(pool);
+    }
+    atomic_store(&starting, false);
+    ASSERT_EQ(pthread_join(forker, NULL), 0);
+    if (held[0] != 0)
+        test_fail(__FILE__, __LINE__,
+                  "%ld of %ld processes forked by another thread held a "
+                  "worker's arena", held[0], held[1]);
+    ASSERT(held[1] > 0);
     alarm(0);
 }
 
