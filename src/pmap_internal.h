@@ -404,6 +404,7 @@ typedef struct pmap__local {
     pthread_mutex_t heap_lock;      /* alloc.c: pmap_alloc's heap */
     pthread_mutex_t registry_lock;  /* registry.c */
     pthread_mutex_t server_lock;    /* server.c: the fork server's channel */
+    pthread_mutex_t arenas_lock;    /* shm.c: a new arena, not yet kept */
     atomic_uint last_map;           /* job.c: the last map's number */
     unsigned char *spare_room;      /* pool.c: a destroyed pool's room */
     size_t spare_room_size;
@@ -414,6 +415,7 @@ typedef struct pmap__local {
 
 pmap__local_t *pmap__local(void);
 bool pmap__local_wiped(void);
+void *pmap__arenas_map(size_t size, int *fd, bool *kept);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);
 void pmap__arena_forget(void *p);

@@ -271,11 +271,10 @@ static unsigned char *new_arena(const pool_t *pool, pmap__worker_t *w)
                                              : NULL;
     if (arena != NULL)
         return arena;   /* kept from children already */
-    arena = pmap__shm_map(PMAP__ARENA_SIZE,
-                          pool->server ? &w->handoff[1] : NULL);
-    if (arena != NULL && pool->remote == NULL)
-        pmap__arena_inherit(arena, false);
-    return arena;
+    int *fd = pool->server ? &w->handoff[1] : NULL;
+    if (pool->remote != NULL)
+        return pmap__shm_map(PMAP__ARENA_SIZE, fd);   /* no worker here */
+    return pmap__arenas_map(PMAP__ARENA_SIZE, fd, NULL);
 }
 
 /* Makes the channel and the arena of w's next process, pools_lock held:
@@ -486,17 +485,16 @@ int pmap__proc_spawn_all(pool_t *pool)
     static pthread_once_t watching = PTHREAD_ONCE_INIT;
     if (forks)
         pthread_once(&watching, watch_forks);
-    pmap__pools_lock();     /* no fork by another thread before the
-                               mapping is kept from it */
+    pmap__pools_lock();
     carved_t arenas = {NULL, forks ? pmap__arenas_spare() : 0};
     size_t size = arenas.first < pool->nworkers
                       ? (size_t)(pool->nworkers - arenas.first) *
                             PMAP__ARENA_SIZE
                       : 0;
+    bool kept = false;
     if (forks && size > 0)
-        arenas.base = pmap__shm_map(size, NULL);
-    if (arenas.base != NULL &&
-        !pmap__shm_fork_inherit(arenas.base, size, false)) {
+        arenas.base = pmap__arenas_map(size, NULL, &kept);
+    if (arenas.base != NULL && !kept) {
         pmap__shm_unmap(arenas.base, size);     /* an arena apiece, then */
         arenas.base = NULL;
     }

@@ -7,12 +7,14 @@
  * place).
  *
  * Each worker process gets an arena of its own, and only its own: every
- * arena is MADV_DONTFORK but across the fork of its own worker, so a child
- * forked by the caller never holds another (where that cannot be had, it
- * unmaps every other arena first thing: family.c), and a replacement never
- * gets what its predecessor, or a process that predecessor forked, could
- * still write (spare arenas, below).  (A new pool's first arenas are
- * carved from one mapping, pmap__proc_spawn_all, and go the same way.)
+ * arena is MADV_DONTFORK from its mapping on (forks wait meanwhile:
+ * pmap__arenas_map) but across the fork of its own worker (a child that
+ * another thread forks then unmaps it: proc.c), so a child forked by the
+ * caller never holds another (where that cannot be had, it unmaps every
+ * other arena first thing: family.c), and a replacement never gets what
+ * its predecessor, or a process that predecessor forked, could still write
+ * (spare arenas, below).  (A new pool's first arenas are carved from one
+ * mapping, pmap__proc_spawn_all, and go the same way.)
  *
  * A worker forked by the caller inherits its arena at the same address, so
  * it is anonymous.  A worker forked by the fork server (server.c) is not
@@ -150,8 +152,8 @@ void *pmap__shm_unshared(size_t size)
 static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0,
-    {{NULL, 0}}};
+    PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+    PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0, {{NULL, 0}}};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
@@ -225,6 +227,58 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit)
     (void)p, (void)size, (void)inherit;
     return false;
 #endif
+}
+
+/*
+ * Held from a new arena's mapping to its MADV_DONTFORK, and by every fork
+ * of this process (fork handlers, registered before the first arena is
+ * mapped): a child that another thread forks meanwhile, the program's own
+ * or a worker of another pool, would hold that arena too.  Never held
+ * across a fork, so its order among the locks that fork handlers take
+ * does not matter.
+ */
+static void arenas_lock(void)
+{
+    pthread_mutex_lock(&pmap__local()->arenas_lock);
+}
+
+static void arenas_unlock(void)
+{
+    pthread_mutex_unlock(&pmap__local()->arenas_lock);
+}
+
+/* Where a child sees pmap__local zeroed, its lock is free already. */
+static void arenas_lock_again(void)
+{
+    pthread_mutex_init(&pmap__local()->arenas_lock, NULL);
+}
+
+static void hold_forks_off_new_arenas(void)
+{
+    pthread_atfork(arenas_lock, arenas_unlock,
+                   pmap__local_wiped() ? NULL : arenas_lock_again);
+}
+
+/*
+ * Maps size bytes of zeroed shared memory for arenas (as pmap__shm_map),
+ * which no child inherits from the start (MADV_DONTFORK).  Where that
+ * cannot be had, every child forked from now on holds them, and unmaps
+ * the arenas it finds in the pools (pmap__arena_forget); *kept, if not
+ * NULL, says which.  NULL on failure.
+ */
+void *pmap__arenas_map(size_t size, int *fd, bool *kept)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, hold_forks_off_new_arenas);
+    arenas_lock();
+    void *p = pmap__shm_map(size, fd);
+    bool k = pmap__shm_fork_inherit(p, size, false);
+    arenas_unlock();
+    if (p != NULL && !k)
+        atomic_store(&arenas_inherited, true);
+    if (kept != NULL)
+        *kept = k;
+    return p;
 }
 
 /*

@@ -987,22 +987,24 @@ TEST(liveness_callback_child_is_a_whole_copy_of_its_worker)
     alarm(0);
 }
 
-/* Forks by another thread of the caller while pools start, for as long as
- * `starting` says; each child counts the arenas it holds (writable shared
- * mappings of an arena's size) and overwrites them, as a hostile child
- * would.  The forks whose child held one go to held[0], all to held[1]. */
+/* Forks by another thread of the caller while arenas are made, for as
+ * long as `starting` says; each child counts the arenas it holds
+ * (writable shared mappings of arena_size bytes) and overwrites them, as
+ * a hostile child would.  The forks whose child held one go to held[0],
+ * all to held[1]. */
 static atomic_bool starting;
+static size_t arena_size;
 
 static void *fork_meanwhile(void *arg)
 {
-    long *held = arg;
+    atomic_long *held = arg;
     while (atomic_load(&starting)) {
         pid_t pid = fork();
         if (pid == 0) {
             unsigned long lo[128], hi[128];
             int n = shared_mappings(NULL, lo, hi), arenas = 0;
             for (int i = 0; i < n; i++)
-                arenas += hi[i] - lo[i] == PMAP__ARENA_SIZE;
+                arenas += hi[i] - lo[i] == arena_size;
             if (arenas > 0)
                 scribble_shared(NULL);
             _exit(arenas > 0);
@@ -1027,8 +1029,9 @@ TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
     if (test_under_valgrind())
         SKIP("valgrind does not keep arenas from children (MADV_DONTFORK)");
     test_arm(60);
-    long held[2] = {0, 0};
+    atomic_long held[2] = {0, 0};
     pthread_t forker;
+    arena_size = PMAP__ARENA_SIZE;
     atomic_store(&starting, true);
     ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
     for (int round = 0; round < 300; round++) {
@@ -1044,8 +1047,41 @@ TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
     if (held[0] != 0)
         test_fail(__FILE__, __LINE__,
                   "%ld of %ld processes forked by another thread held a "
-                  "worker's arena", held[0], held[1]);
+                  "worker's arena", (long)held[0], (long)held[1]);
     ASSERT(held[1] > 0);
+    alarm(0);
+}
+
+/* The same from an arena's making: new arenas are kept from every child
+ * from their mapping on, while another thread forks all the time.  (Made
+ * and dropped here directly, of a size no other mapping has: a pool maps
+ * new ones only now and then, and the moment is short.) */
+TEST(liveness_fork_by_another_thread_holds_no_new_arena)
+{
+    if (access("/proc/self/maps", R_OK) != 0)
+        SKIP("no /proc/self/maps");
+    if (test_under_valgrind())
+        SKIP("valgrind does not keep arenas from children (MADV_DONTFORK)");
+    test_arm(60);
+    atomic_long held[2] = {0, 0};
+    pthread_t forker;
+    arena_size = 3 * PMAP__ARENA_SIZE + 4096;
+    atomic_store(&starting, true);
+    ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
+    bool kept = true;
+    for (long made = 0; kept && (made < 20000 || held[1] < 200); made++) {
+        void *p = pmap__arenas_map(arena_size, NULL, &kept);
+        ASSERT(p != NULL);
+        pmap__shm_unmap(p, arena_size);
+    }
+    atomic_store(&starting, false);
+    ASSERT_EQ(pthread_join(forker, NULL), 0);
+    if (!kept)
+        SKIP("no MADV_DONTFORK here: children hold arenas and unmap them");
+    if (held[0] != 0)
+        test_fail(__FILE__, __LINE__,
+                  "%ld of %ld processes forked by another thread held a "
+                  "new arena", (long)held[0], (long)held[1]);
     alarm(0);
 }
 
