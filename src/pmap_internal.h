@@ -152,8 +152,9 @@ enum pmap__frame_type {
     PMAP__RESULT,       /* worker -> caller: a batch's results */
     PMAP__END,          /* caller -> worker: forget a map */
     PMAP__MAP_ERROR,    /* worker -> caller: a map cannot run here */
-    PMAP__OUTPUT        /* worker -> caller: a batch's items' output,
+    PMAP__OUTPUT,       /* worker -> caller: a batch's items' output,
                            just before its RESULT (capture.c) */
+    PMAP__LEAVE         /* caller -> worker: leave, as at EOF (proc.c) */
 };
 
 typedef struct pmap__header {
@@ -207,6 +208,7 @@ void pmap__outq_set(pmap__outq_t *q, size_t at, uint64_t v);
 void pmap__outq_pad(pmap__outq_t *q);
 void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src);
 bool pmap__outq_empty(const pmap__outq_t *q);
+bool pmap__outq_between_frames(const pmap__outq_t *q);
 int pmap__outq_iov(const pmap__outq_t *q, struct iovec *iov, int max);
 void pmap__outq_advance(pmap__outq_t *q, size_t n);
 int pmap__outq_drain(pmap__outq_t *q, pmap__buf_t *to);

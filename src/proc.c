@@ -642,8 +642,27 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
 }
 
 /*
- * Tells w to leave (EOF on its channel: its worker_exit, then _exit) and
- * frees its slot at once; the process has until deadline, then is killed.
+ * Tells w to leave, before the EOF that follows, where a frame fits in its
+ * pipe now and none is half sent (what is queued for it is dropped, as
+ * at EOF).  EOF alone is not enough: a process that the program forked
+ * while the pool lived, and that has not called exec, holds a copy of our
+ * end, and the worker would wait for it until killed at the deadline, its
+ * worker_exit never run.
+ */
+static void say_leave(const pmap__worker_t *w)
+{
+    if (!pmap__outq_between_frames(&w->out))
+        return;
+    unsigned char frame[PMAP__HEADER_SIZE];
+    pmap__header_encode(frame, &(pmap__header_t){PMAP__LEAVE, 0, 0});
+    struct iovec iov = {frame, sizeof frame};
+    pmap__writev(w->ch.out, &iov, 1);   /* 32 bytes: all or nothing */
+}
+
+/*
+ * Tells w to leave (a LEAVE frame and EOF on its channel: its worker_exit,
+ * then _exit) and frees its slot at once; the process has until deadline,
+ * then is killed.
  */
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
 {
@@ -665,6 +684,7 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     if (w->polled_out)  /* else not in the set (ENOENT writes errno) */
         pmap__epoll_del(pool, w->ch.out);
     w->polled_out = false;
+    say_leave(w);
     pmap__close(&w->ch.out);    /* EOF for it: leave */
     pmap__close(&w->ch.keep);
     /* Its events are no longer the slot's (the next step looks at every

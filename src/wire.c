@@ -88,7 +88,7 @@ int pmap__header_decode(const unsigned char *in, pmap__header_t *h)
     h->type = in[4];
     h->map = get_u32(in + 8);
     h->length = pmap__get_u64(in + 16);
-    if (h->type < PMAP__READY || h->type > PMAP__OUTPUT ||
+    if (h->type < PMAP__READY || h->type > PMAP__LEAVE ||
         h->length % PMAP__ALIGN != 0 || h->length > FRAME_MAX)
         return PMAP_EPROTO;
     return 0;
@@ -274,6 +274,13 @@ void pmap__outq_append(pmap__outq_t *q, const pmap__outq_t *src)
 bool pmap__outq_empty(const pmap__outq_t *q)
 {
     return q->head == q->nsegs;
+}
+
+/* Whether nothing of what q holds has been written yet: what went before
+ * ended with a whole frame, so another may go out ahead of q's. */
+bool pmap__outq_between_frames(const pmap__outq_t *q)
+{
+    return q->head == 0 && q->head_done == 0;
 }
 
 /* Fills at most max iovecs with what is left to write; returns how many. */

@@ -973,6 +973,8 @@ static _Noreturn void leave(void)
 
 static void take_frame(const pmap__header_t *h, const unsigned char *payload)
 {
+    if (h->type == PMAP__LEAVE)
+        leave();
     self.user_ran = true;   /* a map's codecs, its callback (leave) */
     switch (h->type) {
     case PMAP__SETUP:

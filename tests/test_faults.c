@@ -1165,6 +1165,76 @@ TEST(host_thousand_create_destroy_cycles_leak_nothing)
         ASSERT(resident_pages() - rss < 64);    /* < 256 KiB of growth */
 }
 
+/* As its worker leaves, writes a byte to the pipe whose write end arg
+ * points to. */
+static void say_gone(int worker, void *arg)
+{
+    char c = (char)('0' + worker);
+    if (write(*(int *)arg, &c, 1) != 1)
+        _exit(9);
+}
+
+/* The program forks a helper that does not exec, so that it holds a copy
+ * of every descriptor of the pool, and the pool's workers are recycled
+ * and then destroyed while the helper lives: each worker leaves as told
+ * (its worker_exit runs) rather than waiting for an EOF that cannot come
+ * until it is killed at the grace period's end. */
+static void helper_holds_the_pools_ends(int start)
+{
+    enum { ITEMS = 60 };
+    int hooks[2];
+    ASSERT(pipe(hooks) == 0);
+    ASSERT_OK(pmap__set_nonblocking(hooks[0]));
+    if (start == PMAP_START_SERVER)
+        ASSERT_OK(pmap_init());
+    pool_options_t po = {.workers = 2, .max_items_per_worker = 20,
+                         .worker_exit = say_gone, .worker_arg = &hooks[1],
+                         .start = start};
+    pool_t *pool;
+    ASSERT_OK(pool_create_with(&pool, &po));
+    pid_t helper = fork();
+    ASSERT(helper >= 0);
+    if (helper == 0) {
+        for (;;)
+            pause();
+    }
+    int xs[ITEMS], out[ITEMS];
+    for (int i = 0; i < ITEMS; i++)
+        xs[i] = i;
+    pool_map_options_t o = {.chunk = 1};
+    ASSERT_OK(pool_map_with(pool, &o, plus_one, ITEMS, out, xs));
+    for (int i = 0; i < ITEMS; i++)
+        ASSERT_EQ(out[i], i + 1);
+    pmap_stats_t total;
+    ASSERT_OK(pool_stats(pool, NULL, &total));
+    ASSERT(total.restarts >= 2);    /* ITEMS / 20 workers at least, in all */
+    pool_destroy(pool);
+    char gone[64];
+    ssize_t n = read(hooks[0], gone, sizeof gone);
+    kill(helper, SIGKILL);
+    ASSERT(waitpid(helper, NULL, 0) == helper);
+    if (start == PMAP_START_SERVER)
+        pmap_exit();
+    close(hooks[0]);
+    close(hooks[1]);
+    /* every worker that lived, the recycled and the last two */
+    ASSERT_EQ(n, (ssize_t)(2 + total.restarts));
+}
+
+TEST(host_forked_helper_holding_the_pools_ends_fork)
+{
+    test_arm(30);
+    helper_holds_the_pools_ends(PMAP_START_FORK);
+    alarm(0);
+}
+
+TEST(host_forked_helper_holding_the_pools_ends_server)
+{
+    test_arm(30);
+    helper_holds_the_pools_ends(PMAP_START_SERVER);
+    alarm(0);
+}
+
 /* This process's mapped pages, all of them (-1 without /proc). */
 static long mapped_pages(void)
 {
