@@ -1018,6 +1018,28 @@ static void *fork_meanwhile(void *arg)
     return NULL;
 }
 
+/* Starts fork_meanwhile in a thread, looking for mappings of size bytes. */
+static pthread_t forks_begin(size_t size, atomic_long held[2])
+{
+    pthread_t forker;
+    arena_size = size;
+    atomic_store(&starting, true);
+    ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
+    return forker;
+}
+
+/* Stops it: none of its children may have held such a mapping. */
+static void forks_end(pthread_t forker, atomic_long held[2], const char *what)
+{
+    atomic_store(&starting, false);
+    ASSERT_EQ(pthread_join(forker, NULL), 0);
+    if (held[0] != 0)
+        test_fail(__FILE__, __LINE__,
+                  "%ld of %ld processes forked by another thread held %s",
+                  (long)held[0], (long)held[1], what);
+    ASSERT(held[1] > 0);
+}
+
 /* A worker's arena is open to a fork only across its own worker's: a
  * process that another thread forks meanwhile (and it forks all the time
  * here) holds none, so it cannot write there; and every pool's results
@@ -1030,10 +1052,7 @@ TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
         SKIP("valgrind does not keep arenas from children (MADV_DONTFORK)");
     test_arm(60);
     atomic_long held[2] = {0, 0};
-    pthread_t forker;
-    arena_size = PMAP__ARENA_SIZE;
-    atomic_store(&starting, true);
-    ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
+    pthread_t forker = forks_begin(PMAP__ARENA_SIZE, held);
     for (int round = 0; round < 300; round++) {
         pool_t *pool = pool_create(2);
         ASSERT(pool != NULL);
@@ -1042,13 +1061,7 @@ TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
         ASSERT(out[0] == round + 1 && out[1] == round + 2);
         pool_destroy(pool);
     }
-    atomic_store(&starting, false);
-    ASSERT_EQ(pthread_join(forker, NULL), 0);
-    if (held[0] != 0)
-        test_fail(__FILE__, __LINE__,
-                  "%ld of %ld processes forked by another thread held a "
-                  "worker's arena", (long)held[0], (long)held[1]);
-    ASSERT(held[1] > 0);
+    forks_end(forker, held, "a worker's arena");
     alarm(0);
 }
 
@@ -1058,30 +1071,23 @@ TEST(liveness_fork_by_another_thread_holds_no_workers_arena)
  * new ones only now and then, and the moment is short.) */
 TEST(liveness_fork_by_another_thread_holds_no_new_arena)
 {
+    size_t size = 3 * PMAP__ARENA_SIZE + 4096;
+    bool kept = false;
+    void *p = pmap__arenas_map(size, NULL, &kept);
+    ASSERT(p != NULL);
+    pmap__shm_unmap(p, size);
+    if (!kept)
+        SKIP("no MADV_DONTFORK here (or valgrind): children hold arenas");
     if (access("/proc/self/maps", R_OK) != 0)
         SKIP("no /proc/self/maps");
-    if (test_under_valgrind())
-        SKIP("valgrind does not keep arenas from children (MADV_DONTFORK)");
     test_arm(60);
     atomic_long held[2] = {0, 0};
-    pthread_t forker;
-    arena_size = 3 * PMAP__ARENA_SIZE + 4096;
-    atomic_store(&starting, true);
-    ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
-    bool kept = true;
-    for (long made = 0; kept && (made < 20000 || held[1] < 200); made++) {
-        void *p = pmap__arenas_map(arena_size, NULL, &kept);
-        ASSERT(p != NULL);
-        pmap__shm_unmap(p, arena_size);
+    pthread_t forker = forks_begin(size, held);
+    for (long made = 0; made < 20000 || held[1] < 200; made++) {
+        ASSERT((p = pmap__arenas_map(size, NULL, &kept)) != NULL && kept);
+        pmap__shm_unmap(p, size);
     }
-    atomic_store(&starting, false);
-    ASSERT_EQ(pthread_join(forker, NULL), 0);
-    if (!kept)
-        SKIP("no MADV_DONTFORK here: children hold arenas and unmap them");
-    if (held[0] != 0)
-        test_fail(__FILE__, __LINE__,
-                  "%ld of %ld processes forked by another thread held a "
-                  "new arena", (long)held[0], (long)held[1]);
+    forks_end(forker, held, "a new arena");
     alarm(0);
 }
 
