@@ -44,7 +44,7 @@ extern "C" {
 /* The version this header belongs to (README, "Versions"). */
 #define PMAP_VERSION_MAJOR 0
 #define PMAP_VERSION_MINOR 5
-#define PMAP_VERSION_PATCH 5
+#define PMAP_VERSION_PATCH 6
 #define PMAP_VERSION                                                          \
     (PMAP_VERSION_MAJOR * 10000 + PMAP_VERSION_MINOR * 100 + PMAP_VERSION_PATCH)
 
