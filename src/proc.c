@@ -146,11 +146,11 @@ static void forking_begin(forking_t *f)
 /*
  * The arena that fork_one opens to its worker's fork (MADV_DOFORK), and
  * the thread that forks: a child that another thread of this process
- * forks meanwhile (the program's own fork, or the fork server's) inherits
- * that arena too, and unmaps it before anything else runs there
- * (drop_open_arena), so that no process but the worker and what the
- * worker forks ever holds it.  fork_one runs under the pools lock: one
- * arena at a time.
+ * forks meanwhile inherits that arena too, and unmaps it before anything
+ * else runs there (drop_open_arena), so that no process but the worker
+ * and what the worker forks ever holds it.  That is the program's own
+ * fork: the library forks under the pools lock, as fork_one does, so one
+ * arena at a time is open.
  */
 static struct {
     unsigned char *_Atomic arena;

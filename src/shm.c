@@ -232,10 +232,11 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit)
 /*
  * Held from a new arena's mapping to its MADV_DONTFORK, and by every fork
  * of this process (fork handlers, registered before the first arena is
- * mapped): a child that another thread forks meanwhile, the program's own
- * or a worker of another pool, would hold that arena too.  Never held
- * across a fork, so its order among the locks that fork handlers take
- * does not matter.
+ * mapped): a child that another thread forks meanwhile would hold that
+ * arena too.  (The library's own forks are kept out by the pools lock,
+ * under which arenas are made; the program's are not.)  Never held across
+ * a fork, so its order among the locks that fork handlers take does not
+ * matter.
  */
 static void arenas_lock(void)
 {
