@@ -1182,7 +1182,7 @@ static void say_gone(int worker, void *arg)
 static void helper_holds_the_pools_ends(int start)
 {
     enum { ITEMS = 60 };
-    int hooks[2];
+    int hooks[2], alive[2];
     ASSERT(pipe(hooks) == 0);
     ASSERT_OK(pmap__set_nonblocking(hooks[0]));
     if (start == PMAP_START_SERVER)
@@ -1192,11 +1192,13 @@ static void helper_holds_the_pools_ends(int start)
                          .start = start};
     pool_t *pool;
     ASSERT_OK(pool_create_with(&pool, &po));
+    ASSERT(pipe(alive) == 0);   /* after pmap_init: not the server's too */
     pid_t helper = fork();
     ASSERT(helper >= 0);
-    if (helper == 0) {
-        for (;;)
-            pause();
+    if (helper == 0) {  /* until the test ends, however it ends */
+        char c;
+        close(alive[1]);
+        _exit(read(alive[0], &c, 1) == 0 ? 0 : 1);
     }
     int xs[ITEMS], out[ITEMS];
     for (int i = 0; i < ITEMS; i++)
@@ -1211,8 +1213,9 @@ static void helper_holds_the_pools_ends(int start)
     pool_destroy(pool);
     char gone[64];
     ssize_t n = read(hooks[0], gone, sizeof gone);
-    kill(helper, SIGKILL);
+    close(alive[1]);
     ASSERT(waitpid(helper, NULL, 0) == helper);
+    close(alive[0]);
     if (start == PMAP_START_SERVER)
         pmap_exit();
     close(hooks[0]);
