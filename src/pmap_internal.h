@@ -911,7 +911,9 @@ typedef struct pmap__worker_setup {
                                    not known (pmap__signals_reset) */
 } pmap__worker_setup_t;
 
-/* proc.c: in a child forked for slot w (marked: pmap__pools_mark) */
+/* proc.c: the fork of a worker whose arena is arena (its alone), and in
+ * a child forked for slot w (marked: pmap__pools_mark) */
+pid_t pmap__proc_fork_with_arena(unsigned char *arena);
 _Noreturn void pmap__proc_become_worker(const pmap__worker_t *w,
                                         const pmap__worker_setup_t *setup,
                                         bool marked);

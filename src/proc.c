@@ -157,6 +157,58 @@ static struct {
     pthread_t by;
 } opened;
 
+/* In every child forked after the first worker forked here (a
+ * pthread_atfork handler), before fork returns there: drops the arena
+ * open to a worker's fork, unless this is that worker, and forgets it
+ * either way, so that what this child forks later never unmaps that
+ * range again (it may hold its own mapping there by then).  Where arenas
+ * cannot be kept from children, family.c drops them all instead. */
+static void drop_open_arena(void)
+{
+    unsigned char *arena = atomic_exchange(&opened.arena, NULL);
+    if (arena != NULL && !pmap__arenas_inherited() &&
+        !pthread_equal(opened.by, pthread_self()))
+        pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
+}
+
+/* Whether the fork handlers are registered: the one that tells when a
+ * worker's arena is no longer its alone (pmap__worker_forking), and the
+ * one that keeps an arena open to its worker's fork from every other
+ * child (drop_open_arena).  Once, in this process, before its first
+ * worker is forked here.  Its workers, and what they fork, inherit
+ * them. */
+static bool forks_watched;
+
+static void watch_forks(void)
+{
+    forks_watched = pthread_atfork(pmap__worker_forking, NULL,
+                                   drop_open_arena) == 0;
+}
+
+/*
+ * Forks the process of a worker whose arena is `arena`, as fork() does,
+ * but the child alone inherits that arena.  For a worker forked here, or
+ * by libpmap-mpi (rank 0's own, under pools_lock as here; another rank's,
+ * by its relay, that process's only forking thread): one at a time.
+ * errno is fork's.
+ */
+pid_t pmap__proc_fork_with_arena(unsigned char *arena)
+{
+    static pthread_once_t watching = PTHREAD_ONCE_INIT;
+    pthread_once(&watching, watch_forks);
+    opened.by = pthread_self();
+    atomic_store(&opened.arena, arena);
+    pmap__arena_inherit(arena, true);   /* this child's alone */
+    pid_t pid = fork();
+    if (pid != 0) {
+        int err = errno;
+        pmap__arena_inherit(arena, false);
+        atomic_store(&opened.arena, NULL);
+        errno = err;
+    }
+    return pid;
+}
+
 /* Forks worker w from this process, pools_lock held, signals blocked and
  * stdio flushed (pmap__fork_prepare); its side of the channel is theirs.
  * Returns its pid, or a negative code. */
@@ -168,29 +220,10 @@ static pid_t fork_one(pool_t *pool, pmap__worker_t *w,
         self,             self,            w->index,
         *theirs,          w->arena,        pool->opts.worker_init,
         pool->opts.worker_exit, pool->opts.worker_arg, &f->caught};
-    opened.by = pthread_self();
-    atomic_store(&opened.arena, w->arena);
-    pmap__arena_inherit(w->arena, true);    /* this child's alone */
-    pid_t pid = fork();
+    pid_t pid = pmap__proc_fork_with_arena(w->arena);
     if (pid == 0)
         pmap__proc_become_worker(w, &setup, f->marked);
-    int err = errno;
-    pmap__arena_inherit(w->arena, false);
-    atomic_store(&opened.arena, NULL);
-    return pid < 0 ? -err : pid;
-}
-
-/* In every child forked after the first worker forked here (a
- * pthread_atfork handler), before fork returns there: drops the arena
- * open to a worker's fork, unless this is that worker.  What a worker or
- * the fork server forks keeps what it has: the arena their copy names is
- * the worker's own, or one they do not hold. */
-static void drop_open_arena(void)
-{
-    unsigned char *arena = atomic_load(&opened.arena);
-    if (arena != NULL && !pmap__in_worker &&
-        !pthread_equal(opened.by, pthread_self()))
-        pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
+    return pid < 0 ? -errno : pid;
 }
 
 /* Forks worker w from this process, pools_lock held. */
@@ -242,20 +275,6 @@ static pid_t ask_remote(pool_t *pool, pmap__worker_t *w,
     return rc < 0 ? rc : pid;
 }
 
-/* Whether the fork handlers are registered: the one that tells when a
- * worker's arena is no longer its alone (pmap__worker_forking), and the
- * one that keeps an arena open to its worker's fork from every other
- * child (drop_open_arena).  Once, in this process, before its first
- * worker is forked here (pmap__proc_spawn_all).  Its workers, and what
- * they fork, inherit them. */
-static bool forks_watched;
-
-static void watch_forks(void)
-{
-    forks_watched = pthread_atfork(pmap__worker_forking, NULL,
-                                   drop_open_arena) == 0;
-}
-
 /* Whether w's process is forked here (not by the fork server, not on
  * another rank): its arena is anonymous, one of the spare ones if any. */
 static bool forked_here(const pool_t *pool)
@@ -271,10 +290,8 @@ static unsigned char *new_arena(const pool_t *pool, pmap__worker_t *w)
                                              : NULL;
     if (arena != NULL)
         return arena;   /* kept from children already */
-    int *fd = pool->server ? &w->handoff[1] : NULL;
-    if (pool->remote != NULL)
-        return pmap__shm_map(PMAP__ARENA_SIZE, fd);   /* no worker here */
-    return pmap__arenas_map(PMAP__ARENA_SIZE, fd, NULL);
+    return pmap__arenas_map(PMAP__ARENA_SIZE,
+                            pool->server ? &w->handoff[1] : NULL, NULL);
 }
 
 /* Makes the channel and the arena of w's next process, pools_lock held:
@@ -482,9 +499,6 @@ int pmap__proc_spawn_all(pool_t *pool)
 {
     bool forks = forked_here(pool);
     int step = forks ? GROUP : 1, rc = 0, i;
-    static pthread_once_t watching = PTHREAD_ONCE_INIT;
-    if (forks)
-        pthread_once(&watching, watch_forks);
     pmap__pools_lock();
     carved_t arenas = {NULL, forks ? pmap__arenas_spare() : 0};
     size_t size = arenas.first < pool->nworkers

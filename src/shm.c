@@ -234,9 +234,9 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit)
  * of this process (fork handlers, registered before the first arena is
  * mapped): a child that another thread forks meanwhile would hold that
  * arena too.  (The library's own forks are kept out by the pools lock,
- * under which arenas are made; the program's are not.)  Never held across
- * a fork, so its order among the locks that fork handlers take does not
- * matter.
+ * under which arenas are made; the program's are not.)  Whoever holds it
+ * to map an arena waits for no other lock, so its order among the locks
+ * that fork handlers take does not matter.
  */
 static void arenas_lock(void)
 {

@@ -992,7 +992,7 @@ TEST(liveness_callback_child_is_a_whole_copy_of_its_worker)
  * (writable shared mappings of arena_size bytes) and overwrites them, as
  * a hostile child would.  The forks whose child held one go to held[0],
  * all to held[1]. */
-static atomic_bool starting;
+static atomic_bool starting, broke;     /* broke: it stopped by itself */
 static size_t arena_size;
 
 static void *fork_meanwhile(void *arg)
@@ -1012,9 +1012,12 @@ static void *fork_meanwhile(void *arg)
         int status = 0;
         if (pid < 0 || waitpid(pid, &status, 0) != pid)
             break;
-        held[0] += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) > 1)
+            break;      /* could not look (no /proc, no memory) */
+        held[0] += WEXITSTATUS(status);
         held[1]++;
     }
+    atomic_store(&broke, atomic_load(&starting));   /* before it was told */
     return NULL;
 }
 
@@ -1023,6 +1026,7 @@ static pthread_t forks_begin(size_t size, atomic_long held[2])
 {
     pthread_t forker;
     arena_size = size;
+    atomic_store(&broke, false);
     atomic_store(&starting, true);
     ASSERT_EQ(pthread_create(&forker, NULL, fork_meanwhile, held), 0);
     return forker;
@@ -1033,6 +1037,10 @@ static void forks_end(pthread_t forker, atomic_long held[2], const char *what)
 {
     atomic_store(&starting, false);
     ASSERT_EQ(pthread_join(forker, NULL), 0);
+    if (atomic_load(&broke))
+        test_fail(__FILE__, __LINE__,
+                  "the forking thread could not fork or look, after %ld",
+                  (long)held[1]);
     if (held[0] != 0)
         test_fail(__FILE__, __LINE__,
                   "%ld of %ld processes forked by another thread held %s",
@@ -1083,7 +1091,8 @@ TEST(liveness_fork_by_another_thread_holds_no_new_arena)
     test_arm(60);
     atomic_long held[2] = {0, 0};
     pthread_t forker = forks_begin(size, held);
-    for (long made = 0; made < 20000 || held[1] < 200; made++) {
+    for (long made = 0;
+         made < 20000 || (held[1] < 200 && !atomic_load(&broke)); made++) {
         ASSERT((p = pmap__arenas_map(size, NULL, &kept)) != NULL && kept);
         pmap__shm_unmap(p, size);
     }

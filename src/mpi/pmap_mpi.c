@@ -555,8 +555,8 @@ static void spawn_local(uint32_t id, int index, const unsigned char *data,
     pmap__channel_t ours = PMAP__NO_CHANNEL, theirs = PMAP__NO_CHANNEL;
     int rc = c == NULL ? PMAP_ENOMEM : pmap__channel_open(&ours, &theirs);
     unsigned char *arena = NULL;
-    if (rc == 0) {
-        arena = pmap__shm_map(PMAP__ARENA_SIZE, NULL);
+    if (rc == 0) {  /* kept from the rank's other workers */
+        arena = pmap__arenas_map(PMAP__ARENA_SIZE, NULL, NULL);
         rc = arena == NULL ? PMAP_ENOMEM : 0;
     }
     pid_t pid = -1;
@@ -566,7 +566,7 @@ static void spawn_local(uint32_t id, int index, const unsigned char *data,
         setup.arena = arena;
         sigset_t old;
         pmap__fork_prepare(&old, false);
-        pid = fork();
+        pid = pmap__proc_fork_with_arena(arena);
         if (pid == 0) {
             /* Only its own channel: the others' ends must reach EOF. */
             for (chan_t *o = relay.chans; o != NULL; o = o->next) {
@@ -1017,7 +1017,7 @@ static int spawn_here(const pool_t *pool, pmap__worker_t *w,
         pool->opts.worker_exit, pool->opts.worker_arg, NULL};
     sigset_t old;
     pmap__fork_prepare(&old, false);
-    pid_t child = fork();
+    pid_t child = pmap__proc_fork_with_arena(w->arena);
     if (child == 0) {
         /* The relay's descriptors are not the worker's: a channel's end
          * held here would keep it open. */

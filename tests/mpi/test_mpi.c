@@ -23,6 +23,7 @@
  */
 #define _DEFAULT_SOURCE     /* MAP_ANONYMOUS */
 #include "pmap_mpi.h"
+#include "pmap_internal.h"  /* PMAP__ARENA_SIZE */
 
 #include <signal.h>
 #include <stdbool.h>
@@ -115,6 +116,25 @@ static long where(int x)
     return (long)x * 1000000 + (long)getpid() % 1000000;
 }
 PMAP_EXPORT(where, long, int);
+
+/* The arenas this worker holds: writable shared mappings of an arena's
+ * size (-1 without /proc).  Its own alone, on whichever rank. */
+static long arenas_held(int x)
+{
+    (void)x;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f == NULL)
+        return -1;
+    char line[4096], perms[8];
+    unsigned long lo, hi;
+    long n = 0;
+    while (fgets(line, sizeof line, f) != NULL)
+        n += sscanf(line, "%lx-%lx %7s", &lo, &hi, perms) == 3 &&
+             strcmp(perms, "rw-s") == 0 && hi - lo == PMAP__ARENA_SIZE;
+    fclose(f);
+    return n;
+}
+PMAP_EXPORT(arenas_held, long, int);
 
 /* Item 5 kills the rank running it (its worker's parent, the serving
  * rank's process), with SIGKILL. */
@@ -502,6 +522,19 @@ int main(int argc, char **argv)
     int x[3] = {1, 2, 3}, y[3];
     CHECK(a != NULL && pool_map(a, add, 3, y, x, x) == 0 && y[2] == 6);
     CHECK(b != NULL && pool_map(b, add, 3, y, x, x) == 0 && y[2] == 6);
+    /* Each rank now runs a worker of each pool: each holds its own arena
+     * only, not the one of the worker forked before it. */
+    long held[8];
+    int some[8] = {0}, others = 0;
+    pool_map_options_t each = {.chunk = 1};
+    for (int k = 0; k < 2; k++) {
+        pool_t *p = k == 0 ? a : b;
+        CHECK(p != NULL && pool_map_with(p, &each, arenas_held, 8, held,
+                                         some) == 0);
+        for (int i = 0; i < 8; i++)
+            others += held[i] != 1 && held[i] != -1;
+    }
+    CHECK(others == 0);
     pool_destroy(a);
     pool_destroy(b);
     hooks(here);
