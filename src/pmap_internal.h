@@ -417,6 +417,7 @@ typedef struct pmap__local {
 
 pmap__local_t *pmap__local(void);
 bool pmap__local_wiped(void);
+void pmap__arenas_hold(bool hold);
 void *pmap__arenas_map(size_t size, int *fd, bool *kept);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);

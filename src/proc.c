@@ -187,23 +187,27 @@ static void watch_forks(void)
 
 /*
  * Forks the process of a worker whose arena is `arena`, as fork() does,
- * but the child alone inherits that arena.  For a worker forked here, or
- * by libpmap-mpi (rank 0's own, under pools_lock as here; another rank's,
- * by its relay, that process's only forking thread): one at a time.
- * errno is fork's.
+ * but the child alone inherits that arena; pools_lock held (a worker
+ * forked here, or by libpmap-mpi on any rank): one at a time.  A fork by
+ * another thread sees the arena open and recorded, or neither
+ * (pmap__arenas_hold).  errno is fork's.
  */
 pid_t pmap__proc_fork_with_arena(unsigned char *arena)
 {
     static pthread_once_t watching = PTHREAD_ONCE_INIT;
     pthread_once(&watching, watch_forks);
+    pmap__arenas_hold(true);
     opened.by = pthread_self();
     atomic_store(&opened.arena, arena);
     pmap__arena_inherit(arena, true);   /* this child's alone */
+    pmap__arenas_hold(false);
     pid_t pid = fork();
     if (pid != 0) {
         int err = errno;
+        pmap__arenas_hold(true);
         pmap__arena_inherit(arena, false);
         atomic_store(&opened.arena, NULL);
+        pmap__arenas_hold(false);
         errno = err;
     }
     return pid;

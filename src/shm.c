@@ -8,7 +8,7 @@
  *
  * Each worker process gets an arena of its own, and only its own: every
  * arena is MADV_DONTFORK from its mapping on (forks wait meanwhile:
- * pmap__arenas_map) but across the fork of its own worker (a child that
+ * pmap__arenas_hold) but across the fork of its own worker (a child that
  * another thread forks then unmaps it: proc.c), so a child forked by the
  * caller never holds another (where that cannot be had, it unmaps every
  * other arena first thing: family.c), and a replacement never gets what
@@ -230,13 +230,14 @@ bool pmap__shm_fork_inherit(void *p, size_t size, bool inherit)
 }
 
 /*
- * Held from a new arena's mapping to its MADV_DONTFORK, and by every fork
- * of this process (fork handlers, registered before the first arena is
- * mapped): a child that another thread forks meanwhile would hold that
- * arena too.  (The library's own forks are kept out by the pools lock,
- * under which arenas are made; the program's are not.)  Whoever holds it
- * to map an arena waits for no other lock, so its order among the locks
- * that fork handlers take does not matter.
+ * Held while what children inherit of the arenas changes (a new arena,
+ * from its mapping to its MADV_DONTFORK; an arena opened to its worker's
+ * fork or closed again, proc.c), and by every fork of this process (fork
+ * handlers, registered before the first arena is mapped), so that a
+ * child that another thread forks meanwhile sees each change whole.
+ * (The library's own forks are kept out by the pools lock; the program's
+ * are not.)  Whoever holds it for such a change waits for no other lock,
+ * so its order among the locks that fork handlers take does not matter.
  */
 static void arenas_lock(void)
 {
@@ -254,10 +255,22 @@ static void arenas_lock_again(void)
     pthread_mutex_init(&pmap__local()->arenas_lock, NULL);
 }
 
-static void hold_forks_off_new_arenas(void)
+static void hold_forks_off_arenas(void)
 {
     pthread_atfork(arenas_lock, arenas_unlock,
                    pmap__local_wiped() ? NULL : arenas_lock_again);
+}
+
+/* Holds every fork of this process off (hold) or lets them go again:
+ * around a change to what children inherit of an arena. */
+void pmap__arenas_hold(bool hold)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, hold_forks_off_arenas);
+    if (hold)
+        arenas_lock();
+    else
+        arenas_unlock();
 }
 
 /*
@@ -269,12 +282,10 @@ static void hold_forks_off_new_arenas(void)
  */
 void *pmap__arenas_map(size_t size, int *fd, bool *kept)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, hold_forks_off_new_arenas);
-    arenas_lock();
+    pmap__arenas_hold(true);
     void *p = pmap__shm_map(size, fd);
     bool k = pmap__shm_fork_inherit(p, size, false);
-    arenas_unlock();
+    pmap__arenas_hold(false);
     if (p != NULL && !k)
         atomic_store(&arenas_inherited, true);
     if (kept != NULL)

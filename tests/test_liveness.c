@@ -1000,6 +1000,10 @@ static void *fork_meanwhile(void *arg)
     atomic_long *held = arg;
     while (atomic_load(&starting)) {
         pid_t pid = fork();
+        if (pid < 0 && errno == EAGAIN) {
+            sleep_ms(1);    /* a loaded machine: out of processes for now */
+            continue;
+        }
         if (pid == 0) {
             unsigned long lo[128], hi[128];
             int n = shared_mappings(NULL, lo, hi), arenas = 0;

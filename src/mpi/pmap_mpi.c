@@ -565,13 +565,16 @@ static void spawn_local(uint32_t id, int index, const unsigned char *data,
         setup.ch = theirs;
         setup.arena = arena;
         sigset_t old;
+        pmap__pools_lock();     /* one fork of a worker at a time */
         pmap__fork_prepare(&old, false);
         pid = pmap__proc_fork_with_arena(arena);
         if (pid == 0) {
-            /* Only its own channel: the others' ends must reach EOF. */
+            /* Only its own channel: the others' ends must reach EOF; and
+             * only its own arena, where they could not be kept from it. */
             for (chan_t *o = relay.chans; o != NULL; o = o->next) {
                 pmap__channel_close(&o->ch);
                 pmap__close(&o->pidfd);
+                pmap__arena_forget(o->arena);
             }
             pmap__close(&ours.in);
             pmap__close(&ours.out);     /* ours.keep is theirs.in */
@@ -579,6 +582,7 @@ static void spawn_local(uint32_t id, int index, const unsigned char *data,
         }
         rc = pid < 0 ? -errno : 0;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pmap__pools_unlock();
     }
     pmap__close(&theirs.out);
     if (rc < 0) {
