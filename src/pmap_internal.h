@@ -413,10 +413,15 @@ typedef struct pmap__local {
     unsigned nspare_arenas;         /* shm.c: ended workers' arenas */
     size_t spare_arena_bytes;
     pmap__spare_arena_t spare_arenas[PMAP__SPARE_ARENAS];
+    atomic_ulong forks;             /* shm.c: this process's, and... */
+    atomic_ulong own_forks;         /* ...the library's (pmap__forks_*) */
 } pmap__local_t;
 
 pmap__local_t *pmap__local(void);
 bool pmap__local_wiped(void);
+void pmap__forks_watch(void);
+void pmap__forks_own(void);
+unsigned long pmap__forks_program(void);
 void pmap__arenas_hold(bool hold);
 void *pmap__arenas_map(size_t size, int *fd, bool *kept);
 void pmap__arena_inherit(void *p, bool inherit);
@@ -558,6 +563,7 @@ struct pool {
     bool eager;                 /* a new worker gets work before its READY,
                                    and pool_create does not wait for it:
                                    nothing in its start can fail (pool.c) */
+    unsigned long program_forks;    /* pmap__forks_program at its start */
     bool holds_heap;            /* holds pmap_alloc's heap (alloc.c)... */
     bool heap;                  /* ...which exists: its workers have it,
                                    and its blocks go by reference */

@@ -375,6 +375,8 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
      * pmap_alloc's heap, held before the first fork; they, and those rank 0
      * forks for PMAP_START_MPI, the unwinder of their crash reports, set
      * up once.  An in-process pool needs neither. */
+    pmap__forks_watch();
+    pool->program_forks = pmap__forks_program();   /* before any channel */
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
     if (pool->holds_heap)
         pool->heap = pmap__heap_hold();

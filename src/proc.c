@@ -201,6 +201,7 @@ pid_t pmap__proc_fork_with_arena(unsigned char *arena)
     atomic_store(&opened.arena, arena);
     pmap__arena_inherit(arena, true);   /* this child's alone */
     pmap__arenas_hold(false);
+    pmap__forks_own();
     pid_t pid = fork();
     if (pid != 0) {
         int err = errno;
@@ -665,11 +666,12 @@ int pmap__proc_reap(pool_t *pool, pmap__worker_t *w, int *status)
  * at EOF).  EOF alone is not enough: a process that the program forked
  * while the pool lived, and that has not called exec, holds a copy of our
  * end, and the worker would wait for it until killed at the deadline, its
- * worker_exit never run.
+ * worker_exit never run.  Only then: a write to an empty pipe costs a page.
  */
-static void say_leave(const pmap__worker_t *w)
+static void say_leave(const pool_t *pool, const pmap__worker_t *w)
 {
-    if (!pmap__outq_between_frames(&w->out))
+    if (pmap__forks_program() == pool->program_forks ||
+        !pmap__outq_between_frames(&w->out))
         return;
     unsigned char frame[PMAP__HEADER_SIZE];
     pmap__header_encode(frame, &(pmap__header_t){PMAP__LEAVE, 0, 0});
@@ -702,7 +704,7 @@ void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
     if (w->polled_out)  /* else not in the set (ENOENT writes errno) */
         pmap__epoll_del(pool, w->ch.out);
     w->polled_out = false;
-    say_leave(w);
+    say_leave(pool, w);
     pmap__close(&w->ch.out);    /* EOF for it: leave */
     pmap__close(&w->ch.keep);
     /* Its events are no longer the slot's (the next step looks at every

@@ -308,6 +308,7 @@ static int start_server(void)
         return rc;
     sigset_t old;
     pmap__fork_prepare(&old, true);
+    pmap__forks_own();
     pid_t owner = pmap__self(), pid = fork();
     if (pid == 0) {
         pmap__close(&fds[0]);

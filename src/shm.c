@@ -153,7 +153,7 @@ static _Atomic(pmap__local_t *) local;
 static pmap__local_t local_static = {
     0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
     PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
-    PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0, {{NULL, 0}}};
+    PTHREAD_MUTEX_INITIALIZER, 0, NULL, 0, 0, 0, {{NULL, 0}}, 0, 0};
 static pthread_once_t local_once = PTHREAD_ONCE_INIT;
 
 /* Whether a zeroed mutex is an unlocked one here (glibc, musl). */
@@ -244,6 +244,13 @@ static void arenas_lock(void)
     pthread_mutex_lock(&pmap__local()->arenas_lock);
 }
 
+/* Before every fork of this process (with arenas_lock): counted. */
+static void before_fork(void)
+{
+    arenas_lock();
+    atomic_fetch_add(&pmap__local()->forks, 1);
+}
+
 static void arenas_unlock(void)
 {
     pthread_mutex_unlock(&pmap__local()->arenas_lock);
@@ -255,18 +262,42 @@ static void arenas_lock_again(void)
     pthread_mutex_init(&pmap__local()->arenas_lock, NULL);
 }
 
-static void hold_forks_off_arenas(void)
+static void watch_forks(void)
 {
-    pthread_atfork(arenas_lock, arenas_unlock,
+    pthread_atfork(before_fork, arenas_unlock,
                    pmap__local_wiped() ? NULL : arenas_lock_again);
+}
+
+/* Registers the fork handlers above, once: before the first pool's
+ * descriptors and arenas are made. */
+void pmap__forks_watch(void)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, watch_forks);
+}
+
+/* Says that the fork about to be made is the library's (a worker's, the
+ * fork server's): one that drops every descriptor of every pool. */
+void pmap__forks_own(void)
+{
+    atomic_fetch_add(&pmap__local()->own_forks, 1);
+}
+
+/* How many forks the program has made, with fork(), since the handlers
+ * were registered: the children that may hold every descriptor of the
+ * pools that existed then (pmap__proc_retire).  Counted in the page no
+ * child inherits, so that counting copies nothing. */
+unsigned long pmap__forks_program(void)
+{
+    pmap__local_t *l = pmap__local();
+    return atomic_load(&l->forks) - atomic_load(&l->own_forks);
 }
 
 /* Holds every fork of this process off (hold) or lets them go again:
  * around a change to what children inherit of an arena. */
 void pmap__arenas_hold(bool hold)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, hold_forks_off_arenas);
+    pmap__forks_watch();
     if (hold)
         arenas_lock();
     else
