@@ -406,7 +406,7 @@ typedef struct pmap__local {
     pthread_mutex_t heap_lock;      /* alloc.c: pmap_alloc's heap */
     pthread_mutex_t registry_lock;  /* registry.c */
     pthread_mutex_t server_lock;    /* server.c: the fork server's channel */
-    pthread_mutex_t arenas_lock;    /* shm.c: a new arena, not yet kept */
+    pthread_mutex_t arenas_lock;    /* shm.c: what children inherit */
     atomic_uint last_map;           /* job.c: the last map's number */
     unsigned char *spare_room;      /* pool.c: a destroyed pool's room */
     size_t spare_room_size;

@@ -680,9 +680,9 @@ static void say_leave(const pool_t *pool, const pmap__worker_t *w)
 }
 
 /*
- * Tells w to leave (a LEAVE frame and EOF on its channel: its worker_exit,
- * then _exit) and frees its slot at once; the process has until deadline,
- * then is killed.
+ * Tells w to leave (EOF on its channel, after a LEAVE frame where needed:
+ * its worker_exit, then _exit) and frees its slot at once; the process
+ * has until deadline, then is killed.
  */
 void pmap__proc_retire(pool_t *pool, pmap__worker_t *w, int64_t deadline)
 {
