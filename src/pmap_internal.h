@@ -422,7 +422,6 @@ bool pmap__local_wiped(void);
 void pmap__forks_watch(void);
 void pmap__forks_own(void);
 unsigned long pmap__forks_program(void);
-void pmap__arenas_hold(bool hold);
 void *pmap__arenas_map(size_t size, int *fd, bool *kept);
 void pmap__arena_inherit(void *p, bool inherit);
 bool pmap__arenas_inherited(void);

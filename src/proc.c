@@ -12,11 +12,10 @@
  *    waitpid(WNOHANG) or the fork server's reports.  No signal handler.
  *  - A worker sees only its own shared memory: each process gets an arena
  *    (a spare one, or new: a new pool's carved from one mapping), which no
- *    child forked here but its own inherits (shm.c; a child that another
- *    thread forks meanwhile unmaps it: drop_open_arena; or the child
- *    unmaps every other arena of every pool before anything else), kept
- *    for a later worker once it is gone only if no other process can hold
- *    it.
+ *    child forked here but its own inherits (shm.c, even one that another
+ *    thread forks meanwhile; or the child unmaps every other arena of every
+ *    pool before anything else), kept for a later worker once it is gone
+ *    only if no other process can hold it.
  *  - The child closes every descriptor of every pool of the process except
  *    its own end of its channel, so that closing our end always reaches it
  *    as EOF, and destroying one pool never waits on another's workers.
@@ -143,72 +142,33 @@ static void forking_begin(forking_t *f)
     pmap__signals_caught(&f->caught);
 }
 
-/*
- * The arena that fork_one opens to its worker's fork (MADV_DOFORK), and
- * the thread that forks: a child that another thread of this process
- * forks meanwhile inherits that arena too, and unmaps it before anything
- * else runs there (drop_open_arena), so that no process but the worker
- * and what the worker forks ever holds it.  That is the program's own
- * fork: the library forks under the pools lock, as fork_one does, so one
- * arena at a time is open.
- */
-static struct {
-    unsigned char *_Atomic arena;
-    pthread_t by;
-} opened;
-
-/* In every child forked after the first worker forked here (a
- * pthread_atfork handler), before fork returns there: drops the arena
- * open to a worker's fork, unless this is that worker, and forgets it
- * either way, so that what this child forks later never unmaps that
- * range again (it may hold its own mapping there by then).  Where arenas
- * cannot be kept from children, family.c drops them all instead. */
-static void drop_open_arena(void)
-{
-    unsigned char *arena = atomic_exchange(&opened.arena, NULL);
-    if (arena != NULL && !pmap__arenas_inherited() &&
-        !pthread_equal(opened.by, pthread_self()))
-        pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
-}
-
-/* Whether the fork handlers are registered: the one that tells when a
- * worker's arena is no longer its alone (pmap__worker_forking), and the
- * one that keeps an arena open to its worker's fork from every other
- * child (drop_open_arena).  Once, in this process, before its first
- * worker is forked here.  Its workers, and what they fork, inherit
- * them. */
+/* Whether the fork handler that tells when a worker's arena is no longer
+ * its alone (pmap__worker_forking) is registered: once, in this process,
+ * before its first worker is forked here.  Its workers, and what they
+ * fork, inherit it. */
 static bool forks_watched;
 
 static void watch_forks(void)
 {
-    forks_watched = pthread_atfork(pmap__worker_forking, NULL,
-                                   drop_open_arena) == 0;
+    forks_watched = pthread_atfork(pmap__worker_forking, NULL, NULL) == 0;
 }
 
 /*
  * Forks the process of a worker whose arena is `arena`, as fork() does,
- * but the child alone inherits that arena; pools_lock held (a worker
- * forked here, or by libpmap-mpi on any rank): one at a time.  A fork by
- * another thread sees the arena open and recorded, or neither
- * (pmap__arenas_hold).  errno is fork's.
+ * but the child alone inherits that arena (shm.c, pmap__arena_inherit);
+ * pools_lock held (a worker forked here, or by libpmap-mpi on any rank):
+ * one at a time.  errno is fork's.
  */
 pid_t pmap__proc_fork_with_arena(unsigned char *arena)
 {
     static pthread_once_t watching = PTHREAD_ONCE_INIT;
     pthread_once(&watching, watch_forks);
-    pmap__arenas_hold(true);
-    opened.by = pthread_self();
-    atomic_store(&opened.arena, arena);
     pmap__arena_inherit(arena, true);   /* this child's alone */
-    pmap__arenas_hold(false);
     pmap__forks_own();
     pid_t pid = fork();
     if (pid != 0) {
         int err = errno;
-        pmap__arenas_hold(true);
         pmap__arena_inherit(arena, false);
-        atomic_store(&opened.arena, NULL);
-        pmap__arenas_hold(false);
         errno = err;
     }
     return pid;

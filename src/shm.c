@@ -8,8 +8,8 @@
  *
  * Each worker process gets an arena of its own, and only its own: every
  * arena is MADV_DONTFORK from its mapping on (forks wait meanwhile:
- * pmap__arenas_hold) but across the fork of its own worker (a child that
- * another thread forks then unmaps it: proc.c), so a child forked by the
+ * arenas_hold) but across the fork of its own worker (a child that another
+ * thread forks then unmaps it: after_fork_child), so a child forked by the
  * caller never holds another (where that cannot be had, it unmaps every
  * other arena first thing: family.c), and a replacement never gets what
  * its predecessor, or a process that predecessor forked, could still write
@@ -256,16 +256,38 @@ static void arenas_unlock(void)
     pthread_mutex_unlock(&pmap__local()->arenas_lock);
 }
 
-/* Where a child sees pmap__local zeroed, its lock is free already. */
-static void arenas_lock_again(void)
+/*
+ * The arena open to its own worker's fork (pmap__arena_inherit), and the
+ * thread that forks it: a child that another thread forks meanwhile (the
+ * program's: the library forks one worker at a time, under the pools
+ * lock) inherits that arena too, and unmaps it before anything else runs
+ * there (after_fork_child), so that no process but the worker and what
+ * the worker forks ever holds it.
+ */
+static struct {
+    unsigned char *_Atomic arena;
+    pthread_t by;
+} opened;
+
+/* In every child, before fork returns there: drops the arena open to a
+ * worker's fork unless this is that worker, and forgets it either way,
+ * so that what this child forks later never unmaps that range again (it
+ * may hold its own mapping there by then; where arenas cannot be kept
+ * from children, family.c drops them all instead).  Its lock is free
+ * again where it does not see pmap__local zeroed. */
+static void after_fork_child(void)
 {
-    pthread_mutex_init(&pmap__local()->arenas_lock, NULL);
+    unsigned char *arena = atomic_exchange(&opened.arena, NULL);
+    if (arena != NULL && !atomic_load(&arenas_inherited) &&
+        !pthread_equal(opened.by, pthread_self()))
+        pmap__shm_unmap(arena, PMAP__ARENA_SIZE);
+    if (!pmap__local_wiped())
+        pthread_mutex_init(&pmap__local()->arenas_lock, NULL);
 }
 
 static void watch_forks(void)
 {
-    pthread_atfork(before_fork, arenas_unlock,
-                   pmap__local_wiped() ? NULL : arenas_lock_again);
+    pthread_atfork(before_fork, arenas_unlock, after_fork_child);
 }
 
 /* Registers the fork handlers above, once: before the first pool's
@@ -295,7 +317,7 @@ unsigned long pmap__forks_program(void)
 
 /* Holds every fork of this process off (hold) or lets them go again:
  * around a change to what children inherit of an arena. */
-void pmap__arenas_hold(bool hold)
+static void arenas_hold(bool hold)
 {
     pmap__forks_watch();
     if (hold)
@@ -313,10 +335,10 @@ void pmap__arenas_hold(bool hold)
  */
 void *pmap__arenas_map(size_t size, int *fd, bool *kept)
 {
-    pmap__arenas_hold(true);
+    arenas_hold(true);
     void *p = pmap__shm_map(size, fd);
     bool k = pmap__shm_fork_inherit(p, size, false);
-    pmap__arenas_hold(false);
+    arenas_hold(false);
     if (p != NULL && !k)
         atomic_store(&arenas_inherited, true);
     if (kept != NULL)
@@ -328,14 +350,21 @@ void *pmap__arenas_map(size_t size, int *fd, bool *kept)
  * Whether a child forked now inherits arena p: no (MADV_DONTFORK) from
  * its making, so that a worker is never given its siblings' arenas and
  * neither the fork nor the new worker spends time on them; yes
- * (MADV_DOFORK) only across the fork of its own worker (proc.c, under the
- * pools lock).  Where that cannot be said, every arena is inherited and
- * the child unmaps the others' (pmap__arena_forget).
+ * (MADV_DOFORK, and recorded in `opened`) only across the fork of its own
+ * worker (proc.c, under the pools lock), which a fork by another thread
+ * sees whole or not at all.  Where that cannot be said, every arena is
+ * inherited and the child unmaps the others' (pmap__arena_forget).
  */
 void pmap__arena_inherit(void *p, bool inherit)
 {
-    if (p != NULL && !pmap__shm_fork_inherit(p, PMAP__ARENA_SIZE, inherit) &&
-        !inherit)
+    if (p == NULL)
+        return;
+    arenas_hold(true);
+    opened.by = pthread_self();
+    atomic_store(&opened.arena, inherit ? p : NULL);
+    bool said = pmap__shm_fork_inherit(p, PMAP__ARENA_SIZE, inherit);
+    arenas_hold(false);
+    if (!said && !inherit)
         atomic_store(&arenas_inherited, true);
 }
 
