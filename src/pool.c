@@ -371,12 +371,14 @@ int pool_create_with(pool_t **poolp, const pool_options_t *opts)
         free(pool);
         return PMAP_ENOMEM;
     }
+    /* The program's forks from now on may hold this pool's descriptors
+     * (pmap__proc_retire): counted from before its first channel. */
+    pmap__forks_watch();
+    pool->program_forks = pmap__forks_program();
     /* Workers on this machine (forked here or by the fork server) inherit
      * pmap_alloc's heap, held before the first fork; they, and those rank 0
      * forks for PMAP_START_MPI, the unwinder of their crash reports, set
      * up once.  An in-process pool needs neither. */
-    pmap__forks_watch();
-    pool->program_forks = pmap__forks_program();   /* before any channel */
     pool->holds_heap = !pool->in_process && pool->remote == NULL;
     if (pool->holds_heap)
         pool->heap = pmap__heap_hold();
